@@ -1,0 +1,135 @@
+"""Ray: connect or start, and actor groups placed by config, named by role and index.
+
+Every remote call goes through `ActorGroup.call`, which waits with a timeout and turns a dead actor or
+a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the cause.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from rlhf_ray.config import ActorGroupConfig, RayConfig
+
+# Every process and actor: one OpenMP thread (two threads on two busy cores halve throughput).
+ACTOR_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "DS_ACCELERATOR": "cpu",
+}
+
+
+class ActorGroupError(RuntimeError):
+    """An actor died, raised, or did not answer in time; the message names it."""
+
+
+def connect(cfg: RayConfig) -> None:
+    """Join the cluster at cfg.address / $RAY_ADDRESS, or start a local instance (dashboard on
+    127.0.0.1 unless configured). A no-op when Ray is already initialised (tests, Ray jobs)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
+    runtime_env = {"env_vars": dict(ACTOR_ENV)}
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=cfg.namespace, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=cfg.dashboard_host,
+            namespace=cfg.namespace,
+            runtime_env=runtime_env,
+        )
+
+
+class ActorGroup:
+    """N actors of one class in a placement group, named `<role>-<index>`."""
+
+    def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, **kwargs):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.role = role
+        bundle = {"CPU": cfg.num_cpus}
+        if cfg.num_gpus:
+            bundle["GPU"] = cfg.num_gpus
+        self.placement_group = placement_group([bundle] * cfg.num_workers, strategy=cfg.placement_strategy)
+        ready, _ = ray.wait([self.placement_group.ready()], timeout=120)
+        if not ready:
+            raise ActorGroupError(
+                f"{role}: cannot place {cfg.num_workers} actors of {bundle} ({cfg.placement_strategy}); "
+                f"the cluster has {ray.available_resources()}. Lower {role} num_workers/num_cpus/num_gpus."
+            )
+        remote_cls = ray.remote(actor_cls)
+        self.names = [f"{role}-{i}" for i in range(cfg.num_workers)]
+        self.actors = [
+            remote_cls.options(
+                name=name,
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
+            ).remote(*args, **kwargs)
+            for i, name in enumerate(self.names)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600, **kwargs) -> list[Any]:
+        """Call `method` on every actor (with its own args) and wait for all, with a timeout."""
+        import ray
+
+        args_per_actor = args_per_actor or [()] * len(self.actors)
+        refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_actor)]
+        return self.wait(refs, method, timeout_s)
+
+    def call_one(self, index: int, method: str, *args, timeout_s: float = 600, **kwargs) -> Any:
+        ref = getattr(self.actors[index], method).remote(*args, **kwargs)
+        return self.wait([ref], method, timeout_s, names=[self.names[index]])[0]
+
+    def wait(self, refs: list, method: str, timeout_s: float, names: list[str] | None = None) -> list[Any]:
+        """Results in order; the first failure raises at once (its peers may be blocked on it)."""
+        import time
+
+        import ray
+
+        names = names or self.names
+        deadline = time.monotonic() + timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = [n for n, r in zip(names, refs) if r in pending]
+                raise ActorGroupError(f"{', '.join(late)}: {method} did not finish within {timeout_s:.0f} s")
+            name = names[refs.index(ready[0])]
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayActorError as err:
+                raise ActorGroupError(f"{name} died during {method}: {_cause(err)}") from err
+            except ray.exceptions.RayTaskError as err:
+                raise ActorGroupError(f"{name} failed in {method}: {_cause(err)}") from err
+        return ray.get(refs)
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.placement_group)
+
+
+def _cause(err: Exception) -> str:
+    cause = getattr(err, "cause", None)
+    if cause is not None and not isinstance(cause, type(err)):
+        return f"{type(cause).__name__}: {cause}"
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__

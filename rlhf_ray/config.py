@@ -1,0 +1,228 @@
+"""The typed config tree: YAML files + dotted CLI overrides, validated at load.
+
+    cfg = load_config("configs/rm_bsr_gold.yaml", ["rm.num_workers=4", "rm.bsr.coef=0.01"])
+
+Every section forbids unknown keys; a bad value fails with a ConfigError naming the dotted key and
+the file. One section per actor group carries its count and resources (`ActorGroupConfig`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ActorGroupConfig(Section):
+    """Count and resources of one actor group, placed by Ray."""
+
+    num_workers: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class RayConfig(Section):
+    address: Optional[str] = None  # None: start a local instance (or join RAY_ADDRESS if set)
+    num_cpus: Optional[int] = Field(None, ge=1)
+    include_dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    namespace: str = "rlhf-ray"
+
+
+class ModelConfig(Section):
+    name: str = "minilm-l6"  # alias, local path or hub id
+    max_length: int = Field(256, ge=8)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    trust_remote_code: bool = False
+    padding_side: Literal["right", "left"] = "right"
+
+
+class UtilityConfig(Section):
+    name: Literal["x", "log", "inv", "pow", "neg_pow", "logsigmoid"] = "x"
+    eps: float = Field(0.1, ge=0)
+    gamma: float = Field(0.5, gt=0)
+    c: float = Field(4.0, gt=0)
+
+
+class PromptAwareConfig(Section):
+    """Prompt-aware utilities: U picked per prompt from its `prompt_type` label."""
+
+    enabled: bool = False
+    closed: UtilityConfig = UtilityConfig(name="x")
+    open: UtilityConfig = UtilityConfig(name="inv")
+
+
+class BSRConfig(Section):
+    coef: float = Field(0.0, ge=0)  # lambda; 0 turns BSR off. The paper uses 1e-3.
+    scope: Literal["local", "global"] = "local"
+    # The paper's code multiplies lambda by the per-device micro-batch size (PAPERS.md A.2).
+    scale_by_local_batch: bool = False
+
+
+class LossConfig(Section):
+    name: Literal["bt", "hinge", "bt_norm", "bt_dr", "ranking"] = "bt"
+    margin: float = 0.0  # bt: margin inside the sigmoid; hinge: the hinge margin
+    center_coef: float = Field(0.0, ge=0)  # per-pair centering (TRL), a baseline
+    utility: UtilityConfig = UtilityConfig()
+    prompt_aware: PromptAwareConfig = PromptAwareConfig()
+    bsr: BSRConfig = BSRConfig()
+
+    @model_validator(mode="after")
+    def _prompt_aware_needs_ranking(self):
+        if self.prompt_aware.enabled and self.name != "ranking":
+            raise ValueError("loss.prompt_aware.enabled needs loss.name = ranking")
+        return self
+
+
+class DataConfig(Section):
+    """`train` and `eval` each name a split of the testbed (`train`, `val1`, ...), a local
+    .parquet/.jsonl file, or a hub dataset as `hub:<name>:<split>`."""
+
+    testbed: Literal["gold", "collapse", "custom"] = "gold"
+    dir: str = "data/testbeds"  # where `prepare` writes the testbeds
+    train: str = "train"
+    eval: Optional[str] = "val1"
+    max_train_rows: Optional[int] = Field(None, ge=1)
+
+
+class RMConfig(ActorGroupConfig):
+    """Reward-model trainers: one actor per data-parallel rank."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    batch_size: int = Field(16, ge=1)  # groups (pairs or ranked prompts) per optimizer step, all ranks
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = Field(1.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: Optional[int] = Field(None, ge=1)
+    save_every: Optional[int] = Field(None, ge=1)
+    log_every: int = Field(1, ge=1)
+    sync_timeout_s: float = Field(600.0, gt=0)  # a step that takes longer is an error, not a hang
+
+    @model_validator(mode="after")
+    def _batch_divides(self):
+        per_rank = self.num_workers * self.grad_accum_steps
+        if self.batch_size % per_rank:
+            raise ValueError(
+                f"rm.batch_size ({self.batch_size}) must be divisible by "
+                f"rm.num_workers x rm.grad_accum_steps ({per_rank})"
+            )
+        return self
+
+
+class CorpusSizes(Section):
+    collapse_train_prompts: int = Field(256, ge=2)
+    collapse_eval_prompts: int = Field(32, ge=2)
+    gold_train_prompts: int = Field(256, ge=4)
+    gold_valid_prompts: int = Field(64, ge=4)
+
+
+class PrepareConfig(Section):
+    sizes: CorpusSizes = CorpusSizes()
+    testbeds: list[Literal["gold", "collapse"]] = ["gold", "collapse"]
+
+
+class Config(Section):
+    seed: int = 0
+    output_dir: str = "runs/default"
+    ray: RayConfig = RayConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    rm: RMConfig = RMConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    tensorboard: bool = True
+
+    @field_validator("output_dir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _parse_scalar(text: str) -> Any:
+    """An override value is read as YAML, so `4`, `1e-3`, `true`, `null`, `[a, b]` get their types."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key segment")
+        node = tree
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(raw)
+    return tree
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"config key '{key}': {e['msg']}{shown}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when path is None), apply overrides, validate."""
+    tree: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    apply_overrides(tree, overrides or [])
+    if overrides:
+        source += f" with overrides {' '.join(overrides)}"
+    return config_from_dict(tree, source)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))

@@ -1,0 +1,202 @@
+"""The `gold` testbed: preference data labelled by a deterministic gold reward, in the BSR paper's
+four generalisation scenarios (PAPERS.md A.6), built from real text.
+
+Prompts
+- closed-ended: questions from `chatterbot-corpus` with a reference answer (a checkable answer);
+- open-ended: the opening turn of a human chat from `chitchat-dataset`; the reference is the real
+  reply that followed it.
+
+Gold reward g(prompt, response), in [-0.2, 1]; deterministic, no model:
+- closed: 1 if the response contains at least half of the reference answer's content words, else 0;
+  minus up to 0.1 for padding beyond twice the answer's length, minus up to 0.1 for repetition.
+  Nearly binary.
+- open: 0.4 x recall of the reference reply's content words + 0.2 x length adequacy (words / reference
+  words, capped at 1) + 0.2 x distinct-word ratio + 0.2 x fraction of words that are real corpus
+  words. Continuous.
+
+Response generators (named; each derives a response from the prompt's reference or from others')
+- M_train: reference, verbose (reference + an unrelated sentence), truncated (first 40%), wrong
+  (another prompt's reference)
+- M_valid: noisy (40% of words replaced by random corpus words), hedged ("I'm not sure, but maybe"
+  + first half), repetitive (the first 8 words three times), rambling (two unrelated references)
+
+Files under gold/ (ranked-group schema, completions best first by gold, `scores` = gold):
+  train.parquet  D_train: P_train, 2 of the 4 M_train responses (random), ordered by gold
+  val1.parquet   in-domain: the other 2 M_train responses of the same prompts
+  val2.parquet   prompt-disjoint: P_valid x M_train (4 responses)
+  val3.parquet   response-disjoint: P_train x M_valid (4 responses)
+  val4.parquet   mutual-disjoint: P_valid x M_valid (4 responses)
+  prompts.parquet  every prompt with its type, reference and split (for gold scoring in RL)
+"""
+from __future__ import annotations
+
+import functools
+import random
+import re
+from pathlib import Path
+
+from rlhf_ray.data.corpora import chatterbot_qa, chitchat
+from rlhf_ray.data.schema import Group, write_groups
+
+M_TRAIN = ("reference", "verbose", "truncated", "wrong")
+M_VALID = ("noisy", "hedged", "repetitive", "rambling")
+OPEN_INSTRUCTION = " Reply to your friend in a few sentences."
+
+STOPWORDS = frozenset(
+    "a an the and or but if of to in on at by for with from as is are was were be been being it its "
+    "this that these those i you he she we they me him her us them my your his our their what which "
+    "who whom do does did so not no yes just very can could would should will shall may might must "
+    "have has had am im i'm there here than then too also about into out up down over".split()
+)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def content_words(text: str) -> set[str]:
+    ws = words(text)
+    content = {w for w in ws if w not in STOPWORDS}
+    return content or set(ws)
+
+
+@functools.lru_cache(maxsize=1)
+def corpus_vocabulary() -> frozenset[str]:
+    vocab = set()
+    for chat in chitchat():
+        vocab.update(words(chat.text))
+    for qa in chatterbot_qa():
+        vocab.update(words(qa.question + " " + qa.answer))
+    return frozenset(vocab)
+
+
+def _repetition(ws: list[str]) -> float:
+    return 1.0 - len(set(ws)) / len(ws) if ws else 1.0
+
+
+def gold_reward(prompt_type: str, reference: str, response: str) -> float:
+    """The documented gold reward g (see the module docstring)."""
+    ref_content, resp_words = content_words(reference), words(response)
+    if not resp_words:
+        return -0.2 if prompt_type == "closed" else 0.0
+    recall = len(ref_content & set(resp_words)) / len(ref_content)
+    if prompt_type == "closed":
+        correct = 1.0 if recall >= 0.5 else 0.0
+        extra = max(0, len(resp_words) - 2 * len(words(reference)) - 5)
+        return correct - 0.1 * min(1.0, extra / 50) - 0.1 * _repetition(resp_words)
+    vocab = corpus_vocabulary()
+    length = min(1.0, len(resp_words) / max(1, len(words(reference))))
+    real = sum(w in vocab for w in resp_words) / len(resp_words)
+    return 0.4 * recall + 0.2 * length + 0.2 * (1.0 - _repetition(resp_words)) + 0.2 * real
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def gold_prompts(num_prompts: int, seed: int) -> list[dict]:
+    """Half closed (Q/A), half open (chat openings), shuffled; each with its reference."""
+    rng = random.Random(seed)
+    n_closed = num_prompts // 2
+    qa = list(chatterbot_qa())
+    chats = [c for c in chitchat() if len(c.turns) >= 2 and len(c.turns[1].split()) >= 8]
+    if n_closed > len(qa) or num_prompts - n_closed > len(chats):
+        raise ValueError(f"gold testbed: {num_prompts} prompts is more than the corpora hold")
+    closed = [
+        {"prompt": q.question, "prompt_type": "closed", "reference": q.answer}
+        for q in rng.sample(qa, n_closed)
+    ]
+    open_ = [
+        {
+            "prompt": f'Your friend says: "{" ".join(c.turns[0].split()[:40])}"' + OPEN_INSTRUCTION,
+            "prompt_type": "open",
+            "reference": " ".join(" ".join(c.turns[1:3]).split()[:60]),
+        }
+        for c in rng.sample(chats, num_prompts - n_closed)
+    ]
+    prompts = closed + open_
+    rng.shuffle(prompts)
+    for k, p in enumerate(prompts):
+        p["prompt_id"] = f"gold-{k}"
+    return prompts
+
+
+def generate_response(name: str, prompt: dict, others: list[dict], rng: random.Random) -> str:
+    """One named generator's response to `prompt`; `others` are prompts of the same type."""
+    ref = prompt["reference"]
+    ref_words = ref.split()
+    other = lambda: rng.choice(others)["reference"]  # noqa: E731
+    if name == "reference":
+        return ref
+    if name == "verbose":
+        return f"{ref} {' '.join(other().split()[:25])}"
+    if name == "truncated":
+        return " ".join(ref_words[: max(1, int(0.4 * len(ref_words)))])
+    if name == "wrong":
+        return other()
+    if name == "noisy":
+        vocab = sorted(corpus_vocabulary())
+        return " ".join(rng.choice(vocab) if rng.random() < 0.4 else w for w in ref_words)
+    if name == "hedged":
+        return "I'm not sure, but maybe " + " ".join(ref_words[: max(1, len(ref_words) // 2)])
+    if name == "repetitive":
+        return " ".join([" ".join(ref_words[:8])] * 3)
+    if name == "rambling":
+        return f"{other()} {other()}"
+    raise ValueError(f"unknown response generator {name!r}")
+
+
+def _group(prompt: dict, responses: dict[str, str]) -> Group:
+    scored = sorted(
+        ((gold_reward(prompt["prompt_type"], prompt["reference"], text), gen, text) for gen, text in responses.items()),
+        key=lambda t: (-t[0], t[1]),
+    )
+    return Group(
+        prompt_id=prompt["prompt_id"],
+        prompt=prompt["prompt"],
+        prompt_type=prompt["prompt_type"],
+        completions=[t[2] for t in scored],
+        scores=[round(t[0], 6) for t in scored],
+        generators=[t[1] for t in scored],
+    )
+
+
+def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int) -> dict:
+    rng = random.Random(seed + 1)
+    prompts = gold_prompts(train_prompts + valid_prompts, seed)
+    p_train, p_valid = prompts[:train_prompts], prompts[train_prompts:]
+    by_type = {t: [p for p in prompts if p["prompt_type"] == t] for t in ("open", "closed")}
+
+    def responses(p: dict, generators) -> dict[str, str]:
+        others = [o for o in by_type[p["prompt_type"]] if o["prompt_id"] != p["prompt_id"]]
+        return {g: generate_response(g, p, others, rng) for g in generators}
+
+    files: dict[str, list[Group]] = {"train": [], "val1": [], "val2": [], "val3": [], "val4": []}
+    for p in p_train:
+        pool = responses(p, M_TRAIN)
+        picked = rng.sample(M_TRAIN, 2)
+        for split, names in (("train", picked), ("val1", [g for g in M_TRAIN if g not in picked])):
+            group = _group(p, {g: pool[g] for g in names})
+            if group.scores[0] > group.scores[1]:  # a tie teaches nothing: drop it
+                files[split].append(group)
+        files["val3"].append(_group(p, responses(p, M_VALID)))
+    for p in p_valid:
+        files["val2"].append(_group(p, responses(p, M_TRAIN)))
+        files["val4"].append(_group(p, responses(p, M_VALID)))
+
+    out = Path(out_dir) / "gold"
+    for split, groups in files.items():
+        write_groups(groups, out / f"{split}.parquet")
+    _write_prompts(p_train, p_valid, out / "prompts.parquet")
+    return {split: len(groups) for split, groups in files.items()}
+
+
+def _write_prompts(p_train: list[dict], p_valid: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlhf_ray.utils.atomic import atomic_write_bytes
+
+    rows = [dict(p, split="train") for p in p_train] + [dict(p, split="valid") for p in p_valid]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())

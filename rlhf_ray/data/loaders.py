@@ -1,0 +1,82 @@
+"""Find and load the data a config names; build the testbeds (`rlhf-ray prepare`); batch it."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from rlhf_ray.config import Config, DataConfig
+from rlhf_ray.data.schema import DataError, Group, load_groups, load_hub_dataset
+
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def prepare(cfg: Config, testbeds=None) -> dict:
+    """Write the testbeds (parquet) under cfg.data.dir; deterministic for cfg.seed."""
+    from rlhf_ray.data.collapse import build_collapse
+    from rlhf_ray.data.gold import build_gold
+
+    sizes = cfg.prepare.sizes
+    written = {}
+    for name in testbeds or cfg.prepare.testbeds:
+        if name == "gold":
+            written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts, sizes.gold_valid_prompts, cfg.seed)
+        elif name == "collapse":
+            written["collapse"] = build_collapse(
+                cfg.data.dir, sizes.collapse_train_prompts, sizes.collapse_eval_prompts, cfg.seed
+            )
+    return written
+
+
+def testbed_path(data: DataConfig, split: str) -> Path:
+    return Path(data.dir) / data.testbed / f"{split}.parquet"
+
+
+def load_split(cfg: Config, which: str) -> list[Group] | None:
+    """Load `cfg.data.train` or `cfg.data.eval` (which = "train" | "eval")."""
+    data = cfg.data
+    ref = getattr(data, which)
+    if ref is None:
+        return None
+    limit = data.max_train_rows if which == "train" else None
+    if ref.startswith("hub:"):
+        _, _, rest = ref.partition(":")
+        name, _, split = rest.rpartition(":")
+        if not name:
+            raise DataError(f"config key 'data.{which}': write a hub dataset as hub:<name>:<split>, got {ref!r}")
+        return load_hub_dataset(name, split, limit)
+    if ref.endswith(DATA_SUFFIXES):
+        return load_groups(ref, limit)
+    if data.testbed == "custom":
+        raise DataError(f"config key 'data.{which}': {ref!r} is not a .parquet/.jsonl file or hub:<name>:<split>")
+    path = testbed_path(data, ref)
+    if not path.exists():
+        print(f"[rlhf-ray] {path} not found: building the {data.testbed} testbed", file=sys.stderr, flush=True)
+        prepare(cfg, [data.testbed])
+        if not path.exists():
+            raise DataError(f"config key 'data.{which}': the {data.testbed} testbed has no split {ref!r} ({path})")
+    return load_groups(path, limit)
+
+
+def epoch_batches(groups: list[Group], batch_size: int, seed: int, epochs: float) -> Iterator[list[Group]]:
+    """Shuffled full batches, epoch after epoch (a fresh permutation per epoch, from the seed)."""
+    per_epoch = len(groups) // batch_size
+    if per_epoch == 0:
+        raise DataError(f"{len(groups)} training rows are fewer than one batch (rm.batch_size={batch_size})")
+    total = num_steps(len(groups), batch_size, epochs)
+    step, epoch = 0, 0
+    while step < total:
+        order = list(range(len(groups)))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        for b in range(per_epoch):
+            if step >= total:
+                return
+            yield [groups[i] for i in order[b * batch_size : (b + 1) * batch_size]]
+            step += 1
+        epoch += 1
+
+
+def num_steps(num_rows: int, batch_size: int, epochs: float, max_steps: int | None = None) -> int:
+    steps = max(1, int(epochs * (num_rows // batch_size)))
+    return min(steps, max_steps) if max_steps else steps

@@ -1,0 +1,177 @@
+"""One row format for every reward-model dataset, and loaders that validate each row.
+
+A row is a *ranked group*: one prompt and its completions listed best first.
+
+| column        | type            | meaning                                                         |
+|---------------|-----------------|-----------------------------------------------------------------|
+| prompt_id     | str             | stable id of the prompt (testbeds: `<testbed>-<n>`)             |
+| prompt        | str             | the prompt text                                                 |
+| prompt_type   | str             | `open` or `closed` (picks the utility in prompt-aware training) |
+| completions   | list[str]       | >= 2 responses, best first                                      |
+| scores        | list[float]     | optional: the score that ranked them (gold reward, word count)  |
+| generators    | list[str]       | optional: which response generator wrote each completion        |
+
+Pair data (prompt, chosen, rejected) is read as completions = [chosen, rejected]; ranked data may
+also come as `completions` best first with an optional `prompt_type` (default `open`).
+Any bad row raises DataError naming the file, the row number (0-based) and the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+PROMPT_TYPES = ("open", "closed")
+
+
+class DataError(ValueError):
+    """A data file or row is malformed; the message names the file, row and field."""
+
+
+@dataclass
+class Group:
+    prompt_id: str
+    prompt: str
+    prompt_type: str
+    completions: list[str]
+    scores: list[float] = field(default_factory=list)
+    generators: list[str] = field(default_factory=list)
+
+    @property
+    def is_open(self) -> bool:
+        return self.prompt_type == "open"
+
+
+def _bad(source: str, row: int, field_name: str, why: str) -> DataError:
+    return DataError(f"{source}: row {row}: field '{field_name}': {why}")
+
+
+def _text(value, source, row, name) -> str:
+    if not isinstance(value, str):
+        raise _bad(source, row, name, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise _bad(source, row, name, "is empty")
+    return value
+
+
+def validate_row(raw: dict, source: str, row: int) -> Group:
+    """Turn one raw record (pair or ranked form) into a validated Group."""
+    if not isinstance(raw, dict):
+        raise DataError(f"{source}: row {row}: expected an object, got {type(raw).__name__}")
+    prompt = _text(raw.get("prompt"), source, row, "prompt")
+    if "completions" in raw and raw["completions"] is not None:
+        completions = raw["completions"]
+        if not isinstance(completions, (list, tuple)):
+            raise _bad(source, row, "completions", "expected a list of strings")
+        if len(completions) < 2:
+            raise _bad(source, row, "completions", f"needs at least 2 completions, got {len(completions)}")
+        completions = [_text(c, source, row, f"completions[{k}]") for k, c in enumerate(completions)]
+    elif "chosen" in raw or "rejected" in raw:
+        completions = [
+            _text(raw.get("chosen"), source, row, "chosen"),
+            _text(raw.get("rejected"), source, row, "rejected"),
+        ]
+    else:
+        raise _bad(source, row, "completions", "missing: give 'completions' or 'chosen' and 'rejected'")
+    prompt_type = raw.get("prompt_type") or "open"
+    if prompt_type not in PROMPT_TYPES:
+        raise _bad(source, row, "prompt_type", f"must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+    scores = list(raw.get("scores") or [])
+    if scores:
+        if len(scores) != len(completions):
+            raise _bad(source, row, "scores", f"has {len(scores)} values for {len(completions)} completions")
+        for k, s in enumerate(scores):
+            if not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise _bad(source, row, f"scores[{k}]", f"must be a finite number, got {s!r}")
+        scores = [float(s) for s in scores]
+    generators = [str(g) for g in (raw.get("generators") or [])]
+    if generators and len(generators) != len(completions):
+        raise _bad(source, row, "generators", "must name one generator per completion")
+    prompt_id = str(raw.get("prompt_id") or f"{Path(source).stem}-{row}")
+    return Group(prompt_id, prompt, prompt_type, completions, scores, generators)
+
+
+def _records(path: Path) -> Iterable[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
+    elif suffix in (".jsonl", ".json"):
+        with path.open() as f:
+            for row, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: row {row}: not valid JSON ({err.msg})") from None
+    else:
+        raise DataError(f"{path}: unsupported data file type {suffix!r} (use .parquet or .jsonl)")
+
+
+def load_groups(path: str | Path, limit: int | None = None) -> list[Group]:
+    """Read and validate a local parquet/jsonl file of pair or ranked rows."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    groups = []
+    for row, raw in enumerate(_records(path)):
+        groups.append(validate_row(raw, str(path), row))
+        if limit is not None and len(groups) >= limit:
+            break
+    if not groups:
+        raise DataError(f"{path}: holds no rows")
+    return groups
+
+
+def load_hub_dataset(name: str, split: str, limit: int | None = None) -> list[Group]:
+    """A hub dataset of the same schema (e.g. rm-robustness/ultrafeedback-train), via `datasets`.
+
+    Chat-format columns (lists of {role, content} messages, as the BSR paper's splits use) are
+    flattened: the prompt is the user turns, a response is the last assistant turn.
+    """
+    import datasets
+
+    ds = datasets.load_dataset(name, split=split)
+    groups = []
+    for row, raw in enumerate(ds):
+        groups.append(validate_row(flatten_chat_columns(raw), f"{name}[{split}]", row))
+        if limit is not None and len(groups) >= limit:
+            break
+    return groups
+
+
+def flatten_chat_columns(raw: dict) -> dict:
+    """Messages lists -> plain text, leaving plain-text rows untouched."""
+
+    def last_assistant(messages):
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+            replies = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
+            return replies[-1] if replies else ""
+        return messages
+
+    out = dict(raw)
+    for key in ("chosen", "rejected"):
+        if key in out:
+            if "prompt" not in out and isinstance(out[key], list) and out[key] and isinstance(out[key][0], dict):
+                out["prompt"] = "\n".join(m.get("content", "") for m in out[key] if m.get("role") == "user")
+            out[key] = last_assistant(out[key])
+    if isinstance(out.get("prompt"), list):
+        out["prompt"] = "\n".join(m.get("content", "") for m in out["prompt"] if isinstance(m, dict))
+    return out
+
+
+def write_groups(groups: list[Group], path: str | Path) -> None:
+    """Write groups as parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlhf_ray.utils.atomic import atomic_write_bytes
+
+    table = pa.Table.from_pylist([asdict(g) for g in groups])
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())

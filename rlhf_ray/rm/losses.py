@@ -77,7 +77,9 @@ def global_batch_mean(local_rewards: torch.Tensor, group=None) -> torch.Tensor:
     import torch.distributed as dist
 
     local_sum = local_rewards.sum()
-    totals = torch.stack([local_sum.detach(), torch.tensor(float(local_rewards.numel()))]).to(local_sum)
+    totals = torch.tensor(
+        [float(local_sum.detach()), float(local_rewards.numel())], dtype=local_sum.dtype, device=local_sum.device
+    )
     dist.all_reduce(totals, group=group)
     return (local_sum + (totals[0] - local_sum.detach())) / totals[1]
 

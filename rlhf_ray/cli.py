@@ -30,6 +30,20 @@ def _cmd_train_rm(cfg, args) -> dict:
     return summary
 
 
+def _cmd_eval_rm(cfg, args) -> dict:
+    from rlhf_ray.rm.evaluate import evaluate_reward_model
+
+    result = evaluate_reward_model(cfg, args.model)
+    shown = {k: v for k, v in result.items() if k not in ("val1", "val2", "val3", "val4", "eval")}
+    for split in ("val1", "val2", "val3", "val4", "eval"):
+        if split in result:
+            r = result[split]
+            shown[split] = {k: r[k] for k in ("accuracy", "kendall_tau", "open_closed_gap", "open_l1_to_theory",
+                                              "closed_l1_to_theory", "h_norm_mean", "effective_rank") if k in r}
+    print(json.dumps(shown, indent=1))
+    return result
+
+
 def _cmd_demo(cfg, args) -> dict:
     from rlhf_ray.demo import run_demo
 
@@ -39,8 +53,18 @@ def _cmd_demo(cfg, args) -> dict:
 COMMANDS = {
     "prepare": (_cmd_prepare, "build the gold and collapse testbeds (parquet)", None),
     "train-rm": (_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None),
+    "eval-rm": (_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None),
     "demo": (_cmd_demo, "the embedded-default demo: prepare, train reward models, report", "configs/demo.yaml"),
 }
+
+
+def _testbed_overrides(testbed: str | None) -> list[str]:
+    """`--testbed gold|collapse|<data>` as config overrides."""
+    if testbed is None:
+        return []
+    if testbed in ("gold", "collapse"):
+        return [f"data.testbed={testbed}", f"data.eval={'eval' if testbed == 'collapse' else 'val1'}"]
+    return ["data.testbed=custom", f"data.eval={testbed}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=default_config, help="YAML config (default: %(default)s)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rm.num_workers=4")
+        if name == "eval-rm":
+            p.add_argument("--model", required=True, help="checkpoint folder, alias or hub id")
+            p.add_argument("--testbed", help="gold | collapse | a .parquet/.jsonl file | hub:<name>:<split>")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides])
         COMMANDS[args.command][0](cfg, args)
     except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:
         print(f"rlhf-ray {args.command}: error: {err}", file=sys.stderr)

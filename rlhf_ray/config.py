@@ -123,6 +123,16 @@ class RMConfig(ActorGroupConfig):
         return self
 
 
+class EvalConfig(Section):
+    """`rlhf-ray eval-rm`: bootstrap intervals, and the utility whose optimum the collapse curves are
+    compared with (default: read from the checkpoint's training config)."""
+
+    bootstrap: int = Field(1000, ge=0)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    utility: Optional[UtilityConfig] = None
+    out_dir: Optional[str] = None  # default: <output_dir>/eval
+
+
 class CorpusSizes(Section):
     collapse_train_prompts: int = Field(256, ge=2)
     collapse_eval_prompts: int = Field(32, ge=2)
@@ -150,6 +160,8 @@ class Config(Section):
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
     rm: RMConfig = RMConfig()
+    scorer: ActorGroupConfig = ActorGroupConfig(num_workers=2, num_cpus=0.5)
+    eval: EvalConfig = EvalConfig()
     prepare: PrepareConfig = PrepareConfig()
     demo: DemoConfig = DemoConfig()
     tensorboard: bool = True

@@ -11,7 +11,8 @@ from pathlib import Path
 from rlhf_ray.config import Config, load_config
 from rlhf_ray.data.loaders import load_split, prepare
 from rlhf_ray.data.schema import load_groups
-from rlhf_ray.report.rm_report import collapse_curves, kendall_tau, pairwise_accuracy, write_report
+from rlhf_ray.report.rm_report import write_report
+from rlhf_ray.rm.eval_metrics import collapse_curves, kendall_taus, nanmean, pairwise_accuracy
 from rlhf_ray.rm.scoring import score_groups
 from rlhf_ray.rm.train import train_reward_model
 
@@ -36,7 +37,7 @@ def evaluate_run(rm_cfg: Config, model_dir: str) -> dict:
             rewards = score_groups(model_dir, groups, rm_cfg.model.max_length)
             metrics[f"{split}_accuracy"] = pairwise_accuracy(groups, rewards)
             if split != "val1":
-                metrics[f"{split}_kendall_tau"] = kendall_tau(groups, rewards)
+                metrics[f"{split}_kendall_tau"] = nanmean(kendall_taus(groups, rewards))
         return metrics
     groups = load_split(rm_cfg, "eval")
     rewards = score_groups(model_dir, groups, rm_cfg.model.max_length)

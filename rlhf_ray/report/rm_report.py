@@ -7,51 +7,9 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
-
-from rlhf_ray.data.schema import Group
-
-
-def pairwise_accuracy(groups: list[Group], rewards: list[list[float]]) -> float:
-    """Fraction of pairs (i better than j, best-first order) with reward_i > reward_j."""
-    correct = total = 0
-    for g, r in zip(groups, rewards):
-        for i in range(len(r)):
-            for j in range(i + 1, len(r)):
-                if g.scores and g.scores[i] == g.scores[j]:
-                    continue
-                total += 1
-                correct += r[i] > r[j]
-    return correct / total if total else float("nan")
-
-
-def kendall_tau(groups: list[Group], rewards: list[list[float]]) -> float:
-    """Per-prompt Kendall tau-b between gold scores and rewards, nan-mean over prompts (A.6)."""
-    from scipy.stats import kendalltau
-
-    taus = [kendalltau(g.scores, r).statistic for g, r in zip(groups, rewards)]
-    taus = [t for t in taus if t == t]
-    return float(np.mean(taus)) if taus else float("nan")
-
-
-def collapse_curves(groups: list[Group], rewards: list[list[float]]) -> dict:
-    """Mean and std of sigmoid(f) by completion index (1 = shortest) for each prompt type."""
-    out = {}
-    for kind in ("open", "closed"):
-        rows = [
-            [1 / (1 + math.exp(-x)) for x in reversed(r)]  # groups are stored longest first
-            for g, r in zip(groups, rewards)
-            if g.prompt_type == kind
-        ]
-        if rows:
-            arr = np.array(rows)
-            out[kind] = {"mean": arr.mean(0).tolist(), "std": arr.std(0).tolist(), "prompts": len(rows)}
-    if "open" in out and "closed" in out:
-        out["open_closed_gap"] = float(np.abs(np.array(out["open"]["mean"]) - np.array(out["closed"]["mean"])).mean())
-    return out
 
 
 def _train_curve(run_dir: Path) -> tuple[list[int], list[float]]:

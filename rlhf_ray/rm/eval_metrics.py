@@ -1,0 +1,81 @@
+"""Evaluation metrics for reward models (PAPERS.md A.6, A.7, B.5). Pure functions on lists/arrays."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from rlhf_ray.data.schema import Group
+
+
+def pair_outcomes(groups: list[Group], rewards: list[list[float]]) -> list[list[int]]:
+    """Per group: 1/0 for each preference pair (i before j, gold scores not tied) the rewards get right."""
+    out = []
+    for g, r in zip(groups, rewards):
+        out.append([
+            int(r[i] > r[j])
+            for i in range(len(r)) for j in range(i + 1, len(r))
+            if not (g.scores and g.scores[i] == g.scores[j])
+        ])
+    return out
+
+
+def pairwise_accuracy(groups: list[Group], rewards: list[list[float]]) -> float:
+    flat = [x for row in pair_outcomes(groups, rewards) for x in row]
+    return sum(flat) / len(flat) if flat else float("nan")
+
+
+def kendall_taus(groups: list[Group], rewards: list[list[float]]) -> list[float]:
+    """Per-prompt Kendall tau-b between gold scores and rewards (nan where undefined)."""
+    from scipy.stats import kendalltau
+
+    return [float(kendalltau(g.scores, r).statistic) for g, r in zip(groups, rewards)]
+
+
+def nanmean(values) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+
+
+def bootstrap_ci(per_prompt: list, statistic: Callable = nanmean, n: int = 1000, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap over prompts: (low, high) of `statistic` at `level`."""
+    if not per_prompt or n <= 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    k = len(per_prompt)
+    stats = [statistic([per_prompt[i] for i in rng.integers(0, k, k)]) for _ in range(n)]
+    alpha = (1 - level) / 2
+    return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
+
+
+def accuracy_of_rows(rows: list[list[int]]) -> float:
+    flat = [x for row in rows for x in row]
+    return sum(flat) / len(flat) if flat else float("nan")
+
+
+def collapse_curves(groups: list[Group], rewards: list[list[float]]) -> dict:
+    """Mean and std of R = sigmoid(f) by completion index (1 = shortest) per prompt type, and the
+    mean absolute gap between the open and closed mean curves (0 = collapse)."""
+    out: dict = {}
+    for kind in ("open", "closed"):
+        rows = [[1 / (1 + math.exp(-x)) for x in reversed(r)] for g, r in zip(groups, rewards) if g.prompt_type == kind]
+        if rows:
+            arr = np.array(rows)
+            out[kind] = {"mean": arr.mean(0).tolist(), "std": arr.std(0).tolist(), "prompts": len(rows)}
+    if "open" in out and "closed" in out:
+        out["open_closed_gap"] = float(np.abs(np.array(out["open"]["mean"]) - np.array(out["closed"]["mean"])).mean())
+    return out
+
+
+def effective_rank(hidden: np.ndarray) -> float:
+    """exp(entropy) of the normalised singular values of the hidden-state matrix (Roy & Vetterli)."""
+    s = np.linalg.svd(np.asarray(hidden, dtype=np.float64), compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def l1_to_target(curve: list[float], target) -> float:
+    """Mean absolute distance between a mean reward curve and its theoretical optimum."""
+    return float(np.abs(np.asarray(curve) - np.asarray(target)).mean())

@@ -1,0 +1,119 @@
+"""`rlhf-ray eval-rm`: a reward model on the four generalisation scenarios (gold), on reward collapse
+(collapse), or on your data; scored by the reward-scoring pool on Ray. Writes eval.json + PNGs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rlhf_ray.cluster import connect
+from rlhf_ray.config import Config, UtilityConfig
+from rlhf_ray.data.loaders import load_split
+from rlhf_ray.data.schema import Group
+from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.rm import eval_metrics as M
+from rlhf_ray.rm.objective import flatten_groups
+from rlhf_ray.rm.theory import optimal_rewards
+from rlhf_ray.scoring.pool import ScorerPool
+
+GOLD_SPLITS = {"val1": "in-domain", "val2": "prompt-disjoint", "val3": "response-disjoint", "val4": "mutual-disjoint"}
+
+
+def _score(pool: ScorerPool, groups: list[Group]):
+    flat = flatten_groups(groups)
+    rewards, hidden = pool.score(flat.prompts, flat.responses, with_hidden=True)
+    per_group, k = [], 0
+    for g in groups:
+        per_group.append(rewards[k : k + len(g.completions)].tolist())
+        k += len(g.completions)
+    return per_group, hidden.numpy(), flat
+
+
+def _hidden_diagnostics(hidden: np.ndarray, flat) -> dict:
+    norms = np.linalg.norm(hidden, axis=1)
+    diff = np.linalg.norm(hidden[flat.hi.numpy()] - hidden[flat.lo.numpy()], axis=1)
+    return {
+        "h_norm_mean": float(norms.mean()), "h_norm_std": float(norms.std()), "h_norms": norms.tolist(),
+        "h_diff_norm_mean": float(diff.mean()), "h_diff_norm_std": float(diff.std()),
+        "effective_rank": M.effective_rank(hidden),
+    }
+
+
+def _with_ci(cfg: Config, per_prompt: list, statistic) -> dict:
+    low, high = M.bootstrap_ci(per_prompt, statistic, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seed)
+    return {"value": statistic(per_prompt), "ci_low": low, "ci_high": high}
+
+
+def trained_utilities(model_ref: str, cfg: Config) -> dict[str, UtilityConfig] | None:
+    """The utility per prompt type the collapse curves are compared with: from eval.utility, else from
+    the training config saved beside an rlhf-ray checkpoint (<run>/config.yaml), else None."""
+    if cfg.eval.utility is not None:
+        return {"open": cfg.eval.utility, "closed": cfg.eval.utility}
+    run_config = Path(resolve_model(model_ref)).parent / "config.yaml"
+    if not run_config.exists():
+        return None
+    loss = Config.model_validate(yaml.safe_load(run_config.read_text())).loss
+    if loss.name != "ranking":
+        return None
+    if loss.prompt_aware.enabled:
+        return {"open": loss.prompt_aware.open, "closed": loss.prompt_aware.closed}
+    return {"open": loss.utility, "closed": loss.utility}
+
+
+def _collapse_metrics(groups, rewards, targets: dict | None) -> dict:
+    curves = M.collapse_curves(groups, rewards)
+    out = {"accuracy": M.pairwise_accuracy(groups, rewards), "curves": curves,
+           "open_closed_gap": curves.get("open_closed_gap", float("nan"))}
+    if targets:
+        for kind in ("open", "closed"):
+            if kind in curves:
+                u = targets[kind]
+                target = optimal_rewards(u.name, len(curves[kind]["mean"]), gamma=u.gamma, c=u.c)
+                curves[kind]["theory"] = target.tolist()
+                curves[kind]["theory_utility"] = u.name
+                out[f"{kind}_l1_to_theory"] = M.l1_to_target(curves[kind]["mean"], target)
+    return out
+
+
+def evaluate_reward_model(cfg: Config, model_ref: str) -> dict:
+    """Score the testbed named by cfg.data with `model_ref`; return and write every number."""
+    out_dir = Path(cfg.eval.out_dir or Path(cfg.output_dir) / "eval")
+    resolve_model(model_ref)
+    connect(cfg.ray)
+    pool = ScorerPool(model_ref, cfg.scorer, cfg.model.max_length, cfg.model.trust_remote_code)
+    result: dict = {"model": model_ref, "testbed": cfg.data.testbed}
+    try:
+        result["w_norm"] = pool.head_norm()
+        if cfg.data.testbed == "gold":
+            for split, scenario in GOLD_SPLITS.items():
+                groups = _load(cfg, split)
+                rewards, hidden, flat = _score(pool, groups)
+                entry = {"scenario": scenario, "prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
+                entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(groups, rewards), M.accuracy_of_rows)
+                if split != "val1":
+                    entry["kendall_tau"] = _with_ci(cfg, M.kendall_taus(groups, rewards), M.nanmean)
+                result[split] = entry
+        else:
+            groups = load_split(cfg, "eval") if cfg.data.eval else load_split(cfg, "train")
+            rewards, hidden, flat = _score(pool, groups)
+            result["eval"] = {"prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
+            if cfg.data.testbed == "collapse":
+                result["eval"].update(_collapse_metrics(groups, rewards, trained_utilities(model_ref, cfg)))
+            else:
+                result["eval"]["accuracy"] = _with_ci(cfg, M.pair_outcomes(groups, rewards), M.accuracy_of_rows)
+                if all(g.scores for g in groups):
+                    result["eval"]["kendall_tau"] = _with_ci(cfg, M.kendall_taus(groups, rewards), M.nanmean)
+    finally:
+        pool.shutdown()
+    from rlhf_ray.report.eval_plots import plot_eval
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    result["plots"] = plot_eval(result, out_dir)
+    return result
+
+
+def _load(cfg: Config, split: str) -> list[Group]:
+    return load_split(cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": split})}), "eval")

@@ -44,6 +44,12 @@ def _cmd_eval_rm(cfg, args) -> dict:
     return result
 
 
+def _cmd_experiment(cfg, args) -> dict:
+    from rlhf_ray.rm.experiment import run_experiment
+
+    return run_experiment(cfg)
+
+
 def _cmd_demo(cfg, args) -> dict:
     from rlhf_ray.demo import run_demo
 
@@ -54,6 +60,7 @@ COMMANDS = {
     "prepare": (_cmd_prepare, "build the gold and collapse testbeds (parquet)", None),
     "train-rm": (_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None),
     "eval-rm": (_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None),
+    "experiment": (_cmd_experiment, "variants x seeds of a reward-model config, trained side by side, one report", None),
     "demo": (_cmd_demo, "the embedded-default demo: prepare, train reward models, report", "configs/demo.yaml"),
 }
 

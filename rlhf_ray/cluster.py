@@ -49,9 +49,10 @@ def connect(cfg: RayConfig) -> None:
 
 
 class ActorGroup:
-    """N actors of one class in a placement group, named `<role>-<index>`."""
+    """N actors of one class in a placement group, named `<role>-<index>` (`<role>-<tag>-<index>` when
+    several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
 
-    def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, **kwargs):
+    def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, tag: str | None = None, **kwargs):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -68,7 +69,8 @@ class ActorGroup:
                 f"the cluster has {ray.available_resources()}. Lower {role} num_workers/num_cpus/num_gpus."
             )
         remote_cls = ray.remote(actor_cls)
-        self.names = [f"{role}-{i}" for i in range(cfg.num_workers)]
+        prefix = f"{role}-{tag}" if tag else role
+        self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
         self.actors = [
             remote_cls.options(
                 name=name,

@@ -93,6 +93,8 @@ class DataConfig(Section):
     train: str = "train"
     eval: Optional[str] = "val1"
     max_train_rows: Optional[int] = Field(None, ge=1)
+    # eval-rm's four scenarios on other data: val1..val4 -> a file or hub:<name>:<split>
+    scenarios: dict[Literal["val1", "val2", "val3", "val4"], str] = {}
 
 
 class RMConfig(ActorGroupConfig):
@@ -142,7 +144,21 @@ class CorpusSizes(Section):
 
 class PrepareConfig(Section):
     sizes: CorpusSizes = CorpusSizes()
+    # passages for the collapse testbed: the chitchat corpus, or a file / hub:<name>:<split> with
+    # `input` (the instruction) and `output` (the passage) columns, as akoksal/LongForm
+    collapse_source: str = "chitchat"
     testbeds: list[Literal["gold", "collapse"]] = ["gold", "collapse"]
+
+
+class ExperimentConfig(Section):
+    """`rlhf-ray experiment`: variants x seeds of one base reward-model config, trained side by side
+    on Ray, each evaluated, then one report."""
+
+    base: str = "configs/rm_bt_gold.yaml"
+    seeds: list[int] = [0, 1, 2]
+    variants: dict[str, list[str]] = {"bt": []}  # name -> overrides on the base config
+    overrides: list[str] = []  # applied to every variant
+    parallel: int = Field(2, ge=1)  # trainer groups at once
 
 
 class DemoConfig(Section):
@@ -164,6 +180,7 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     prepare: PrepareConfig = PrepareConfig()
     demo: DemoConfig = DemoConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
     tensorboard: bool = True
 
     @field_validator("output_dir")
@@ -242,6 +259,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         source += f" with overrides {' '.join(overrides)}"
     return config_from_dict(tree, source)
+
+
+def find_config(ref: str | Path) -> Path:
+    """A config file named relative to the working directory, or else to the repository root."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    repo_path = Path(__file__).resolve().parents[1] / ref
+    if repo_path.exists():
+        return repo_path
+    raise ConfigError(f"config file not found: {ref}")
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

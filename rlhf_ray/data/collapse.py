@@ -1,6 +1,7 @@
 """The `collapse` testbed: the reward-collapse paper's construction (PAPERS.md B.5) on real chats.
 
-Passages are human conversations of 100+ words from `chitchat-dataset`. Each prompt asks for such a
+Passages are human conversations of 100+ words from `chitchat-dataset` (or, with
+`prepare.collapse_source`, the `output` passages of a LongForm-style file or hub dataset, as the paper). Each prompt asks for such a
 conversation and is made open-ended or closed-ended (probability 1/2 each) by its suffix:
 - open:   "... Write the answer in an open-ended way."        completions = first 10, 20, ..., 80 words
 - closed: "... Write either a short answer or a long answer."  completions = first 16, 22, 28, 34,
@@ -23,20 +24,46 @@ CLOSED_LENGTHS = (16, 22, 28, 34, 56, 62, 68, 74)
 MIN_PASSAGE_WORDS = 100
 
 
-def collapse_groups(num_prompts: int, seed: int) -> list[Group]:
-    passages = [c for c in chitchat() if len(c.text.split()) >= MIN_PASSAGE_WORDS]
+def chitchat_passages() -> list[tuple[str, str]]:
+    """(instruction, passage) pairs: a chat of 100+ words and an instruction that asks for it."""
+    out = []
+    for chat in chitchat():
+        if len(chat.text.split()) >= MIN_PASSAGE_WORDS:
+            opening = " ".join(chat.turns[0].split()[:20])
+            instruction = f'Write a casual chat between two friends who were asked: "{chat.topic}" It opens with: "{opening}".'
+            out.append((instruction, chat.text))
+    return out
+
+
+def source_passages(source: str) -> list[tuple[str, str]]:
+    """(instruction, passage) pairs from `chitchat`, or from a file / hub:<name>:<split> with `input`
+    and `output` columns (akoksal/LongForm's schema), keeping passages of 100+ words."""
+    if source == "chitchat":
+        return chitchat_passages()
+    if source.startswith("hub:"):
+        import datasets
+
+        name, _, split = source[4:].rpartition(":")
+        rows = datasets.load_dataset(name, split=split)
+    else:
+        from rlhf_ray.data.schema import read_records
+
+        rows = read_records(Path(source))
+    return [(r["input"], r["output"]) for r in rows if len(str(r.get("output", "")).split()) >= MIN_PASSAGE_WORDS]
+
+
+def collapse_groups(num_prompts: int, seed: int, source: str = "chitchat") -> list[Group]:
+    passages = source_passages(source)
     if num_prompts > len(passages):
-        raise ValueError(f"collapse testbed: asked for {num_prompts} prompts, corpus has {len(passages)}")
+        raise ValueError(f"collapse testbed: asked for {num_prompts} prompts, {source} has {len(passages)} passages")
     rng = random.Random(seed)
     chosen = rng.sample(passages, num_prompts)
     groups = []
-    for k, chat in enumerate(chosen):
-        words = chat.text.split()
+    for k, (instruction, passage) in enumerate(chosen):
+        words = passage.split()
         is_open = rng.random() < 0.5
         lengths = OPEN_LENGTHS if is_open else CLOSED_LENGTHS
-        instruction = f'Write a casual chat between two friends who were asked: "{chat.topic}"'
-        opening = " ".join(chat.turns[0].split()[:20])
-        prompt = f'{instruction} It opens with: "{opening}".' + (OPEN_SUFFIX if is_open else CLOSED_SUFFIX)
+        prompt = instruction.strip() + (OPEN_SUFFIX if is_open else CLOSED_SUFFIX)
         longest_first = sorted(lengths, reverse=True)
         groups.append(
             Group(
@@ -51,8 +78,8 @@ def collapse_groups(num_prompts: int, seed: int) -> list[Group]:
     return groups
 
 
-def build_collapse(out_dir: str | Path, train_prompts: int, eval_prompts: int, seed: int) -> dict:
-    groups = collapse_groups(train_prompts + eval_prompts, seed)
+def build_collapse(out_dir: str | Path, train_prompts: int, eval_prompts: int, seed: int, source: str = "chitchat") -> dict:
+    groups = collapse_groups(train_prompts + eval_prompts, seed, source)
     out = Path(out_dir) / "collapse"
     write_groups(groups[:train_prompts], out / "train.parquet")
     write_groups(groups[train_prompts:], out / "eval.parquet")

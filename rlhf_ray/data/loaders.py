@@ -24,7 +24,8 @@ def prepare(cfg: Config, testbeds=None) -> dict:
             written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts, sizes.gold_valid_prompts, cfg.seed)
         elif name == "collapse":
             written["collapse"] = build_collapse(
-                cfg.data.dir, sizes.collapse_train_prompts, sizes.collapse_eval_prompts, cfg.seed
+                cfg.data.dir, sizes.collapse_train_prompts, sizes.collapse_eval_prompts, cfg.seed,
+                cfg.prepare.collapse_source,
             )
     return written
 

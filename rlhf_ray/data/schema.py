@@ -93,7 +93,7 @@ def validate_row(raw: dict, source: str, row: int) -> Group:
     return Group(prompt_id, prompt, prompt_type, completions, scores, generators)
 
 
-def _records(path: Path) -> Iterable[dict]:
+def read_records(path: Path) -> Iterable[dict]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -118,8 +118,8 @@ def load_groups(path: str | Path, limit: int | None = None) -> list[Group]:
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     groups = []
-    for row, raw in enumerate(_records(path)):
-        groups.append(validate_row(raw, str(path), row))
+    for row, raw in enumerate(read_records(path)):
+        groups.append(validate_row(normalise_known_schemas(raw), str(path), row))
         if limit is not None and len(groups) >= limit:
             break
     if not groups:
@@ -130,37 +130,61 @@ def load_groups(path: str | Path, limit: int | None = None) -> list[Group]:
 def load_hub_dataset(name: str, split: str, limit: int | None = None) -> list[Group]:
     """A hub dataset of the same schema (e.g. rm-robustness/ultrafeedback-train), via `datasets`.
 
-    Chat-format columns (lists of {role, content} messages, as the BSR paper's splits use) are
-    flattened: the prompt is the user turns, a response is the last assistant turn.
+    Known public schemas are mapped onto ours (`normalise_known_schemas`).
     """
     import datasets
 
     ds = datasets.load_dataset(name, split=split)
     groups = []
     for row, raw in enumerate(ds):
-        groups.append(validate_row(flatten_chat_columns(raw), f"{name}[{split}]", row))
+        groups.append(validate_row(normalise_known_schemas(raw), f"{name}[{split}]", row))
         if limit is not None and len(groups) >= limit:
             break
     return groups
 
 
-def flatten_chat_columns(raw: dict) -> dict:
-    """Messages lists -> plain text, leaving plain-text rows untouched."""
+def normalise_known_schemas(raw: dict) -> dict:
+    """Map the public schemas we read onto ours; plain rows pass through unchanged.
+
+    - chat-message columns (TRL / the BSR paper's train and Val1 splits): `chosen` / `rejected` are
+      lists of {role, content}; the prompt is the user turns, a response the last assistant turn;
+    - the BSR paper's Val2-4 splits: `instruction`, `response_1_text` .. `response_4_text` and
+      `all_scores` (gold ArmoRM scores): completions sorted best first by those scores.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    if "instruction" in out and "response_1_text" in out:
+        k = 1
+        responses = []
+        while f"response_{k}_text" in out:
+            responses.append(out[f"response_{k}_text"])
+            k += 1
+        scores = list(out.get("all_scores") or [])
+        order = sorted(range(len(responses)), key=lambda i: -scores[i]) if len(scores) == len(responses) else range(len(responses))
+        out = {
+            "prompt": out["instruction"],
+            "completions": [responses[i] for i in order],
+            "scores": [scores[i] for i in order] if len(scores) == len(responses) else None,
+            "prompt_type": out.get("prompt_type"),
+            "prompt_id": out.get("prompt_id"),
+        }
+        return out
+
+    def is_messages(value) -> bool:
+        return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
 
     def last_assistant(messages):
-        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-            replies = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
-            return replies[-1] if replies else ""
-        return messages
+        replies = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
+        return replies[-1] if replies else ""
 
-    out = dict(raw)
     for key in ("chosen", "rejected"):
-        if key in out:
-            if "prompt" not in out and isinstance(out[key], list) and out[key] and isinstance(out[key][0], dict):
+        if is_messages(out.get(key)):
+            if not out.get("prompt"):
                 out["prompt"] = "\n".join(m.get("content", "") for m in out[key] if m.get("role") == "user")
             out[key] = last_assistant(out[key])
-    if isinstance(out.get("prompt"), list):
-        out["prompt"] = "\n".join(m.get("content", "") for m in out["prompt"] if isinstance(m, dict))
+    if is_messages(out.get("prompt")):
+        out["prompt"] = "\n".join(m.get("content", "") for m in out["prompt"])
     return out
 
 

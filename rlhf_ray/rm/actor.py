@@ -34,9 +34,9 @@ class RMTrainerActor:
 class RMTrainerGroup:
     """The data-parallel group of reward-model trainers, as the driver sees it."""
 
-    def __init__(self, cfg: Config, total_steps: int):
+    def __init__(self, cfg: Config, total_steps: int, tag: str | None = None):
         self.cfg = cfg
-        self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm)
+        self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag)
         addr, port = self.group.call_one(0, "free_address")
         n = len(self.group)
         timeout = cfg.rm.sync_timeout_s

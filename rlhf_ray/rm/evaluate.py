@@ -83,10 +83,10 @@ def evaluate_reward_model(cfg: Config, model_ref: str) -> dict:
     resolve_model(model_ref)
     connect(cfg.ray)
     pool = ScorerPool(model_ref, cfg.scorer, cfg.model.max_length, cfg.model.trust_remote_code)
-    result: dict = {"model": model_ref, "testbed": cfg.data.testbed}
+    result: dict = {"model": model_ref, "testbed": "gold" if cfg.data.scenarios else cfg.data.testbed}
     try:
         result["w_norm"] = pool.head_norm()
-        if cfg.data.testbed == "gold":
+        if cfg.data.testbed == "gold" or cfg.data.scenarios:
             for split, scenario in GOLD_SPLITS.items():
                 groups = _load(cfg, split)
                 rewards, hidden, flat = _score(pool, groups)
@@ -116,4 +116,5 @@ def evaluate_reward_model(cfg: Config, model_ref: str) -> dict:
 
 
 def _load(cfg: Config, split: str) -> list[Group]:
-    return load_split(cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": split})}), "eval")
+    ref = cfg.data.scenarios.get(split, split)
+    return load_split(cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": ref})}), "eval")

@@ -17,8 +17,9 @@ from rlhf_ray.utils.runlog import RunLogger
 PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")
 
 
-def train_reward_model(cfg: Config) -> dict:
-    """Train one reward model as `cfg` says; returns the summary (also written as summary.json)."""
+def train_reward_model(cfg: Config, tag: str | None = None) -> dict:
+    """Train one reward model as `cfg` says; returns the summary (also written as summary.json).
+    `tag` names the run's actors and progress lines when several train at once."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
@@ -28,8 +29,8 @@ def train_reward_model(cfg: Config) -> dict:
 
     resolve_model(cfg.model.name)  # a missing path fails here; alias caches are built once, here
     connect(cfg.ray)
-    group = RMTrainerGroup(cfg, total)
-    log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS)
+    group = RMTrainerGroup(cfg, total, tag)
+    log = RunLogger(out, f"train-rm {tag}" if tag else "train-rm", total, cfg.tensorboard, PROGRESS_KEYS)
     try:
         if evaluation:
             log.log(0, group.evaluate(evaluation), prefix="eval")

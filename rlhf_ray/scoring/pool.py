@@ -24,8 +24,8 @@ class ScorerActor:
 
 class ScorerPool:
     def __init__(self, model_ref: str, cfg: ActorGroupConfig, max_length: int = 256, trust_remote_code: bool = False,
-                 timeout_s: float = 600):
-        self.group = ActorGroup(ScorerActor, "scorer", cfg, model_ref, max_length, trust_remote_code)
+                 timeout_s: float = 600, tag: str | None = None):
+        self.group = ActorGroup(ScorerActor, "scorer", cfg, model_ref, max_length, trust_remote_code, tag=tag)
         self.timeout_s = timeout_s
 
     def score(self, prompts: list[str], responses: list[str], with_hidden: bool = False):

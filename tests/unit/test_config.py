@@ -61,3 +61,33 @@ def test_malformed_override_and_missing_file(tmp_path):
     bad.write_text("rm: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def _model_ref_ok(ref: str) -> bool:
+    from rlhf_ray.models.aliases import ALIASES
+
+    return ref in ALIASES or Path(ref).exists() or (ref.count("/") == 1 and not ref.startswith((".", "/")))
+
+
+def _data_ref_ok(ref: str, testbed: str) -> bool:
+    if ref.startswith("hub:"):
+        name, _, split = ref[4:].rpartition(":")
+        return name.count("/") == 1 and bool(split)
+    if ref.endswith((".parquet", ".jsonl", ".json")):
+        return Path(ref).exists()
+    return testbed in ("gold", "collapse") and ref in ("train", "eval", "val1", "val2", "val3", "val4")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_configs_name_resources_that_exist(path):
+    from rlhf_ray.config import find_config
+
+    cfg = load_config(path)
+    assert _model_ref_ok(cfg.model.name), cfg.model.name
+    for ref in [cfg.data.train, cfg.data.eval, *cfg.data.scenarios.values()]:
+        assert ref is None or _data_ref_ok(ref, cfg.data.testbed), ref
+    for ref in [cfg.experiment.base, *cfg.demo.reward_models.values()]:
+        sub = load_config(find_config(ref))  # every referenced config exists and loads
+        assert _model_ref_ok(sub.model.name)
+    if cfg.rm.num_gpus:
+        assert cfg.rm.zero_stage in (0, 1, 2, 3) and cfg.model.dtype == "bfloat16"

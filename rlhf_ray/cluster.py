@@ -86,7 +86,6 @@ class ActorGroup:
 
     def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600, **kwargs) -> list[Any]:
         """Call `method` on every actor (with its own args) and wait for all, with a timeout."""
-        import ray
 
         args_per_actor = args_per_actor or [()] * len(self.actors)
         refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_actor)]

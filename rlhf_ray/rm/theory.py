@@ -35,6 +35,10 @@ def objective(rewards: np.ndarray, name: str, gamma: float = 0.5, c: float = 4.0
         return float(np.sum(utility_np(name, gamma, c)(r[j] - r[i])))
 
 
+def _cumulative(gaps: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(gaps)])
+
+
 def _from_logits(z: np.ndarray) -> np.ndarray:
     gaps = np.exp(z - z.max())
     gaps /= gaps.sum()
@@ -60,14 +64,14 @@ def _numerical(name: str, n: int, gamma: float, c: float, starts: int, seed: int
         else:
             # U finite at 0: gaps may be exactly 0 (atoms), so optimise them directly on the simplex
             g0 = np.exp(init) / np.exp(init).sum()
-            cum = lambda g: np.concatenate([[0.0], np.cumsum(g)])  # noqa: E731
             res = optimize.minimize(
-                lambda g: -np.sum(u(cum(g)[j] - cum(g)[i])), g0, method="SLSQP",
+                lambda g: -np.sum(u(_cumulative(g)[j] - _cumulative(g)[i])), g0, method="SLSQP",
                 bounds=[(0.0, 1.0)] * (n - 1),
                 constraints=[{"type": "eq", "fun": lambda g: g.sum() - 1.0}],
                 options={"ftol": 1e-15, "maxiter": 2000},
             )
-            r = np.clip(cum(np.clip(res.x, 0, None) / np.clip(res.x, 0, None).sum()), 0.0, 1.0)
+            gaps = np.clip(res.x, 0, None)
+            r = np.clip(_cumulative(gaps / gaps.sum()), 0.0, 1.0)
         value = objective(r, name, gamma, c)
         if value > best_value:
             best, best_value = r, value

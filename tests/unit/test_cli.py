@@ -2,7 +2,6 @@
 import re
 from pathlib import Path
 
-import pytest
 
 from rlhf_ray.cli import COMMANDS, main
 

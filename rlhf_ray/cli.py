@@ -50,6 +50,14 @@ def _cmd_experiment(cfg, args) -> dict:
     return run_experiment(cfg)
 
 
+def _cmd_rloo(cfg, args) -> dict:
+    from rlhf_ray.rl.loop import run_rloo
+
+    summary = run_rloo(cfg)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def _cmd_demo(cfg, args) -> dict:
     from rlhf_ray.demo import run_demo
 
@@ -61,6 +69,7 @@ COMMANDS = {
     "train-rm": (_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None),
     "eval-rm": (_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None),
     "experiment": (_cmd_experiment, "variants x seeds of a reward-model config, trained side by side, one report", None),
+    "rloo": (_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None),
     "demo": (_cmd_demo, "the embedded-default demo: prepare, train reward models, report", "configs/demo.yaml"),
 }
 

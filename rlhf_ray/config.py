@@ -135,6 +135,57 @@ class EvalConfig(Section):
     out_dir: Optional[str] = None  # default: <output_dir>/eval
 
 
+class RolloutConfig(ActorGroupConfig):
+    """Rollout workers: one generation engine each."""
+
+    engine: Literal["vllm", "hf"] = "vllm"
+    k: int = Field(4, ge=2)  # samples per prompt
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    kv_cache_gb: float = Field(1.0, gt=0)
+    max_model_len: int = Field(1024, ge=16)
+    sync_timeout_s: float = Field(120.0, gt=0)  # a weight sync slower than this is an error
+    bucket_mb: int = Field(64, ge=1)  # weight-sync bucket size
+
+
+class RewardConfig(Section):
+    """What the policy is optimised against: reward models (ensemble + transform) and the gold reward."""
+
+    models: list[str] = ["minilm-l6"]  # checkpoints, aliases or hub ids
+    aggregate: Literal["mean", "wco", "uwo"] = "mean"
+    uwo_lambda: float = Field(0.5, ge=0)
+    transform: Literal["none", "lsc", "par"] = "none"
+    reference_samples: int = Field(2, ge=1)  # reference-policy responses per prompt for LSC / PAR
+    train_on_gold: bool = False  # the gold reward is tracked always, trained on only if set
+    max_length: int = Field(256, ge=8)
+
+
+class LearnerConfig(ActorGroupConfig):
+    """The RLOO learner: data-parallel DeepSpeed ranks holding the policy and a frozen reference."""
+
+    variant: Literal["sequence", "token"] = "sequence"
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    beta: float = Field(0.05, ge=0)
+    clip: float = Field(0.2, gt=0)
+    lr: float = Field(2e-6, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = Field(1.0, ge=0)
+    ppo_epochs: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class RLOOConfig(Section):
+    policy: str = "smollm2-135m"
+    prompts: str = "gold"  # the gold testbed's prompts (with references for the gold reward), or a file
+    prompt_split: str = "train"
+    prompts_per_step: int = Field(8, ge=1)
+    steps: int = Field(20, ge=1)
+    max_prompt_tokens: int = Field(256, ge=8)
+
+
 class CorpusSizes(Section):
     collapse_train_prompts: int = Field(256, ge=2)
     collapse_eval_prompts: int = Field(32, ge=2)
@@ -177,6 +228,10 @@ class Config(Section):
     loss: LossConfig = LossConfig()
     rm: RMConfig = RMConfig()
     scorer: ActorGroupConfig = ActorGroupConfig(num_workers=2, num_cpus=0.5)
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    learner: LearnerConfig = LearnerConfig()
+    rloo: RLOOConfig = RLOOConfig()
     eval: EvalConfig = EvalConfig()
     prepare: PrepareConfig = PrepareConfig()
     demo: DemoConfig = DemoConfig()

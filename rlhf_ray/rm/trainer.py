@@ -42,7 +42,7 @@ class RewardModelTrainer:
         scheduler = get_scheduler(
             cfg.rm.schedule if cfg.rm.schedule != "constant" else "constant_with_warmup",
             optimizer,
-            num_warmup_steps=math.ceil(cfg.rm.warmup_ratio * total_steps),
+            num_warmup_steps=int(cfg.rm.warmup_ratio * total_steps),
             num_training_steps=total_steps,
         )
         micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)

@@ -1,0 +1,64 @@
+"""The RL reward-scoring actor: several reward models (an ensemble), a transform, and the gold reward.
+
+`score` returns small lists only: the reward to train on, the proxy reward before the transform, each
+member's reward, the gold reward (always computed, for tracking), and the response lengths.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhf_ray.data.gold import gold_reward
+from rlhf_ray.rl.engines.base import Rollouts
+from rlhf_ray.scoring.aggregate import aggregate, transform
+from rlhf_ray.scoring.scorer import RewardScorer
+
+
+class RLScorer:
+    def __init__(self, reward_cfg: dict):
+        self.cfg = reward_cfg
+        self.members = [RewardScorer(m, reward_cfg["max_length"]) for m in reward_cfg["models"]]
+
+    def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.stack([m.score(prompt_texts, responses) for m in self.members])
+
+    def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
+        k, cfg = rollouts.k, self.cfg
+        per_sample = [prompts[i // k] for i in range(len(rollouts))]
+        members = self.member_rewards([p["prompt"] for p in per_sample], rollouts.texts)
+        proxy = aggregate(members, cfg["aggregate"], cfg["uwo_lambda"])
+        reference = None
+        if cfg["transform"] != "none":
+            reference = torch.tensor([p["reference_rewards"] for p in per_sample], dtype=proxy.dtype)
+        shaped = transform(proxy, cfg["transform"], reference)
+        gold = [
+            gold_reward(p["prompt_type"], p["reference"], text) if p.get("reference") else math.nan
+            for p, text in zip(per_sample, rollouts.texts)
+        ]
+        train = torch.tensor(gold) if cfg["train_on_gold"] else shaped
+        if not torch.isfinite(train).all():
+            bad = [i for i, v in enumerate(train.tolist()) if not math.isfinite(v)]
+            raise FloatingPointError(f"non-finite training rewards for samples {bad[:10]} (prompts "
+                                     f"{sorted({per_sample[i]['prompt_id'] for i in bad})[:5]})")
+        return {
+            "train": train.tolist(),
+            "proxy": proxy.tolist(),
+            "members": members.tolist(),
+            "gold": gold,
+            "length": [len(r) for r in rollouts.response_ids],
+            "finished": list(rollouts.finished),
+        }
+
+
+class RLScorerActor:
+    """Ray shell: `scorer-<i>`."""
+
+    def __init__(self, reward_cfg: dict):
+        self.scorer = RLScorer(reward_cfg)
+
+    def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
+        return self.scorer.score(rollouts, prompts)
+
+    def member_rewards(self, prompt_texts, responses):
+        return self.scorer.member_rewards(prompt_texts, responses)

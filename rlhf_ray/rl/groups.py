@@ -38,7 +38,6 @@ class RLGroups:
 
     def generate(self, prompt_ids: list[list[int]], step: int) -> list:
         """Prompts split over the rollout workers; returns one Rollouts ref per worker."""
-        import ray
 
         rc, n = self.cfg.rollout, len(self.rollout)
         sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=self.cfg.seed * 100003 + step)
@@ -75,7 +74,6 @@ class RLGroups:
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
         """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record."""
-        import ray
 
         rc, m = self.cfg.rollout, self.cfg.reward.reference_samples
         sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=self.cfg.seed)

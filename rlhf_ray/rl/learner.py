@@ -2,7 +2,6 @@
 Plain Python; `RLOOLearnerActor` is its Ray shell."""
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -43,9 +43,16 @@ def load_prompts(cfg: Config) -> list[dict]:
         if not path.exists():
             prepare(cfg, ["gold"])
         rows = [r for r in read_records(path) if r["split"] == cfg.rloo.prompt_split]
+    elif cfg.rloo.prompts.startswith("hub:"):
+        import datasets
+
+        name, _, split = cfg.rloo.prompts[4:].rpartition(":")
+        rows = [dict(r) for r in datasets.load_dataset(name, split=split)]
     else:
         rows = list(read_records(Path(cfg.rloo.prompts)))
+    if cfg.rloo.prompts != "gold":
         for i, r in enumerate(rows):
+            r.setdefault("prompt", r.get("instruction"))  # the BSR paper's prompt splits call it `instruction`
             if not isinstance(r.get("prompt"), str) or not r["prompt"].strip():
                 raise DataError(f"{cfg.rloo.prompts}: row {i}: field 'prompt': missing or empty")
             r.setdefault("prompt_id", f"prompt-{i}")

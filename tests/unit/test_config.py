@@ -91,3 +91,13 @@ def test_configs_name_resources_that_exist(path):
         assert _model_ref_ok(sub.model.name)
     if cfg.rm.num_gpus:
         assert cfg.rm.zero_stage in (0, 1, 2, 3) and cfg.model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "rloo" in p.name], ids=lambda p: p.name)
+def test_rloo_configs_name_a_policy_and_prompts_that_resolve(path):
+    cfg = load_config(path)
+    assert _model_ref_ok(cfg.rloo.policy)
+    prompts = cfg.rloo.prompts
+    assert prompts == "gold" or _data_ref_ok(prompts, "custom")
+    for model in cfg.reward.models:  # a trained checkpoint under runs/ (made by a documented command) or a ref
+        assert model.startswith("runs/") or _model_ref_ok(model)

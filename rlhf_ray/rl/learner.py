@@ -9,6 +9,7 @@ from rlhf_ray.config import Config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Rollouts, blobs_from_state_dict
 from rlhf_ray.rl.rloo import masked_mean, rloo_loss
+from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
 
 
@@ -93,15 +94,7 @@ class RLOOLearner:
         return blobs
 
     def save(self, path: str) -> None:
-        from rlhf_ray.utils.atomic import atomic_dir
-
-        model = self.engine.module
-        with gathered_parameters(model.parameters(), self.cfg.learner.zero_stage):
-            if self.rank == 0:
-                with atomic_dir(path) as tmp:
-                    model.save_pretrained(tmp, safe_serialization=True)
-                    self.tokenizer.save_pretrained(tmp)
-        torch.distributed.barrier()
+        save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.learner.zero_stage)
 
 
 class RLOOLearnerActor:

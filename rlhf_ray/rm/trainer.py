@@ -21,7 +21,7 @@ from rlhf_ray.models.reward_model import (
 )
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_groups, rm_loss
-from rlhf_ray.utils.atomic import atomic_dir
+from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
 
 
@@ -105,11 +105,5 @@ class RewardModelTrainer:
     def save(self, path: str) -> str | None:
         """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes it
         into a temporary folder and renames it into place. Every rank must call this (ZeRO-3 gathers)."""
-        model = self.engine.module
-        with gathered_parameters(model.parameters(), self.cfg.rm.zero_stage):
-            if self.rank == 0:
-                with atomic_dir(path) as tmp:
-                    model.save_pretrained(tmp, safe_serialization=True)
-                    self.tokenizer.save_pretrained(tmp)
-        torch.distributed.barrier()
+        save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.rm.zero_stage)
         return str(Path(path)) if self.rank == 0 else None

@@ -14,7 +14,9 @@ GOLD_COLUMNS = [
     ("val2_tau", "Prompt-disjoint tau (Val2)"),
     ("val3_tau", "Response-disjoint tau (Val3)"),
     ("val4_tau", "Mutual-disjoint tau (Val4)"),
-    ("h_norm_spread", "||h|| mean: max/min over scenarios"),
+    ("h_norm_std", "||h|| std (mean over scenarios)"),
+    ("h_norm_p99", "||h|| 99th pct"),
+    ("effective_rank", "effective rank"),
     ("w_norm", "||W_p||"),
 ]
 COLLAPSE_COLUMNS = [
@@ -29,11 +31,13 @@ COLLAPSE_COLUMNS = [
 def headline(result: dict) -> dict:
     """The few numbers of one eval-rm result that a table shows."""
     if result["testbed"] == "gold":
-        means = [result[s]["h_norm_mean"] for s in ("val1", "val2", "val3", "val4")]
+        splits = [result[s] for s in ("val1", "val2", "val3", "val4")]
         return {
             "val1_accuracy": result["val1"]["accuracy"]["value"],
             **{f"{s}_tau": result[s]["kendall_tau"]["value"] for s in ("val2", "val3", "val4")},
-            "h_norm_spread": max(means) / min(means),
+            "h_norm_std": float(np.mean([np.std(s["h_norms"]) for s in splits])),
+            "h_norm_p99": float(np.mean([np.percentile(s["h_norms"], 99) for s in splits])),
+            "effective_rank": float(np.mean([s["effective_rank"] for s in splits])),
             "w_norm": result["w_norm"],
         }
     ev = result["eval"]

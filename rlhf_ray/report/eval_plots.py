@@ -15,6 +15,14 @@ def _plt():
     return plt
 
 
+def save_figure(plt, fig, path: Path) -> str:
+    """Lay out, write the PNG, free the figure; returns the path written."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def plot_reward_by_index(ax, curves: dict, title: str) -> None:
     """Mean R = sigmoid(f) by completion index per prompt type, spread shaded, theory dashed."""
     for kind, color in (("open", "tab:blue"), ("closed", "tab:orange")):
@@ -41,10 +49,7 @@ def plot_eval(result: dict, out_dir: Path) -> list[str]:
         ax.hist(result[split]["h_norms"], bins=30, alpha=0.5, label=result[split].get("scenario", split))
     ax.set(title="||h(x, y)|| per scenario", xlabel="||h||", ylabel="count")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "h_norms.png", dpi=110)
-    plt.close(fig)
-    written.append(str(out_dir / "h_norms.png"))
+    written.append(save_figure(plt, fig, out_dir / "h_norms.png"))
 
     if result["testbed"] == "gold":
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -59,16 +64,10 @@ def plot_eval(result: dict, out_dir: Path) -> list[str]:
         low = min(0.0, *(v - e[0] for v, e in zip(values, errors)))
         ax.set(title="generalisation (95% bootstrap CI)", ylim=(low - 0.05, 1))
         ax.tick_params(axis="x", labelsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "scenarios.png", dpi=110)
-        plt.close(fig)
-        written.append(str(out_dir / "scenarios.png"))
+        written.append(save_figure(plt, fig, out_dir / "scenarios.png"))
 
     if result["testbed"] == "collapse":
         fig, ax = plt.subplots(figsize=(5, 3.5))
         plot_reward_by_index(ax, result["eval"]["curves"], "reward by completion index")
-        fig.tight_layout()
-        fig.savefig(out_dir / "reward_by_index.png", dpi=110)
-        plt.close(fig)
-        written.append(str(out_dir / "reward_by_index.png"))
+        written.append(save_figure(plt, fig, out_dir / "reward_by_index.png"))
     return written

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_ray.report.eval_plots import _plt, plot_reward_by_index
+from rlhf_ray.report.eval_plots import _plt, plot_reward_by_index, save_figure
 
 GOLD_COLUMNS = [
     ("val1_accuracy", "In-domain acc (Val1)"),
@@ -98,9 +98,7 @@ def _gold_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> list[st
     ax.set_xticks(np.arange(4) + 0.4 - width / 2, ["In-domain\n(acc)", "Prompt-disj.\n(tau)", "Response-disj.\n(tau)", "Mutual-disj.\n(tau)"])
     ax.set(title="generalisation by scenario (mean ± std over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "scenarios.png", dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, out_dir / "scenarios.png")
 
     fig, axes = plt.subplots(1, len(variants), figsize=(3.6 * len(variants), 3.2), squeeze=False, sharex=True)
     for ax, variant in zip(axes[0], variants):
@@ -109,9 +107,7 @@ def _gold_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> list[st
             ax.hist(norms, bins=30, alpha=0.45, label=split)
         ax.set(title=f"||h||: {variant}", xlabel="||h(x, y)||")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "h_norms.png", dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, out_dir / "h_norms.png")
     return ["![scenarios](scenarios.png)", "", "![hidden-state norms](h_norms.png)", ""]
 
 
@@ -120,9 +116,7 @@ def _collapse_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> lis
     for ax, variant in zip(axes[0], variants):
         curves = by_variant[variant][0]["eval"]["eval"]["curves"]  # the first seed
         plot_reward_by_index(ax, curves, f"{variant} (seed {by_variant[variant][0]['seed']})")
-    fig.tight_layout()
-    fig.savefig(out_dir / "reward_by_index.png", dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, out_dir / "reward_by_index.png")
     return ["![reward by completion index](reward_by_index.png)", ""]
 
 
@@ -138,7 +132,5 @@ def _training_plot(plt, out_dir: Path, results: list[dict]) -> list[str]:
             ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=f"{r['variant']} s{r['seed']}", alpha=0.8)
         ax.set(title=f"training loss ({testbed})", xlabel="step", ylabel="loss")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out_dir / "training_loss.png", dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, out_dir / "training_loss.png")
     return ["## Training", "", "![training loss](training_loss.png)", ""]

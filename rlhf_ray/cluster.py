@@ -71,10 +71,13 @@ class ActorGroup:
         remote_cls = ray.remote(actor_cls)
         prefix = f"{role}-{tag}" if tag else role
         self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
+        threads = str(cfg.num_threads or 1)
+        env = {**ACTOR_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         self.actors = [
             remote_cls.options(
                 name=name,
                 num_cpus=cfg.num_cpus,
+                runtime_env={"env_vars": env},
                 num_gpus=cfg.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
             ).remote(*args, **kwargs)

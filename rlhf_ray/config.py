@@ -28,6 +28,9 @@ class ActorGroupConfig(Section):
     num_workers: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    # CPU threads per actor (torch/OpenMP). None: 1. More only pays where the group computes alone,
+    # e.g. the RLOO learner, whose phase never overlaps the others'.
+    num_threads: Optional[int] = Field(None, ge=1)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
@@ -174,6 +177,7 @@ class LearnerConfig(ActorGroupConfig):
     grad_clip: float = Field(1.0, ge=0)
     ppo_epochs: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
+    micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward; gradients add up to the batch's
     timeout_s: float = Field(600.0, gt=0)
 
 

@@ -2,42 +2,62 @@
 Plain Python; `RLOOLearnerActor` is its Ray shell."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 
 from rlhf_ray.config import Config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Rollouts, blobs_from_state_dict
-from rlhf_ray.rl.rloo import masked_mean, rloo_loss
+from rlhf_ray.rl.rloo import CLIP_LOSSES, advantage_stats, advantages_of, loss_denominator, masked_mean
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
 
 
-def pack(rollouts: Rollouts, pad_id: int):
-    """Right-padded prompt+response ids, attention mask, and the response-token mask (B, L)."""
-    seqs = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id)
+@dataclass
+class Packed:
+    """A batch of prompt+response sequences laid out so every response starts at column P: prompts
+    left-padded to P, responses right-padded to R. The model then needs logits for the last R + 1
+    positions only (not the prompt's): a fraction of the lm_head's work and memory."""
+
+    ids: torch.Tensor  # (B, P + R)
+    attn: torch.Tensor  # (B, P + R)
+    positions: torch.Tensor  # (B, P + R): from the attention mask, so left padding changes nothing
+    mask: torch.Tensor  # (B, R): 1 on real response tokens
+
+    def rows(self, index) -> "Packed":
+        return Packed(self.ids[index], self.attn[index], self.positions[index], self.mask[index])
+
+
+def pack(rollouts: Rollouts, pad_id: int) -> Packed:
+    width_p = max(len(p) for p in rollouts.prompt_ids)
+    width_r = max(max(len(r) for r in rollouts.response_ids), 1)
+    n = len(rollouts)
+    ids = torch.full((n, width_p + width_r), pad_id)
     attn = torch.zeros_like(ids)
-    resp = torch.zeros(len(seqs), width)
     for row, (p, r) in enumerate(zip(rollouts.prompt_ids, rollouts.response_ids)):
-        ids[row, : len(p) + len(r)] = torch.tensor(p + r)
-        attn[row, : len(p) + len(r)] = 1
-        resp[row, len(p) : len(p) + len(r)] = 1
-    return ids, attn, resp
+        ids[row, width_p - len(p) : width_p + len(r)] = torch.tensor(p + r)
+        attn[row, width_p - len(p) : width_p + len(r)] = 1
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    return Packed(ids, attn, positions, attn[:, width_p:].float())
 
 
-def token_logprobs(model, ids, attn, temperature: float, with_entropy: bool = False):
-    """log pi(token_t | tokens_<t) of every position (B, L; position 0 is 0), temperature-scaled as the
-    sampler's distribution; optionally the per-position entropy."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    logp = torch.cat([torch.zeros_like(logp[:, :1]), logp], 1)
+def response_logprobs(model, batch: Packed, temperature: float, with_entropy: bool = False):
+    """log pi(response token t | everything before it), (B, R), with the sampler's temperature; and
+    optionally the entropy of each of those next-token distributions."""
+    width_r = batch.mask.shape[1]
+    logits = model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.positions,
+                   logits_to_keep=width_r + 1).logits
+    logits = logits[:, -width_r - 1 : -1].float() / temperature
+    log_z = torch.logsumexp(logits, -1)
+    logp = logits.gather(-1, batch.ids[:, -width_r:].unsqueeze(-1)).squeeze(-1) - log_z
     if not with_entropy:
         return logp, None
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, torch.cat([torch.zeros_like(entropy[:, :1]), entropy], 1)
+    return logp, log_z - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 class RLOOLearner:
@@ -65,26 +85,41 @@ class RLOOLearner:
         ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, cfg.model.dtype == "bfloat16")
         self.engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
 
+    def _logprobs(self, model, batch: Packed, with_entropy: bool = False):
+        parts = [response_logprobs(model, batch.rows(sl), self.cfg.rollout.temperature, with_entropy)
+                 for sl in micro_batches(len(batch.ids), self.cfg.learner.micro_batch_size)]
+        logp = torch.cat([p[0] for p in parts])
+        return logp, torch.cat([p[1] for p in parts]) if with_entropy else None
+
     def update(self, rollouts: Rollouts, scores: torch.Tensor) -> dict:
-        """One RLOO update on this rank's share (whole prompt groups); returns its stats."""
-        lc, temperature = self.cfg.learner, self.cfg.rollout.temperature
-        ids, attn, mask = pack(rollouts, self.pad_id)
+        """One RLOO update on this rank's share (whole prompt groups), in micro-batches whose gradients
+        add up to the whole batch's; returns its stats."""
+        lc = self.cfg.learner
+        batch = pack(rollouts, self.pad_id)
         with torch.no_grad():
             self.engine.eval()
-            logp_old, entropy = token_logprobs(self.engine, ids, attn, temperature, with_entropy=True)
-            logp_ref, _ = token_logprobs(self.reference, ids, attn, temperature)
+            logp_old, entropy = self._logprobs(self.engine, batch, with_entropy=True)
+            logp_ref, _ = self._logprobs(self.reference, batch)
+        adv, token_kl = advantages_of(lc.variant, scores.to(logp_old), logp_old, logp_ref, batch.mask, lc.beta,
+                                      rollouts.k, lc.kl_estimator)
+        denominator = loss_denominator(lc.variant, batch.mask)
+        chunks = micro_batches(len(batch.ids), lc.micro_batch_size)
         self.engine.train()
         for _ in range(lc.ppo_epochs):
-            logp_new, _ = token_logprobs(self.engine, ids, attn, temperature)
-            loss, stats = rloo_loss(lc.variant, logp_new, logp_old, logp_ref, mask, scores.to(logp_new), lc.beta,
-                                    rollouts.k, lc.clip, lc.kl_estimator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"learner-{self.rank}: RLOO loss is {float(loss)}; no checkpoint written")
-            self.engine.backward(loss)
+            loss_sum, clipped = 0.0, 0.0
+            for i, sl in enumerate(chunks):
+                self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
+                logp_new, _ = response_logprobs(self.engine, batch.rows(sl), self.cfg.rollout.temperature)
+                loss, clip_frac = CLIP_LOSSES[lc.variant](logp_new, logp_old[sl], batch.mask[sl], adv[sl], lc.clip,
+                                                          denominator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"learner-{self.rank}: RLOO loss is {float(loss)}; no checkpoint written")
+                self.engine.backward(loss, scale_wrt_gas=False)
+                loss_sum, clipped = loss_sum + float(loss.detach()), clipped + float(clip_frac)
             self.engine.step()
-        stats.update(loss=float(loss), entropy=float(masked_mean(entropy, mask)), lr=self.engine.get_lr()[0],
-                     grad_norm=float(self.engine.get_global_grad_norm() or 0.0))
-        return stats
+        return {**advantage_stats(adv, token_kl, batch.mask), "clip_frac": clipped, "loss": loss_sum,
+                "entropy": float(masked_mean(entropy, batch.mask)), "lr": self.engine.get_lr()[0],
+                "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
 
     def publish_weights(self, bucket_mb: int) -> list[bytes] | None:
         """The policy's weights as bucketed safetensors blobs (rank 0; every rank must call)."""

@@ -59,40 +59,57 @@ def token_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.T
     return (baseline_free - beta * kl_to_go) * mask
 
 
-def sequence_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2):
-    """PPO-clip on the sequence ratio; returns (loss, fraction of sequences clipped)."""
+def sequence_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None):
+    """PPO-clip on the sequence ratio; returns (loss, fraction of sequences clipped). Both are sums over
+    these sequences divided by `denominator` (default: their count), so micro-batches add up."""
     ratio = torch.exp(masked_sum(logp_new - logp_old, mask))
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
-    clip_frac = ((ratio - clipped).abs() > 0).float().mean()
+    denominator = denominator or ratio.numel()
+    loss = torch.max(-advantages * ratio, -advantages * clipped).sum() / denominator
+    clip_frac = ((ratio - clipped).abs() > 0).float().sum() / denominator
     return loss, clip_frac
 
 
-def token_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2):
-    """PPO-clip on the token ratio, averaged over real tokens; returns (loss, clipped-token fraction)."""
+def token_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None):
+    """PPO-clip on the token ratio over real tokens; returns (loss, clipped-token fraction), sums divided
+    by `denominator` (default: these sequences' real-token count)."""
     ratio = torch.exp(logp_new - logp_old)
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
-    loss = masked_mean(torch.max(-advantages * ratio, -advantages * clipped), mask)
-    clip_frac = masked_mean(((ratio - clipped).abs() > 0).float(), mask)
+    denominator = denominator or mask.sum().clamp(min=1)
+    loss = (torch.max(-advantages * ratio, -advantages * clipped) * mask).sum() / denominator
+    clip_frac = (((ratio - clipped).abs() > 0).float() * mask).sum() / denominator
     return loss, clip_frac
+
+
+def advantages_of(variant: str, scores, logp_old, logp_ref, mask, beta: float, k: int, kl_estimator: str = "k1"):
+    """The advantages of a whole batch, (B,) for `sequence` or (B, T) for `token`, and the per-token KL."""
+    token_kl = KL_ESTIMATORS[kl_estimator](logp_old, logp_ref).detach()
+    if variant == "sequence":
+        return sequence_advantages(scores, token_kl, mask, beta, k), token_kl
+    if variant == "token":
+        return token_advantages(scores, token_kl, mask, beta, k), token_kl
+    raise ValueError(f"unknown RLOO variant {variant!r}: use 'sequence' or 'token'")
+
+
+CLIP_LOSSES = {"sequence": sequence_clip_loss, "token": token_clip_loss}
+
+
+def loss_denominator(variant: str, mask: torch.Tensor) -> float:
+    """What a whole batch's loss is averaged over: sequences (`sequence`) or real tokens (`token`)."""
+    return float(mask.shape[0]) if variant == "sequence" else float(mask.sum().clamp(min=1))
 
 
 def rloo_loss(variant: str, logp_new, logp_old, logp_ref, mask, scores, beta: float, k: int, clip: float = 0.2,
               kl_estimator: str = "k1"):
-    """The policy loss of one RLOO update and its stats, for variant `sequence` or `token`."""
-    token_kl = KL_ESTIMATORS[kl_estimator](logp_old, logp_ref).detach()
-    if variant == "sequence":
-        adv = sequence_advantages(scores, token_kl, mask, beta, k)
-        loss, clip_frac = sequence_clip_loss(logp_new, logp_old, mask, adv, clip)
-    elif variant == "token":
-        adv = token_advantages(scores, token_kl, mask, beta, k)
-        loss, clip_frac = token_clip_loss(logp_new, logp_old, mask, adv, clip)
-    else:
-        raise ValueError(f"unknown RLOO variant {variant!r}: use 'sequence' or 'token'")
-    stats = {
+    """The policy loss of one RLOO update on a whole batch, and its stats, for `sequence` or `token`."""
+    adv, token_kl = advantages_of(variant, scores, logp_old, logp_ref, mask, beta, k, kl_estimator)
+    loss, clip_frac = CLIP_LOSSES[variant](logp_new, logp_old, mask, adv, clip)
+    return loss, {**advantage_stats(adv, token_kl, mask), "clip_frac": float(clip_frac)}
+
+
+def advantage_stats(adv, token_kl, mask) -> dict:
+    return {
         "kl": float(masked_sum(token_kl, mask).mean()),
         "advantage_mean": float(adv.mean()),
         "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
-        "clip_frac": float(clip_frac),
     }
-    return loss, stats

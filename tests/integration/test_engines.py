@@ -23,11 +23,15 @@ def _perturbed_policy(seed=0):
     return model
 
 
-def _hf_logprobs(model, prompt, response):
-    ids = torch.tensor([prompt + response])
+def _assert_learner_logprobs_equal(policy, rollouts, atol):
+    """The learner's own computation (packed batch: left-padded prompts of different lengths, right-
+    padded responses) must give the engine's logprob for every response token."""
+    from rlhf_ray.rl.learner import pack, response_logprobs
+
     with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt) - 1 : -1]
-    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
+        learner, _ = response_logprobs(policy, pack(rollouts, pad_id=0), temperature=1.0)
+    for row, (response, logprobs) in enumerate(zip(rollouts.response_ids, rollouts.logprobs)):
+        torch.testing.assert_close(torch.tensor(logprobs), learner[row, : len(response)], atol=atol, rtol=0)
 
 
 def _prompts():
@@ -65,8 +69,8 @@ def test_after_weight_sync_vllm_logprobs_equal_the_learners(ray_local, vllm_roll
     prompts = _prompts()
     for rollouts in vllm_rollouts.call("generate", [(prompts, 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):
         assert rollouts.weights_version == 7
-        for prompt, response, logprobs in zip(rollouts.prompt_ids, rollouts.response_ids, rollouts.logprobs):
-            torch.testing.assert_close(torch.tensor(logprobs), _hf_logprobs(policy, prompt, response), atol=2e-4, rtol=0)
+        assert len({len(p) for p in rollouts.prompt_ids}) > 1  # the packing's left padding is exercised
+        _assert_learner_logprobs_equal(policy, rollouts, atol=2e-4)
 
 
 def test_weight_sync_that_does_not_finish_in_time_raises_naming_the_worker(ray_local, vllm_rollouts):
@@ -84,8 +88,7 @@ def test_hf_engine_behind_the_same_interface():
     worker.load_weights(blobs_from_state_dict(policy.state_dict()), version=2)
     out = worker.generate(prompts, 2, Sampling(max_new_tokens=6, temperature=1.0))
     assert len(out) == 4 and out.weights_version == 2
-    for prompt, response, logprobs in zip(out.prompt_ids, out.response_ids, out.logprobs):
-        torch.testing.assert_close(torch.tensor(logprobs), _hf_logprobs(policy, prompt, response), atol=1e-4, rtol=0)
+    _assert_learner_logprobs_equal(policy, out, atol=1e-4)
 
 
 def test_a_batch_larger_than_one_scheduler_step_generates(vllm_rollouts):

@@ -105,3 +105,15 @@ def test_unknown_variant():
     new, old, ref, mask, scores = _batch()
     with pytest.raises(ValueError, match="variant"):
         R.rloo_loss("ppo", new, old, ref, mask, scores, 0.1, 2)
+
+
+@pytest.mark.parametrize("variant", ["sequence", "token"])
+def test_micro_batch_losses_add_up_to_the_whole_batch_loss(variant):
+    new, old, ref, mask, scores = _batch()
+    k, beta = 3, 0.05
+    whole, _ = R.rloo_loss(variant, new, old, ref, mask, scores, beta, k, 0.2, "k3")
+    adv, _ = R.advantages_of(variant, scores, old, ref, mask, beta, k, "k3")
+    denominator = R.loss_denominator(variant, mask)
+    parts = [R.CLIP_LOSSES[variant](new[s], old[s], mask[s], adv[s], 0.2, denominator)[0]
+             for s in (slice(0, 1), slice(1, 4), slice(4, 6))]
+    assert sum(p.item() for p in parts) == pytest.approx(whole.item(), rel=1e-12)

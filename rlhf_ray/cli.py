@@ -58,10 +58,10 @@ def _cmd_rloo(cfg, args) -> dict:
     return summary
 
 
-def _cmd_demo(cfg, args) -> dict:
-    from rlhf_ray.demo import run_demo
+def _cmd_pipeline(cfg, args) -> dict:
+    from rlhf_ray.pipeline import run_pipeline
 
-    return run_demo(cfg)
+    return run_pipeline(cfg, args.command)
 
 
 COMMANDS = {
@@ -70,7 +70,9 @@ COMMANDS = {
     "eval-rm": (_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None),
     "experiment": (_cmd_experiment, "variants x seeds of a reward-model config, trained side by side, one report", None),
     "rloo": (_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None),
-    "demo": (_cmd_demo, "the embedded-default demo: prepare, train reward models, report", "configs/demo.yaml"),
+    "pipeline": (_cmd_pipeline, "prepare -> train BT/BSR/prompt-aware RMs -> RLOO against each -> one report",
+                 "configs/pipeline.yaml"),
+    "demo": (_cmd_pipeline, "a short pipeline on the embedded default (~20 min on 2 cores)", "configs/demo.yaml"),
 }
 
 
@@ -90,12 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=default_config, help="YAML config (default: %(default)s)")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rm.num_workers=4")
+        if name in ("train-rm", "rloo"):
+            p.add_argument("--resume", action="store_true",
+                           help="continue from the newest complete checkpoint under output_dir/checkpoints")
         if name == "eval-rm":
             p.add_argument("--model", required=True, help="checkpoint folder, alias or hub id")
             p.add_argument("--testbed", help="gold | collapse | a .parquet/.jsonl file | hub:<name>:<split>")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides])
+        resume = ["resume=true"] if getattr(args, "resume", False) else []
+        cfg = load_config(args.config, [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides, *resume])
         COMMANDS[args.command][0](cfg, args)
     except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:
         print(f"rlhf-ray {args.command}: error: {err}", file=sys.stderr)

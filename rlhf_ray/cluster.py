@@ -6,6 +6,7 @@ a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the c
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 from rlhf_ray.config import ActorGroupConfig, RayConfig
@@ -24,6 +25,10 @@ ACTOR_ENV = {
 
 class ActorGroupError(RuntimeError):
     """An actor died, raised, or did not answer in time; the message names it."""
+
+
+class Restarted(RuntimeError):
+    """Raised by an actor that notices it was restarted since its last call (its state is gone)."""
 
 
 def connect(cfg: RayConfig) -> None:
@@ -57,7 +62,7 @@ class ActorGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.role = role
+        self.role, self.max_restarts = role, cfg.max_restarts
         bundle = {"CPU": cfg.num_cpus}
         if cfg.num_gpus:
             bundle["GPU"] = cfg.num_gpus
@@ -77,6 +82,7 @@ class ActorGroup:
             remote_cls.options(
                 name=name,
                 num_cpus=cfg.num_cpus,
+                max_restarts=cfg.max_restarts,
                 runtime_env={"env_vars": env},
                 num_gpus=cfg.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
@@ -86,6 +92,13 @@ class ActorGroup:
 
     def __len__(self) -> int:
         return len(self.actors)
+
+    def placement(self) -> dict[str, str]:
+        """The node each actor runs on ({name: node id}), as its placement group placed it."""
+        from ray.util import placement_group_table
+
+        nodes = placement_group_table(self.placement_group)["bundles_to_node_id"]
+        return {name: nodes[i] for i, name in enumerate(self.names)}
 
     def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600, **kwargs) -> list[Any]:
         """Call `method` on every actor (with its own args) and wait for all, with a timeout."""
@@ -121,6 +134,62 @@ class ActorGroup:
                 raise ActorGroupError(f"{name} failed in {method}: {_cause(err)}") from err
         return ray.get(refs)
 
+    def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float, on_restart=None) -> dict[int, Any]:
+        """Call `method` on the actors named by index, each with its args; wait for all; return
+        {index: ObjectRef} of the results (they stay in the object store). An actor that died and that
+        Ray restarts (max_restarts), or that reports `Restarted` (it came back since the last call),
+        gets `on_restart(index)` (e.g. the current weights) and the same call again."""
+        import time
+
+        import ray
+
+        refs = {i: getattr(self.actors[i], method).remote(*args) for i, args in args_per_actor.items()}
+        retries = dict.fromkeys(refs, self.max_restarts)
+        deadline = time.monotonic() + timeout_s
+        pending = dict(refs)
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = ", ".join(self.names[i] for i in pending)
+                raise ActorGroupError(f"{late}: {method} did not finish within {timeout_s:.0f} s")
+            index = next(i for i, r in pending.items() if r == ready[0])
+            try:
+                ray.get(ready[0])
+                del pending[index]
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+                restarted = isinstance(err, ray.exceptions.RayActorError) or isinstance(_cause_of(err), Restarted)
+                if not restarted or retries[index] == 0:
+                    verb = "died during" if isinstance(err, ray.exceptions.RayActorError) else "failed in"
+                    raise ActorGroupError(f"{self.names[index]} {verb} {method}: {_cause(err)}") from err
+                retries[index] -= 1
+                self._wait_restarted(index, method, deadline)
+                print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
+                      file=sys.stderr, flush=True)
+                if on_restart is not None:
+                    on_restart(index)  # submitted before the retry: an actor runs one caller's calls in order
+                refs[index] = pending[index] = getattr(self.actors[index], method).remote(*args_per_actor[index])
+        return refs
+
+    def _wait_restarted(self, index: int, method: str, deadline: float) -> None:
+        """Until Ray has the actor back (calls in between fail as 'unavailable'); an error if it is dead
+        for good or not back by the deadline."""
+        import time
+
+        import ray
+
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError as err:
+                raise ActorGroupError(f"{self.names[index]} died during {method} and was not restarted: "
+                                      f"{_cause(err)}") from err
+            except ray.exceptions.GetTimeoutError:
+                break
+        raise ActorGroupError(f"{self.names[index]}: not back from a restart before {method}'s deadline")
+
     def shutdown(self) -> None:
         import ray
         from ray.util.placement_group import remove_placement_group
@@ -128,6 +197,10 @@ class ActorGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.placement_group)
+
+
+def _cause_of(err: Exception):
+    return getattr(err, "cause", None)
 
 
 def _cause(err: Exception) -> str:

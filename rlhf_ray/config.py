@@ -31,6 +31,9 @@ class ActorGroupConfig(Section):
     # CPU threads per actor (torch/OpenMP). None: 1. More only pays where the group computes alone,
     # e.g. the RLOO learner, whose phase never overlaps the others'.
     num_threads: Optional[int] = Field(None, ge=1)
+    # Times Ray restarts a dead actor; the driver then retries the work it held (stateless roles:
+    # rollout workers, scorers). 0 for roles whose state a restart would lose (trainers, learner).
+    max_restarts: int = Field(0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
@@ -113,7 +116,8 @@ class RMConfig(ActorGroupConfig):
     grad_clip: float = Field(1.0, ge=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: Optional[int] = Field(None, ge=1)
-    save_every: Optional[int] = Field(None, ge=1)
+    save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
+    keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
     sync_timeout_s: float = Field(600.0, gt=0)  # a step that takes longer is an error, not a hang
 
@@ -138,9 +142,17 @@ class EvalConfig(Section):
     out_dir: Optional[str] = None  # default: <output_dir>/eval
 
 
+class ScorerConfig(ActorGroupConfig):
+    """The reward-scoring pool: stateless, so Ray restarts a dead scorer and its batch is scored again."""
+
+    num_workers: int = Field(2, ge=1)
+    max_restarts: int = Field(2, ge=0)
+
+
 class RolloutConfig(ActorGroupConfig):
     """Rollout workers: one generation engine each."""
 
+    max_restarts: int = Field(2, ge=0)
     engine: Literal["vllm", "hf"] = "vllm"
     k: int = Field(4, ge=2)  # samples per prompt
     max_new_tokens: int = Field(64, ge=1)
@@ -150,6 +162,9 @@ class RolloutConfig(ActorGroupConfig):
     max_model_len: int = Field(1024, ge=16)
     sync_timeout_s: float = Field(120.0, gt=0)  # a weight sync slower than this is an error
     bucket_mb: int = Field(64, ge=1)  # weight-sync bucket size
+    # How weights travel learner -> workers: `object_store` (one put, every worker pulls) or
+    # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU).
+    sync: Literal["object_store", "collective"] = "object_store"
 
 
 class RewardConfig(Section):
@@ -188,6 +203,12 @@ class RLOOConfig(Section):
     prompts_per_step: int = Field(8, ge=1)
     steps: int = Field(20, ge=1)
     max_prompt_tokens: int = Field(256, ge=8)
+    # Held-out check: this many prompts of `eval_split` (gold prompts) generated and scored before the
+    # first step and after the last; the report's gold-reward gain is paired over them. 0: off.
+    eval_prompts: int = Field(0, ge=0)
+    eval_split: str = "valid"
+    save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
+    keep_checkpoints: int = Field(2, ge=1)
 
 
 class CorpusSizes(Section):
@@ -216,11 +237,15 @@ class ExperimentConfig(Section):
     parallel: int = Field(2, ge=1)  # trainer groups at once
 
 
-class DemoConfig(Section):
-    """`rlhf-ray demo`: which reward models to train (name -> config file) and what to override."""
+class PipelineConfig(Section):
+    """`rlhf-ray pipeline` (and `rlhf-ray demo`, a short one): reward models to train (name -> config
+    file), each evaluated, then RLOO against each with one RLOO config; one report."""
 
     reward_models: dict[str, str] = {}
-    rm_overrides: list[str] = []
+    rm_overrides: list[str] = []  # applied to every reward-model config
+    rloo: str = "configs/rloo_smollm2.yaml"
+    rloo_overrides: list[str] = []  # applied to every RLOO run
+    evaluate_rm: bool = True  # eval-rm each reward model (four scenarios) before RLOO
 
 
 class Config(Section):
@@ -231,16 +256,17 @@ class Config(Section):
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
     rm: RMConfig = RMConfig()
-    scorer: ActorGroupConfig = ActorGroupConfig(num_workers=2, num_cpus=0.5)
+    scorer: ScorerConfig = ScorerConfig()
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     rloo: RLOOConfig = RLOOConfig()
     eval: EvalConfig = EvalConfig()
     prepare: PrepareConfig = PrepareConfig()
-    demo: DemoConfig = DemoConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     tensorboard: bool = True
+    resume: bool = False  # continue from the newest complete checkpoint under output_dir/checkpoints
 
     @field_validator("output_dir")
     @classmethod

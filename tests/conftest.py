@@ -9,6 +9,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+METRICS_PORT = _free_port()  # Ray's Prometheus endpoint for this session (test_dashboard_metrics reads it)
+os.environ["RLHF_RAY_TEST_METRICS_PORT"] = str(METRICS_PORT)
+
+
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
     import ray
@@ -16,6 +28,7 @@ def ray_local(tmp_path_factory):
     from rlhf_ray.cluster import ACTOR_ENV
 
     ray.init(
+        _metrics_export_port=METRICS_PORT,
         num_cpus=4,
         include_dashboard=False,
         namespace="rlhf-ray-tests",

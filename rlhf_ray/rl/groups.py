@@ -28,7 +28,18 @@ class RLGroups:
         n = len(self.learner)
         self.learner.call("setup", [(cfg.model_dump(), r, n, addr, port, total_steps) for r in range(n)],
                           cfg.learner.timeout_s)
+        if rc.sync == "collective":
+            self._join_sync_group()
         self.timings: dict[str, float] = {}
+        self.version, self.latest_blobs, self.regroup = 0, None, False  # the weights the workers hold
+
+    def _join_sync_group(self) -> None:
+        """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""
+        addr, port = self.learner.call_one(0, "free_address")
+        world, timeout = len(self.rollout) + 1, self.cfg.rollout.sync_timeout_s
+        refs = [self.learner.actors[0].join_sync_group.remote(world, addr, port, timeout)]
+        refs += [a.join_sync_group.remote(i + 1, world, addr, port, timeout) for i, a in enumerate(self.rollout.actors)]
+        self.rollout.wait(refs, "join_sync_group", timeout, [self.learner.names[0], *self.rollout.names])
 
     def _timed(self, phase: str, fn):
         start = time.monotonic()
@@ -36,27 +47,56 @@ class RLGroups:
         self.timings[phase] = time.monotonic() - start
         return out
 
-    def generate(self, prompt_ids: list[list[int]], step: int) -> list:
-        """Prompts split over the rollout workers; returns one Rollouts ref per worker."""
+    def _sampling(self, seed: int) -> Sampling:
+        rc = self.cfg.rollout
+        return Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=seed)
 
-        rc, n = self.cfg.rollout, len(self.rollout)
-        sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=self.cfg.seed * 100003 + step)
-        shards = [prompt_ids[i::n] for i in range(n)]
-        refs = [a.generate.remote(s, rc.k, sampling) for a, s in zip(self.rollout.actors, shards) if s]
-        self._timed("generate", lambda: self.rollout.wait(refs, "generate", self.cfg.learner.timeout_s))
-        self.shard_index = [list(range(len(prompt_ids)))[i::n] for i in range(n)]
+    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> list:
+        """Prompts split over the rollout workers; one Rollouts ref per worker that got prompts. A worker
+        that Ray restarted gets the current weights and its share again."""
+        n, k = len(self.rollout), self.cfg.rollout.k
+        self.shard_index = [i for i in [list(range(len(prompt_ids)))[w::n] for w in range(n)] if i]
+        args = {w: ([prompt_ids[i] for i in idx], k, sampling, self.version) for w, idx in enumerate(self.shard_index)}
+        refs = self.rollout.map("generate", args, self.cfg.learner.timeout_s, on_restart=self._resync)
+        return [refs[w] for w in range(len(self.shard_index))]
+
+    def _resync(self, worker: int) -> None:
+        """A restarted rollout worker: the current weights through the object store (the collective
+        group is rebuilt before the next broadcast, since the new process is not in it)."""
+        if self.version == 0:
+            return
+        if self.cfg.rollout.sync == "collective":
+            self.regroup = True
+        blobs = self.latest_blobs or self.learner.call(
+            "publish_weights", [(self.cfg.rollout.bucket_mb,)] * len(self.learner), self.cfg.rollout.sync_timeout_s)[0]
+        self.rollout.actors[worker].load_weights.remote(blobs, self.version)
+
+    def _score(self, rollout_refs: list, prompts: list[dict]) -> list:
+        """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts. A
+        scorer holds no state, so one that Ray restarted simply scores again."""
+        n = len(self.scorer)
+        refs = []
+        for start in range(0, len(rollout_refs), n):  # one call per scorer at a time
+            batch = {j - start: (rollout_refs[j], [prompts[i] for i in self.shard_index[j]])
+                     for j in range(start, min(start + n, len(rollout_refs)))}
+            done = self.scorer.map("score", batch, self.cfg.learner.timeout_s)
+            refs += [done[j] for j in range(len(batch))]
         return refs
+
+    def generate(self, prompt_ids: list[list[int]], step: int) -> list:
+        sampling = self._sampling(self.cfg.seed * 100003 + step)
+        return self._timed("generate", lambda: self._generate(prompt_ids, sampling))
 
     def score(self, rollout_refs: list, prompts: list[dict]) -> list:
-        """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts."""
-        actors = self.scorer.actors
-        refs = [
-            actors[j % len(actors)].score.remote(ref, [prompts[i] for i in self.shard_index[j]])
-            for j, ref in enumerate(rollout_refs)
-        ]
-        names = [self.scorer.names[j % len(actors)] for j in range(len(refs))]
-        self._timed("score", lambda: self.scorer.wait(refs, "score", self.cfg.learner.timeout_s, names))
-        return refs
+        return self._timed("score", lambda: self._score(rollout_refs, prompts))
+
+    def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict]) -> list[dict]:
+        """Generate and score held-out prompts with the current weights (no learning, not timed): the
+        score dicts of each worker's share, in prompt order."""
+        import ray
+
+        refs = self._score(self._generate(prompt_ids, self._sampling(self.cfg.seed - 1)), prompts)
+        return [ray.get(r) | {"prompt_index": idx} for r, idx in zip(refs, self.shard_index)]
 
     def learn(self, rollout_refs: list, score_refs: list) -> list[dict]:
         n = len(self.learner)
@@ -64,13 +104,33 @@ class RLGroups:
         return self._timed("learn", lambda: self.learner.wait(refs, "update", self.cfg.learner.timeout_s))
 
     def sync(self, version: int) -> list[dict]:
-        """Publish the learner's weights (bucketed safetensors, one object-store put) to every worker."""
-        def run():
-            blob_refs = self.learner.call("publish_weights", [(self.cfg.rollout.bucket_mb,)] * len(self.learner),
-                                          self.cfg.rollout.sync_timeout_s)
-            return self.rollout.call("load_weights", [(blob_refs[0], version)] * len(self.rollout),
-                                     self.cfg.rollout.sync_timeout_s)
-        return self._timed("sync", run)
+        """Publish the learner's weights (bucketed safetensors) to every worker: one object-store put
+        that each worker pulls, or a broadcast in the collective group."""
+        import ray
+
+        rc = self.cfg.rollout
+
+        def collective():  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
+            if self.regroup:
+                self._join_sync_group()
+                self.regroup = False
+            sends = [a.broadcast_weights.remote(rc.bucket_mb) for a in self.learner.actors]
+            receives = [a.receive_weights.remote(version) for a in self.rollout.actors]
+            results = self.rollout.wait([*sends, *receives], "weight broadcast", rc.sync_timeout_s,
+                                        [*self.learner.names, *self.rollout.names])
+            return results[len(sends):]
+
+        def object_store():
+            blobs = self.learner.call("publish_weights", [(rc.bucket_mb,)] * len(self.learner), rc.sync_timeout_s)[0]
+            self.latest_blobs = blobs
+            # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
+            done = self.rollout.map("load_weights", {i: (blobs, version) for i in range(len(self.rollout))},
+                                    rc.sync_timeout_s)
+            return ray.get([done[i] for i in range(len(self.rollout))])
+
+        result = self._timed("sync", collective if rc.sync == "collective" else object_store)
+        self.version = version
+        return result
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
         """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record.
@@ -88,6 +148,17 @@ class RLGroups:
             proxy = aggregate(members, self.cfg.reward.aggregate, self.cfg.reward.uwo_lambda).view(len(recs), -1)
             for p, row in zip(recs, proxy.tolist()):
                 p["reference_rewards"] = row[:m]
+
+    def placement(self) -> dict[str, str]:
+        return {**self.rollout.placement(), **self.scorer.placement(), **self.learner.placement()}
+
+    def save_state(self, path: str) -> None:
+        self.learner.call("save_state", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)
+
+    def load_state(self, path: str, version: int) -> None:
+        """The learner continues from a checkpoint; the rollout workers get its weights."""
+        self.learner.call("load_state", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)
+        self.sync(version)
 
     def save_policy(self, path: str) -> None:
         self.learner.call("save", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)

@@ -12,6 +12,7 @@ from rlhf_ray.rl.engines.base import Rollouts, blobs_from_state_dict
 from rlhf_ray.rl.rloo import CLIP_LOSSES, advantage_stats, advantages_of, loss_denominator, masked_mean
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
+from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
 @dataclass
@@ -116,10 +117,18 @@ class RLOOLearner:
                     raise FloatingPointError(f"learner-{self.rank}: RLOO loss is {float(loss)}; no checkpoint written")
                 self.engine.backward(loss, scale_wrt_gas=False)
                 loss_sum, clipped = loss_sum + float(loss.detach()), clipped + float(clip_frac)
+            grad_norm = self._whole_grad_norm() if lc.zero_stage == 0 else None
             self.engine.step()
+            grad_norm = grad_norm if grad_norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
         return {**advantage_stats(adv, token_kl, batch.mask), "clip_frac": clipped, "loss": loss_sum,
                 "entropy": float(masked_mean(entropy, batch.mask)), "lr": self.engine.get_lr()[0],
-                "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
+                "grad_norm": grad_norm}
+
+    def _whole_grad_norm(self) -> float:
+        """The batch's gradient norm before clipping, for ZeRO stage 0, where DeepSpeed does not track
+        it (the gradients are whole and already averaged over ranks here)."""
+        grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
 
     def publish_weights(self, bucket_mb: int) -> list[bytes] | None:
         """The policy's weights as bucketed safetensors blobs (rank 0; every rank must call)."""
@@ -127,6 +136,23 @@ class RLOOLearner:
         with gathered_parameters(model.parameters(), self.cfg.learner.zero_stage):
             blobs = blobs_from_state_dict(model.state_dict(), bucket_mb << 20) if self.rank == 0 else None
         return blobs
+
+    def join_sync_group(self, world_size: int, addr: str, port: int, timeout_s: float) -> None:
+        """Rank 0 only: become the sender of the collective weight-sync group."""
+        from rlhf_ray.rl.weight_sync import BroadcastChannel
+
+        self.channel = BroadcastChannel(0, world_size, addr, port, timeout_s)
+
+    def broadcast_weights(self, bucket_mb: int) -> int:
+        """The collective path (every rank calls; rank 0 sends): bytes sent."""
+        blobs = self.publish_weights(bucket_mb)
+        return self.channel.send(blobs) if blobs is not None else 0
+
+    def save_state(self, path: str) -> None:
+        save_engine_state(self.engine, path)
+
+    def load_state(self, path: str) -> None:
+        load_engine_state(self.engine, path)
 
     def save(self, path: str) -> None:
         save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.learner.zero_stage)
@@ -158,6 +184,18 @@ class RLOOLearnerActor:
 
         blobs = self.learner.publish_weights(bucket_mb)
         return ray.put(blobs) if blobs is not None else None
+
+    def join_sync_group(self, world_size, addr, port, timeout_s):
+        return self.learner.join_sync_group(world_size, addr, port, timeout_s)
+
+    def broadcast_weights(self, bucket_mb):
+        return self.learner.broadcast_weights(bucket_mb)
+
+    def save_state(self, path: str) -> None:
+        self.learner.save_state(path)
+
+    def load_state(self, path: str) -> None:
+        self.learner.load_state(path)
 
     def save(self, path: str) -> None:
         self.learner.save(path)

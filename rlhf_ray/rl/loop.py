@@ -7,12 +7,14 @@ import random
 import statistics
 from pathlib import Path
 
-from rlhf_ray.cluster import connect
+from rlhf_ray.cluster import ActorGroupError, connect
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.data.loaders import prepare
 from rlhf_ray.data.schema import DataError, read_records
 from rlhf_ray.models.aliases import resolve_model
-from rlhf_ray.utils.runlog import RunLogger
+from rlhf_ray.rl.policy_eval import policy_change
+from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
+from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
 
@@ -36,13 +38,17 @@ class PromptLoader:
         return batch
 
 
-def load_prompts(cfg: Config) -> list[dict]:
-    """The gold testbed's prompts (with references, so the gold reward is tracked), or a file of prompts."""
+def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
+    """The gold testbed's prompts of `split` (with references, so the gold reward is tracked), or a
+    file / hub dataset of prompts."""
     if cfg.rloo.prompts == "gold":
         path = Path(cfg.data.dir) / "gold" / "prompts.parquet"
         if not path.exists():
             prepare(cfg, ["gold"])
-        rows = [r for r in read_records(path) if r["split"] == cfg.rloo.prompt_split]
+        split = split or cfg.rloo.prompt_split
+        rows = [r for r in read_records(path) if r["split"] == split]
+        if not rows:
+            raise DataError(f"{path}: no prompts with split {split!r} (rloo.prompt_split / rloo.eval_split)")
     elif cfg.rloo.prompts.startswith("hub:"):
         import datasets
 
@@ -94,6 +100,40 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
     }
 
 
+def held_out_prompts(cfg: Config) -> list[dict]:
+    if not cfg.rloo.eval_prompts:
+        return []
+    if cfg.rloo.prompts != "gold":
+        raise DataError("rloo.eval_prompts needs rloo.prompts=gold (held-out prompts with a gold reward)")
+    rows = load_prompts(cfg, cfg.rloo.eval_split)
+    random.Random(cfg.seed).shuffle(rows)
+    return rows[: cfg.rloo.eval_prompts]
+
+
+def write_samples(path: Path, step: int, batch: list[dict], scores: list[dict], shard_index: list[list[int]]) -> None:
+    """Every sample of the step (prompt, response, proxy/gold reward) as JSON lines, to read the policy."""
+    with path.open("a") as f:
+        for part, index in zip(scores, shard_index):
+            k = len(part["texts"]) // max(len(index), 1)
+            for j, text in enumerate(part["texts"]):
+                prompt = batch[index[j // k]]
+                f.write(json.dumps({"step": step, "prompt_id": prompt["prompt_id"], "response": text,
+                                    "proxy": part["proxy"][j], "gold": part["gold"][j], "train": part["train"][j]}) + "\n")
+
+
+def start(cfg: Config, rl, checkpoints: Checkpoints, prompts: list[dict], held_out: list[dict], encode):
+    """Where the run begins: step 0 with the held-out prompts scored by the initial policy, or the newest
+    checkpoint (learner state, its weights on the workers, the loader position, the initial scores)."""
+    loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
+    found = checkpoints.latest() if cfg.resume else None
+    if found is None:
+        return 0, loader, rl.evaluate(encode(held_out), held_out) if held_out else None, False
+    path, state = found
+    rl.load_state(str(path / "engine"), version=state["step"])
+    loader.position = state["position"]
+    return state["step"], loader, state["held_out_before"], True
+
+
 def run_rloo(cfg: Config) -> dict:
     import ray
     from transformers import AutoTokenizer
@@ -103,31 +143,49 @@ def run_rloo(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    prompts = load_prompts(cfg)
+    prompts, held_out = load_prompts(cfg), held_out_prompts(cfg)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.rloo.policy))  # the driver holds no weights
+    encode = lambda batch: encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)  # noqa: E731
     for model in cfg.reward.models:
         resolve_model(model)
     connect(cfg.ray)
-    rl = RLGroups(cfg, cfg.rloo.steps)
-    loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
-    log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS)
+    rl, checkpoints = RLGroups(cfg, cfg.rloo.steps), Checkpoints(out / "checkpoints", cfg.rloo.keep_checkpoints)
+    log = None
     try:
-        if cfg.reward.transform != "none":
-            rl.reference_rewards(encode_prompts(tokenizer, prompts, cfg.rloo.max_prompt_tokens), prompts)
-            by_id = {p["prompt_id"]: p for p in prompts}
-        for step in range(1, cfg.rloo.steps + 1):
+        if cfg.reward.transform != "none":  # LSC / PAR baselines: the initial policy's rewards, per prompt
+            rl.reference_rewards(encode(prompts + held_out), prompts + held_out)
+        done, loader, before, resumed = start(cfg, rl, checkpoints, prompts, held_out, encode)
+        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done if resumed else None)
+        truncate_jsonl(out / "samples.jsonl", done if resumed else None)
+        for step in range(done + 1, cfg.rloo.steps + 1):
             batch = loader.next()
-            if cfg.reward.transform != "none":
-                batch = [by_id[p["prompt_id"]] for p in batch]
-            rollouts = rl.generate(encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens), step)
+            rollouts = rl.generate(encode(batch), step)
             scores = rl.score(rollouts, batch)
             learner_stats = rl.learn(rollouts, scores)
             sync = rl.sync(version=step)
-            log.log(step, step_metrics(ray.get(scores), learner_stats, dict(rl.timings), sync, cfg.rollout.k))
+            scores = ray.get(scores)
+            write_samples(out / "samples.jsonl", step, batch, scores, rl.shard_index)
+            log.log(step, {**step_metrics(scores, learner_stats, dict(rl.timings), sync, cfg.rollout.k),
+                           "prompt_ids": [p["prompt_id"] for p in batch]})
+            if cfg.rloo.save_every and step % cfg.rloo.save_every == 0 and step < cfg.rloo.steps:
+                with checkpoints.saving(step, {"position": loader.position, "held_out_before": before}) as tmp:
+                    rl.save_state(str(tmp / "engine"))
+        after = rl.evaluate(encode(held_out), held_out) if held_out else None
         rl.save_policy(str(out / "policy"))
+        placement = rl.placement()
+    except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
+        latest = checkpoints.latest()
+        hint = (f"resume from {latest[0]} with --resume" if latest
+                else "no checkpoint to resume from (set rloo.save_every)")
+        raise ActorGroupError(f"{err}. The run stopped; {hint}") from err
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         rl.shutdown()
-    summary = {"policy": str(out / "policy"), "steps": cfg.rloo.steps, "prompt_position": loader.position}
+    summary = {"policy": str(out / "policy"), "steps": cfg.rloo.steps, "prompt_position": loader.position,
+               "seed": cfg.seed, "resumed_from_step": done if resumed else None, "placement": placement}
+    if held_out:
+        summary["held_out"] = policy_change(before, after, len(held_out), cfg.rollout.k, cfg.eval.bootstrap,
+                                            cfg.eval.ci_level, cfg.seed)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

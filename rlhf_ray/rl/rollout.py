@@ -24,7 +24,14 @@ class RolloutWorker:
         self.name = name
         self.engine = make_engine(engine_kind, model_path, **engine_kwargs)
 
-    def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling, expected_version: int | None = None) -> Rollouts:
+        """`expected_version`: the weights the driver last synced; a worker that Ray restarted since
+        has its initial weights and says so instead of generating from them."""
+        if expected_version is not None and self.engine.version != expected_version:
+            from rlhf_ray.cluster import Restarted
+
+            raise Restarted(f"{self.name} has weights version {self.engine.version}, the driver synced "
+                            f"{expected_version}: it was restarted")
         return self.engine.generate(prompt_ids, k, sampling)
 
     def load_weights(self, blobs: list[bytes], version: int) -> dict:
@@ -38,6 +45,19 @@ class RolloutWorker:
     def version(self) -> int:
         return self.engine.version
 
+    def join_sync_group(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float) -> None:
+        from rlhf_ray.rl.weight_sync import BroadcastChannel
+
+        self.channel = BroadcastChannel(rank, world_size, addr, port, timeout_s)
+
+    def receive_weights(self, version: int) -> dict:
+        """The collective path: take rank 0's broadcast, then load it as the object-store path does."""
+        try:
+            blobs = self.channel.receive()
+        except RuntimeError as err:  # gloo/nccl timeout or a peer gone
+            raise TimeoutError(f"{self.name}: weight broadcast for version {version} failed: {err}") from err
+        return self.load_weights(blobs, version)
+
 
 class RolloutActor:
     """Ray shell: `rollout-<i>`."""
@@ -48,11 +68,17 @@ class RolloutActor:
         name = ray.get_runtime_context().get_actor_name() or "rollout"
         self.worker = RolloutWorker(name, engine_kind, model_path, **engine_kwargs)
 
-    def generate(self, prompt_ids, k, sampling):
-        return self.worker.generate(prompt_ids, k, sampling)
+    def generate(self, prompt_ids, k, sampling, expected_version=None):
+        return self.worker.generate(prompt_ids, k, sampling, expected_version)
 
     def load_weights(self, blobs, version):
         return self.worker.load_weights(blobs, version)
 
     def version(self) -> int:
         return self.worker.version()
+
+    def join_sync_group(self, rank, world_size, addr, port, timeout_s):
+        return self.worker.join_sync_group(rank, world_size, addr, port, timeout_s)
+
+    def receive_weights(self, version):
+        return self.worker.receive_weights(version)

@@ -30,6 +30,12 @@ class RMTrainerActor:
     def save(self, path: str):
         return self.trainer.save(path)
 
+    def save_state(self, path: str) -> None:
+        self.trainer.save_state(path)
+
+    def load_state(self, path: str, step: int) -> None:
+        self.trainer.load_state(path, step)
+
 
 class RMTrainerGroup:
     """The data-parallel group of reward-model trainers, as the driver sees it."""
@@ -57,6 +63,12 @@ class RMTrainerGroup:
 
     def save(self, path: str) -> str:
         return self.group.call("save", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)[0]
+
+    def save_state(self, path: str) -> None:
+        self.group.call("save_state", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)
+
+    def load_state(self, path: str, step: int) -> None:
+        self.group.call("load_state", [(path, step)] * len(self.group), self.cfg.rm.sync_timeout_s)
 
     def shutdown(self) -> None:
         self.group.shutdown()

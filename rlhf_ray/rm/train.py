@@ -13,6 +13,7 @@ from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rm.actor import RMTrainerGroup
 from rlhf_ray.utils.runlog import RunLogger
+from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")
 
@@ -30,18 +31,29 @@ def train_reward_model(cfg: Config, tag: str | None = None) -> dict:
     resolve_model(cfg.model.name)  # a missing path fails here; alias caches are built once, here
     connect(cfg.ray)
     group = RMTrainerGroup(cfg, total, tag)
-    log = RunLogger(out, f"train-rm {tag}" if tag else "train-rm", total, cfg.tensorboard, PROGRESS_KEYS)
+    checkpoints = Checkpoints(out / "checkpoints", cfg.rm.keep_checkpoints)
+    resumed = checkpoints.latest() if cfg.resume else None
+    done = 0
+    if resumed:
+        done = resumed[1]["step"]
+        group.load_state(str(resumed[0] / "engine"), done)
+    log = RunLogger(out, f"train-rm {tag}" if tag else "train-rm", total, cfg.tensorboard, PROGRESS_KEYS,
+                    resume_step=done if resumed else None)
     try:
-        if evaluation:
+        if evaluation and not resumed:
             log.log(0, group.evaluate(evaluation), prefix="eval")
+        # the batch order is a function of the seed, so a resumed run skips the batches already trained on
         for step, batch in enumerate(epoch_batches(train, cfg.rm.batch_size, cfg.seed, cfg.rm.epochs), start=1):
             if step > total:
                 break
+            if step <= done:
+                continue
             log.log(step, group.train_step(batch))
             if cfg.rm.save_every and step % cfg.rm.save_every == 0 and step < total:
-                group.save(str(out / "checkpoints" / f"step-{step:06d}"))
+                with checkpoints.saving(step, {"batches_done": step}) as tmp:
+                    group.save_state(str(tmp / "engine"))
         model_dir = group.save(str(out / "model"))
-        summary = {"model": model_dir, "steps": total, "train_rows": len(train)}
+        summary = {"model": model_dir, "steps": total, "train_rows": len(train), "placement": group.group.placement()}
         if evaluation:
             summary["eval"] = group.evaluate(evaluation)
             log.log(total, summary["eval"], prefix="eval")

@@ -23,6 +23,7 @@ from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_groups, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
+from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
 class RewardModelTrainer:
@@ -101,6 +102,13 @@ class RewardModelTrainer:
             return float(head.weight.detach().float().norm())
 
     # -- checkpoints ----------------------------------------------------------------------------
+
+    def save_state(self, path: str) -> None:
+        save_engine_state(self.engine, path)
+
+    def load_state(self, path: str, step: int) -> None:
+        load_engine_state(self.engine, path)
+        self.step = step
 
     def save(self, path: str) -> str | None:
         """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes it

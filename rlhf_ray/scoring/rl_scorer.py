@@ -48,6 +48,7 @@ class RLScorer:
             "gold": gold,
             "length": [len(r) for r in rollouts.response_ids],
             "finished": list(rollouts.finished),
+            "texts": list(rollouts.texts),
         }
 
 

@@ -12,14 +12,31 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def truncate_jsonl(path: Path, keep_through_step: int | None) -> None:
+    """Keep the rows whose `step` is at most `keep_through_step`; None: remove the file."""
+    if keep_through_step is None or not path.exists():
+        path.unlink(missing_ok=True)
+        return
+    rows = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= keep_through_step]
+    path.write_text("".join(line + "\n" for line in rows))
+
+
 class RunLogger:
-    def __init__(self, out_dir: str | Path, name: str, total_steps: int, tensorboard: bool = True, keys=()):
+    def __init__(self, out_dir: str | Path, name: str, total_steps: int, tensorboard: bool = True, keys=(),
+                 resume_step: int | None = None):
+        """A fresh run starts metrics.jsonl anew; a resumed one keeps the rows up to its checkpoint's step
+        (those after it were logged by the interrupted run and are redone)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
+        truncate_jsonl(self.jsonl, resume_step)
+        self.first_step = resume_step or 0  # progress rate and ETA count this run's steps only
         self.name, self.total, self.keys = name, total_steps, tuple(keys)
-        self.start = time.monotonic()
+        self.start = self.last = time.monotonic()
         self.writer = None
+        from rlhf_ray.utils.ray_metrics import RayMetrics
+
+        self.ray_metrics = RayMetrics(name, str(self.out_dir))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -38,11 +55,14 @@ class RunLogger:
                     self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
         if prefix == "train":
+            now = time.monotonic()
+            self.ray_metrics.record({"step_s": now - self.last, **metrics})
+            self.last = now
             self.progress(step, metrics)
 
     def progress(self, step: int, metrics: dict) -> None:
         elapsed = time.monotonic() - self.start
-        rate = step / elapsed if elapsed > 0 else 0.0
+        rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.keys if k in metrics)
         eta_text = _fmt_seconds(eta) if eta == eta else "?"

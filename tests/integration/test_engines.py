@@ -97,3 +97,44 @@ def test_a_batch_larger_than_one_scheduler_step_generates(vllm_rollouts):
     prompts = [p + p[1:] * 10 for p in _prompts()] * 30
     out = vllm_rollouts.call_one(0, "generate", prompts, 2, Sampling(max_new_tokens=4), timeout_s=300)
     assert len(out) == 120 and all(len(r) > 0 for r in out.response_ids)
+
+
+def test_collective_sync_broadcasts_weights_whose_logprobs_equal_the_learners(ray_local, vllm_rollouts):
+    """The gloo path: this process is rank 0 (the learner's place), the two vLLM workers ranks 1-2."""
+    import ray
+
+    from rlhf_ray.rl.weight_sync import BroadcastChannel
+    from rlhf_ray.utils.dist import free_address
+
+    addr, port = free_address()
+    joins = [a.join_sync_group.remote(i + 1, 3, addr, port, 60.0) for i, a in enumerate(vllm_rollouts.actors)]
+    sender = BroadcastChannel(0, 3, addr, port, 60.0)
+    ray.get(joins, timeout=60)
+    policy = _perturbed_policy(seed=4)
+    receives = [a.receive_weights.remote(9) for a in vllm_rollouts.actors]
+    sent = sender.send(blobs_from_state_dict(policy.state_dict(), bucket_bytes=1 << 20))
+    stats = vllm_rollouts.wait(receives, "receive_weights", 120)
+    assert all(s["version"] == 9 and s["bytes"] == sent > 0 for s in stats)
+    for rollouts in vllm_rollouts.call("generate", [(_prompts(), 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):
+        assert rollouts.weights_version == 9
+        _assert_learner_logprobs_equal(policy, rollouts, atol=2e-4)
+
+
+
+def test_collective_sync_that_never_comes_fails_in_the_worker_within_its_timeout(ray_local, vllm_rollouts):
+    import time
+
+    import ray
+
+    from rlhf_ray.rl.weight_sync import BroadcastChannel
+    from rlhf_ray.utils.dist import free_address
+
+    addr, port = free_address()
+    joins = [a.join_sync_group.remote(i + 1, 3, addr, port, 3.0) for i, a in enumerate(vllm_rollouts.actors)]
+    silent = BroadcastChannel(0, 3, addr, port, 3.0)  # joins, never sends
+    ray.get(joins, timeout=60)
+    start = time.monotonic()
+    with pytest.raises(ActorGroupError, match=r"rollout-test-\d failed in receive_weights: .*weight broadcast for version 10 failed"):
+        vllm_rollouts.call("receive_weights", [(10,)] * 2, timeout_s=60)
+    assert time.monotonic() - start < 30
+    del silent

@@ -10,13 +10,14 @@ from rlhf_ray.rl.loop import run_rloo
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("variant, estimator, transform", [("sequence", "k1", "none"), ("token", "k3", "par")])
-def test_two_rloo_steps_end_to_end(ray_local, testbeds, tmp_path, variant, estimator, transform):
+@pytest.mark.parametrize("variant, estimator, transform, sync", [("sequence", "k1", "none", "object_store"),
+                                                                ("token", "k3", "par", "collective")])
+def test_two_rloo_steps_end_to_end(ray_local, testbeds, tmp_path, variant, estimator, transform, sync):
     cfg = load_config(None, [
         f"output_dir={tmp_path}", f"data.dir={testbeds}", "tensorboard=false",
         "rloo.policy=tiny-llama", "rloo.steps=2", "rloo.prompts_per_step=4", "rloo.max_prompt_tokens=64",
         "rollout.num_workers=2", "rollout.num_cpus=0.5", "rollout.k=2", "rollout.max_new_tokens=8",
-        "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256",
+        "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256", f"rollout.sync={sync}", "rloo.eval_prompts=4",
         "reward.models=[tiny-llama]", f"reward.transform={transform}", "reward.max_length=128",
         "scorer.num_workers=2", "scorer.num_cpus=0.5",
         "learner.num_workers=1", "learner.num_cpus=0.5", f"learner.variant={variant}",
@@ -34,3 +35,15 @@ def test_two_rloo_steps_end_to_end(ray_local, testbeds, tmp_path, variant, estim
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # step 1: the policy is the reference
     assert abs(rows[1]["kl"]) > 1e-6  # after one update it has moved
     assert (tmp_path / "policy" / "model.safetensors").exists()
+    held_out = summary["held_out"]  # the same 4 held-out prompts before the first step and after the last
+    assert held_out["prompts"] == 4 and held_out["gold"]["before"] == held_out["gold"]["before"]
+    assert held_out["gold"]["ci_low"] <= held_out["gold"]["gain"] <= held_out["gold"]["ci_high"]
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    if sync == "object_store":  # the dashboard's metrics, tagged with this run
+        from tests.integration.test_dashboard_metrics import _scrape
+
+        values = _scrape(["rlhf_rloo_reward_mean", "rlhf_rloo_gold_reward_mean", "rlhf_rloo_kl",
+                          "rlhf_rloo_step_seconds", "rlhf_rloo_tokens_per_second"], str(tmp_path))
+        assert values["rlhf_rloo_kl"] == pytest.approx(rows[-1]["kl"], rel=1e-4) and values["rlhf_rloo_step_seconds"] > 0
+        assert sorted(summary["placement"]) == ["learner-0", "rollout-0", "rollout-1", "scorer-0", "scorer-1"]
+    assert len(samples) == 16 and {s["step"] for s in samples} == {1, 2} and all("response" in s for s in samples)

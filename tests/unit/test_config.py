@@ -86,7 +86,7 @@ def test_configs_name_resources_that_exist(path):
     assert _model_ref_ok(cfg.model.name), cfg.model.name
     for ref in [cfg.data.train, cfg.data.eval, *cfg.data.scenarios.values()]:
         assert ref is None or _data_ref_ok(ref, cfg.data.testbed), ref
-    for ref in [cfg.experiment.base, *cfg.demo.reward_models.values()]:
+    for ref in [cfg.experiment.base, *cfg.pipeline.reward_models.values(), cfg.pipeline.rloo]:
         sub = load_config(find_config(ref))  # every referenced config exists and loads
         assert _model_ref_ok(sub.model.name)
     if cfg.rm.num_gpus:

@@ -1,0 +1,36 @@
+"""Held-out evaluation of the policy: the same fixed prompts before the first RLOO step and after the
+last, so the change in gold reward is paired by prompt (training-step means mix prompt difficulty in).
+Pure functions on the scorers' small result dicts."""
+from __future__ import annotations
+
+import math
+
+from rlhf_ray.rm.eval_metrics import bootstrap_ci, nanmean
+
+KEYS = ("gold", "proxy", "length")
+
+
+def per_prompt_means(scores: list[dict], key: str, n_prompts: int, k: int) -> list[float]:
+    """Mean of `key` over each prompt's k samples, in prompt order (scores carry their prompt_index)."""
+    out = [math.nan] * n_prompts
+    for part in scores:
+        values = part[key]
+        for j, index in enumerate(part["prompt_index"]):
+            out[index] = nanmean(values[j * k : (j + 1) * k])
+    return out
+
+
+def policy_change(before: list[dict], after: list[dict], n_prompts: int, k: int, bootstrap: int = 1000,
+                  level: float = 0.95, seed: int = 0) -> dict:
+    """Per key: mean before, mean after, the mean per-prompt gain and its bootstrap CI over prompts."""
+    out = {"prompts": n_prompts, "k": k}
+    for key in KEYS:
+        b, a = per_prompt_means(before, key, n_prompts, k), per_prompt_means(after, key, n_prompts, k)
+        gains = [y - x for x, y in zip(b, a)]
+        low, high = bootstrap_ci(gains, nanmean, bootstrap, level, seed)
+        out[key] = {"before": nanmean(b), "after": nanmean(a), "gain": nanmean(gains), "ci_low": low, "ci_high": high}
+        if key == "gold":  # a prompt counts as won when its gold reward rose (a tie counts half)
+            decided = [g for g in gains if not math.isnan(g)]
+            out["gold_win_rate"] = (sum((g > 0) + 0.5 * (g == 0) for g in decided) / len(decided)
+                                    if decided else math.nan)
+    return out

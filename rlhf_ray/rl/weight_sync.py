@@ -1,0 +1,50 @@
+"""The collective weight-sync transport: a process group of learner rank 0 and every rollout worker
+(gloo on CPU, nccl on GPU), in which rank 0 broadcasts the same bucketed safetensors blobs the object
+store path carries. Engines see no difference: either way they get `load_weights(blobs, version)`.
+
+The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group),
+so it lives beside the learner's DeepSpeed group. Every collective has the group's timeout: a peer that
+never arrives raises in every member instead of hanging.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch
+
+
+class BroadcastChannel:
+    """Rank 0 (the learner) sends, ranks 1.. (rollout workers) receive."""
+
+    def __init__(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float):
+        import torch.distributed as dist
+
+        self.rank, self.timeout = rank, timedelta(seconds=timeout_s)
+        store = dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=self.timeout)
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size)
+        else:
+            self.device = torch.device("cpu")
+            self.group = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        tensor = tensor.to(self.device)
+        self.group.broadcast([tensor], opts).wait(self.timeout)
+        return tensor.cpu()
+
+    def send(self, blobs: list[bytes]) -> int:
+        self._broadcast(torch.tensor([len(blobs)], dtype=torch.int64))
+        self._broadcast(torch.tensor([len(b) for b in blobs], dtype=torch.int64))
+        for blob in blobs:
+            self._broadcast(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+        return sum(len(b) for b in blobs)
+
+    def receive(self) -> list[bytes]:
+        count = int(self._broadcast(torch.zeros(1, dtype=torch.int64))[0])
+        sizes = self._broadcast(torch.zeros(count, dtype=torch.int64)).tolist()
+        return [self._broadcast(torch.empty(size, dtype=torch.uint8)).numpy().tobytes() for size in sizes]

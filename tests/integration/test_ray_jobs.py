@@ -1,0 +1,83 @@
+"""An `rlhf-ray` command as a Ray job: a local head with the dashboard on 127.0.0.1, a job submitted
+through the Jobs REST API, polled until SUCCEEDED; the command joined that cluster (no local instance)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _auth_headers() -> dict:
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    return get_auth_headers_if_auth_enabled({})
+
+
+@pytest.fixture()
+def ray_head(tmp_path):
+    """`ray start --head --block` in its own process group: stopping it stops this head only."""
+    port, dashboard = _free_port(), _free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{dashboard}"
+    import requests
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/api/version", headers=_auth_headers(), timeout=5).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline or head.poll() is not None:
+            raise RuntimeError(f"the Ray head did not come up: {(tmp_path / 'head.log').read_text()[-2000:]}")
+        time.sleep(1)
+    yield url, dashboard
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
+    import psutil
+    import requests
+
+    url, dashboard = ray_head
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == dashboard}
+    assert listening == {"127.0.0.1"}  # the dashboard (and the Jobs API) is not reachable from outside
+
+    out = tmp_path / "job"
+    entrypoint = (f"rlhf-ray train-rm --config {ROOT / 'configs' / 'rm_bt_gold.yaml'} model.name=tiny-llama "
+                  f"rm.max_steps=2 rm.batch_size=4 rm.num_cpus=0.5 data.dir={testbeds} output_dir={out} tensorboard=false")
+    response = requests.post(f"{url}/api/jobs/", json={"entrypoint": entrypoint}, headers=_auth_headers(), timeout=30)
+    assert response.ok, response.text
+    job_id = response.json()["submission_id"]
+
+    status, deadline = None, time.monotonic() + 600
+    while status not in ("SUCCEEDED", "FAILED", "STOPPED") and time.monotonic() < deadline:
+        time.sleep(2)
+        status = requests.get(f"{url}/api/jobs/{job_id}", headers=_auth_headers(), timeout=30).json()["status"]
+    logs = requests.get(f"{url}/api/jobs/{job_id}/logs", headers=_auth_headers(), timeout=30).json()["logs"]
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "[train-rm] step 2/2" in logs
+    assert "Started a local Ray instance" not in logs  # it joined the head, as a job must
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2

@@ -1,0 +1,95 @@
+"""Checkpoints and resume. RLOO: the driver is killed with SIGKILL mid-run, `--resume` continues from
+the newest complete checkpoint, and the prompt batches and the final step equal an uninterrupted
+run's. Reward-model training: a resumed run's losses equal the uninterrupted run's, step for step."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf_ray.config import load_config
+from rlhf_ray.rm.train import train_reward_model
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rloo(out: Path, testbeds, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rlhf_ray.cli", "rloo", "--config", str(ROOT / "configs" / "rloo_smollm2.yaml"),
+            f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", "rloo.policy=tiny-llama",
+            "rloo.steps=6", "rloo.prompts_per_step=2", "rloo.max_prompt_tokens=64", "rloo.eval_prompts=0",
+            "rloo.save_every=2", "rollout.k=2", "rollout.max_new_tokens=4", "rollout.kv_cache_gb=0.25",
+            "rollout.max_model_len=256", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1",
+            "reward.models=[tiny-llama]", "reward.max_length=96", "ray.num_cpus=2", *extra]
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def test_rloo_resumes_after_sigkill_with_the_same_batches(testbeds, tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen(_rloo(killed, testbeds), cwd=ROOT, env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.log", "w"))
+    deadline = time.monotonic() + 600
+    while not ((killed / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in _rows(killed))):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver, mid-run, with no chance to clean up
+    proc.wait()
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)  # then whatever it had started on this machine, as a reboot would
+    assert not (killed / "summary.json").exists()
+
+    resumed = subprocess.run([*_rloo(killed, testbeds), "--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    uninterrupted = subprocess.run(_rloo(whole, testbeds), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                                   timeout=600)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    summary, reference = json.loads((killed / "summary.json").read_text()), json.loads((whole / "summary.json").read_text())
+    assert summary["resumed_from_step"] in (2, 4)
+    assert summary["steps"] == reference["steps"] == 6
+    assert summary["prompt_position"] == reference["prompt_position"] == 12
+    batches = [(r["step"], r["prompt_ids"]) for r in _rows(killed) if r["split"] == "train"]
+    assert batches == [(r["step"], r["prompt_ids"]) for r in _rows(whole) if r["split"] == "train"]
+    assert [s for s, _ in batches] == [1, 2, 3, 4, 5, 6]  # each step once: rows after the checkpoint were redone
+    steps_in_samples = [json.loads(x)["step"] for x in (killed / "samples.jsonl").read_text().splitlines()]
+    assert steps_in_samples == sorted(steps_in_samples) and len(steps_in_samples) == 6 * 2 * 2
+    kept = sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert kept == ["step-000002", "step-000004"]
+
+
+def test_reward_model_training_resumes_to_the_same_losses(ray_local, testbeds, tmp_path):
+    def cfg(out, *extra):
+        return load_config("configs/rm_bt_gold.yaml", [
+            f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", "model.name=tiny-llama",
+            "rm.max_steps=4", "rm.batch_size=4", "rm.save_every=2", "rm.num_workers=2", *extra])
+
+    whole = tmp_path / "whole"
+    train_reward_model(cfg(whole))
+    assert [p.name for p in (whole / "checkpoints").iterdir()] == ["step-000002"]
+
+    # a run that stopped after its step-2 checkpoint: its folder as the crash left it
+    cut = tmp_path / "cut"
+    shutil.copytree(whole / "checkpoints", cut / "checkpoints")
+    rows = [r for r in _rows(whole) if r["step"] <= 2]
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (cut / "checkpoints" / ".step-000004.tmp").mkdir()  # a save the crash interrupted: ignored
+    train_reward_model(cfg(cut, "resume=true"))
+
+    def losses(out):
+        return {r["step"]: r["loss"] for r in _rows(out) if r["split"] == "train"}
+
+    assert sorted(losses(cut)) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert losses(cut)[step] == pytest.approx(losses(whole)[step], rel=1e-5, abs=1e-6)

@@ -1,0 +1,86 @@
+"""The cluster specs parse, and every config, command and file they name exists."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhf_ray.cli import COMMANDS
+from rlhf_ray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
+
+
+def _check_entrypoint(entrypoint: str) -> None:
+    argv = shlex.split(entrypoint)
+    assert argv[0] == "rlhf-ray" and argv[1] in COMMANDS, entrypoint
+    if "--config" in argv:
+        path = ROOT / argv[argv.index("--config") + 1]
+        assert path.exists(), path
+        load_config(path, [a for a in argv[argv.index("--config") + 2 :] if "=" in a])
+
+
+def _pod_containers(template: dict) -> list[dict]:
+    return template["template"]["spec"]["containers"]
+
+
+@pytest.mark.parametrize("name", ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"])
+def test_kuberay_manifests(name):
+    doc = yaml.safe_load((CLUSTER / name).read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayCluster", "RayJob")
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    if doc["kind"] == "RayJob":
+        _check_entrypoint(doc["spec"]["entrypoint"])
+        assert doc["spec"]["shutdownAfterJobFinishes"] is True
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # actors go to the GPU workers
+    gpu_groups = [g for g in spec["workerGroupSpecs"]
+                  if any("nvidia.com/gpu" in c["resources"]["limits"] for c in _pod_containers(g))]
+    assert gpu_groups and all(g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] for g in gpu_groups)
+    ray_version = spec["rayVersion"]
+    lock = (ROOT / "requirements" / "cpu.lock").read_text()
+    assert f"ray=={ray_version}" in lock  # the cluster runs the Ray the package is locked to
+
+
+def test_cluster_launcher_yaml():
+    doc = yaml.safe_load((CLUSTER / "aws-gpu-cluster.yaml").read_text())
+    assert doc["head_node_type"] in doc["available_node_types"]
+    assert doc["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    head_start = " ".join(doc["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start  # reached through `ray dashboard` (SSH tunnel)
+    for local in doc["file_mounts"].values():
+        assert (ROOT / local).exists(), local
+
+
+def test_runtime_env_is_valid_for_ray():
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    RuntimeEnv(**env)  # raises on unknown or malformed fields
+    assert ".venv" in env["excludes"] and "runs" in env["excludes"]
+
+
+def test_dockerfile_copies_paths_that_exist():
+    text = (CLUSTER / "Dockerfile").read_text()
+    sources = [s for line in re.findall(r"^COPY (.+)$", text, re.M) for s in line.split()[:-1]]
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), src
+    assert "requirements/gpu.txt" in text
+
+
+def test_local_cluster_script_binds_the_dashboard_to_localhost():
+    text = (CLUSTER / "local_cluster.sh").read_text()
+    assert "--dashboard-host=127.0.0.1" in text and "--num-cpus=0" in text
+
+
+def test_readme_cluster_commands_name_real_commands_and_configs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run on a cluster"):]
+    section = section[: section.find("\n## ", 1)]
+    submits = re.findall(r"ray job submit .*? -- (rlhf-ray [^\n`]+)", section)
+    assert submits
+    for entrypoint in submits:
+        _check_entrypoint(entrypoint.strip())

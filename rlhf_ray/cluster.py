@@ -45,6 +45,7 @@ def connect(cfg: RayConfig) -> None:
         ray.init(address=address, namespace=cfg.namespace, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(
+            address="local",  # a new instance, even if `ray start` left a cluster address on this machine
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.include_dashboard,
             dashboard_host=cfg.dashboard_host,

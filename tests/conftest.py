@@ -28,6 +28,7 @@ def ray_local(tmp_path_factory):
     from rlhf_ray.cluster import ACTOR_ENV
 
     ray.init(
+        address="local",
         _metrics_export_port=METRICS_PORT,
         num_cpus=4,
         include_dashboard=False,

@@ -11,8 +11,9 @@ from rlhf_ray.rm.train import train_reward_model
 pytestmark = pytest.mark.slow
 
 
-def _scrape(names: list[str], run: str, timeout_s: float = 90) -> dict[str, float]:
-    """Poll the endpoint until every metric shows a sample for this run; {name: value}."""
+def _scrape(names: list[str], run: str, timeout_s: float = 90, expect: dict | None = None) -> dict[str, float]:
+    """Poll the endpoint until every metric shows a sample for this run (and the `expect`ed values: the
+    endpoint reports with a delay); {name: value}."""
     import requests
 
     port = os.environ["RLHF_RAY_TEST_METRICS_PORT"]  # set by conftest, which started Ray with it
@@ -23,10 +24,12 @@ def _scrape(names: list[str], run: str, timeout_s: float = 90) -> dict[str, floa
             for name in names:
                 if line.startswith(f"ray_{name}{{") and f'run="{run}"' in line:
                     found[name] = float(line.rsplit(" ", 1)[1])
-        if len(found) == len(names):
+        if len(found) == len(names) and all(abs(found[k] - v) <= 1e-4 * max(1.0, abs(v))
+                                            for k, v in (expect or {}).items()):
             return found
         time.sleep(2)
-    raise AssertionError(f"missing on the metrics endpoint after {timeout_s} s: {sorted(set(names) - set(found))}")
+    raise AssertionError(f"metrics endpoint after {timeout_s} s: missing {sorted(set(names) - set(found))}, "
+                         f"got {found}, expected {expect}")
 
 
 def test_reward_model_training_exports_its_metrics(ray_local, testbeds, tmp_path):

@@ -22,9 +22,12 @@ def _free_port() -> int:
 
 
 def _auth_headers() -> dict:
-    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
-
-    return get_auth_headers_if_auth_enabled({})
+    """Ray's token authentication is on by default: the token `ray start` keeps (or $RAY_AUTH_TOKEN)."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = Path.home() / ".ray" / "auth_token"
+    if not token and path.exists():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @pytest.fixture()

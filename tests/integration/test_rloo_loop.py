@@ -43,7 +43,8 @@ def test_two_rloo_steps_end_to_end(ray_local, testbeds, tmp_path, variant, estim
         from tests.integration.test_dashboard_metrics import _scrape
 
         values = _scrape(["rlhf_rloo_reward_mean", "rlhf_rloo_gold_reward_mean", "rlhf_rloo_kl",
-                          "rlhf_rloo_step_seconds", "rlhf_rloo_tokens_per_second"], str(tmp_path))
-        assert values["rlhf_rloo_kl"] == pytest.approx(rows[-1]["kl"], rel=1e-4) and values["rlhf_rloo_step_seconds"] > 0
+                          "rlhf_rloo_step_seconds", "rlhf_rloo_tokens_per_second"], str(tmp_path),
+                         expect={"rlhf_rloo_kl": rows[-1]["kl"]})  # the last step's value
+        assert values["rlhf_rloo_step_seconds"] > 0 and values["rlhf_rloo_tokens_per_second"] > 0
         assert sorted(summary["placement"]) == ["learner-0", "rollout-0", "rollout-1", "scorer-0", "scorer-1"]
     assert len(samples) == 16 and {s["step"] for s in samples} == {1, 2} and all("response" in s for s in samples)

@@ -160,8 +160,12 @@ def normalise_known_schemas(raw: dict) -> dict:
         while f"response_{k}_text" in out:
             responses.append(out[f"response_{k}_text"])
             k += 1
-        scores = list(out.get("all_scores") or [])
-        order = sorted(range(len(responses)), key=lambda i: -scores[i]) if len(scores) == len(responses) else range(len(responses))
+        scores = out.get("all_scores")
+        scores = list(scores) if isinstance(scores, (list, tuple)) else []
+        numeric = len(scores) == len(responses) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores)
+        # sort best first only when every score is a number; otherwise validate_row names the bad one
+        order = sorted(range(len(responses)), key=lambda i: -scores[i]) if numeric else range(len(responses))
         out = {
             "prompt": out["instruction"],
             "completions": [responses[i] for i in order],
@@ -172,19 +176,20 @@ def normalise_known_schemas(raw: dict) -> dict:
         return out
 
     def is_messages(value) -> bool:
-        return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+        return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
-    def last_assistant(messages):
-        replies = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
-        return replies[-1] if replies else ""
+    def contents(messages, role=None) -> list[str]:  # non-text contents are dropped; validation sees the rest
+        return [m["content"] for m in messages
+                if isinstance(m.get("content"), str) and (role is None or m.get("role") == role)]
 
     for key in ("chosen", "rejected"):
         if is_messages(out.get(key)):
             if not out.get("prompt"):
-                out["prompt"] = "\n".join(m.get("content", "") for m in out[key] if m.get("role") == "user")
-            out[key] = last_assistant(out[key])
+                out["prompt"] = "\n".join(contents(out[key], "user"))
+            replies = contents(out[key], "assistant")
+            out[key] = replies[-1] if replies else ""
     if is_messages(out.get("prompt")):
-        out["prompt"] = "\n".join(m.get("content", "") for m in out["prompt"])
+        out["prompt"] = "\n".join(contents(out["prompt"]))
     return out
 
 

@@ -26,7 +26,11 @@ class RLScorer:
     def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
         k, cfg = rollouts.k, self.cfg
         per_sample = [prompts[i // k] for i in range(len(rollouts))]
-        members = self.member_rewards([p["prompt"] for p in per_sample], rollouts.texts)
+        try:
+            members = self.member_rewards([p["prompt"] for p in per_sample], rollouts.texts)
+        except FloatingPointError as err:  # say which prompts, so the data can be inspected
+            ids = sorted({p["prompt_id"] for p in per_sample})
+            raise FloatingPointError(f"{err} (samples of prompts {ids[:5]}); nothing was trained on them") from err
         proxy = aggregate(members, cfg["aggregate"], cfg["uwo_lambda"])
         reference = None
         if cfg["transform"] != "none":

@@ -16,6 +16,7 @@ from rlhf_ray.models.reward_model import (
 
 class RewardScorer:
     def __init__(self, model_ref: str, max_length: int = 256, batch_size: int = 32, trust_remote_code: bool = False):
+        self.model_ref = model_ref
         self.tokenizer = load_tokenizer(model_ref, trust_remote_code)
         self.model = load_reward_model(
             model_ref, trust_remote_code=trust_remote_code, pad_token_id=self.tokenizer.pad_token_id
@@ -37,7 +38,7 @@ class RewardScorer:
             hidden.append(h)
         if not torch.isfinite(torch.cat(rewards)).all():
             bad = [i for i, v in enumerate(torch.cat(rewards).tolist()) if v != v or abs(v) == float("inf")]
-            raise FloatingPointError(f"reward model returned non-finite rewards for rows {bad[:10]}")
+            raise FloatingPointError(f"reward model {self.model_ref} returned non-finite rewards for rows {bad[:10]}")
         if with_hidden:
             return torch.cat(rewards), torch.cat(hidden)
         return torch.cat(rewards)

@@ -21,6 +21,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
             kv_cache_memory_bytes=int(kv_cache_gb * (1 << 30)),
             trust_remote_code=trust_remote_code,
+            load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
             worker_extension_cls="rlhf_ray.rl.engines.vllm_ext.WeightUpdateExtension",
         )

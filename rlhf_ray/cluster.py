@@ -42,7 +42,9 @@ def connect(cfg: RayConfig) -> None:
     runtime_env = {"env_vars": dict(ACTOR_ENV)}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, namespace=cfg.namespace, runtime_env=runtime_env, log_to_driver=True)
+        # no runtime_env here: a Ray job brings its own (working_dir, env_vars) and Ray refuses to merge
+        # a second one into it; the actors get ACTOR_ENV through their own options (ActorGroup)
+        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
     else:
         ray.init(
             address="local",  # a new instance, even if `ray start` left a cluster address on this machine

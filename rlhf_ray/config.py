@@ -275,6 +275,19 @@ class Config(Section):
             raise ValueError("must not be empty")
         return v
 
+    def with_absolute_paths(self) -> "Config":
+        """Local paths made absolute against the driver's working directory: actors on other nodes,
+        and in a Ray job, run in other directories, so a relative path would name another place."""
+        def local(path: str) -> str:
+            return str(Path(path).resolve()) if not Path(path).is_absolute() and Path(path).exists() else path
+
+        self.output_dir = str(Path(self.output_dir).resolve())
+        self.data.dir = str(Path(self.data.dir).resolve())
+        self.model.name = local(self.model.name)
+        self.rloo.policy = local(self.rloo.policy)
+        self.reward.models = [local(m) for m in self.reward.models]
+        return self
+
 
 # ------------------------------------------------------------------------------------------------
 
@@ -321,7 +334,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(tree).with_absolute_paths()
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 

@@ -71,7 +71,13 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
     out = tmp_path / "job"
     entrypoint = (f"rlhf-ray train-rm --config {ROOT / 'configs' / 'rm_bt_gold.yaml'} model.name=tiny-llama "
                   f"rm.max_steps=2 rm.batch_size=4 rm.num_cpus=0.5 data.dir={testbeds} output_dir={out} tensorboard=false")
-    response = requests.post(f"{url}/api/jobs/", json={"entrypoint": entrypoint}, headers=_auth_headers(), timeout=30)
+    deadline = time.monotonic() + 120
+    while True:  # the dashboard answers before the head's job agent is ready: "No available agent ..."
+        response = requests.post(f"{url}/api/jobs/", json={"entrypoint": entrypoint}, headers=_auth_headers(),
+                                 timeout=30)
+        if response.ok or "No available agent" not in response.text or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert response.ok, response.text
     job_id = response.json()["submission_id"]
 

@@ -116,25 +116,10 @@ class ActorGroup:
 
     def wait(self, refs: list, method: str, timeout_s: float, names: list[str] | None = None) -> list[Any]:
         """Results in order; the first failure raises at once (its peers may be blocked on it)."""
-        import time
-
         import ray
 
         names = names or self.names
-        deadline = time.monotonic() + timeout_s
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                late = [n for n, r in zip(names, refs) if r in pending]
-                raise ActorGroupError(f"{', '.join(late)}: {method} did not finish within {timeout_s:.0f} s")
-            name = names[refs.index(ready[0])]
-            try:
-                ray.get(ready[0])
-            except ray.exceptions.RayActorError as err:
-                raise ActorGroupError(f"{name} died during {method}: {_cause(err)}") from err
-            except ray.exceptions.RayTaskError as err:
-                raise ActorGroupError(f"{name} failed in {method}: {_cause(err)}") from err
+        self._await(dict(enumerate(refs)), method, timeout_s, names)
         return ray.get(refs)
 
     def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float, on_restart=None) -> dict[int, Any]:
@@ -142,36 +127,50 @@ class ActorGroup:
         {index: ObjectRef} of the results (they stay in the object store). An actor that died and that
         Ray restarts (max_restarts), or that reports `Restarted` (it came back since the last call),
         gets `on_restart(index)` (e.g. the current weights) and the same call again."""
+        refs = {i: getattr(self.actors[i], method).remote(*args) for i, args in args_per_actor.items()}
+        retries = dict.fromkeys(refs, self.max_restarts)
+
+        def retry(index: int, err: Exception, deadline: float):
+            if retries[index] == 0:
+                return None
+            retries[index] -= 1
+            self._wait_restarted(index, method, deadline)
+            print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
+                  file=sys.stderr, flush=True)
+            if on_restart is not None:
+                on_restart(index)  # submitted before the retry: an actor runs one caller's calls in order
+            refs[index] = getattr(self.actors[index], method).remote(*args_per_actor[index])
+            return refs[index]
+
+        self._await(dict(refs), method, timeout_s, self.names, retry)
+        return refs
+
+    def _await(self, pending: dict[int, Any], method: str, timeout_s: float, names: list[str], retry=None) -> None:
+        """Wait for every ref in `pending` ({position: ref}, `names[position]` says whose). A failure raises
+        an ActorGroupError naming the actor, unless the actor was restarted and `retry(position, error,
+        deadline)` returns a new ref to wait for instead."""
         import time
 
         import ray
 
-        refs = {i: getattr(self.actors[i], method).remote(*args) for i, args in args_per_actor.items()}
-        retries = dict.fromkeys(refs, self.max_restarts)
         deadline = time.monotonic() + timeout_s
-        pending = dict(refs)
         while pending:
             ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                late = ", ".join(self.names[i] for i in pending)
+                late = ", ".join(names[i] for i in pending)
                 raise ActorGroupError(f"{late}: {method} did not finish within {timeout_s:.0f} s")
-            index = next(i for i, r in pending.items() if r == ready[0])
+            position = next(i for i, r in pending.items() if r == ready[0])
             try:
                 ray.get(ready[0])
-                del pending[index]
+                del pending[position]
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-                restarted = isinstance(err, ray.exceptions.RayActorError) or isinstance(_cause_of(err), Restarted)
-                if not restarted or retries[index] == 0:
-                    verb = "died during" if isinstance(err, ray.exceptions.RayActorError) else "failed in"
-                    raise ActorGroupError(f"{self.names[index]} {verb} {method}: {_cause(err)}") from err
-                retries[index] -= 1
-                self._wait_restarted(index, method, deadline)
-                print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
-                      file=sys.stderr, flush=True)
-                if on_restart is not None:
-                    on_restart(index)  # submitted before the retry: an actor runs one caller's calls in order
-                refs[index] = pending[index] = getattr(self.actors[index], method).remote(*args_per_actor[index])
-        return refs
+                died = isinstance(err, ray.exceptions.RayActorError)
+                restarted = died or isinstance(getattr(err, "cause", None), Restarted)
+                new_ref = retry(position, err, deadline) if retry is not None and restarted else None
+                if new_ref is None:
+                    verb = "died during" if died else "failed in"
+                    raise ActorGroupError(f"{names[position]} {verb} {method}: {_cause(err)}") from err
+                pending[position] = new_ref
 
     def _wait_restarted(self, index: int, method: str, deadline: float) -> None:
         """Until Ray has the actor back (calls in between fail as 'unavailable'); an error if it is dead
@@ -200,10 +199,6 @@ class ActorGroup:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         remove_placement_group(self.placement_group)
-
-
-def _cause_of(err: Exception):
-    return getattr(err, "cause", None)
 
 
 def _cause(err: Exception) -> str:

@@ -67,9 +67,12 @@ class RLGroups:
             return
         if self.cfg.rollout.sync == "collective":
             self.regroup = True
-        blobs = self.latest_blobs or self.learner.call(
-            "publish_weights", [(self.cfg.rollout.bucket_mb,)] * len(self.learner), self.cfg.rollout.sync_timeout_s)[0]
-        self.rollout.actors[worker].load_weights.remote(blobs, self.version)
+        self.rollout.actors[worker].load_weights.remote(self.latest_blobs or self._publish(), self.version)
+
+    def _publish(self):
+        """The learner's current weights in the object store (rank 0's ref; every rank takes part)."""
+        rc = self.cfg.rollout
+        return self.learner.call("publish_weights", [(rc.bucket_mb,)] * len(self.learner), rc.sync_timeout_s)[0]
 
     def _score(self, rollout_refs: list, prompts: list[dict]) -> list:
         """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts. A
@@ -121,8 +124,7 @@ class RLGroups:
             return results[len(sends):]
 
         def object_store():
-            blobs = self.learner.call("publish_weights", [(rc.bucket_mb,)] * len(self.learner), rc.sync_timeout_s)[0]
-            self.latest_blobs = blobs
+            blobs = self.latest_blobs = self._publish()
             # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
             done = self.rollout.map("load_weights", {i: (blobs, version) for i in range(len(self.rollout))},
                                     rc.sync_timeout_s)

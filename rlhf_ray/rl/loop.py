@@ -127,11 +127,11 @@ def start(cfg: Config, rl, checkpoints: Checkpoints, prompts: list[dict], held_o
     loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
     found = checkpoints.latest() if cfg.resume else None
     if found is None:
-        return 0, loader, rl.evaluate(encode(held_out), held_out) if held_out else None, False
+        return 0, loader, rl.evaluate(encode(held_out), held_out) if held_out else None
     path, state = found
     rl.load_state(str(path / "engine"), version=state["step"])
     loader.position = state["position"]
-    return state["step"], loader, state["held_out_before"], True
+    return state["step"], loader, state["held_out_before"]
 
 
 def run_rloo(cfg: Config) -> dict:
@@ -154,9 +154,9 @@ def run_rloo(cfg: Config) -> dict:
     try:
         if cfg.reward.transform != "none":  # LSC / PAR baselines: the initial policy's rewards, per prompt
             rl.reference_rewards(encode(prompts + held_out), prompts + held_out)
-        done, loader, before, resumed = start(cfg, rl, checkpoints, prompts, held_out, encode)
-        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done if resumed else None)
-        truncate_jsonl(out / "samples.jsonl", done if resumed else None)
+        done, loader, before = start(cfg, rl, checkpoints, prompts, held_out, encode)  # done > 0: resumed
+        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
+        truncate_jsonl(out / "samples.jsonl", done or None)
         for step in range(done + 1, cfg.rloo.steps + 1):
             batch = loader.next()
             rollouts = rl.generate(encode(batch), step)
@@ -183,7 +183,7 @@ def run_rloo(cfg: Config) -> dict:
             log.close()
         rl.shutdown()
     summary = {"policy": str(out / "policy"), "steps": cfg.rloo.steps, "prompt_position": loader.position,
-               "seed": cfg.seed, "resumed_from_step": done if resumed else None, "placement": placement}
+               "seed": cfg.seed, "resumed_from_step": done or None, "placement": placement}
     if held_out:
         summary["held_out"] = policy_change(before, after, len(held_out), cfg.rollout.k, cfg.eval.bootstrap,
                                             cfg.eval.ci_level, cfg.seed)

@@ -32,14 +32,18 @@ def _auth_headers() -> dict:
 
 @pytest.fixture()
 def ray_head(tmp_path):
-    """`ray start --head --block` in its own process group: stopping it stops this head only."""
+    """`ray start --head --block` in its own process group: stopping it stops this head only. Every port
+    is free-picked: another Ray instance on the machine (the session's) holds the agent's default 52365,
+    and an agent that cannot bind leaves the Jobs API with "No available agent"."""
     port, dashboard = _free_port(), _free_port()
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats", *agent_ports],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{dashboard}"

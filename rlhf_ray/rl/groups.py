@@ -32,6 +32,7 @@ class RLGroups:
             self._join_sync_group()
         self.timings: dict[str, float] = {}
         self.version, self.latest_blobs, self.regroup = 0, None, False  # the weights the workers hold
+        self.publish_s = 0.0  # the learner's time to gather and serialise the last weights it published
 
     def _join_sync_group(self) -> None:
         """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""
@@ -72,7 +73,9 @@ class RLGroups:
     def _publish(self):
         """The learner's current weights in the object store (rank 0's ref; every rank takes part)."""
         rc = self.cfg.rollout
-        return self.learner.call("publish_weights", [(rc.bucket_mb,)] * len(self.learner), rc.sync_timeout_s)[0]
+        blobs, self.publish_s = self.learner.call("publish_weights", [(rc.bucket_mb,)] * len(self.learner),
+                                                  rc.sync_timeout_s)[0]
+        return blobs
 
     def _score(self, rollout_refs: list, prompts: list[dict]) -> list:
         """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts. A
@@ -114,6 +117,7 @@ class RLGroups:
         rc = self.cfg.rollout
 
         def collective():  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
+            self.publish_s = 0.0  # serialising happens inside the broadcast: counted as sync overhead
             if self.regroup:
                 self._join_sync_group()
                 self.regroup = False

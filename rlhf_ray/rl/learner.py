@@ -2,6 +2,7 @@
 Plain Python; `RLOOLearnerActor` is its Ray shell."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +96,7 @@ class RLOOLearner:
     def update(self, rollouts: Rollouts, scores: torch.Tensor) -> dict:
         """One RLOO update on this rank's share (whole prompt groups), in micro-batches whose gradients
         add up to the whole batch's; returns its stats."""
-        lc = self.cfg.learner
+        lc, start = self.cfg.learner, time.monotonic()
         batch = pack(rollouts, self.pad_id)
         with torch.no_grad():
             self.engine.eval()
@@ -122,7 +123,7 @@ class RLOOLearner:
             grad_norm = grad_norm if grad_norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
         return {**advantage_stats(adv, token_kl, batch.mask), "clip_frac": clipped, "loss": loss_sum,
                 "entropy": float(masked_mean(entropy, batch.mask)), "lr": self.engine.get_lr()[0],
-                "grad_norm": grad_norm}
+                "grad_norm": grad_norm, "learn_s": time.monotonic() - start}
 
     def _whole_grad_norm(self) -> float:
         """The batch's gradient norm before clipping, for ZeRO stage 0, where DeepSpeed does not track
@@ -180,10 +181,12 @@ class RLOOLearnerActor:
         return self.learner.update(*mine)
 
     def publish_weights(self, bucket_mb: int):
+        """(a ref of the blobs, or None off rank 0; seconds spent gathering and serialising)."""
         import ray
 
+        start = time.monotonic()
         blobs = self.learner.publish_weights(bucket_mb)
-        return ray.put(blobs) if blobs is not None else None
+        return (ray.put(blobs) if blobs is not None else None), time.monotonic() - start
 
     def join_sync_group(self, world_size, addr, port, timeout_s):
         return self.learner.join_sync_group(world_size, addr, port, timeout_s)

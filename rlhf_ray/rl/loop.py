@@ -5,6 +5,7 @@ import json
 import math
 import random
 import statistics
+import time
 from pathlib import Path
 
 from rlhf_ray.cluster import ActorGroupError, connect
@@ -79,11 +80,22 @@ def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[list
     return out
 
 
-def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, sync: list[dict], k: int) -> dict:
+def compute_seconds(scores: list[dict], learner_stats: list[dict], sync: list[dict], publish_s: float) -> float:
+    """The step's compute: per phase, the slowest actor's own time (generation, scoring, the update,
+    serialising and loading the weights). The rest of the step's wall time is orchestration overhead:
+    Ray calls, object-store transfers, the driver's bookkeeping."""
+    slowest = lambda parts, key: max((p[key] for p in parts), default=0.0)  # noqa: E731
+    return (slowest(scores, "generate_s") + slowest(scores, "score_s") + slowest(learner_stats, "learn_s")
+            + publish_s + slowest(sync, "sync_s"))
+
+
+def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, sync: list[dict], k: int,
+                 wall_s: float, publish_s: float = 0.0) -> dict:
     """Per-step metrics from the scorers' and learners' small results."""
     cat = lambda key: [x for s in scores for x in s[key]]  # noqa: E731
     proxy, gold, length = cat("proxy"), [g for g in cat("gold") if not math.isnan(g)], cat("length")
     step_s = sum(timings.values())
+    compute_s = compute_seconds(scores, learner_stats, sync, publish_s)
     tokens = sum(length)
     mean_of = lambda key: statistics.fmean(s[key] for s in learner_stats)  # noqa: E731
     return {
@@ -95,7 +107,8 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
         "advantage_std": mean_of("advantage_std"), "clip_frac": mean_of("clip_frac"), "loss": mean_of("loss"),
         "grad_norm": mean_of("grad_norm"), "lr": learner_stats[0]["lr"],
         **{f"time_{phase}_s": t for phase, t in timings.items()},
-        "step_s": step_s, "tokens_per_s": tokens / timings["generate"] if timings.get("generate") else math.nan,
+        "step_s": step_s, "wall_s": wall_s, "compute_s": compute_s, "overhead_s": wall_s - compute_s,
+        "overhead_frac": (wall_s - compute_s) / wall_s, "tokens_per_s": tokens / timings["generate"] if timings.get("generate") else math.nan,
         "sync_bytes": sync[0]["bytes"] if sync else 0, "samples": len(proxy), "k": k,
     }
 
@@ -158,6 +171,7 @@ def run_rloo(cfg: Config) -> dict:
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
         for step in range(done + 1, cfg.rloo.steps + 1):
+            began = time.monotonic()
             batch = loader.next()
             rollouts = rl.generate(encode(batch), step)
             scores = rl.score(rollouts, batch)
@@ -165,7 +179,9 @@ def run_rloo(cfg: Config) -> dict:
             sync = rl.sync(version=step)
             scores = ray.get(scores)
             write_samples(out / "samples.jsonl", step, batch, scores, rl.shard_index)
-            log.log(step, {**step_metrics(scores, learner_stats, dict(rl.timings), sync, cfg.rollout.k),
+            wall_s = time.monotonic() - began
+            log.log(step, {**step_metrics(scores, learner_stats, dict(rl.timings), sync, cfg.rollout.k, wall_s,
+                                          rl.publish_s),
                            "prompt_ids": [p["prompt_id"] for p in batch]})
             if cfg.rloo.save_every and step % cfg.rloo.save_every == 0 and step < cfg.rloo.steps:
                 with checkpoints.saving(step, {"position": loader.position, "held_out_before": before}) as tmp:

@@ -32,7 +32,10 @@ class RolloutWorker:
 
             raise Restarted(f"{self.name} has weights version {self.engine.version}, the driver synced "
                             f"{expected_version}: it was restarted")
-        return self.engine.generate(prompt_ids, k, sampling)
+        start = time.monotonic()
+        rollouts = self.engine.generate(prompt_ids, k, sampling)
+        rollouts.compute_s = time.monotonic() - start
+        return rollouts
 
     def load_weights(self, blobs: list[bytes], version: int) -> dict:
         start = time.monotonic()

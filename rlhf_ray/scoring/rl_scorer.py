@@ -6,6 +6,7 @@ member's reward, the gold reward (always computed, for tracking), and the respon
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -24,6 +25,7 @@ class RLScorer:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
 
     def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
+        start = time.monotonic()
         k, cfg = rollouts.k, self.cfg
         per_sample = [prompts[i // k] for i in range(len(rollouts))]
         try:
@@ -53,6 +55,8 @@ class RLScorer:
             "length": [len(r) for r in rollouts.response_ids],
             "finished": list(rollouts.finished),
             "texts": list(rollouts.texts),
+            "generate_s": rollouts.compute_s,  # the compute times, for the overhead accounting
+            "score_s": time.monotonic() - start,
         }
 
 

@@ -107,7 +107,8 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
         "advantage_std": mean_of("advantage_std"), "clip_frac": mean_of("clip_frac"), "loss": mean_of("loss"),
         "grad_norm": mean_of("grad_norm"), "lr": learner_stats[0]["lr"],
         **{f"time_{phase}_s": t for phase, t in timings.items()},
-        "step_s": step_s, "wall_s": wall_s, "compute_s": compute_s, "overhead_s": wall_s - compute_s,
+        "step_s": step_s, "wall_s": wall_s, "compute_s": compute_s, "publish_s": publish_s,
+        "load_weights_s": max((r["sync_s"] for r in sync), default=0.0), "overhead_s": wall_s - compute_s,
         "overhead_frac": (wall_s - compute_s) / wall_s, "tokens_per_s": tokens / timings["generate"] if timings.get("generate") else math.nan,
         "sync_bytes": sync[0]["bytes"] if sync else 0, "samples": len(proxy), "k": k,
     }

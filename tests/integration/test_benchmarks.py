@@ -18,5 +18,5 @@ def test_benchmarks_run_quick_and_compare_the_same_work(tmp_path, capsys):
     rm = saved["results"]["rm"]["tiny-llama"]
     # the same pairs, model initialisation and optimizer on both sides: the loss curves agree
     assert rm["max_loss_difference_vs_trl"] < 1e-4
-    assert {"16"} == set(saved["results"]["rollout"]["runs"][0]["hf"])
+    assert saved["results"]["rollout"]["runs"][0]["hf"]["16"]["tokens_per_s"] > 0
     assert "RM pairs/s vs TRL RewardTrainer (tiny-llama)" in capsys.readouterr().out

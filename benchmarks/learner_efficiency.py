@@ -38,8 +38,9 @@ def _rollouts(s: dict):
                     [], s["k"], 0)
 
 
-def measure_learner(s: dict) -> dict:
-    """The RLOO learner's update (world size 1, outside Ray: the actor adds nothing to its compute)."""
+def _learner_and_batch(s: dict, dtype: str, total_steps: int):
+    """An RLOO learner rank (world size 1, outside Ray: the actor adds nothing to its compute), the
+    rollouts of `_rollouts` and seeded scores."""
     import torch
 
     from rlhf_ray.config import load_config
@@ -47,11 +48,16 @@ def measure_learner(s: dict) -> dict:
     from rlhf_ray.utils.dist import free_address
 
     torch.set_num_threads(s["threads"])
-    cfg = load_config(None, [f"rloo.policy={s['policy']}", f"model.dtype={s['dtype']}", "learner.warmup_ratio=0",
+    cfg = load_config(None, [f"rloo.policy={s['policy']}", f"model.dtype={dtype}", "learner.warmup_ratio=0",
                              f"learner.micro_batch_size={s['micro_batch_size']}", f"learner.lr={s['lr']}"])
-    learner = RLOOLearner(cfg, 0, 1, *free_address(), total_steps=s["steps"])
+    learner = RLOOLearner(cfg, 0, 1, *free_address(), total_steps=total_steps)
     rollouts = _rollouts(s)
-    scores = torch.randn(len(rollouts), generator=torch.Generator().manual_seed(0))
+    return learner, rollouts, torch.randn(len(rollouts), generator=torch.Generator().manual_seed(0))
+
+
+def measure_learner(s: dict) -> dict:
+    """Seconds per RLOO learner update, with model and hardware GFLOPS."""
+    learner, rollouts, scores = _learner_and_batch(s, s["dtype"], s["steps"])
     params = sum(p.numel() for p in learner.engine.module.parameters())
     tokens = sum(len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids))
     seconds, losses = [], []
@@ -86,19 +92,9 @@ def measure_rm(s: dict) -> dict:
 
 def measure_profile(s: dict) -> dict:
     """Where one RLOO learner update spends its time: torch.profiler's top operators by self CPU time."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from rlhf_ray.config import load_config
-    from rlhf_ray.rl.learner import RLOOLearner
-    from rlhf_ray.utils.dist import free_address
-
-    torch.set_num_threads(s["threads"])
-    cfg = load_config(None, [f"rloo.policy={s['policy']}", "learner.warmup_ratio=0",
-                             f"learner.micro_batch_size={s['micro_batch_size']}", f"learner.lr={s['lr']}"])
-    learner = RLOOLearner(cfg, 0, 1, *free_address(), total_steps=2)
-    rollouts = _rollouts(s)
-    scores = torch.randn(len(rollouts), generator=torch.Generator().manual_seed(0))
+    learner, rollouts, scores = _learner_and_batch(s, "float32", total_steps=2)
     learner.update(rollouts, scores)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         learner.update(rollouts, scores)

@@ -21,10 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def measure_isolated(bench: str, system: str, settings: dict, timeout_s: float = 1800) -> dict:
-    """One measurement in a fresh process; its last stdout line is the JSON result."""
+def measure_isolated(bench: str, system: str, settings: dict, timeout_s: float = 1800, as_actor: bool = False) -> dict:
+    """One measurement in a fresh process; its last stdout line is the JSON result. `as_actor`: the
+    process starts as rlhf-ray starts its actors (tcmalloc preloaded when installed), for our code
+    measured outside Ray; code measured through Ray actors gets that from the actors themselves."""
+    from rlhf_ray.cluster import actor_env
+
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+    if as_actor and "LD_PRELOAD" in actor_env(1):
+        env["LD_PRELOAD"] = actor_env(1)["LD_PRELOAD"]
     env.update({k: str(settings.get("threads", 2)) for k in THREADS_ENV})
     cmd = [sys.executable, "-m", "benchmarks.measure", bench, system, json.dumps(settings)]
     started = time.monotonic()

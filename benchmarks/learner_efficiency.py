@@ -69,9 +69,9 @@ def measure_learner(s: dict) -> dict:
     step_s = steady(seconds, s["warmup"])
     return {"params": params, "tokens": tokens, "step_s": step_s, "seconds": seconds, "losses": losses,
             "model_gflops": 6 * params * tokens / step_s / 1e9,
-            # what the update computes: one backward (4N per token) and three forwards (policy with grad,
-            # policy without for the old logprobs and entropy, the reference)
-            "hardware_gflops": 10 * params * tokens / step_s / 1e9}
+            # what the update computes (ppo_epochs 1): the policy's forward and backward (6N per token)
+            # and the reference's forward (2N)
+            "hardware_gflops": 8 * params * tokens / step_s / 1e9}
 
 
 def measure_rm(s: dict) -> dict:

@@ -33,7 +33,7 @@ def measure_rlhf_ray(s: dict) -> dict:
             f"rollout.num_threads={s['threads']}", f"rollout.sync={s.get('sync', 'object_store')}",
             f"reward.models=[{s['reward_model']}]", "scorer.num_workers=1", f"scorer.num_threads={s['threads']}",
             "learner.num_workers=1", f"learner.num_threads={s['threads']}", f"learner.lr={s['lr']}",
-            f"learner.micro_batch_size={s['prompts'] * s['k']}", "learner.warmup_ratio=0",
+            "learner.warmup_ratio=0",  # learner.micro_batch_size: the shipped config's
             f"ray.num_cpus={s['threads']}", "tensorboard=false",
         ])
         run_rloo(cfg)

@@ -32,7 +32,7 @@ def settings(quick: bool, threads: int, data_dir: str) -> dict:
                     "max_new_tokens": 8 if quick else 48, "batches": [16] if quick else [16, 64, 256],
                     "repeats": 1, "kv_cache_gb": 0.25 if quick else 4.0},
         "efficiency": {**base, "policy": "tiny-llama" if quick else "smollm2-135m", "prompts": 2 if quick else 4,
-                       "k": 4, "max_new_tokens": 8 if quick else 48, "micro_batch_size": 16, "lr": 1e-5,
+                       "k": 4, "max_new_tokens": 8 if quick else 48, "micro_batch_size": 8, "lr": 1e-5,
                        "steps": 2 if quick else 3, "warmup": 1, "rm_model": "tiny-llama" if quick else "minilm-l6",
                        "rm_steps": 4 if quick else 12},
     }
@@ -88,7 +88,9 @@ def bench_rollout(s: dict, repeats: int) -> tuple[dict, list]:
     variants = {"hf": {"engine": "hf", "dtype": "float32"},
                 "vllm_fp32": {"engine": "vllm", "dtype": "float32"},
                 "vllm_bf16": {"engine": "vllm", "dtype": "bfloat16"}}
-    per = [alternate(i, [(name, lambda v=v: measure_isolated("rollout", v["engine"], {**s, **v}))
+    # both engines run in the rollout worker as rlhf-ray starts it (tcmalloc: it changed HF's tokens/s by
+    # less than its noise, and vLLM's by 1.1-1.3x)
+    per = [alternate(i, [(name, lambda v=v: measure_isolated("rollout", v["engine"], {**s, **v}, as_actor=True))
                          for name, v in variants.items()]) for i in range(repeats)]
     rows = []
     for batch in s["batches"]:
@@ -102,11 +104,13 @@ def bench_rollout(s: dict, repeats: int) -> tuple[dict, list]:
 
 def bench_efficiency(s: dict, repeats: int) -> tuple[dict, list]:
     peak = measure_isolated("learner_efficiency", "peak", s)
-    out, rows = {"peak_gflops": peak, "learner_profile": measure_isolated("learner_efficiency", "profile", s)}, []
+    out, rows = {"peak_gflops": peak, "learner_profile": measure_isolated("learner_efficiency", "profile", s,
+                                                                          as_actor=True)}, []
     rm = {"model": s["rm_model"], "max_length": 256, "batch_size": 16, "steps": s["rm_steps"], "warmup": 2,
           "threads": s["threads"], "data_dir": s["data_dir"], "lr": 1e-5}
     for dtype in ("float32", "bfloat16"):
-        learner = [measure_isolated("learner_efficiency", "learner", {**s, "dtype": dtype}) for _ in range(repeats)]
+        learner = [measure_isolated("learner_efficiency", "learner", {**s, "dtype": dtype}, as_actor=True)
+                   for _ in range(repeats)]
         trainer = [measure_isolated("learner_efficiency", "rm", {**rm, "dtype": dtype}) for _ in range(repeats)]
         out[dtype] = {"learner": learner, "rm_trainer": trainer}
         for name, runs in (("RLOO learner", learner), (f"RM trainer ({s['rm_model']})", trainer)):

@@ -43,6 +43,9 @@ class RayConfig(Section):
     include_dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     namespace: str = "rlhf-ray"
+    # tcmalloc preloaded into every actor: `auto` (the copy scripts/setup.sh puts in the venv, else the
+    # system's; none found: glibc malloc), `off`, or the library's path (the same on every node)
+    tcmalloc: str = "auto"
 
 
 class ModelConfig(Section):
@@ -161,7 +164,6 @@ class RolloutConfig(ActorGroupConfig):
     kv_cache_gb: float = Field(1.0, gt=0)
     max_model_len: int = Field(1024, ge=16)
     sync_timeout_s: float = Field(120.0, gt=0)  # a weight sync slower than this is an error
-    bucket_mb: int = Field(64, ge=1)  # weight-sync bucket size
     # How weights travel learner -> workers: `object_store` (one put, every worker pulls) or
     # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU).
     sync: Literal["object_store", "collective"] = "object_store"
@@ -192,7 +194,7 @@ class LearnerConfig(ActorGroupConfig):
     grad_clip: float = Field(1.0, ge=0)
     ppo_epochs: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
-    micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward; gradients add up to the batch's
+    micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward, in whole prompt groups (>= k); gradients add up to the batch's
     timeout_s: float = Field(600.0, gt=0)
 
 

@@ -34,4 +34,17 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# tcmalloc for the actors (rlhf_ray.cluster.tcmalloc_library): Debian's package unpacked into the venv,
+# no root needed. Without it (no apt, no registry) the actors use glibc malloc: a little slower.
+TCMALLOC=.venv/lib/tcmalloc/libtcmalloc_minimal.so.4
+if [ ! -f "$TCMALLOC" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download libtcmalloc-minimal4 >/dev/null 2>&1 && dpkg -x libtcmalloc-minimal4_*.deb x) \
+      && mkdir -p .venv/lib/tcmalloc && cp -L "$tmp"/x/usr/lib/*/libtcmalloc_minimal.so.4 "$TCMALLOC"; then
+    echo "[setup] tcmalloc for the actors: $TCMALLOC"
+  else
+    echo "[setup] tcmalloc not available (apt-get download libtcmalloc-minimal4 failed): actors use glibc malloc"
+  fi
+  rm -rf "$tmp"
+fi
 echo "[setup] .venv ready ($DEVICE)"

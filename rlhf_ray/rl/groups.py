@@ -31,8 +31,8 @@ class RLGroups:
         if rc.sync == "collective":
             self._join_sync_group()
         self.timings: dict[str, float] = {}
-        self.version, self.latest_blobs, self.regroup = 0, None, False  # the weights the workers hold
-        self.publish_s = 0.0  # the learner's time to gather and serialise the last weights it published
+        self.version, self.latest_weights, self.regroup = 0, None, False  # the weights the workers hold
+        self.publish_s = 0.0  # the learner's time to gather and put the last weights it published
 
     def _join_sync_group(self) -> None:
         """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""
@@ -68,14 +68,13 @@ class RLGroups:
             return
         if self.cfg.rollout.sync == "collective":
             self.regroup = True
-        self.rollout.actors[worker].load_weights.remote(self.latest_blobs or self._publish(), self.version)
+        self.rollout.actors[worker].load_weights.remote(self.latest_weights or self._publish(), self.version)
 
     def _publish(self):
         """The learner's current weights in the object store (rank 0's ref; every rank takes part)."""
-        rc = self.cfg.rollout
-        blobs, self.publish_s = self.learner.call("publish_weights", [(rc.bucket_mb,)] * len(self.learner),
-                                                  rc.sync_timeout_s)[0]
-        return blobs
+        ref, self.publish_s = self.learner.call("publish_weights", [()] * len(self.learner),
+                                                self.cfg.rollout.sync_timeout_s)[0]
+        return ref
 
     def _score(self, rollout_refs: list, prompts: list[dict]) -> list:
         """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts. A
@@ -110,27 +109,27 @@ class RLGroups:
         return self._timed("learn", lambda: self.learner.wait(refs, "update", self.cfg.learner.timeout_s))
 
     def sync(self, version: int) -> list[dict]:
-        """Publish the learner's weights (bucketed safetensors) to every worker: one object-store put
-        that each worker pulls, or a broadcast in the collective group."""
+        """Publish the learner's weights (raw tensor bytes) to every worker: one object-store put that
+        each worker maps without copying, or a broadcast in the collective group."""
         import ray
 
         rc = self.cfg.rollout
 
         def collective():  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
-            self.publish_s = 0.0  # serialising happens inside the broadcast: counted as sync overhead
+            self.publish_s = 0.0  # sending happens inside the broadcast: counted as sync overhead
             if self.regroup:
                 self._join_sync_group()
                 self.regroup = False
-            sends = [a.broadcast_weights.remote(rc.bucket_mb) for a in self.learner.actors]
+            sends = [a.broadcast_weights.remote() for a in self.learner.actors]
             receives = [a.receive_weights.remote(version) for a in self.rollout.actors]
             results = self.rollout.wait([*sends, *receives], "weight broadcast", rc.sync_timeout_s,
                                         [*self.learner.names, *self.rollout.names])
             return results[len(sends):]
 
         def object_store():
-            blobs = self.latest_blobs = self._publish()
+            weights = self.latest_weights = self._publish()
             # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
-            done = self.rollout.map("load_weights", {i: (blobs, version) for i in range(len(self.rollout))},
+            done = self.rollout.map("load_weights", {i: (weights, version) for i in range(len(self.rollout))},
                                     rc.sync_timeout_s)
             return ray.get([done[i] for i in range(len(self.rollout))])
 

@@ -82,7 +82,7 @@ def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[list
 
 def compute_seconds(scores: list[dict], learner_stats: list[dict], sync: list[dict], publish_s: float) -> float:
     """The step's compute: per phase, the slowest actor's own time (generation, scoring, the update,
-    serialising and loading the weights). The rest of the step's wall time is orchestration overhead:
+    putting and loading the weights). The rest of the step's wall time is orchestration overhead:
     Ray calls, object-store transfers, the driver's bookkeeping."""
     slowest = lambda parts, key: max((p[key] for p in parts), default=0.0)  # noqa: E731
     return (slowest(scores, "generate_s") + slowest(scores, "score_s") + slowest(learner_stats, "learn_s")

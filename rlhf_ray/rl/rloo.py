@@ -42,10 +42,6 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
 def sequence_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float, k: int) -> torch.Tensor:
     """Sequence variant: (B,) advantages of R = score - beta * sum_t kl_t, leave-one-out within prompts."""
     rewards = scores - beta * masked_sum(token_kl, mask)
@@ -104,12 +100,19 @@ def rloo_loss(variant: str, logp_new, logp_old, logp_ref, mask, scores, beta: fl
     """The policy loss of one RLOO update on a whole batch, and its stats, for `sequence` or `token`."""
     adv, token_kl = advantages_of(variant, scores, logp_old, logp_ref, mask, beta, k, kl_estimator)
     loss, clip_frac = CLIP_LOSSES[variant](logp_new, logp_old, mask, adv, clip)
-    return loss, {**advantage_stats(adv, token_kl, mask), "clip_frac": float(clip_frac)}
+    return loss, {**advantage_stats([adv], [token_kl], [None], [mask]), "clip_frac": float(clip_frac)}
 
 
-def advantage_stats(adv, token_kl, mask) -> dict:
-    return {
-        "kl": float(masked_sum(token_kl, mask).mean()),
+def advantage_stats(advs, token_kls, entropies, masks) -> dict:
+    """Stats of a batch given in parts (micro-batches of any widths): the mean sequence KL, the mean
+    and std of the advantages (per sequence, or per real token for `token`), the mean token entropy."""
+    real = lambda x, m: x if x.dim() == 1 else x[m.bool()]  # noqa: E731
+    adv = torch.cat([real(a, m) for a, m in zip(advs, masks)])
+    stats = {
+        "kl": float(torch.cat([masked_sum(kl, m) for kl, m in zip(token_kls, masks)]).mean()),
         "advantage_mean": float(adv.mean()),
         "advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
     }
+    if all(e is not None for e in entropies):
+        stats["entropy"] = float(torch.cat([real(e, m) for e, m in zip(entropies, masks)]).mean())
+    return stats

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from rlhf_ray.rl.engines.base import Rollouts, Sampling
+from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
 
 
 def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
@@ -37,13 +37,13 @@ class RolloutWorker:
         rollouts.compute_s = time.monotonic() - start
         return rollouts
 
-    def load_weights(self, blobs: list[bytes], version: int) -> dict:
+    def load_weights(self, weights: Weights, version: int) -> dict:
         start = time.monotonic()
         try:
-            self.engine.load_weights(blobs, version)
+            self.engine.load_weights(weights, version)
         except TimeoutError as err:
             raise TimeoutError(f"{self.name}: weight sync to version {version} timed out: {err}") from err
-        return {"sync_s": time.monotonic() - start, "bytes": sum(len(b) for b in blobs), "version": version}
+        return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version}
 
     def version(self) -> int:
         return self.engine.version
@@ -56,10 +56,10 @@ class RolloutWorker:
     def receive_weights(self, version: int) -> dict:
         """The collective path: take rank 0's broadcast, then load it as the object-store path does."""
         try:
-            blobs = self.channel.receive()
+            weights = self.channel.receive()
         except RuntimeError as err:  # gloo/nccl timeout or a peer gone
             raise TimeoutError(f"{self.name}: weight broadcast for version {version} failed: {err}") from err
-        return self.load_weights(blobs, version)
+        return self.load_weights(weights, version)
 
 
 class RolloutActor:
@@ -74,8 +74,8 @@ class RolloutActor:
     def generate(self, prompt_ids, k, sampling, expected_version=None):
         return self.worker.generate(prompt_ids, k, sampling, expected_version)
 
-    def load_weights(self, blobs, version):
-        return self.worker.load_weights(blobs, version)
+    def load_weights(self, weights, version):
+        return self.worker.load_weights(weights, version)
 
     def version(self) -> int:
         return self.worker.version()

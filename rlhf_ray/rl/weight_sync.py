@@ -1,6 +1,7 @@
 """The collective weight-sync transport: a process group of learner rank 0 and every rollout worker
-(gloo on CPU, nccl on GPU), in which rank 0 broadcasts the same bucketed safetensors blobs the object
-store path carries. Engines see no difference: either way they get `load_weights(blobs, version)`.
+(gloo on CPU, nccl on GPU), in which rank 0 broadcasts the same `Weights` the object store path
+carries: their names, dtypes and shapes first, then each tensor's bytes. Engines see no difference:
+either way they get `load_weights(weights, version)`.
 
 The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group),
 so it lives beside the learner's DeepSpeed group. Every collective has the group's timeout: a peer that
@@ -8,9 +9,12 @@ never arrives raises in every member instead of hanging.
 """
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import torch
+
+from rlhf_ray.rl.engines.base import Weights
 
 
 class BroadcastChannel:
@@ -37,14 +41,18 @@ class BroadcastChannel:
         self.group.broadcast([tensor], opts).wait(self.timeout)
         return tensor.cpu()
 
-    def send(self, blobs: list[bytes]) -> int:
-        self._broadcast(torch.tensor([len(blobs)], dtype=torch.int64))
-        self._broadcast(torch.tensor([len(b) for b in blobs], dtype=torch.int64))
-        for blob in blobs:
-            self._broadcast(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
-        return sum(len(b) for b in blobs)
+    def send(self, weights: Weights) -> int:
+        layout = json.dumps([weights.names, weights.dtypes, weights.shapes, weights.aliases,
+                             [a.nbytes for a in weights.arrays]]).encode()
+        self._broadcast(torch.tensor([len(layout)], dtype=torch.int64))
+        self._broadcast(torch.frombuffer(bytearray(layout), dtype=torch.uint8))
+        for array in weights.arrays:
+            self._broadcast(torch.from_numpy(array))
+        return weights.nbytes
 
-    def receive(self) -> list[bytes]:
-        count = int(self._broadcast(torch.zeros(1, dtype=torch.int64))[0])
-        sizes = self._broadcast(torch.zeros(count, dtype=torch.int64)).tolist()
-        return [self._broadcast(torch.empty(size, dtype=torch.uint8)).numpy().tobytes() for size in sizes]
+    def receive(self) -> Weights:
+        size = int(self._broadcast(torch.zeros(1, dtype=torch.int64))[0])
+        layout = self._broadcast(torch.empty(size, dtype=torch.uint8)).numpy().tobytes()
+        names, dtypes, shapes, aliases, sizes = json.loads(layout)
+        arrays = [self._broadcast(torch.empty(n, dtype=torch.uint8)).numpy() for n in sizes]
+        return Weights(names, dtypes, [tuple(s) for s in shapes], arrays, aliases)

@@ -22,7 +22,7 @@ from rlhf_ray.models.reward_model import (
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_groups, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
-from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed
+from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
@@ -31,28 +31,18 @@ class RewardModelTrainer:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.name = f"rm-trainer-{rank}"
         init_distributed(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s)
-        import deepspeed  # after init_distributed: it picks the accelerator (cpu without CUDA)
-        from transformers import get_scheduler
 
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.padding_side)
         model = load_reward_model(
             cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id
         )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.rm.lr, weight_decay=cfg.rm.weight_decay)
-        scheduler = get_scheduler(
-            cfg.rm.schedule if cfg.rm.schedule != "constant" else "constant_with_warmup",
-            optimizer,
-            num_warmup_steps=int(cfg.rm.warmup_ratio * total_steps),
-            num_training_steps=total_steps,
-        )
         micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)
         ds_cfg = deepspeed_config(
             micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage, cfg.model.dtype == "bfloat16"
         )
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
-        )
+        self.engine = deepspeed_engine(model, cfg.rm.lr, cfg.rm.weight_decay, cfg.rm.schedule,
+                                       int(cfg.rm.warmup_ratio * total_steps), total_steps, ds_cfg)
         self.capture = HiddenCapture(self.engine.module)
         self.step = 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,16 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         dist_backend=backend(), timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size,
         auto_mpi_discovery=False,
     )
+    if not torch.cuda.is_available():
+        torch.distributed.barrier()  # every rank has mapped the others' segment: the names can go
+        shm_segment(master_addr, master_port, rank).unlink(missing_ok=True)
+
+
+def shm_segment(master_addr: str, master_port: int, rank: int) -> Path:
+    """The shared-memory segment DeepSpeed's CPU backend creates for each rank of a one-machine group
+    (~69 MB, for its shm allreduce). DeepSpeed never removes its name, so without the unlink above
+    every run would leave one in /dev/shm, i.e. in RAM; the mapping lives on until the process ends."""
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{master_addr}_{master_port}_{rank}"
 
 
 def deepspeed_config(micro_batch: int, grad_accum: int, grad_clip: float, zero_stage: int, bf16: bool) -> dict:
@@ -63,3 +74,18 @@ def gathered_parameters(params, zero_stage: int):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+def deepspeed_engine(model, lr: float, weight_decay: float, schedule: str, warmup_steps: int, total_steps: int,
+                     ds_config: dict):
+    """The DeepSpeed engine both trainers use: AdamW (the fused kernel, on CPU too: one pass over each
+    parameter's state instead of a dozen, as TRL's default `adamw_torch_fused`) and the learning-rate
+    schedule. Call after `init_distributed`."""
+    import deepspeed
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    scheduler = get_scheduler(schedule if schedule != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine

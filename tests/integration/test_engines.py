@@ -6,7 +6,7 @@ import torch
 from rlhf_ray.cluster import ActorGroup, ActorGroupError
 from rlhf_ray.config import ActorGroupConfig
 from rlhf_ray.models.aliases import resolve_model
-from rlhf_ray.rl.engines.base import Sampling, blobs_from_state_dict
+from rlhf_ray.rl.engines.base import Sampling, Weights
 from rlhf_ray.rl.rollout import RolloutActor, RolloutWorker
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,16 @@ def vllm_rollouts(ray_local):
     group.shutdown()
 
 
+def test_rollout_workers_run_with_tcmalloc_when_it_is_installed(vllm_rollouts):
+    import ray
+
+    from rlhf_ray.cluster import tcmalloc_library
+
+    maps = ray.get([a.__ray_call__.remote(lambda self: open("/proc/self/maps").read()) for a in vllm_rollouts.actors])
+    for mapped in maps:  # scripts/setup.sh installs it; where it could not, the actors run without
+        assert ("libtcmalloc" in mapped) == (tcmalloc_library() is not None)
+
+
 def test_vllm_rollout_workers_generate_k_samples_with_logprobs(vllm_rollouts):
     prompts = _prompts()
     out = vllm_rollouts.call("generate", [(prompts, 3, Sampling(max_new_tokens=6))] * 2, timeout_s=300)
@@ -63,8 +73,8 @@ def test_after_weight_sync_vllm_logprobs_equal_the_learners(ray_local, vllm_roll
     import ray
 
     policy = _perturbed_policy(seed=1)
-    blobs = ray.put(blobs_from_state_dict(policy.state_dict(), bucket_bytes=1 << 20))  # several buckets
-    stats = vllm_rollouts.call("load_weights", [(blobs, 7)] * 2, timeout_s=120)
+    weights = ray.put(Weights.of(policy.state_dict()))
+    stats = vllm_rollouts.call("load_weights", [(weights, 7)] * 2, timeout_s=120)
     assert all(s["version"] == 7 and s["bytes"] > 0 for s in stats)
     prompts = _prompts()
     for rollouts in vllm_rollouts.call("generate", [(prompts, 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):
@@ -76,16 +86,16 @@ def test_after_weight_sync_vllm_logprobs_equal_the_learners(ray_local, vllm_roll
 def test_weight_sync_that_does_not_finish_in_time_raises_naming_the_worker(ray_local, vllm_rollouts):
     import ray
 
-    blobs = ray.put(blobs_from_state_dict(_perturbed_policy(seed=2).state_dict()))
+    weights = ray.put(Weights.of(_perturbed_policy(seed=2).state_dict()))
     with pytest.raises(ActorGroupError, match=r"rollout-test-\d.*load_weights did not finish within"):
-        vllm_rollouts.call("load_weights", [(blobs, 8)] * 2, timeout_s=0.001)
+        vllm_rollouts.call("load_weights", [(weights, 8)] * 2, timeout_s=0.001)
 
 
 def test_hf_engine_behind_the_same_interface():
     worker = RolloutWorker("rollout-hf", "hf", resolve_model("tiny-llama"))
     prompts = _prompts()
     policy = _perturbed_policy(seed=3)
-    worker.load_weights(blobs_from_state_dict(policy.state_dict()), version=2)
+    worker.load_weights(Weights.of(policy.state_dict()), version=2)
     out = worker.generate(prompts, 2, Sampling(max_new_tokens=6, temperature=1.0))
     assert len(out) == 4 and out.weights_version == 2
     _assert_learner_logprobs_equal(policy, out, atol=1e-4)
@@ -112,7 +122,7 @@ def test_collective_sync_broadcasts_weights_whose_logprobs_equal_the_learners(ra
     ray.get(joins, timeout=60)
     policy = _perturbed_policy(seed=4)
     receives = [a.receive_weights.remote(9) for a in vllm_rollouts.actors]
-    sent = sender.send(blobs_from_state_dict(policy.state_dict(), bucket_bytes=1 << 20))
+    sent = sender.send(Weights.of(policy.state_dict()))
     stats = vllm_rollouts.wait(receives, "receive_weights", 120)
     assert all(s["version"] == 9 and s["bytes"] == sent > 0 for s in stats)
     for rollouts in vllm_rollouts.call("generate", [(_prompts(), 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):

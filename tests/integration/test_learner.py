@@ -5,8 +5,8 @@ import torch
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.engines.base import Rollouts
-from rlhf_ray.rl.learner import RLOOLearner, pack, response_logprobs
-from rlhf_ray.utils.dist import free_address
+from rlhf_ray.rl.learner import RLOOLearner, group_micro_batches, pack, response_logprobs
+from rlhf_ray.utils.dist import free_address, shm_segment
 
 
 def _rollouts(k=2, prompts=3, seed=0):
@@ -21,17 +21,20 @@ def _rollouts(k=2, prompts=3, seed=0):
     return Rollouts(prompt_ids, response_ids, logprobs, [True] * len(response_ids), [], k, 0)
 
 
-def _updated_weights(micro_batch_size, variant):
+def _updated_weights(micro_batch_size, variant, ppo_epochs=1):
     cfg = load_config(None, ["rloo.policy=tiny-llama", f"learner.micro_batch_size={micro_batch_size}",
                              f"learner.variant={variant}", "learner.lr=1e-2", "learner.warmup_ratio=0",
-                             "learner.grad_clip=0", "rollout.temperature=1.0"])
+                             "learner.grad_clip=0", "rollout.temperature=1.0", f"learner.ppo_epochs={ppo_epochs}"])
     torch.manual_seed(0)
-    learner = RLOOLearner(cfg, 0, 1, *free_address(), total_steps=1)
+    addr, port = free_address()
+    learner = RLOOLearner(cfg, 0, 1, addr, port, total_steps=1)
+    assert not shm_segment(addr, port, 0).exists()  # DeepSpeed's segment does not outlive the run
     grads, real_step = {}, learner.engine.step
 
-    def step_recording_grads():  # the accumulated gradient, just before the optimizer applies it
-        grads.update({n: p.grad.detach().clone() for n, p in learner.engine.module.named_parameters()
-                      if p.grad is not None})
+    def step_recording_grads():  # the first accumulated gradient, just before the optimizer applies it
+        if not grads:
+            grads.update({n: p.grad.detach().clone() for n, p in learner.engine.module.named_parameters()
+                          if p.grad is not None})
         real_step()
 
     learner.engine.step = step_recording_grads
@@ -56,6 +59,28 @@ def test_micro_batches_give_the_whole_batch_update(variant):
     initial = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-llama"), use_safetensors=True)
     moved = any(not torch.allclose(p, whole[n]) for n, p in initial.named_parameters())
     assert moved
+
+
+@pytest.mark.parametrize("variant", ["sequence", "token"])
+def test_one_epoch_without_a_separate_old_logprob_pass_equals_the_first_of_two_epochs(variant):
+    """ppo_epochs=1 takes the old logprobs from the update's own forward; ppo_epochs=2 computes them
+    in a pass of their own first. The first gradient and the batch's stats must not differ."""
+    grads_one, _, stats_one = _updated_weights(4, variant, ppo_epochs=1)
+    grads_two, _, stats_two = _updated_weights(4, variant, ppo_epochs=2)
+    for key in ("kl", "advantage_mean", "advantage_std", "entropy"):
+        assert stats_two[key] == pytest.approx(stats_one[key], abs=1e-5), key
+    assert grads_one.keys() == grads_two.keys()
+    for name, g in grads_one.items():
+        torch.testing.assert_close(grads_two[name], g, atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batches_hold_whole_groups_of_similar_length():
+    rollouts = _rollouts(k=2, prompts=3)  # prompt p is 4 + 3p tokens long
+    batches = group_micro_batches(rollouts, 3)  # rounds down to one group of 2 per micro-batch
+    assert batches == [[0, 1], [2, 3], [4, 5]]
+    reordered = rollouts.select([4, 5, 0, 1, 2, 3])  # the longest prompt first: sorted back to shortest first
+    assert group_micro_batches(reordered, 4) == [[2, 3, 4, 5], [0, 1]]
+    assert group_micro_batches(rollouts, 1) == [[0, 1], [2, 3], [4, 5]]  # never less than a group
 
 
 def test_packed_batch_logprobs_equal_one_sequence_at_a_time():

@@ -1,12 +1,13 @@
 """The engine seam: generate k samples per prompt with token ids and per-token logprobs, and take new
-weights. Weights travel as safetensors bytes (one blob per bucket), so any engine can load them."""
+weights. Weights travel as raw tensor bytes with their names, dtypes and shapes (`Weights`), so any
+engine can load them and the object store never serialises them."""
 from __future__ import annotations
 
-import json
-
+import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Iterator, Protocol
 
+import numpy
 import torch
 
 
@@ -34,54 +35,63 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.response_ids)
 
+    def select(self, index: list[int]) -> "Rollouts":
+        """The samples at `index`, in that order (callers keep prompt groups whole)."""
+        pick = lambda xs: [xs[i] for i in index] if xs else []  # noqa: E731
+        return Rollouts(pick(self.prompt_ids), pick(self.response_ids), pick(self.logprobs), pick(self.finished),
+                        pick(self.texts), self.k, self.weights_version, self.compute_s)
+
 
 class Engine(Protocol):
     def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling) -> Rollouts: ...
 
-    def load_weights(self, blobs: Iterable[bytes], version: int) -> None: ...
+    def load_weights(self, weights: "Weights", version: int) -> None: ...
 
 
-ALIASES_KEY = "rlhf_ray_aliases"  # safetensors metadata: a tied tensor's other names, sent once
+class Weights:
+    """A state dict as raw bytes, one numpy uint8 array per tensor, with each tensor's name, dtype and
+    shape. Ray stores numpy arrays out of band: `ray.put` copies each tensor once into shared memory and
+    a worker's `ray.get` maps it without copying, so a sync costs about two copies of the weights (no
+    serialisation format in between). A tensor that shares storage with one already in (a tied lm_head =
+    embed_tokens) travels once; its other names are in `aliases` (SmolLM2-135M: 538 MB, not 651)."""
 
+    def __init__(self, names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], arrays: list,
+                 aliases: dict[str, str]):
+        self.names, self.dtypes, self.shapes, self.arrays, self.aliases = names, dtypes, shapes, arrays, aliases
 
-def tensors_from_blobs(blobs: Iterable[bytes]) -> Iterable[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every blob in order, a tied tensor under each of its names (vLLM's reload
-    wants every module's weights and does not keep the tie by itself)."""
-    from safetensors.torch import load
+    @classmethod
+    def of(cls, state: dict[str, torch.Tensor]) -> "Weights":
+        """Views of the state dict's memory (no copy): valid while those tensors are."""
+        names, dtypes, shapes, arrays, aliases, first_name = [], [], [], [], {}, {}
+        for name, tensor in state.items():
+            tensor = tensor.detach().cpu().contiguous()
+            if tensor.numel() and tensor.data_ptr() in first_name:
+                aliases[name] = first_name[tensor.data_ptr()]
+                continue
+            first_name[tensor.data_ptr()] = name
+            names.append(name)
+            dtypes.append(str(tensor.dtype).removeprefix("torch."))
+            shapes.append(tuple(tensor.shape))
+            arrays.append(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else numpy.empty(0, numpy.uint8))
+        return cls(names, dtypes, shapes, arrays, aliases)
 
-    loaded: dict[str, torch.Tensor] = {}
-    for blob in blobs:
-        tensors = load(blob)
-        loaded.update(tensors)
-        yield from tensors.items()
-        for alias, source in json.loads(_metadata(blob).get(ALIASES_KEY, "{}")).items():
-            yield alias, loaded[source]
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
 
-
-def _metadata(blob: bytes) -> dict:
-    """The `__metadata__` of a safetensors blob (header: 8-byte little-endian length, then JSON)."""
-    size = int.from_bytes(blob[:8], "little")
-    return json.loads(blob[8 : 8 + size]).get("__metadata__") or {}
-
-
-def blobs_from_state_dict(state: dict[str, torch.Tensor], bucket_bytes: int = 64 << 20) -> list[bytes]:
-    """Bucketed safetensors blobs of a state dict (no bucket much larger than bucket_bytes). A tensor
-    that shares storage with one already sent (a tied lm_head = embed_tokens) travels once, its other
-    name in the blob's metadata: SmolLM2-135M's sync shrinks from 651 to 538 MB."""
-    from safetensors.torch import save
-
-    blobs, bucket, aliases, size, first_name = [], {}, {}, 0, {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().contiguous().cpu()
-        if tensor.data_ptr() in first_name:
-            aliases[name] = first_name[tensor.data_ptr()]
-            continue
-        first_name[tensor.data_ptr()] = name
-        bucket[name] = tensor
-        size += tensor.numel() * tensor.element_size()
-        if size >= bucket_bytes:
-            blobs.append(save(bucket, metadata={ALIASES_KEY: json.dumps(aliases)}))
-            bucket, aliases, size = {}, {}, 0
-    if bucket or aliases:
-        blobs.append(save(bucket, metadata={ALIASES_KEY: json.dumps(aliases)}))
-    return blobs
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) for every name, a tied tensor under each of its names (vLLM's reload wants
+        every module's weights and does not keep the tie by itself). The tensors view the arrays: a
+        loader copies them into its own parameters."""
+        by_name = {}
+        for name, dtype, shape, array in zip(self.names, self.dtypes, self.shapes, self.arrays):
+            if not array.size:
+                tensor = torch.empty(shape, dtype=getattr(torch, dtype))
+            else:
+                with warnings.catch_warnings():  # arrays mapped from the object store are read-only; only read here
+                    warnings.simplefilter("ignore", UserWarning)
+                    tensor = torch.from_numpy(array).view(getattr(torch, dtype)).view(shape)
+            by_name[name] = tensor
+            yield name, tensor
+        for alias, source in self.aliases.items():
+            yield alias, by_name[source]

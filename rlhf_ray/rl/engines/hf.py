@@ -1,11 +1,9 @@
 """HF `generate` behind the Engine interface: for comparison, and for machines without vLLM."""
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 
-from rlhf_ray.rl.engines.base import Rollouts, Sampling, tensors_from_blobs
+from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
 
 
 class HFEngine:
@@ -49,8 +47,8 @@ class HFEngine:
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
 
-    def load_weights(self, blobs: Iterable[bytes], version: int) -> None:
-        state = dict(tensors_from_blobs(blobs))
+    def load_weights(self, weights: Weights, version: int) -> None:
+        state = dict(weights.tensors())
         self.model.load_state_dict(state, strict=False)
         self.model.tie_weights()
         self.version = version

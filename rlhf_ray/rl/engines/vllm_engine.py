@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable
-
-from rlhf_ray.rl.engines.base import Rollouts, Sampling
+from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
 
 
 class VLLMEngine:
@@ -50,8 +48,8 @@ class VLLMEngine:
                 texts.append(sample.text)
         return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
 
-    def load_weights(self, blobs: Iterable[bytes], version: int) -> None:
+    def load_weights(self, weights: Weights, version: int) -> None:
         """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s."""
-        self.llm.collective_rpc("rlhf_ray_load_weights", timeout=self.sync_timeout_s, args=(list(blobs),))
+        self.llm.collective_rpc("rlhf_ray_load_weights", timeout=self.sync_timeout_s, args=(weights,))
         self.llm.reset_prefix_cache()
         self.version = version

@@ -1,0 +1,30 @@
+"""What every actor's process starts with: its thread count, and tcmalloc preloaded (ray.tcmalloc)."""
+import pytest
+
+from rlhf_ray import cluster
+from rlhf_ray.config import load_config
+
+
+def test_actor_env_sets_threads_and_preloads_the_configured_tcmalloc(tmp_path, monkeypatch):
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    library.write_bytes(b"")
+    monkeypatch.setattr(cluster, "_tcmalloc", str(library))
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    env = cluster.actor_env(2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert env["LD_PRELOAD"] == str(library)
+    monkeypatch.setenv("LD_PRELOAD", "/other.so")  # the driver's own preloads are kept, after tcmalloc
+    assert cluster.actor_env(None)["LD_PRELOAD"] == f"{library}:/other.so"
+    monkeypatch.setattr(cluster, "_tcmalloc", "off")
+    assert "LD_PRELOAD" not in cluster.actor_env(1)
+
+
+def test_auto_finds_the_venv_copy_and_a_missing_path_names_the_key(tmp_path, monkeypatch):
+    venv_copy = tmp_path / "lib" / "tcmalloc" / "libtcmalloc_minimal.so.4"
+    venv_copy.parent.mkdir(parents=True)
+    venv_copy.write_bytes(b"")
+    monkeypatch.setattr(cluster.sys, "prefix", str(tmp_path))
+    assert cluster.tcmalloc_library("auto") == str(venv_copy)
+    with pytest.raises(FileNotFoundError, match=r"ray\.tcmalloc: no file '/nowhere/libtcmalloc.so'"):
+        cluster.tcmalloc_library("/nowhere/libtcmalloc.so")
+    assert load_config(None, []).ray.tcmalloc == "auto"

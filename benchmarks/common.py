@@ -103,7 +103,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         s = r["ratio"]
         lines.append(f"{r['name']:<46} {s['median']:>7.2f} [{s['min']:.2f}, {s['max']:.2f}]{'':<9} "
-                     f"{r['target']:<10} {'yes' if r['met'] else 'NO'}")
+                     f"{r['target']:<10} {'-' if r['met'] is None else 'yes' if r['met'] else 'NO'}")
     return "\n".join(lines)
 
 
@@ -117,11 +117,11 @@ def plot_ratios(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
     for i, r in enumerate(rows):
         s = r["ratio"]
-        ax.barh(i, s["median"], color="tab:green" if r["met"] else "tab:red", alpha=0.7)
+        ax.barh(i, s["median"], color="tab:gray" if r["met"] is None else "tab:green" if r["met"] else "tab:red", alpha=0.7)
         ax.errorbar(s["median"], i, xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]], color="k", capsize=3)
         ax.plot([r["target_value"]] * 2, [i - 0.4, i + 0.4], color="k", linestyle="--")
     ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)
-    ax.set_xlabel("ratio (dashed: target; green: met)")
+    ax.set_xlabel("ratio (dashed: target; green: met, red: missed, grey: reported)")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

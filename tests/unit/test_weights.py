@@ -30,6 +30,13 @@ def test_weights_view_the_state_dict_without_copying():
     assert torch.equal(dict(weights.tensors())["w"], param)
 
 
+def test_a_view_of_another_shape_into_the_same_memory_is_not_taken_for_a_tie():
+    base = torch.randn(6, 4)
+    weights = Weights.of({"w": base, "first_row": base[0]})
+    assert not weights.aliases
+    assert torch.equal(dict(weights.tensors())["first_row"], base[0])
+
+
 def test_untied_tensors_with_equal_values_are_both_sent():
     weights = Weights.of({"a": torch.ones(100), "b": torch.ones(100)})
     assert weights.nbytes == 2 * 100 * 4 and not weights.aliases

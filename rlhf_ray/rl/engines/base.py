@@ -65,10 +65,11 @@ class Weights:
         names, dtypes, shapes, arrays, aliases, first_name = [], [], [], [], {}, {}
         for name, tensor in state.items():
             tensor = tensor.detach().cpu().contiguous()
-            if tensor.numel() and tensor.data_ptr() in first_name:
-                aliases[name] = first_name[tensor.data_ptr()]
+            same = (tensor.data_ptr(), tensor.shape, tensor.dtype)  # a tied tensor, not just a view into it
+            if tensor.numel() and same in first_name:
+                aliases[name] = first_name[same]
                 continue
-            first_name[tensor.data_ptr()] = name
+            first_name[same] = name
             names.append(name)
             dtypes.append(str(tensor.dtype).removeprefix("torch."))
             shapes.append(tuple(tensor.shape))

@@ -29,8 +29,9 @@ def measure_isolated(bench: str, system: str, settings: dict, timeout_s: float =
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
-    if as_actor and "LD_PRELOAD" in actor_env(1):
-        env["LD_PRELOAD"] = actor_env(1)["LD_PRELOAD"]
+    preload = actor_env(1).get("LD_PRELOAD") if as_actor else None
+    if preload:
+        env["LD_PRELOAD"] = preload
     env.update({k: str(settings.get("threads", 2)) for k in THREADS_ENV})
     cmd = [sys.executable, "-m", "benchmarks.measure", bench, system, json.dumps(settings)]
     started = time.monotonic()

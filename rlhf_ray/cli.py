@@ -1,79 +1,142 @@
 """`rlhf-ray <command> --config FILE [key.path=value ...]`: one entry point for every job.
 
 Each command works the same as a Ray job entrypoint: with `ray.address` / $RAY_ADDRESS it joins that
-cluster, otherwise it starts a local Ray instance.
+cluster, otherwise it starts a local Ray instance on 127.0.0.1. Everything that can be checked before an
+actor starts (config, data files, model paths, resume point, placement) is checked first; `--check`
+stops there. The terminal shows rlhf-ray's own lines and ends with the result or the error; Ray's and
+vLLM's output goes to `<output_dir>/logs/` (`--verbose` shows it here instead).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from dataclasses import dataclass
 
-from rlhf_ray.cluster import ActorGroupError
-from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.cluster import ACTOR_ENV, ActorGroupError
+from rlhf_ray.config import Config, ConfigError, load_config
 from rlhf_ray.data.schema import DataError
 
 
-def _cmd_prepare(cfg, args) -> dict:
+@dataclass(frozen=True)
+class Command:
+    run: object  # (cfg, args) -> dict
+    help: str
+    default_config: str | None  # None: --config is required (no command runs a default job by accident)
+    keys: tuple[str, ...]  # the main config keys, shown with their defaults by --help
+    example: str
+
+
+def _fmt_ci(entry: dict) -> str:
+    return f"{entry['gain']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+
+
+def _cmd_prepare(cfg, args) -> str:
     from rlhf_ray.data.loaders import prepare
 
     written = prepare(cfg)
-    print(json.dumps({"dir": cfg.data.dir, "rows": written}, indent=2))
-    return written
+    return f"wrote {', '.join(f'{name} ({rows})' for name, rows in written.items())} under {cfg.data.dir}"
 
 
-def _cmd_train_rm(cfg, args) -> dict:
+def _cmd_train_rm(cfg, args) -> str:
     from rlhf_ray.rm.train import train_reward_model
 
-    summary = train_reward_model(cfg)
-    print(json.dumps(summary, indent=2))
-    return summary
+    summary = train_reward_model(cfg, check_only=args.check)
+    if args.check:
+        return f"check passed: {summary['steps']} steps on {summary['train_rows']} rows; nothing was started"
+    accuracy = summary.get("eval", {}).get("accuracy")
+    shown = f"; eval accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
+    return f"done: {summary['steps']} steps{shown}; model {summary['model']}; summary {cfg.output_dir}/summary.json"
 
 
-def _cmd_eval_rm(cfg, args) -> dict:
+def _cmd_eval_rm(cfg, args) -> str:
     from rlhf_ray.rm.evaluate import evaluate_reward_model
 
-    result = evaluate_reward_model(cfg, args.model)
-    shown = {k: v for k, v in result.items() if k not in ("val1", "val2", "val3", "val4", "eval")}
+    result = evaluate_reward_model(cfg, args.model, check_only=args.check)
+    if args.check:
+        return f"check passed: {args.model} on {result['prompts']} prompts; nothing was started"
     for split in ("val1", "val2", "val3", "val4", "eval"):
         if split in result:
             r = result[split]
-            shown[split] = {k: r[k] for k in ("accuracy", "kendall_tau", "open_closed_gap", "open_l1_to_theory",
-                                              "closed_l1_to_theory", "h_norm_mean", "effective_rank") if k in r}
-    print(json.dumps(shown, indent=1))
-    return result
+            shown = [f"{k} {r[k]['value']:.3f} [{r[k]['ci_low']:.3f}, {r[k]['ci_high']:.3f}]"
+                     for k in ("accuracy", "kendall_tau") if isinstance(r.get(k), dict)]
+            shown += [f"{k} {r[k]:.3f}" for k in ("open_closed_gap", "open_l1_to_theory", "closed_l1_to_theory")
+                      if isinstance(r.get(k), float)]
+            print(f"[eval-rm] {split} ({r.get('scenario', cfg.data.testbed)}): {', '.join(shown)}", file=sys.stderr)
+    return f"done: {cfg.eval.out_dir or cfg.output_dir + '/eval'}/eval.json and its plots"
 
 
-def _cmd_experiment(cfg, args) -> dict:
+def _cmd_experiment(cfg, args) -> str:
     from rlhf_ray.rm.experiment import run_experiment
 
-    return run_experiment(cfg)
+    result = run_experiment(cfg, check_only=args.check)
+    if args.check:
+        return f"check passed: {result['runs']} trainings; nothing was started"
+    return f"done: {result['runs']} trainings; report {result['report']}"
 
 
-def _cmd_rloo(cfg, args) -> dict:
+def _cmd_rloo(cfg, args) -> str:
     from rlhf_ray.rl.loop import run_rloo
 
-    summary = run_rloo(cfg)
-    print(json.dumps(summary, indent=2))
-    return summary
+    summary = run_rloo(cfg, check_only=args.check)
+    if args.check:
+        return (f"check passed: {summary['prompts']} prompts, {summary['held_out']} held out; "
+                "nothing was started")
+    held = summary.get("held_out")
+    shown = (f"; held-out gold {held['gold']['before']:.3f} -> {held['gold']['after']:.3f} ({_fmt_ci(held['gold'])}), "
+             f"proxy {_fmt_ci(held['proxy'])}" if held else "")
+    return f"done: {summary['steps']} steps{shown}; policy {summary['policy']}; summary {cfg.output_dir}/summary.json"
 
 
-def _cmd_pipeline(cfg, args) -> dict:
+def _cmd_pipeline(cfg, args) -> str:
     from rlhf_ray.pipeline import run_pipeline
 
-    return run_pipeline(cfg, args.command)
+    result = run_pipeline(cfg, args.command, check_only=args.check)
+    if args.check:
+        return f"check passed: every stage ({', '.join(result['reward_models'])}, RLOO); nothing was started"
+    return f"done in {result['minutes']:.1f} min; report {result['report']}"
 
 
+RM_KEYS = ("output_dir", "model.name", "loss.name", "loss.bsr.coef", "loss.bsr.scope", "data.testbed", "data.train",
+           "rm.num_workers", "rm.batch_size", "rm.lr", "rm.epochs", "rm.max_steps", "rm.save_every")
+RLOO_KEYS = ("output_dir", "rloo.policy", "rloo.prompts", "rloo.steps", "rloo.prompts_per_step", "rloo.eval_prompts",
+             "rloo.save_every", "reward.models", "rollout.engine", "rollout.num_workers", "rollout.k",
+             "rollout.max_new_tokens", "scorer.num_workers", "learner.num_workers", "learner.lr", "learner.beta")
 COMMANDS = {
-    "prepare": (_cmd_prepare, "build the gold and collapse testbeds (parquet)", None),
-    "train-rm": (_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None),
-    "eval-rm": (_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None),
-    "experiment": (_cmd_experiment, "variants x seeds of a reward-model config, trained side by side, one report", None),
-    "rloo": (_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None),
-    "pipeline": (_cmd_pipeline, "prepare -> train BT/BSR/prompt-aware RMs -> RLOO against each -> one report",
-                 "configs/pipeline.yaml"),
-    "demo": (_cmd_pipeline, "a short pipeline on the embedded default (~20 min on 2 cores)", "configs/demo.yaml"),
+    "prepare": Command(_cmd_prepare, "build the gold and collapse testbeds (parquet)", None,
+                       ("data.dir", "prepare.testbeds", "prepare.sizes.gold_train_prompts", "seed"),
+                       "rlhf-ray prepare --config configs/demo.yaml"),
+    "train-rm": Command(_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None, RM_KEYS,
+                        "rlhf-ray train-rm --config configs/rm_bt_gold.yaml rm.max_steps=4"),
+    "eval-rm": Command(_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None,
+                       ("output_dir", "eval.out_dir", "eval.bootstrap", "scorer.num_workers", "model.max_length"),
+                       "rlhf-ray eval-rm --config configs/rm_bsr_gold.yaml --model runs/rm_bsr_gold/model "
+                       "--testbed gold"),
+    "experiment": Command(_cmd_experiment, "variants x seeds of a reward-model config, trained side by side, one report",
+                          None, ("output_dir", "experiment.base", "experiment.seeds", "experiment.parallel"),
+                          "rlhf-ray experiment --config configs/exp_bsr.yaml"),
+    "rloo": Command(_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None,
+                    RLOO_KEYS, "rlhf-ray rloo --config configs/rloo_smollm2.yaml rloo.steps=8"),
+    "pipeline": Command(_cmd_pipeline, "prepare -> train BT/BSR/prompt-aware RMs -> RLOO against each -> one report",
+                        "configs/pipeline.yaml", ("output_dir", "pipeline.reward_models", "pipeline.rloo"),
+                        "rlhf-ray pipeline --config configs/pipeline.yaml"),
+    "demo": Command(_cmd_pipeline, "a short pipeline on the embedded default (~23 min on 2 cores)", "configs/demo.yaml",
+                    ("output_dir", "pipeline.reward_models", "pipeline.rloo_overrides"), "rlhf-ray demo"),
 }
+
+
+def _default_of(key: str):
+    node = Config()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _epilog(command: Command) -> str:
+    width = max(len(k) for k in command.keys)
+    keys = "\n".join(f"  {k.ljust(width)}  {_default_of(k)!r}" for k in command.keys)
+    return (f"main config keys (built-in defaults; a config file sets its own, and key=value overrides both):\n"
+            f"{keys}\n\nexample:\n  {command.example}")
 
 
 def _testbed_overrides(testbed: str | None) -> list[str]:
@@ -85,27 +148,47 @@ def _testbed_overrides(testbed: str | None) -> list[str]:
     return ["data.testbed=custom", f"data.eval={testbed}"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: `--resum` is an error, not `--resume`
+    parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text, default_config) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", default=default_config, help="YAML config (default: %(default)s)")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help, epilog=_epilog(command),
+                           allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if command.default_config:
+            p.add_argument("--config", default=command.default_config, help="YAML config (default: %(default)s)")
+        else:
+            p.add_argument("--config", required=True, help="YAML config, e.g. one of configs/")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rm.num_workers=4")
+        p.add_argument("--check", action="store_true",
+                       help="check config, data, models, resume point and placement; start nothing")
+        p.add_argument("--verbose", action="store_true",
+                       help="show Ray's, vLLM's and DeepSpeed's output here (default: <output_dir>/logs/)")
         if name in ("train-rm", "rloo"):
             p.add_argument("--resume", action="store_true",
-                           help="continue from the newest complete checkpoint under output_dir/checkpoints")
+                           help="continue from the newest complete checkpoint under output_dir/checkpoints "
+                                "(an error when there is none; resume=auto starts fresh instead)")
         if name == "eval-rm":
             p.add_argument("--model", required=True, help="checkpoint folder, alias or hub id")
             p.add_argument("--testbed", help="gold | collapse | a .parquet/.jsonl file | hub:<name>:<split>")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})  # quiet libraries here too
+    name = args.command
     try:
-        resume = ["resume=true"] if getattr(args, "resume", False) else []
-        cfg = load_config(args.config, [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides, *resume])
-        COMMANDS[args.command][0](cfg, args)
-    except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:
-        print(f"rlhf-ray {args.command}: error: {err}", file=sys.stderr)
+        flags = [*(["resume=true"] if getattr(args, "resume", False) else []),
+                 *(["ray.log_to_driver=true"] if args.verbose else [])]
+        cfg = load_config(args.config, [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides, *flags])
+        result = COMMANDS[name].run(cfg, args)
+    except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:  # ResumeError, PlacementError too
+        sys.stdout.flush()
+        print(f"rlhf-ray {name}: error: {err}", file=sys.stderr, flush=True)
         return 2
+    sys.stderr.flush()
+    print(f"[{name}] {result}", flush=True)  # the last line: the result and where it is written
     return 0
 
 

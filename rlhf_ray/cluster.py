@@ -5,12 +5,13 @@ a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the c
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlhf_ray.config import ActorGroupConfig, RayConfig
+from rlhf_ray.config import ActorGroupConfig, ConfigError, RayConfig
 
 # Every process and actor: one OpenMP thread (two threads on two busy cores halve throughput).
 ACTOR_ENV = {
@@ -26,7 +27,9 @@ ACTOR_ENV = {
 
 TCMALLOC_PATHS = ("{prefix}/lib/tcmalloc/libtcmalloc_minimal.so.4",  # scripts/setup.sh puts it here
                   "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _tcmalloc = "auto"  # ray.tcmalloc of the last connect()
+_actor_log_dir: Path | None = None  # where actors' output goes (connect's log_dir), None: to the driver
 
 
 def tcmalloc_library(setting: str = "auto") -> str | None:
@@ -60,32 +63,144 @@ class Restarted(RuntimeError):
     """Raised by an actor that notices it was restarted since its last call (its state is gone)."""
 
 
-def connect(cfg: RayConfig) -> None:
-    """Join the cluster at cfg.address / $RAY_ADDRESS, or start a local instance (dashboard on
-    127.0.0.1 unless configured). A no-op when Ray is already initialised (tests, Ray jobs)."""
+def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> None:
+    """Join the cluster at cfg.address / $RAY_ADDRESS, or start a local instance that listens on
+    127.0.0.1 only (`ray.local_loopback`). A no-op when Ray is already initialised (tests, Ray jobs).
+
+    Unless `ray.log_to_driver`, what actors print (Ray, vLLM, DeepSpeed, transformers) goes to
+    `<log_dir>/<actor>.log` instead of this terminal, and Ray's own driver messages below errors are
+    not shown: the terminal keeps rlhf-ray's lines."""
+    import logging
+
     import ray
 
-    global _tcmalloc
+    global _tcmalloc, _actor_log_dir
     tcmalloc_library(cfg.tcmalloc)  # a bad path fails here, naming the key
     _tcmalloc = cfg.tcmalloc
+    _actor_log_dir = None if cfg.log_to_driver or log_dir is None else Path(log_dir)
     if ray.is_initialized():
         return
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
-    runtime_env = {"env_vars": dict(ACTOR_ENV)}
+    quiet = {} if cfg.log_to_driver else {"logging_level": logging.ERROR, "log_to_driver": False}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         # no runtime_env here: a Ray job brings its own (working_dir, env_vars) and Ray refuses to merge
         # a second one into it; the actors get ACTOR_ENV through their own options (ActorGroup)
-        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
-    else:
+        ray.init(address=address, namespace=cfg.namespace, **quiet)
+        return
+    with loopback_instance() if cfg.local_loopback else contextlib.nullcontext():
         ray.init(
             address="local",  # a new instance, even if `ray start` left a cluster address on this machine
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.include_dashboard,
             dashboard_host=cfg.dashboard_host,
             namespace=cfg.namespace,
-            runtime_env=runtime_env,
+            runtime_env={"env_vars": dict(ACTOR_ENV)},
+            **quiet,
         )
+
+
+@contextlib.contextmanager
+def loopback_instance():
+    """Around `ray.init`: the Ray instance it starts is a one-machine instance on 127.0.0.1. Ray never
+    takes loopback for a node's address (`resolve_ip_for_localhost`) except in its one-machine mode (the
+    macOS/Windows default, switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); in that mode the node's
+    address is 127.0.0.1 and every Ray server (GCS, raylet, workers, agents, metrics) binds to it, and
+    so do the process groups' rendezvous, which bind Ray's node address (utils/dist.py). The processes
+    Ray starts keep the mode; this one, and what it starts later, get their setting back."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by Ray's address lookup
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
+
+
+def _with_log_file(actor_cls):
+    """`actor_cls` whose actors first send their stdout and stderr (the file descriptors, so native
+    libraries and child processes too) to the file named by $RLHF_RAY_ACTOR_LOG, when it is set."""
+
+    class Logged(actor_cls):
+        def __init__(self, *args, **kwargs):
+            path = os.environ.get("RLHF_RAY_ACTOR_LOG")
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                with open(path, "ab", buffering=0) as log:
+                    os.dup2(log.fileno(), 1)
+                    os.dup2(log.fileno(), 2)
+            super().__init__(*args, **kwargs)
+
+    # the role's class name in Ray's dashboard; the module stays this one, so the class travels by value
+    Logged.__name__ = Logged.__qualname__ = actor_cls.__name__
+    return Logged
+
+
+class PlacementError(ConfigError):
+    """The actor groups a config asks for cannot be placed on the cluster's nodes; names keys and counts."""
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
+
+
+def bundle_of(cfg: ActorGroupConfig) -> dict[str, float]:
+    return {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})}
+
+
+def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, float]]) -> None:
+    """Fail at once, naming the config keys, where Ray would wait forever: a placement that no
+    assignment of the groups' bundles to `nodes` (each node's total resources) can satisfy. Only what
+    must hold is checked (an actor fits some node; STRICT_SPREAD has a node per actor; STRICT_PACK a
+    node for all; every group together fits the cluster), so a run that could be placed never fails here."""
+    def fits(need: dict[str, float], node: dict[str, float]) -> bool:
+        return all(node.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+    where = f"{len(nodes)} node(s): " + ", ".join(_fmt(n) for n in nodes)
+    for section, cfg in groups.items():
+        bundle, n = bundle_of(cfg), cfg.num_workers
+        hosts = sum(fits(bundle, node) for node in nodes)
+        if hosts == 0:
+            raise PlacementError(f"{section}: one actor needs {_fmt(bundle)} ({section}.num_cpus/num_gpus) and no "
+                                 f"node has that; the cluster has {where}")
+        if cfg.placement_strategy == "STRICT_SPREAD" and n > hosts:
+            raise PlacementError(f"{section}.placement_strategy=STRICT_SPREAD puts each of {section}.num_workers={n} "
+                                 f"actors on its own node, but only {hosts} node(s) can hold one of {_fmt(bundle)}; "
+                                 f"the cluster has {where}. Lower {section}.num_workers or use SPREAD/PACK")
+        whole = {k: v * n for k, v in bundle.items()}
+        if cfg.placement_strategy == "STRICT_PACK" and not any(fits(whole, node) for node in nodes):
+            raise PlacementError(f"{section}.placement_strategy=STRICT_PACK puts all {section}.num_workers={n} actors "
+                                 f"({_fmt(whole)}) on one node and no node has that; the cluster has {where}")
+    total = {k: sum(node.get(k, 0.0) for node in nodes) for k in ("CPU", "GPU")}
+    for resource in ("CPU", "GPU"):
+        asked = {s: c.num_workers * bundle_of(c).get(resource, 0.0) for s, c in groups.items()}
+        if sum(asked.values()) > total[resource] + 1e-9:
+            parts = ", ".join(f"{s}.num_workers x {s}.num_{resource.lower()}s = {v:g}" for s, v in asked.items() if v)
+            raise PlacementError(f"the actor groups need {sum(asked.values()):g} {resource} at once ({parts}) and the "
+                                 f"cluster has {total[resource]:g}; the cluster has {where}")
+
+
+def cluster_nodes(cfg: RayConfig) -> list[dict[str, float]]:
+    """Each node's total resources: of the cluster Ray is connected to (joined first when an address is
+    set), or of the local instance `connect` would start (one node, `ray.num_cpus` or every core)."""
+    import ray
+
+    if not ray.is_initialized() and (cfg.address or os.environ.get("RAY_ADDRESS")):
+        connect(cfg)
+    if ray.is_initialized():
+        return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    import torch
+
+    gpus = torch.cuda.device_count()
+    return [{"CPU": float(cfg.num_cpus or os.cpu_count() or 1), **({"GPU": float(gpus)} if gpus else {})}]
 
 
 class ActorGroup:
@@ -105,19 +220,24 @@ class ActorGroup:
         ready, _ = ray.wait([self.placement_group.ready()], timeout=120)
         if not ready:
             raise ActorGroupError(
-                f"{role}: cannot place {cfg.num_workers} actors of {bundle} ({cfg.placement_strategy}); "
-                f"the cluster has {ray.available_resources()}. Lower {role} num_workers/num_cpus/num_gpus."
+                f"{role}: cannot place {cfg.num_workers} actors of {bundle} with placement_strategy="
+                f"{cfg.placement_strategy} within 120 s; the cluster has {ray.available_resources()} free. Lower "
+                f"{role} num_workers/num_cpus/num_gpus or change its placement_strategy."
             )
-        remote_cls = ray.remote(actor_cls)
+        remote_cls = ray.remote(_with_log_file(actor_cls))
         prefix = f"{role}-{tag}" if tag else role
         self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
         env = actor_env(cfg.num_threads)
+
+        def env_of(name: str) -> dict[str, str]:
+            return {**env, "RLHF_RAY_ACTOR_LOG": str(_actor_log_dir / f"{name}.log")} if _actor_log_dir else env
+
         self.actors = [
             remote_cls.options(
                 name=name,
                 num_cpus=cfg.num_cpus,
                 max_restarts=cfg.max_restarts,
-                runtime_env={"env_vars": env},
+                runtime_env={"env_vars": env_of(name)},
                 num_gpus=cfg.num_gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
             ).remote(*args, **kwargs)

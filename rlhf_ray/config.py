@@ -8,7 +8,7 @@ the file. One section per actor group carries its count and resources (`ActorGro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,6 +46,10 @@ class RayConfig(Section):
     # tcmalloc preloaded into every actor: `auto` (the copy scripts/setup.sh puts in the venv, else the
     # system's; none found: glibc malloc), `off`, or the library's path (the same on every node)
     tcmalloc: str = "auto"
+    # a local instance listens on 127.0.0.1 only (Ray's one-machine mode); false: on the node's address
+    local_loopback: bool = True
+    # Ray's, vLLM's and DeepSpeed's output on this terminal (`--verbose`); false: in <output_dir>/logs/
+    log_to_driver: bool = False
 
 
 class ModelConfig(Section):
@@ -102,6 +106,8 @@ class DataConfig(Section):
     train: str = "train"
     eval: Optional[str] = "val1"
     max_train_rows: Optional[int] = Field(None, ge=1)
+    # a row (JSONL line, parquet record) larger than this is an error naming it; also for rloo.prompts
+    max_row_mb: float = Field(1.0, gt=0)
     # eval-rm's four scenarios on other data: val1..val4 -> a file or hub:<name>:<split>
     scenarios: dict[Literal["val1", "val2", "val3", "val4"], str] = {}
 
@@ -268,7 +274,9 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     tensorboard: bool = True
-    resume: bool = False  # continue from the newest complete checkpoint under output_dir/checkpoints
+    # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when there
+    # is none), auto (start fresh when there is none, saying so), false
+    resume: Union[bool, Literal["auto"]] = False
 
     @field_validator("output_dir")
     @classmethod

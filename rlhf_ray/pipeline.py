@@ -33,17 +33,35 @@ def say(name: str, text: str) -> None:
     print(f"[{name}] {text}", file=sys.stderr, flush=True)
 
 
-def run_pipeline(cfg: Config, name: str = "pipeline") -> dict:
-    start, out, pc = time.monotonic(), Path(cfg.output_dir), cfg.pipeline
+def check_stages(cfg: Config, name: str) -> tuple[dict[str, Config], Config]:
+    """Every stage's config, data, models and placement, checked before the first stage starts (a bad
+    RLOO key fails now, not after the reward models have trained). Returns the reward-model configs by
+    name and the RLOO config (its reward model is named per run)."""
+    pc, out = cfg.pipeline, Path(cfg.output_dir)
     if not pc.reward_models:
         raise ConfigError("pipeline.reward_models: name at least one reward-model config")
+    rm_cfgs = {variant: stage_config(cfg, ref, pc.rm_overrides, out / "rm" / variant)
+               for variant, ref in pc.reward_models.items()}
+    for rm_cfg in rm_cfgs.values():
+        train_reward_model(rm_cfg, check_only=True)
+    # the reward models do not exist yet: their backbone stands in for them in the check
+    first = next(iter(rm_cfgs.values()))
+    rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{first.model.name}]"], out / "rloo")
+    run_rloo(rl_cfg, check_only=True)
+    return rm_cfgs, rl_cfg
+
+
+def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) -> dict:
+    start, out, pc = time.monotonic(), Path(cfg.output_dir), cfg.pipeline
     say(name, f"building testbeds under {cfg.data.dir}")
     prepare(cfg)
+    rm_cfgs, _ = check_stages(cfg, name)
+    if check_only:
+        return {"checked": name, "reward_models": list(rm_cfgs)}
 
     reward_models = []
-    for i, (variant, ref) in enumerate(pc.reward_models.items(), start=1):
-        say(name, f"reward model {i}/{len(pc.reward_models)}: {variant} ({ref})")
-        rm_cfg = stage_config(cfg, ref, pc.rm_overrides, out / "rm" / variant)
+    for i, (variant, rm_cfg) in enumerate(rm_cfgs.items(), start=1):
+        say(name, f"reward model {i}/{len(rm_cfgs)}: {variant} ({pc.reward_models[variant]})")
         model = train_reward_model(rm_cfg)["model"]
         result = evaluate_reward_model(rm_cfg, model) if pc.evaluate_rm else None
         reward_models.append({"variant": variant, "seed": cfg.seed, "model": model, "run_dir": rm_cfg.output_dir,

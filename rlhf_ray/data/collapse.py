@@ -48,7 +48,7 @@ def source_passages(source: str) -> list[tuple[str, str]]:
     else:
         from rlhf_ray.data.schema import read_records
 
-        rows = read_records(Path(source))
+        rows = (record for _, _, record in read_records(Path(source)))
     return [(r["input"], r["output"]) for r in rows if len(str(r.get("output", "")).split()) >= MIN_PASSAGE_WORDS]
 
 

@@ -48,7 +48,7 @@ def load_split(cfg: Config, which: str) -> list[Group] | None:
             raise DataError(f"config key 'data.{which}': write a hub dataset as hub:<name>:<split>, got {ref!r}")
         return load_hub_dataset(name, split, limit)
     if ref.endswith(DATA_SUFFIXES):
-        return load_groups(ref, limit)
+        return load_groups(ref, limit, data.max_row_mb)
     if data.testbed == "custom":
         raise DataError(f"config key 'data.{which}': {ref!r} is not a .parquet/.jsonl file or hub:<name>:<split>")
     path = testbed_path(data, ref)
@@ -57,7 +57,7 @@ def load_split(cfg: Config, which: str) -> list[Group] | None:
         prepare(cfg, [data.testbed])
         if not path.exists():
             raise DataError(f"config key 'data.{which}': the {data.testbed} testbed has no split {ref!r} ({path})")
-    return load_groups(path, limit)
+    return load_groups(path, limit, data.max_row_mb)
 
 
 def epoch_batches(groups: list[Group], batch_size: int, seed: int, epochs: float) -> Iterator[list[Group]]:

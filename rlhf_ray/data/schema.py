@@ -13,7 +13,9 @@ A row is a *ranked group*: one prompt and its completions listed best first.
 
 Pair data (prompt, chosen, rejected) is read as completions = [chosen, rejected]; ranked data may
 also come as `completions` best first with an optional `prompt_type` (default `open`).
-Any bad row raises DataError naming the file, the row number (0-based) and the field.
+Any bad row raises DataError naming the file, the row and the field. One numbering rule everywhere:
+`row N` counts records from 0 (blank lines are not records); in a JSONL file `(line M)` follows, the
+line an editor shows (from 1), so a file with blank lines is still easy to read.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterator
 
 PROMPT_TYPES = ("open", "closed")
 
@@ -44,82 +46,133 @@ class Group:
         return self.prompt_type == "open"
 
 
-def _bad(source: str, row: int, field_name: str, why: str) -> DataError:
-    return DataError(f"{source}: row {row}: field '{field_name}': {why}")
+MAX_ROW_MB = 1.0  # default per-row size limit (data.max_row_mb): a larger row is an error, not a silent 10 GB peak
 
 
-def _text(value, source, row, name) -> str:
-    if not isinstance(value, str):
-        raise _bad(source, row, name, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise _bad(source, row, name, "is empty")
-    return value
+def where(row: int, line: int | None = None) -> str:
+    """`row 7`, or `row 7 (line 9)` for a line-based file: the one way rows are numbered."""
+    return f"row {row}" if line is None else f"row {row} (line {line})"
 
 
-def validate_row(raw: dict, source: str, row: int) -> Group:
+def _bad(source: str, row: int, field_name: str, why: str, line: int | None = None) -> DataError:
+    return DataError(f"{source}: {where(row, line)}: field '{field_name}': {why}")
+
+
+def validate_row(raw: dict, source: str, row: int, line: int | None = None) -> Group:
     """Turn one raw record (pair or ranked form) into a validated Group."""
+    def bad(field_name: str, why: str) -> DataError:
+        return _bad(source, row, field_name, why, line)
+
+    def text(value, name: str) -> str:
+        if not isinstance(value, str):
+            raise bad(name, f"expected a string, got {type(value).__name__}")
+        if not value.strip():
+            raise bad(name, "is empty")
+        return value
+
     if not isinstance(raw, dict):
-        raise DataError(f"{source}: row {row}: expected an object, got {type(raw).__name__}")
-    prompt = _text(raw.get("prompt"), source, row, "prompt")
+        raise DataError(f"{source}: {where(row, line)}: expected an object, got {type(raw).__name__}")
+    prompt = text(raw.get("prompt"), "prompt")
     if "completions" in raw and raw["completions"] is not None:
         completions = raw["completions"]
         if not isinstance(completions, (list, tuple)):
-            raise _bad(source, row, "completions", "expected a list of strings")
+            raise bad("completions", "expected a list of strings")
         if len(completions) < 2:
-            raise _bad(source, row, "completions", f"needs at least 2 completions, got {len(completions)}")
-        completions = [_text(c, source, row, f"completions[{k}]") for k, c in enumerate(completions)]
+            raise bad("completions", f"needs at least 2 completions, got {len(completions)}")
+        completions = [text(c, f"completions[{k}]") for k, c in enumerate(completions)]
     elif "chosen" in raw or "rejected" in raw:
         completions = [
-            _text(raw.get("chosen"), source, row, "chosen"),
-            _text(raw.get("rejected"), source, row, "rejected"),
+            text(raw.get("chosen"), "chosen"),
+            text(raw.get("rejected"), "rejected"),
         ]
     else:
-        raise _bad(source, row, "completions", "missing: give 'completions' or 'chosen' and 'rejected'")
+        raise bad("completions", "missing: give 'completions' or 'chosen' and 'rejected'")
     prompt_type = raw.get("prompt_type") or "open"
     if prompt_type not in PROMPT_TYPES:
-        raise _bad(source, row, "prompt_type", f"must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+        raise bad("prompt_type", f"must be one of {PROMPT_TYPES}, got {prompt_type!r}")
     scores = list(raw.get("scores") or [])
     if scores:
         if len(scores) != len(completions):
-            raise _bad(source, row, "scores", f"has {len(scores)} values for {len(completions)} completions")
+            raise bad("scores", f"has {len(scores)} values for {len(completions)} completions")
         for k, s in enumerate(scores):
             if not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise _bad(source, row, f"scores[{k}]", f"must be a finite number, got {s!r}")
+                raise bad(f"scores[{k}]", f"must be a finite number, got {s!r}")
         scores = [float(s) for s in scores]
     generators = [str(g) for g in (raw.get("generators") or [])]
     if generators and len(generators) != len(completions):
-        raise _bad(source, row, "generators", "must name one generator per completion")
+        raise bad("generators", "must name one generator per completion")
     prompt_id = str(raw.get("prompt_id") or f"{Path(source).stem}-{row}")
     return Group(prompt_id, prompt, prompt_type, completions, scores, generators)
 
 
-def read_records(path: Path) -> Iterable[dict]:
+def _text_bytes(value) -> int:
+    """About the bytes a parquet record holds: its strings' UTF-8 lengths (numbers count 8)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, dict):
+        return sum(_text_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_bytes(v) for v in value)
+    return 8
+
+
+def _too_large(path: Path, row: int, line: int | None, size: int, max_row_mb: float) -> DataError:
+    return DataError(f"{path}: {where(row, line)}: {size / 2**20:.1f} MB is larger than the {max_row_mb:g} MB "
+                     f"limit per row (config key data.max_row_mb)")
+
+
+def read_records(path: Path, max_row_mb: float = MAX_ROW_MB) -> Iterator[tuple[int, int | None, dict]]:
+    """(row, line, record) of a parquet or JSONL file; `line` is None for parquet. Every record is
+    checked for its size and a JSONL line for UTF-8 and JSON before it is parsed, naming the row."""
+    limit = int(max_row_mb * 2**20)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        try:
+            row = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                for record in batch.to_pylist():
+                    if _text_bytes(record) > limit:
+                        raise _too_large(path, row, None, _text_bytes(record), max_row_mb)
+                    yield row, None, record
+                    row += 1
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: {where(row)}: a string that is not UTF-8 text") from None
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable parquet file ({err})") from None
     elif suffix in (".jsonl", ".json"):
-        with path.open() as f:
-            for row, line in enumerate(f):
+        row = 0
+        with path.open("rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                if len(raw) > limit:
+                    raise _too_large(path, row, line_no, len(raw), max_row_mb)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}: {where(row, line_no)}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                                    f"column {err.start + 1}); save the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: row {row}: not valid JSON ({err.msg})") from None
+                    raise DataError(f"{path}: {where(row, line_no)}: not valid JSON ({err.msg})") from None
+                yield row, line_no, record
+                row += 1
     else:
         raise DataError(f"{path}: unsupported data file type {suffix!r} (use .parquet or .jsonl)")
 
 
-def load_groups(path: str | Path, limit: int | None = None) -> list[Group]:
+def load_groups(path: str | Path, limit: int | None = None, max_row_mb: float = MAX_ROW_MB) -> list[Group]:
     """Read and validate a local parquet/jsonl file of pair or ranked rows."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     groups = []
-    for row, raw in enumerate(read_records(path)):
-        groups.append(validate_row(normalise_known_schemas(raw), str(path), row))
+    for row, line, raw in read_records(path, max_row_mb):
+        groups.append(validate_row(normalise_known_schemas(raw), str(path), row, line))
         if limit is not None and len(groups) >= limit:
             break
     if not groups:

@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 from rlhf_ray.utils.atomic import atomic_dir
@@ -105,20 +104,26 @@ def _tiny_llama() -> Path:
     return _cached(f"tiny-llama-v{TINY_LLAMA_VERSION}", _build_tiny_llama)
 
 
-def resolve_model(ref: str) -> str:
-    """Alias -> local folder; an existing local path -> itself; anything else -> a hub id."""
+def looks_local(ref: str) -> bool:
+    """A reference that can only mean a local path: it starts with `.`, `/` or `~`, has more than the one
+    `/` of a hub id (`org/name`), or its first part is a folder here (`runs/model`)."""
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref:
+        return True
+    return "/" in ref and Path(ref.split("/", 1)[0]).is_dir()
+
+
+def resolve_model(ref: str, key: str | None = None) -> str:
+    """Alias -> local folder; an existing local path -> itself; a hub id (`org/name`) -> itself. A path
+    that does not exist is an error naming the config key it came from, never a hub lookup."""
     builders = {"minilm-l6": _minilm, "smollm2-135m": _smollm2, "tiny-llama": _tiny_llama}
     if ref in builders:
         return str(builders[ref]())
+    named = f"config key '{key}': " if key else ""
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model path {path} has no config.json (not a HF model folder)")
+            raise FileNotFoundError(f"{named}model path {path} has no config.json (not a HF model folder)")
         return str(path)
-    if ref.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model path {ref!r} does not exist")
+    if looks_local(ref):
+        raise FileNotFoundError(f"{named}model path {ref!r} does not exist")
     return ref  # a hub id such as Qwen/Qwen2.5-1.5B-Instruct
-
-
-def clear_alias_cache(alias: str) -> None:
-    shutil.rmtree(cache_dir() / "models" / alias, ignore_errors=True)

@@ -24,7 +24,7 @@ class RLGroups:
                                   sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump())
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner)
-        addr, port = self.learner.call_one(0, "free_address")
+        addr, port = self.learner.call_one(0, "reserve_address")
         n = len(self.learner)
         self.learner.call("setup", [(cfg.model_dump(), r, n, addr, port, total_steps) for r in range(n)],
                           cfg.learner.timeout_s)
@@ -36,7 +36,7 @@ class RLGroups:
 
     def _join_sync_group(self) -> None:
         """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""
-        addr, port = self.learner.call_one(0, "free_address")
+        addr, port = self.learner.call_one(0, "reserve_address")
         world, timeout = len(self.rollout) + 1, self.cfg.rollout.sync_timeout_s
         refs = [self.learner.actors[0].join_sync_group.remote(world, addr, port, timeout)]
         refs += [a.join_sync_group.remote(i + 1, world, addr, port, timeout) for i, a in enumerate(self.rollout.actors)]

@@ -188,10 +188,10 @@ class RLOOLearnerActor:
     def __init__(self):
         self.learner = None
 
-    def free_address(self):
-        from rlhf_ray.utils.dist import free_address
+    def reserve_address(self):
+        from rlhf_ray.utils.dist import reserve_address
 
-        return free_address()
+        return reserve_address()
 
     def setup(self, cfg: dict, rank: int, world_size: int, addr: str, port: int, total_steps: int) -> None:
         self.learner = RLOOLearner(Config.model_validate(cfg), rank, world_size, addr, port, total_steps)

@@ -8,10 +8,10 @@ import statistics
 import time
 from pathlib import Path
 
-from rlhf_ray.cluster import ActorGroupError, connect
+from rlhf_ray.cluster import ActorGroupError, check_placement, cluster_nodes, connect
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.data.loaders import prepare
-from rlhf_ray.data.schema import DataError, read_records
+from rlhf_ray.data.schema import DataError, read_records, where
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
@@ -25,7 +25,8 @@ class PromptLoader:
 
     def __init__(self, prompts: list[dict], per_step: int, seed: int, position: int = 0):
         if per_step > len(prompts):
-            raise DataError(f"rloo.prompts_per_step ({per_step}) exceeds the {len(prompts)} prompts available")
+            raise DataError(f"config key 'rloo.prompts_per_step': {per_step} is more than the {len(prompts)} prompts "
+                            "of rloo.prompts (rloo.prompt_split)")
         self.prompts, self.per_step, self.seed, self.position = prompts, per_step, seed, position
 
     def next(self) -> list[dict]:
@@ -47,23 +48,33 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
         if not path.exists():
             prepare(cfg, ["gold"])
         split = split or cfg.rloo.prompt_split
-        rows = [r for r in read_records(path) if r["split"] == split]
+        rows = [r for _, _, r in read_records(path, cfg.data.max_row_mb) if r["split"] == split]
         if not rows:
             raise DataError(f"{path}: no prompts with split {split!r} (rloo.prompt_split / rloo.eval_split)")
-    elif cfg.rloo.prompts.startswith("hub:"):
+        return rows
+    if cfg.rloo.prompts.startswith("hub:"):
         import datasets
 
-        name, _, split = cfg.rloo.prompts[4:].rpartition(":")
-        rows = [dict(r) for r in datasets.load_dataset(name, split=split)]
+        name, _, hub_split = cfg.rloo.prompts[4:].rpartition(":")
+        records = [(i, None, dict(r)) for i, r in enumerate(datasets.load_dataset(name, split=hub_split))]
     else:
-        rows = list(read_records(Path(cfg.rloo.prompts)))
-    if cfg.rloo.prompts != "gold":
-        for i, r in enumerate(rows):
-            r.setdefault("prompt", r.get("instruction"))  # the BSR paper's prompt splits call it `instruction`
-            if not isinstance(r.get("prompt"), str) or not r["prompt"].strip():
-                raise DataError(f"{cfg.rloo.prompts}: row {i}: field 'prompt': missing or empty")
-            r.setdefault("prompt_id", f"prompt-{i}")
-            r.setdefault("prompt_type", "open")
+        path = Path(cfg.rloo.prompts)
+        if not path.exists():
+            raise DataError(f"config key 'rloo.prompts': no file {path} (use gold, a .jsonl/.parquet file or "
+                            "hub:<name>:<split>)")
+        records = list(read_records(path, cfg.data.max_row_mb))
+    rows = []
+    for row, line, r in records:
+        if not isinstance(r, dict):
+            raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: expected an object, got {type(r).__name__}")
+        r.setdefault("prompt", r.get("instruction"))  # the BSR paper's prompt splits call it `instruction`
+        if not isinstance(r.get("prompt"), str) or not r["prompt"].strip():
+            raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: field 'prompt': missing or empty")
+        r.setdefault("prompt_id", f"prompt-{row}")
+        r.setdefault("prompt_type", "open")
+        rows.append(r)
+    if not rows:
+        raise DataError(f"{cfg.rloo.prompts}: holds no prompts")
     return rows
 
 
@@ -135,40 +146,58 @@ def write_samples(path: Path, step: int, batch: list[dict], scores: list[dict], 
                                     "proxy": part["proxy"][j], "gold": part["gold"][j], "train": part["train"][j]}) + "\n")
 
 
-def start(cfg: Config, rl, checkpoints: Checkpoints, prompts: list[dict], held_out: list[dict], encode):
-    """Where the run begins: step 0 with the held-out prompts scored by the initial policy, or the newest
-    checkpoint (learner state, its weights on the workers, the loader position, the initial scores)."""
-    loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
-    found = checkpoints.latest() if cfg.resume else None
-    if found is None:
-        return 0, loader, rl.evaluate(encode(held_out), held_out) if held_out else None
-    path, state = found
+def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dict], encode):
+    """Where the run begins: step 0 with the held-out prompts scored by the initial policy, or the
+    checkpoint `resume_from` (learner state, its weights on the workers, the loader position, the
+    initial scores)."""
+    if resume_from is None:
+        return 0, rl.evaluate(encode(held_out), held_out) if held_out else None
+    path, state = resume_from
     rl.load_state(str(path / "engine"), version=state["step"])
     loader.position = state["position"]
-    return state["step"], loader, state["held_out_before"]
+    return state["step"], state["held_out_before"]
 
 
-def run_rloo(cfg: Config) -> dict:
+def check_models(cfg: Config) -> None:
+    """The policy and every reward model resolve before an actor starts (a missing path names its key)."""
+    resolve_model(cfg.rloo.policy, "rloo.policy")
+    for i, model in enumerate(cfg.reward.models):
+        try:
+            resolve_model(model, f"reward.models[{i}]")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; a reward model from `rlhf-ray train-rm --config C` is written to "
+                                    "C's output_dir/model: train it first, or name another") from None
+
+
+def run_rloo(cfg: Config, check_only: bool = False) -> dict:
+    """The RLOO run of `cfg`. Its prompts, models, resume point and placement are checked before any
+    actor starts; `check_only` stops there."""
     import ray
     from transformers import AutoTokenizer
 
     from rlhf_ray.rl.groups import RLGroups
 
     out = Path(cfg.output_dir)
+    prompts, held_out = load_prompts(cfg), held_out_prompts(cfg)
+    loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
+    check_models(cfg)
+    checkpoints = Checkpoints(out / "checkpoints", cfg.rloo.keep_checkpoints)
+    resume_from = checkpoints.resume_point(cfg.resume)
+    check_placement({"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner}, cluster_nodes(cfg.ray))
+    if check_only:
+        return {"checked": "rloo", "prompts": len(prompts), "held_out": len(held_out), "output_dir": str(out)}
+
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    prompts, held_out = load_prompts(cfg), held_out_prompts(cfg)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.rloo.policy))  # the driver holds no weights
     encode = lambda batch: encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)  # noqa: E731
-    for model in cfg.reward.models:
-        resolve_model(model)
-    connect(cfg.ray)
-    rl, checkpoints = RLGroups(cfg, cfg.rloo.steps), Checkpoints(out / "checkpoints", cfg.rloo.keep_checkpoints)
+    connect(cfg.ray, out / "logs")
+    rl = RLGroups(cfg, cfg.rloo.steps)
     log = None
     try:
         if cfg.reward.transform != "none":  # LSC / PAR baselines: the initial policy's rewards, per prompt
             rl.reference_rewards(encode(prompts + held_out), prompts + held_out)
-        done, loader, before = start(cfg, rl, checkpoints, prompts, held_out, encode)  # done > 0: resumed
+        done, before = start(cfg, rl, resume_from, loader, held_out, encode)  # done > 0: resumed
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
         for step in range(done + 1, cfg.rloo.steps + 1):

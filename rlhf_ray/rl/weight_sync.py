@@ -15,6 +15,7 @@ from datetime import timedelta
 import torch
 
 from rlhf_ray.rl.engines.base import Weights
+from rlhf_ray.utils.dist import tcp_store
 
 
 class BroadcastChannel:
@@ -24,7 +25,7 @@ class BroadcastChannel:
         import torch.distributed as dist
 
         self.rank, self.timeout = rank, timedelta(seconds=timeout_s)
-        store = dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=self.timeout)
+        store = tcp_store(addr, port, world_size, rank, self.timeout)
         if torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())
             self.group = dist.ProcessGroupNCCL(store, rank, world_size)

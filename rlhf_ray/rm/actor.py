@@ -11,10 +11,10 @@ class RMTrainerActor:
     def __init__(self):
         self.trainer = None
 
-    def free_address(self) -> tuple[str, int]:
-        from rlhf_ray.utils.dist import free_address
+    def reserve_address(self) -> tuple[str, int]:
+        from rlhf_ray.utils.dist import reserve_address
 
-        return free_address()
+        return reserve_address()
 
     def setup(self, cfg: dict, rank: int, world_size: int, addr: str, port: int, total_steps: int) -> None:
         from rlhf_ray.rm.trainer import RewardModelTrainer
@@ -43,7 +43,7 @@ class RMTrainerGroup:
     def __init__(self, cfg: Config, total_steps: int, tag: str | None = None):
         self.cfg = cfg
         self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag)
-        addr, port = self.group.call_one(0, "free_address")
+        addr, port = self.group.call_one(0, "reserve_address")
         n = len(self.group)
         timeout = cfg.rm.sync_timeout_s
         self.group.call("setup", [(cfg.model_dump(), r, n, addr, port, total_steps) for r in range(n)], timeout)

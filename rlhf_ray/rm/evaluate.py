@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rlhf_ray.cluster import connect
+from rlhf_ray.cluster import check_placement, cluster_nodes, connect
 from rlhf_ray.config import Config, UtilityConfig
 from rlhf_ray.data.loaders import load_split
 from rlhf_ray.data.schema import Group
@@ -77,18 +77,27 @@ def _collapse_metrics(groups, rewards, targets: dict | None) -> dict:
     return out
 
 
-def evaluate_reward_model(cfg: Config, model_ref: str) -> dict:
-    """Score the testbed named by cfg.data with `model_ref`; return and write every number."""
+def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False) -> dict:
+    """Score the testbed named by cfg.data with `model_ref`; return and write every number. The data, the
+    model and the scorers' placement are checked before any actor starts; `check_only` stops there."""
     out_dir = Path(cfg.eval.out_dir or Path(cfg.output_dir) / "eval")
-    resolve_model(model_ref)
-    connect(cfg.ray)
+    resolve_model(model_ref, "--model")
+    scenarios = cfg.data.testbed == "gold" or cfg.data.scenarios
+    if scenarios:
+        splits = {split: _load(cfg, split) for split in GOLD_SPLITS}
+    else:
+        splits = {"eval": load_split(cfg, "eval") if cfg.data.eval else load_split(cfg, "train")}
+    check_placement({"scorer": cfg.scorer}, cluster_nodes(cfg.ray))
+    if check_only:
+        return {"checked": "eval-rm", "model": model_ref, "prompts": {k: len(v) for k, v in splits.items()}}
+    connect(cfg.ray, Path(cfg.output_dir) / "logs")
     pool = ScorerPool(model_ref, cfg.scorer, cfg.model.max_length, cfg.model.trust_remote_code)
     result: dict = {"model": model_ref, "testbed": "gold" if cfg.data.scenarios else cfg.data.testbed}
     try:
         result["w_norm"] = pool.head_norm()
-        if cfg.data.testbed == "gold" or cfg.data.scenarios:
+        if scenarios:
             for split, scenario in GOLD_SPLITS.items():
-                groups = _load(cfg, split)
+                groups = splits[split]
                 rewards, hidden, flat = _score(pool, groups)
                 entry = {"scenario": scenario, "prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
                 entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(groups, rewards), M.accuracy_of_rows)
@@ -96,7 +105,7 @@ def evaluate_reward_model(cfg: Config, model_ref: str) -> dict:
                     entry["kendall_tau"] = _with_ci(cfg, M.kendall_taus(groups, rewards), M.nanmean)
                 result[split] = entry
         else:
-            groups = load_split(cfg, "eval") if cfg.data.eval else load_split(cfg, "train")
+            groups = splits["eval"]
             rewards, hidden, flat = _score(pool, groups)
             result["eval"] = {"prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
             if cfg.data.testbed == "collapse":

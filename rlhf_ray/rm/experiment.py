@@ -29,18 +29,22 @@ def run_config(cfg: Config, base: str, overrides: list[str], out_dir: Path, seed
     )
 
 
-def run_experiment(cfg: Config) -> dict:
+def run_experiment(cfg: Config, check_only: bool = False) -> dict:
     from rlhf_ray.cluster import connect
     from rlhf_ray.report.experiment_report import write_experiment_report
 
     exp, out = cfg.experiment, Path(cfg.output_dir)
-    prepare(cfg)
-    connect(cfg.ray)
+    prepare(cfg)  # the experiment's testbeds (its sizes), which every run reads
     runs = [
         (variant, seed, run_config(cfg, exp.base, [*exp.overrides, *exp.variants[variant]], out / variant / f"seed{seed}", seed))
         for variant in exp.variants
         for seed in exp.seeds
     ]
+    for _, _, run_cfg in runs:  # every run's data, model and placement, before any actor starts
+        train_reward_model(run_cfg, check_only=True)
+    if check_only:
+        return {"checked": "experiment", "runs": len(runs)}
+    connect(cfg.ray, out / "logs")
     print(f"[experiment] {len(runs)} trainings, {exp.parallel} at a time", file=sys.stderr, flush=True)
     with ThreadPoolExecutor(max_workers=exp.parallel) as threads:  # several trainer groups at once
         summaries = list(threads.map(lambda run: train_reward_model(run[2], tag=f"{run[0]}-s{run[1]}"), runs))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_ray.cluster import connect
+from rlhf_ray.cluster import check_placement, cluster_nodes, connect
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
 from rlhf_ray.models.aliases import resolve_model
@@ -18,21 +18,26 @@ from rlhf_ray.utils.train_state import Checkpoints
 PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")
 
 
-def train_reward_model(cfg: Config, tag: str | None = None) -> dict:
+def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = False) -> dict:
     """Train one reward model as `cfg` says; returns the summary (also written as summary.json).
-    `tag` names the run's actors and progress lines when several train at once."""
+    `tag` names the run's actors and progress lines when several train at once. Everything that can be
+    checked before an actor starts is checked first (data, model, resume, placement); `check_only`
+    stops there."""
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
     train = load_split(cfg, "train")
     evaluation = load_split(cfg, "eval")
     total = num_steps(len(train), cfg.rm.batch_size, cfg.rm.epochs, cfg.rm.max_steps)
-
-    resolve_model(cfg.model.name)  # a missing path fails here; alias caches are built once, here
-    connect(cfg.ray)
-    group = RMTrainerGroup(cfg, total, tag)
+    resolve_model(cfg.model.name, "model.name")  # a missing path fails here; alias caches are built once, here
     checkpoints = Checkpoints(out / "checkpoints", cfg.rm.keep_checkpoints)
-    resumed = checkpoints.latest() if cfg.resume else None
+    resumed = checkpoints.resume_point(cfg.resume)
+    check_placement({"rm": cfg.rm}, cluster_nodes(cfg.ray))
+    if check_only:
+        return {"checked": "train-rm", "steps": total, "train_rows": len(train), "output_dir": str(out)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    connect(cfg.ray, out / "logs")
+    group = RMTrainerGroup(cfg, total, tag)
     done = 0
     if resumed:
         done = resumed[1]["step"]

@@ -9,14 +9,51 @@ from pathlib import Path
 import torch
 
 
-def free_address() -> tuple[str, int]:
-    """This node's IP and a free TCP port: the rendezvous of a process group whose rank 0 runs here."""
+_reserved: dict[int, socket.socket] = {}  # port -> the listening socket a master TCPStore will take over
+
+
+def node_ip() -> str:
+    """The address Ray uses for this node (127.0.0.1 on a local instance, see cluster.connect)."""
     import ray
 
-    ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return ip, s.getsockname()[1]
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+
+
+def reserve_address() -> tuple[str, int]:
+    """A rendezvous for a process group whose rank 0 runs in this process: a socket listening on this
+    node's Ray address only (never on every interface, as a TCPStore left to itself does), kept open
+    until the group's store takes it over, so no other process can take the port meanwhile."""
+    ip = node_ip()
+    sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+    sock.bind((ip, 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    _reserved[port] = sock
+    return ip, port
+
+
+def tcp_store(addr: str, port: int, world_size: int, rank: int, timeout: timedelta):
+    """The group's TCPStore: rank 0 serves it on the socket `reserve_address` bound, the others connect."""
+    import torch.distributed as dist
+
+    listening = _reserved.pop(port, None) if rank == 0 else None
+    if rank == 0 and listening is None:
+        raise RuntimeError(f"rendezvous {addr}:{port}: rank 0 must reserve it in this process (reserve_address)")
+    _bind_collectives_to(addr if rank == 0 else node_ip())
+    return dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=timeout, use_libuv=True,
+                         master_listen_fd=listening.detach() if listening else None)
+
+
+def _bind_collectives_to(ip: str) -> None:
+    """gloo's (and nccl's bootstrap) listeners on the interface holding this node's Ray address; left
+    alone, gloo binds whatever the host name resolves to. A user's own *_SOCKET_IFNAME wins."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addresses):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
+            return
 
 
 def backend() -> str:
@@ -24,7 +61,8 @@ def backend() -> str:
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, timeout_s: float = 600) -> None:
-    """Join the process group through DeepSpeed (gloo on CPU, nccl on GPU)."""
+    """Join the process group (gloo on CPU, nccl on GPU) on the rendezvous rank 0 reserved, then hand it
+    to DeepSpeed, which takes an initialised torch.distributed as it is."""
     os.environ.update(
         MASTER_ADDR=master_addr,
         MASTER_PORT=str(master_port),
@@ -37,10 +75,16 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    deepspeed.init_distributed(
-        dist_backend=backend(), timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world_size,
-        auto_mpi_discovery=False,
-    )
+    timeout = timedelta(seconds=timeout_s)
+    if torch.distributed.is_initialized():  # a second trainer in one process (tests, benchmarks): as DeepSpeed, reuse
+        unused = _reserved.pop(master_port, None)
+        if unused is not None:
+            unused.close()
+    else:
+        store = tcp_store(master_addr, master_port, world_size, rank, timeout)
+        torch.distributed.init_process_group(backend(), store=store, rank=rank, world_size=world_size, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend(), timeout=timeout, rank=rank, world_size=world_size,
+                               auto_mpi_discovery=False)
     if not torch.cuda.is_available():
         torch.distributed.barrier()  # every rank has mapped the others' segment: the names can go
         shm_segment(master_addr, master_port, rank).unlink(missing_ok=True)

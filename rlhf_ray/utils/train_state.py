@@ -16,9 +16,12 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+
+from rlhf_ray.config import ConfigError
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -36,6 +39,10 @@ def load_engine_state(engine, path: str | Path) -> None:
         raise FileNotFoundError(f"{path}: no DeepSpeed engine state (tag 'engine') to resume from")
     torch.set_rng_state(client["torch_rng"])
     random.setstate((3, tuple(client["python_rng"]), None))
+
+
+class ResumeError(ConfigError):
+    """`--resume` was asked for and there is nothing to resume from."""
 
 
 class Checkpoints:
@@ -76,6 +83,19 @@ class Checkpoints:
         if not done:
             return None
         return done[-1], json.loads((done[-1] / "state.json").read_text())
+
+    def resume_point(self, resume: bool | str) -> tuple[Path, dict] | None:
+        """Where a run with `resume` (false, true or "auto") begins: None (fresh) or the newest complete
+        checkpoint. Asked to resume with nothing to resume from is an error; `auto` says so and starts fresh."""
+        if not resume:
+            return None
+        found = self.latest()
+        if found is None and resume == "auto":
+            print(f"[rlhf-ray] resume=auto: no checkpoint under {self.root}, starting fresh", file=sys.stderr, flush=True)
+        elif found is None:
+            raise ResumeError(f"--resume: no complete checkpoint under {self.root} (output_dir/checkpoints); run "
+                              "without --resume, or with resume=auto to start fresh when there is none")
+        return found
 
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep] if self.keep > 0 else []:

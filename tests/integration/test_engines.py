@@ -114,9 +114,9 @@ def test_collective_sync_broadcasts_weights_whose_logprobs_equal_the_learners(ra
     import ray
 
     from rlhf_ray.rl.weight_sync import BroadcastChannel
-    from rlhf_ray.utils.dist import free_address
+    from rlhf_ray.utils.dist import reserve_address
 
-    addr, port = free_address()
+    addr, port = reserve_address()
     joins = [a.join_sync_group.remote(i + 1, 3, addr, port, 60.0) for i, a in enumerate(vllm_rollouts.actors)]
     sender = BroadcastChannel(0, 3, addr, port, 60.0)
     ray.get(joins, timeout=60)
@@ -137,9 +137,9 @@ def test_collective_sync_that_never_comes_fails_in_the_worker_within_its_timeout
     import ray
 
     from rlhf_ray.rl.weight_sync import BroadcastChannel
-    from rlhf_ray.utils.dist import free_address
+    from rlhf_ray.utils.dist import reserve_address
 
-    addr, port = free_address()
+    addr, port = reserve_address()
     joins = [a.join_sync_group.remote(i + 1, 3, addr, port, 3.0) for i, a in enumerate(vllm_rollouts.actors)]
     silent = BroadcastChannel(0, 3, addr, port, 3.0)  # joins, never sends
     ray.get(joins, timeout=60)

@@ -6,7 +6,7 @@ import torch
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.learner import RLOOLearner, group_micro_batches, pack, response_logprobs
-from rlhf_ray.utils.dist import free_address, shm_segment
+from rlhf_ray.utils.dist import reserve_address, shm_segment
 
 
 def _rollouts(k=2, prompts=3, seed=0):
@@ -26,7 +26,7 @@ def _updated_weights(micro_batch_size, variant, ppo_epochs=1):
                              f"learner.variant={variant}", "learner.lr=1e-2", "learner.warmup_ratio=0",
                              "learner.grad_clip=0", "rollout.temperature=1.0", f"learner.ppo_epochs={ppo_epochs}"])
     torch.manual_seed(0)
-    addr, port = free_address()
+    addr, port = reserve_address()
     learner = RLOOLearner(cfg, 0, 1, addr, port, total_steps=1)
     assert not shm_segment(addr, port, 0).exists()  # DeepSpeed's segment does not outlive the run
     grads, real_step = {}, learner.engine.step

@@ -7,7 +7,7 @@ import pytest
 from rlhf_ray.config import load_config
 from rlhf_ray.data.schema import load_groups
 from rlhf_ray.rm.metrics import summarise
-from rlhf_ray.utils.dist import free_address
+from rlhf_ray.utils.dist import reserve_address
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ LOSSES = {
 
 @pytest.fixture(scope="module")
 def address():
-    return free_address()
+    return reserve_address()
 
 
 @pytest.mark.parametrize("testbed", ["gold", "collapse"])

@@ -51,7 +51,7 @@ def test_malformed_rows_name_file_row_and_field(tmp_path, row, field):
 
 def test_broken_json_and_missing_file(tmp_path):
     f = _jsonl(tmp_path, ['{"prompt": "p", "chosen": "a", "rejected": "b"}', "{not json"])
-    with pytest.raises(DataError, match="row 1: not valid JSON"):
+    with pytest.raises(DataError, match=r"row 1 \(line 2\): not valid JSON"):
         load_groups(f)
     with pytest.raises(DataError, match="not found"):
         load_groups(tmp_path / "missing.parquet")

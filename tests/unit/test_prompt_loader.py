@@ -26,5 +26,5 @@ def test_prompt_file_rows_are_validated(tmp_path):
     rows = load_prompts(load_config(None, [f"rloo.prompts={f}"]))
     assert [r["prompt"] for r in rows] == ["Hi", "Explain rain."] and rows[1]["prompt_type"] == "open"
     f.write_text(json.dumps({"prompt": "Hi"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
-    with pytest.raises(DataError, match="row 1: field 'prompt'"):
+    with pytest.raises(DataError, match=r"row 1 \(line 2\): field 'prompt'"):
         load_prompts(load_config(None, [f"rloo.prompts={f}"]))

@@ -1,0 +1,119 @@
+"""A new user's first hour, run as they would run it: the README's train-rm -> rloo steps on a fresh
+folder through the CLI, with small overrides (the terminal shows rlhf-ray's lines, ending with the
+result; Ray's and vLLM's output is in the run's logs/); every server a local run starts listens on
+127.0.0.1; `cluster/local_cluster.sh` stays on loopback and stops only its own processes."""
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+# rlhf-ray's own lines: its progress and result lines, its notes, its errors
+OWN_LINE = re.compile(r"^(\[(rlhf-ray|prepare|train-rm[^\]]*|eval-rm|experiment|rloo|pipeline|demo)\] |"
+                      r"rlhf-ray [a-z-]+: error: )")
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def _cli(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", *argv], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=900)
+
+
+def _own_fraction(text: str) -> float:
+    lines = [x for x in text.splitlines() if x.strip()]
+    return sum(bool(OWN_LINE.match(x)) for x in lines) / len(lines)
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0].strip("[]"))
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def test_readme_train_rm_then_rloo_on_a_fresh_folder(tmp_path):
+    """README: `rlhf-ray train-rm --config configs/rm_bsr_gold.yaml`, then `rlhf-ray rloo --config
+    configs/rloo_smollm2.yaml` (which reads runs/rm_bsr_gold/model), here with small overrides."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    small_data = ["prepare.sizes.gold_train_prompts=24", "prepare.sizes.gold_valid_prompts=8", "tensorboard=false"]
+    before = _cli(tmp_path, "rloo", "--config", "configs/rloo_smollm2.yaml")  # the step it needs has not run
+    assert before.returncode == 2 and "config key 'reward.models[0]'" in before.stderr.splitlines()[-1]
+
+    rm = _cli(tmp_path, "train-rm", "--config", "configs/rm_bsr_gold.yaml", *small_data, "rm.max_steps=2",
+              "rm.batch_size=4")
+    assert rm.returncode == 0, rm.stderr[-3000:]
+    assert rm.stdout.splitlines()[-1].startswith("[train-rm] done: 2 steps")
+    assert (tmp_path / "runs" / "rm_bsr_gold" / "model" / "config.json").exists()
+
+    rl = _cli(tmp_path, "rloo", "--config", "configs/rloo_smollm2.yaml", *small_data, "rloo.policy=tiny-llama",
+              "rloo.steps=3", "rloo.prompts_per_step=2", "rloo.eval_prompts=2", "rloo.max_prompt_tokens=64",
+              "rollout.k=2", "rollout.max_new_tokens=8", "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256",
+              "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1", "reward.max_length=96")
+    assert rl.returncode == 0, rl.stderr[-3000:]
+    shown = rl.stderr + rl.stdout  # what the terminal shows; the result is the last line
+    assert rl.stdout.strip().splitlines()[-1].startswith("[rloo] done: 3 steps; held-out gold")
+    assert _own_fraction(shown) >= 0.8, shown
+    assert len(re.findall(r"^\[rloo\] step \d/3 ", rl.stderr, re.M)) == 3
+    logs = tmp_path / "runs" / "rloo_smollm2" / "logs"
+    rollout_log = (logs / "rollout-0.log").read_text()
+    assert "vllm" in rollout_log.lower()  # vLLM's output went to the run's logs, not the terminal
+    assert "RotaryEmbedding: Failed to load weights" not in rollout_log  # silenced at its source
+    assert {"learner-0.log", "scorer-0.log"} <= {p.name for p in logs.iterdir()}
+    assert json.loads((tmp_path / "runs" / "rloo_smollm2" / "summary.json").read_text())["steps"] == 3
+
+
+def test_every_server_of_a_local_run_listens_on_loopback(testbeds, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "listeners_run.py"), str(testbeds),
+                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(next(x for x in done.stdout.splitlines() if x.startswith("LISTENING "))[len("LISTENING "):])
+    assert found["node_ip"] == "127.0.0.1" and found["rendezvous"][0] == "127.0.0.1"
+    assert len(found["addresses"]) >= 10  # GCS, raylet, agents, workers, the rendezvous: all seen
+    assert any(a.endswith(f":{found['rendezvous'][1]}") for a in found["addresses"])
+    assert [a for a in found["addresses"] if not _is_loopback(a)] == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_local_cluster_stays_on_loopback_and_stops_only_itself(ray_local):
+    import tempfile
+
+    import psutil
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="rrc-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = {**_env(), "RAY_HEAD_PORT": str(_free_port()), "RAY_DASHBOARD_PORT": str(_free_port()),
+           "RAY_CLUSTER_TEMP_DIR": str(temp_dir)}
+    script = ["bash", str(ROOT / "cluster" / "local_cluster.sh")]
+    started = subprocess.run([*script, "start", "2", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        ours = [p for p in psutil.process_iter(["cmdline"]) if str(temp_dir) in " ".join(p.info["cmdline"] or [])]
+        pids = {p.pid for p in ours} | {c.pid for p in ours for c in p.children(recursive=True)}
+        addresses = {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.pid in pids}
+        assert len(addresses) >= 6 and [a for a in addresses if not _is_loopback(a)] == []
+    finally:
+        stopped = subprocess.run([*script, "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    @ray_local.remote
+    def still_there():
+        return 1
+
+    assert ray_local.get(still_there.remote(), timeout=60) == 1  # the session's other Ray instance lives on

@@ -78,5 +78,4 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
 
     minutes = (time.monotonic() - start) / 60
     report = write_pipeline_report(out, reward_models, rloo_runs, cfg.seed, minutes, f"rlhf-ray {name}")
-    print(f"[{name}] done in {minutes:.1f} min. Report: {report} (numbers: {out / 'pipeline.json'})", flush=True)
     return {"report": str(report), "minutes": minutes}

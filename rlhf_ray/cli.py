@@ -34,8 +34,14 @@ def _fmt_ci(entry: dict) -> str:
 def _cmd_prepare(cfg, args) -> str:
     from rlhf_ray.data.loaders import prepare
 
+    if args.check:
+        return f"check passed: would write {', '.join(cfg.prepare.testbeds)} under {cfg.data.dir}"
     written = prepare(cfg)
-    return f"wrote {', '.join(f'{name} ({rows})' for name, rows in written.items())} under {cfg.data.dir}"
+
+    def rows(splits) -> str:
+        return ", ".join(f"{split} {n}" for split, n in splits.items()) if isinstance(splits, dict) else str(splits)
+
+    return f"wrote {'; '.join(f'{name} ({rows(splits)})' for name, splits in written.items())} under {cfg.data.dir}"
 
 
 def _cmd_train_rm(cfg, args) -> str:
@@ -112,7 +118,7 @@ COMMANDS = {
                        ("output_dir", "eval.out_dir", "eval.bootstrap", "scorer.num_workers", "model.max_length"),
                        "rlhf-ray eval-rm --config configs/rm_bsr_gold.yaml --model runs/rm_bsr_gold/model "
                        "--testbed gold"),
-    "experiment": Command(_cmd_experiment, "variants x seeds of a reward-model config, trained side by side, one report",
+    "experiment": Command(_cmd_experiment, "variants x seeds of a reward-model config, side by side, one report",
                           None, ("output_dir", "experiment.base", "experiment.seeds", "experiment.parallel"),
                           "rlhf-ray experiment --config configs/exp_bsr.yaml"),
     "rloo": Command(_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None,

@@ -164,7 +164,8 @@ def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, f
     def fits(need: dict[str, float], node: dict[str, float]) -> bool:
         return all(node.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
 
-    where = f"{len(nodes)} node(s): " + ", ".join(_fmt(n) for n in nodes)
+    where = f"{len(nodes)} node(s): " + ", ".join(_fmt({k: v for k, v in n.items() if k in ("CPU", "GPU")})
+                                                  for n in nodes)
     for section, cfg in groups.items():
         bundle, n = bundle_of(cfg), cfg.num_workers
         hosts = sum(fits(bundle, node) for node in nodes)

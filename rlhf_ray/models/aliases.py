@@ -118,7 +118,7 @@ def resolve_model(ref: str, key: str | None = None) -> str:
     builders = {"minilm-l6": _minilm, "smollm2-135m": _smollm2, "tiny-llama": _tiny_llama}
     if ref in builders:
         return str(builders[ref]())
-    named = f"config key '{key}': " if key else ""
+    named = "" if not key else f"{key}: " if key.startswith("--") else f"config key '{key}': "
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

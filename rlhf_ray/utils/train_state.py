@@ -91,7 +91,8 @@ class Checkpoints:
             return None
         found = self.latest()
         if found is None and resume == "auto":
-            print(f"[rlhf-ray] resume=auto: no checkpoint under {self.root}, starting fresh", file=sys.stderr, flush=True)
+            print(f"[rlhf-ray] resume=auto: no checkpoint under {self.root}, starting fresh", file=sys.stderr,
+                  flush=True)
         elif found is None:
             raise ResumeError(f"--resume: no complete checkpoint under {self.root} (output_dir/checkpoints); run "
                               "without --resume, or with resume=auto to start fresh when there is none")

@@ -117,3 +117,35 @@ def test_local_cluster_stays_on_loopback_and_stops_only_itself(ray_local):
         return 1
 
     assert ray_local.get(still_there.remote(), timeout=60) == 1  # the session's other Ray instance lives on
+
+
+README_COMMAND = re.compile(r"`(rlhf-ray (?:demo|[a-z-]+ --config configs/[^`]*))`")
+
+
+def test_every_readme_command_passes_its_checks_as_written_or_names_the_step_it_needs(tmp_path, monkeypatch, capsys):
+    """Each `rlhf-ray ...` command the README shows in backticks, as written, with `--check` (everything
+    but starting actors) on a fresh folder. One that needs another command's output first fails naming
+    the key, and the README says which step it needs. The cluster lines (`ray job submit -- rlhf-ray ...`)
+    are run by test_ray_jobs.py and test_multinode.py."""
+    import shlex
+
+    from rlhf_ray.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    commands = list(dict.fromkeys(README_COMMAND.findall(readme)))
+    assert {c.split()[1] for c in commands} >= {"prepare", "train-rm", "eval-rm", "experiment", "rloo", "pipeline",
+                                                "demo"}
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        code = main([*shlex.split(command)[1:], "--check"])
+        captured = capsys.readouterr()
+        if code == 0:
+            assert "check passed" in captured.out.strip().splitlines()[-1], command
+        else:
+            last = captured.err.strip().splitlines()[-1]
+            assert re.search(r"(config key 'reward\.models\[0\]'|--model): model path 'runs/rm_bsr_gold/model' does "
+                             r"not exist", last), (command, last)
+            row = next(line for line in readme.splitlines() if f"`{command}`" in line)
+            assert "after `train-rm" in row, f"{command}: fails its checks and the README names no step before it"
+            assert "runs/rm_bsr_gold/model" in command or "configs/rloo_smollm2.yaml" in command, command

@@ -156,16 +156,20 @@ def bundle_of(cfg: ActorGroupConfig) -> dict[str, float]:
     return {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})}
 
 
-def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, float]]) -> None:
+def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, float]] | None) -> None:
     """Fail at once, naming the config keys, where Ray would wait forever: a placement that no
     assignment of the groups' bundles to `nodes` (each node's total resources) can satisfy. Only what
     must hold is checked (an actor fits some node; STRICT_SPREAD has a node per actor; STRICT_PACK a
-    node for all; every group together fits the cluster), so a run that could be placed never fails here."""
+    node for all; every group together fits the cluster), so a run that could be placed never fails here.
+    `nodes` None (an autoscaling cluster): nothing to check against."""
+    if nodes is None:
+        return
+
     def fits(need: dict[str, float], node: dict[str, float]) -> bool:
         return all(node.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
 
     where = f"{len(nodes)} node(s): " + ", ".join(_fmt({k: v for k, v in n.items() if k in ("CPU", "GPU")})
-                                                  for n in nodes)
+                                                  for n in nodes) + " (one that adds nodes: set ray.autoscaling=true)"
     for section, cfg in groups.items():
         bundle, n = bundle_of(cfg), cfg.num_workers
         hosts = sum(fits(bundle, node) for node in nodes)
@@ -189,11 +193,14 @@ def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, f
                                  f"cluster has {total[resource]:g}; the cluster has {where}")
 
 
-def cluster_nodes(cfg: RayConfig) -> list[dict[str, float]]:
+def cluster_nodes(cfg: RayConfig) -> list[dict[str, float]] | None:
     """Each node's total resources: of the cluster Ray is connected to (joined first when an address is
-    set), or of the local instance `connect` would start (one node, `ray.num_cpus` or every core)."""
+    set), or of the local instance `connect` would start (one node, `ray.num_cpus` or every core); None
+    for an autoscaling cluster (`ray.autoscaling`), whose nodes are not all there yet."""
     import ray
 
+    if cfg.autoscaling:
+        return None
     if not ray.is_initialized() and (cfg.address or os.environ.get("RAY_ADDRESS")):
         connect(cfg)
     if ray.is_initialized():

@@ -46,6 +46,9 @@ class RayConfig(Section):
     # tcmalloc preloaded into every actor: `auto` (the copy scripts/setup.sh puts in the venv, else the
     # system's; none found: glibc malloc), `off`, or the library's path (the same on every node)
     tcmalloc: str = "auto"
+    # the cluster adds nodes on demand (KubeRay, `ray up`): placements are not checked against today's
+    # nodes before a run, Ray waits for the autoscaler instead
+    autoscaling: bool = False
     # a local instance listens on 127.0.0.1 only (Ray's one-machine mode); false: on the node's address
     local_loopback: bool = True
     # Ray's, vLLM's and DeepSpeed's output on this terminal (`--verbose`); false: in <output_dir>/logs/

@@ -110,6 +110,15 @@ def test_strict_pack_gpus_and_totals_that_cannot_fit_are_named():
         check_placement({"rollout": _group(num_workers=4, num_cpus=1), "scorer": _group()}, nodes)
 
 
+def test_an_autoscaling_cluster_is_not_checked_against_todays_nodes():
+    from rlhf_ray.cluster import cluster_nodes
+    from rlhf_ray.config import RayConfig
+
+    assert cluster_nodes(RayConfig(autoscaling=True)) is None
+    check_placement({"learner": _group(num_workers=16, num_gpus=8, placement_strategy="STRICT_SPREAD")}, None)
+    assert cluster_nodes(RayConfig(num_cpus=3)) == [{"CPU": 3.0}]  # the local instance connect() would start
+
+
 def test_train_rm_check_fails_on_a_placement_before_ray_starts(tmp_path, capsys):
     import ray
 

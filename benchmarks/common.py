@@ -118,7 +118,8 @@ def plot_ratios(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
     for i, r in enumerate(rows):
         s = r["ratio"]
-        ax.barh(i, s["median"], color="tab:gray" if r["met"] is None else "tab:green" if r["met"] else "tab:red", alpha=0.7)
+        color = "tab:gray" if r["met"] is None else "tab:green" if r["met"] else "tab:red"
+        ax.barh(i, s["median"], color=color, alpha=0.7)
         ax.errorbar(s["median"], i, xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]], color="k", capsize=3)
         ax.plot([r["target_value"]] * 2, [i - 0.4, i + 0.4], color="k", linestyle="--")
     ax.set_yticks(range(len(rows)), [r["name"] for r in rows], fontsize=8)

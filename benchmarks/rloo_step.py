@@ -45,11 +45,14 @@ def measure_rlhf_ray(s: dict) -> dict:
         rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     rows = [r for r in rows if "wall_s" in r]
     w = s["warmup"]
-    pick = lambda key: steady([r[key] for r in rows], w)  # noqa: E731
+
+    def pick(key: str) -> float:  # the steady-state value of a per-step metric
+        return steady([r[key] for r in rows], w)
+
     return {
         "step_s": pick("wall_s"), "seconds": [r["wall_s"] for r in rows],
         **{f"{phase}_s": pick(f"time_{phase}_s") for phase in ("generate", "score", "learn", "sync")},
-        "compute_s": pick("compute_s"), "publish_s": pick("publish_s"), "load_weights_s": pick("load_weights_s"), "overhead_s": pick("overhead_s"), "overhead_frac": pick("overhead_frac"),
+        **{key: pick(key) for key in ("compute_s", "publish_s", "load_weights_s", "overhead_s", "overhead_frac")},
         "sync_bytes": rows[-1]["sync_bytes"], "memcpy_s": memcpy_seconds(rows[-1]["sync_bytes"]),
         "response_length": statistics.fmean(r["response_length"] for r in rows),
         "tokens_per_s": pick("tokens_per_s"),

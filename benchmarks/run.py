@@ -51,7 +51,10 @@ def bench_rm(cfgs: list[dict], repeats: int) -> tuple[dict, list]:
                              ("rlhf_ray", lambda: measure_isolated("rm_trainer", "rlhf_ray", s)),
                              ("rlhf_ray_bsr", lambda: measure_isolated("rm_trainer", "rlhf_ray", {**s, "bsr": True}))])
                for i in range(repeats)]
-        rate = lambda key: [p[key]["pairs_per_s"] for p in per]  # noqa: E731
+
+        def rate(system: str, runs=per) -> list[float]:
+            return [p[system]["pairs_per_s"] for p in runs]
+
         loss_gap = max(abs(a - b) for p in per for a, b in zip(p["rlhf_ray"]["losses"], p["trl"]["losses"]))
         results[s["model"]] = {"settings": s, "runs": per, "max_loss_difference_vs_trl": loss_gap,
                                "pairs_per_s": {k: spread(rate(k)) for k in ("rlhf_ray", "rlhf_ray_bsr", "trl")}}
@@ -74,7 +77,10 @@ def bench_rloo(s: dict, repeats: int) -> tuple[dict, list]:
     per = [alternate(i, [(name, lambda name=name: measure_isolated("rloo_step", name, s)) for name in systems])
            for i in range(repeats)]
     ours = [p["rlhf_ray"] for p in per]
-    step = lambda name: [p[name]["step_s"] for p in per]  # noqa: E731
+
+    def step(system: str) -> list[float]:
+        return [p[system]["step_s"] for p in per]
+
     rows = [
         _row("RLOO step, TRL RLOOTrainer / rlhf-ray (speed-up)", ratio_spread(step("trl"), step("rlhf_ray")),
              ">= 1.3x", 1.3),
@@ -168,7 +174,8 @@ def main(argv=None) -> dict:
     if "efficiency" in report["results"]:  # fp32 vs bf16 loss curves of the same reward-model training
         eff = report["results"]["efficiency"]
         plot_losses({dtype: eff[dtype]["rm_trainer"][0]["losses"] for dtype in ("float32", "bfloat16")},
-                    out / "precision_losses.png", f"reward-model training loss, fp32 vs bf16 ({cfg['efficiency']['rm_model']})")
+                    out / "precision_losses.png",
+                    f"reward-model training loss, fp32 vs bf16 ({cfg['efficiency']['rm_model']})")
     print(json.dumps({"rows": [{k: r[k] for k in ("name", "target", "met")} | {"median": r["ratio"]["median"]}
                                for r in report["rows"]]}, indent=1))
     print(table(report["rows"]))

@@ -26,7 +26,8 @@ ACTOR_ENV = {
 
 
 TCMALLOC_PATHS = ("{prefix}/lib/tcmalloc/libtcmalloc_minimal.so.4",  # scripts/setup.sh puts it here
-                  "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+                  "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _tcmalloc = "auto"  # ray.tcmalloc of the last connect()
 _actor_log_dir: Path | None = None  # where actors' output goes (connect's log_dir), None: to the driver
@@ -262,12 +263,21 @@ class ActorGroup:
         nodes = placement_group_table(self.placement_group)["bundles_to_node_id"]
         return {name: nodes[i] for i, name in enumerate(self.names)}
 
-    def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600, **kwargs) -> list[Any]:
+    def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600,
+             **kwargs) -> list[Any]:
         """Call `method` on every actor (with its own args) and wait for all, with a timeout."""
 
         args_per_actor = args_per_actor or [()] * len(self.actors)
         refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_actor)]
         return self.wait(refs, method, timeout_s)
+
+    def setup_data_parallel(self, cfg: dict, total_steps: int, timeout_s: float) -> None:
+        """The rank-0 handshake of a data-parallel group (RM trainers, the learner): rank 0 reserves the
+        rendezvous on its node, then every rank joins the process group through `setup(cfg, rank,
+        world_size, addr, port, total_steps)`."""
+        addr, port = self.call_one(0, "reserve_address")
+        n = len(self.actors)
+        self.call("setup", [(cfg, rank, n, addr, port, total_steps) for rank in range(n)], timeout_s)
 
     def call_one(self, index: int, method: str, *args, timeout_s: float = 600, **kwargs) -> Any:
         ref = getattr(self.actors[index], method).remote(*args, **kwargs)

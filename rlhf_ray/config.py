@@ -35,6 +35,7 @@ class ActorGroupConfig(Section):
     # rollout workers, scorers). 0 for roles whose state a restart would lose (trainers, learner).
     max_restarts: int = Field(0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    timeout_s: float = Field(600.0, gt=0)  # a call to this group's actors that takes longer is an error naming them
 
 
 class RayConfig(Section):
@@ -203,8 +204,8 @@ class LearnerConfig(ActorGroupConfig):
     grad_clip: float = Field(1.0, ge=0)
     ppo_epochs: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
-    micro_batch_size: int = Field(8, ge=1)  # sequences per forward/backward, in whole prompt groups (>= k); gradients add up to the batch's
-    timeout_s: float = Field(600.0, gt=0)
+    # sequences per forward/backward, in whole prompt groups (>= k); gradients add up to the batch's
+    micro_batch_size: int = Field(8, ge=1)
 
 
 class RLOOConfig(Section):

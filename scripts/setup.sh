@@ -29,8 +29,8 @@ if [ ! -f "$stamp" ]; then
   fi
   .venv/bin/pip install -q --no-deps -e . >.venv/.editable-install.log 2>&1 \
     || { cat .venv/.editable-install.log >&2; exit 1; }
-  .venv/bin/python -c "import torch, ray, deepspeed, transformers, rlhf_ray" \
-    || { echo "[setup] the install is broken: see the pip output above" >&2; exit 1; }
+  .venv/bin/python -c "import torch, ray, deepspeed, transformers, rlhf_ray" >.venv/.import-check.log 2>&1 \
+    || { cat .venv/.import-check.log >&2; echo "[setup] the install is broken: see the pip output above" >&2; exit 1; }
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

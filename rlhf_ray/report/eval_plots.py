@@ -34,7 +34,8 @@ def plot_reward_by_index(ax, curves: dict, title: str) -> None:
         ax.plot(x, m, "o-", color=color, label=f"{kind} ({curve['prompts']})")
         ax.fill_between(x, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color=color, alpha=0.2)
         if "theory" in curve:
-            ax.plot(x, curve["theory"], "--", color=color, alpha=0.8, label=f"{kind} theory (U={curve['theory_utility']})")
+            ax.plot(x, curve["theory"], "--", color=color, alpha=0.8,
+                    label=f"{kind} theory (U={curve['theory_utility']})")
     ax.set(title=title, xlabel="completion index (shortest -> longest)", ylabel="R = sigmoid(f)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)
 

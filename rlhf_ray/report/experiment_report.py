@@ -58,7 +58,8 @@ def _table(rows: dict[str, list[dict]], columns) -> list[str]:
     return lines
 
 
-def write_experiment_report(out_dir: Path, results: list[dict], cfg=None, title: str = "Reward-model experiment") -> Path:
+def write_experiment_report(out_dir: Path, results: list[dict], cfg=None,
+                            title: str = "Reward-model experiment") -> Path:
     """results: [{"variant", "seed", "eval": eval-rm result}]."""
     plt = _plt()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,8 @@ def write_experiment_report(out_dir: Path, results: list[dict], cfg=None, title:
     summary = {"runs": [{"variant": r["variant"], "seed": r["seed"], **headline(r["eval"])} for r in results]}
 
     for testbed, columns in (("gold", GOLD_COLUMNS), ("collapse", COLLAPSE_COLUMNS)):
-        variants = {v: [headline(r["eval"]) for r in runs] for v, runs in by_variant.items() if runs[0]["eval"]["testbed"] == testbed}
+        variants = {v: [headline(r["eval"]) for r in runs] for v, runs in by_variant.items()
+                    if runs[0]["eval"]["testbed"] == testbed}
         if not variants:
             continue
         lines += [f"## {testbed} testbed (mean ± std over seeds)", "", *_table(variants, columns), ""]
@@ -95,7 +97,8 @@ def _gold_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> list[st
         means = [np.mean([r[key] for r in runs]) for key in keys]
         stds = [np.std([r[key] for r in runs]) for key in keys]
         ax.bar(np.arange(4) + k * width, means, width, yerr=stds, capsize=3, label=variant)
-    ax.set_xticks(np.arange(4) + 0.4 - width / 2, ["In-domain\n(acc)", "Prompt-disj.\n(tau)", "Response-disj.\n(tau)", "Mutual-disj.\n(tau)"])
+    ax.set_xticks(np.arange(4) + 0.4 - width / 2,
+                  ["In-domain\n(acc)", "Prompt-disj.\n(tau)", "Response-disj.\n(tau)", "Mutual-disj.\n(tau)"])
     ax.set(title="generalisation by scenario (mean ± std over seeds)")
     ax.legend(fontsize=7)
     save_figure(plt, fig, out_dir / "scenarios.png")
@@ -129,7 +132,8 @@ def _training_plot(plt, out_dir: Path, results: list[dict]) -> list[str]:
                 continue
             rows = [json.loads(x) for x in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
             rows = [x for x in rows if x["split"] == "train"]
-            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=f"{r['variant']} s{r['seed']}", alpha=0.8)
+            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=f"{r['variant']} s{r['seed']}",
+                    alpha=0.8)
         ax.set(title=f"training loss ({testbed})", xlabel="step", ylabel="loss")
         ax.legend(fontsize=6)
     save_figure(plt, fig, out_dir / "training_loss.png")

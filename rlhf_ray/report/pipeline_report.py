@@ -73,11 +73,13 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], rloo_runs: list
     lines += ["## RLOO against each reward model", "",
               "Held-out prompts, before the first step and after the last (mean over prompts of the k samples' "
               "mean; change with its 95% bootstrap CI over prompts; win rate = prompts whose gold reward rose):", "",
-              "| policy | gold reward | win rate (gold) | proxy reward | response length | final KL |", "|---|---|---|---|---|---|"]
+              "| policy | gold reward | win rate (gold) | proxy reward | response length | final KL |",
+              "|---|---|---|---|---|---|"]
     with_eval = [r for r in runs if r["held_out"]]
     if with_eval:
         first = with_eval[0]["held_out"]
-        lines.append(f"| initial policy | {first['gold']['before']:.3f} | – | – | {first['length']['before']:.1f} | 0 |")
+        lines.append(f"| initial policy | {first['gold']['before']:.3f} | – | – "
+                     f"| {first['length']['before']:.1f} | 0 |")
     for r in runs:
         kl = r["steps"][-1]["kl"] if r["steps"] else float("nan")
         if r["held_out"]:

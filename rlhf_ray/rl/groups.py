@@ -3,15 +3,15 @@ Ray object refs where the data is large (rollouts, scores, weights) and waits wi
 the actor; the driver never copies a batch."""
 from __future__ import annotations
 
-import time
-
 from rlhf_ray.cluster import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling
+from rlhf_ray.rl.phases import Generation, Synced
 from rlhf_ray.rl.learner import RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
-from rlhf_ray.scoring.rl_scorer import RLScorerActor
+from rlhf_ray.rl.scorer import RLScorerActor
+from rlhf_ray.utils.seeds import derive_seed
 
 
 class RLGroups:
@@ -24,15 +24,10 @@ class RLGroups:
                                   sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump())
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner)
-        addr, port = self.learner.call_one(0, "reserve_address")
-        n = len(self.learner)
-        self.learner.call("setup", [(cfg.model_dump(), r, n, addr, port, total_steps) for r in range(n)],
-                          cfg.learner.timeout_s)
+        self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
         if rc.sync == "collective":
             self._join_sync_group()
-        self.timings: dict[str, float] = {}
         self.version, self.latest_weights, self.regroup = 0, None, False  # the weights the workers hold
-        self.publish_s = 0.0  # the learner's time to gather and put the last weights it published
 
     def _join_sync_group(self) -> None:
         """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""
@@ -42,24 +37,18 @@ class RLGroups:
         refs += [a.join_sync_group.remote(i + 1, world, addr, port, timeout) for i, a in enumerate(self.rollout.actors)]
         self.rollout.wait(refs, "join_sync_group", timeout, [self.learner.names[0], *self.rollout.names])
 
-    def _timed(self, phase: str, fn):
-        start = time.monotonic()
-        out = fn()
-        self.timings[phase] = time.monotonic() - start
-        return out
-
     def _sampling(self, seed: int) -> Sampling:
         rc = self.cfg.rollout
         return Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=seed)
 
-    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> list:
+    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generation:
         """Prompts split over the rollout workers; one Rollouts ref per worker that got prompts. A worker
         that Ray restarted gets the current weights and its share again."""
         n, k = len(self.rollout), self.cfg.rollout.k
-        self.shard_index = [i for i in [list(range(len(prompt_ids)))[w::n] for w in range(n)] if i]
-        args = {w: ([prompt_ids[i] for i in idx], k, sampling, self.version) for w, idx in enumerate(self.shard_index)}
-        refs = self.rollout.map("generate", args, self.cfg.learner.timeout_s, on_restart=self._resync)
-        return [refs[w] for w in range(len(self.shard_index))]
+        shard_index = [i for i in [list(range(len(prompt_ids)))[w::n] for w in range(n)] if i]
+        args = {w: ([prompt_ids[i] for i in idx], k, sampling, self.version) for w, idx in enumerate(shard_index)}
+        refs = self.rollout.map("generate", args, self.cfg.rollout.timeout_s, on_restart=self._resync)
+        return Generation([refs[w] for w in range(len(shard_index))], shard_index)
 
     def _resync(self, worker: int) -> None:
         """A restarted rollout worker: the current weights through the object store (the collective
@@ -68,55 +57,51 @@ class RLGroups:
             return
         if self.cfg.rollout.sync == "collective":
             self.regroup = True
-        self.rollout.actors[worker].load_weights.remote(self.latest_weights or self._publish(), self.version)
+        self.rollout.actors[worker].load_weights.remote(self.latest_weights or self._publish()[0], self.version)
 
-    def _publish(self):
-        """The learner's current weights in the object store (rank 0's ref; every rank takes part)."""
-        ref, self.publish_s = self.learner.call("publish_weights", [()] * len(self.learner),
-                                                self.cfg.rollout.sync_timeout_s)[0]
-        return ref
+    def _publish(self) -> tuple:
+        """The learner's current weights in the object store (rank 0's ref; every rank takes part), and
+        rank 0's seconds to gather and put them."""
+        return self.learner.call("publish_weights", [()] * len(self.learner), self.cfg.rollout.sync_timeout_s)[0]
 
-    def _score(self, rollout_refs: list, prompts: list[dict]) -> list:
-        """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts. A
-        scorer holds no state, so one that Ray restarted simply scores again."""
-        n = len(self.scorer)
-        refs = []
-        for start in range(0, len(rollout_refs), n):  # one call per scorer at a time
-            batch = {j - start: (rollout_refs[j], [prompts[i] for i in self.shard_index[j]])
-                     for j in range(start, min(start + n, len(rollout_refs)))}
-            done = self.scorer.map("score", batch, self.cfg.learner.timeout_s)
+    def score(self, generation: Generation, prompts: list[dict]) -> list:
+        """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts, one per
+        ref of `generation`. A scorer holds no state, so one that Ray restarted simply scores again."""
+        n, refs = len(self.scorer), []
+        for start in range(0, len(generation.refs), n):  # one call per scorer at a time
+            batch = {j - start: (generation.refs[j], [prompts[i] for i in generation.shard_index[j]])
+                     for j in range(start, min(start + n, len(generation.refs)))}
+            done = self.scorer.map("score", batch, self.cfg.scorer.timeout_s)
             refs += [done[j] for j in range(len(batch))]
         return refs
 
-    def generate(self, prompt_ids: list[list[int]], step: int) -> list:
-        sampling = self._sampling(self.cfg.seed * 100003 + step)
-        return self._timed("generate", lambda: self._generate(prompt_ids, sampling))
-
-    def score(self, rollout_refs: list, prompts: list[dict]) -> list:
-        return self._timed("score", lambda: self._score(rollout_refs, prompts))
+    def generate(self, prompt_ids: list[list[int]], step: int) -> Generation:
+        return self._generate(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "generate", step)))
 
     def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict]) -> list[dict]:
-        """Generate and score held-out prompts with the current weights (no learning, not timed): the
-        score dicts of each worker's share, in prompt order."""
+        """Generate and score held-out prompts with the current weights (no learning): the score dicts of
+        each worker's share, in prompt order."""
         import ray
 
-        refs = self._score(self._generate(prompt_ids, self._sampling(self.cfg.seed - 1)), prompts)
-        return [ray.get(r) | {"prompt_index": idx} for r, idx in zip(refs, self.shard_index)]
+        generation = self._generate(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "evaluate")))
+        refs = self.score(generation, prompts)
+        return [ray.get(r) | {"prompt_index": idx} for r, idx in zip(refs, generation.shard_index)]
 
-    def learn(self, rollout_refs: list, score_refs: list) -> list[dict]:
+    def learn(self, generation: Generation, score_refs: list) -> list[dict]:
+        """One update on every learner rank. Ray resolves only top-level ObjectRef arguments (a list of
+        refs would arrive as refs), so each rank gets the rollouts and then their scores as one flat
+        argument list, rollouts first, and takes its own prompt groups."""
         n = len(self.learner)
-        refs = [a.update.remote(r, n, *rollout_refs, *score_refs) for r, a in enumerate(self.learner.actors)]
-        return self._timed("learn", lambda: self.learner.wait(refs, "update", self.cfg.learner.timeout_s))
+        refs = [a.update.remote(r, n, *generation.refs, *score_refs) for r, a in enumerate(self.learner.actors)]
+        return self.learner.wait(refs, "update", self.cfg.learner.timeout_s)
 
-    def sync(self, version: int) -> list[dict]:
+    def sync(self, version: int) -> Synced:
         """Publish the learner's weights (raw tensor bytes) to every worker: one object-store put that
         each worker maps without copying, or a broadcast in the collective group."""
         import ray
 
         rc = self.cfg.rollout
-
-        def collective():  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
-            self.publish_s = 0.0  # sending happens inside the broadcast: counted as sync overhead
+        if rc.sync == "collective":  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
             if self.regroup:
                 self._join_sync_group()
                 self.regroup = False
@@ -124,18 +109,16 @@ class RLGroups:
             receives = [a.receive_weights.remote(version) for a in self.rollout.actors]
             results = self.rollout.wait([*sends, *receives], "weight broadcast", rc.sync_timeout_s,
                                         [*self.learner.names, *self.rollout.names])
-            return results[len(sends):]
-
-        def object_store():
-            weights = self.latest_weights = self._publish()
+            synced = Synced(results[len(sends):], 0.0)  # sending happens inside the broadcast
+        else:
+            weights, publish_s = self._publish()
+            self.latest_weights = weights
             # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
             done = self.rollout.map("load_weights", {i: (weights, version) for i in range(len(self.rollout))},
                                     rc.sync_timeout_s)
-            return ray.get([done[i] for i in range(len(self.rollout))])
-
-        result = self._timed("sync", collective if rc.sync == "collective" else object_store)
+            synced = Synced(ray.get([done[i] for i in range(len(self.rollout))]), publish_s)
         self.version = version
-        return result
+        return synced
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
         """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record.
@@ -143,13 +126,14 @@ class RLGroups:
         from rlhf_ray.scoring.aggregate import aggregate
 
         rc, m, chunk = self.cfg.rollout, self.cfg.reward.reference_samples, self.cfg.rloo.prompts_per_step
-        timeout = self.cfg.learner.timeout_s
         for start in range(0, len(prompts), chunk):
             ids, recs = prompt_ids[start : start + chunk], prompts[start : start + chunk]
-            sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=self.cfg.seed + start)
-            rollouts = self.rollout.call_one(0, "generate", ids, m, sampling, timeout_s=timeout)
+            sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p,
+                                seed=derive_seed(self.cfg.seed, "reference", start))
+            rollouts = self.rollout.call_one(0, "generate", ids, m, sampling, timeout_s=rc.timeout_s)
             texts = [p["prompt"] for p in recs for _ in range(rollouts.k)]
-            members = self.scorer.call_one(0, "member_rewards", texts, rollouts.texts, timeout_s=timeout)
+            members = self.scorer.call_one(0, "member_rewards", texts, rollouts.texts,
+                                           timeout_s=self.cfg.scorer.timeout_s)
             proxy = aggregate(members, self.cfg.reward.aggregate, self.cfg.reward.uwo_lambda).view(len(recs), -1)
             for p, row in zip(recs, proxy.tolist()):
                 p["reference_rewards"] = row[:m]

@@ -85,8 +85,13 @@ def group_micro_batches(rollouts: Rollouts, size: int) -> list[list[int]]:
     sequences), so a micro-batch's RLOO advantages are what the whole batch would give it; groups of
     similar length go together, so a micro-batch pads little."""
     k = rollouts.k
-    span = lambda g: range(g * k, (g + 1) * k)  # noqa: E731
-    length = lambda g: max(len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i]) for i in span(g))  # noqa: E731
+
+    def span(group: int) -> range:  # the sample indices of a prompt group
+        return range(group * k, (group + 1) * k)
+
+    def length(group: int) -> int:  # its longest prompt + response
+        return max(len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i]) for i in span(group))
+
     groups = sorted(range(len(rollouts) // k), key=length)
     per = max(1, size // k)
     return [[i for g in groups[j : j + per] for i in span(g)] for j in range(0, len(groups), per)]
@@ -101,10 +106,12 @@ class RLOOLearner:
         torch.manual_seed(cfg.seed)
         path = resolve_model(cfg.rloo.policy)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
         def load():
-            return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code)
+            return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
+                                                        trust_remote_code=cfg.model.trust_remote_code)
 
         policy, self.reference = load(), load().eval().requires_grad_(False)
         lc = cfg.learner

@@ -13,8 +13,10 @@ from rlhf_ray.config import Config, dump_config
 from rlhf_ray.data.loaders import prepare
 from rlhf_ray.data.schema import DataError, read_records, where
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.rl.phases import Synced
 from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
+from rlhf_ray.utils.seeds import derive_seed
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
@@ -34,7 +36,7 @@ class PromptLoader:
         for _ in range(self.per_step):
             epoch, index = divmod(self.position, len(self.prompts))
             order = list(range(len(self.prompts)))
-            random.Random(self.seed * 7919 + epoch).shuffle(order)
+            random.Random(derive_seed(self.seed, "prompt_order", epoch)).shuffle(order)
             batch.append(dict(self.prompts[order[index]]))
             self.position += 1
         return batch
@@ -91,37 +93,56 @@ def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[list
     return out
 
 
-def compute_seconds(scores: list[dict], learner_stats: list[dict], sync: list[dict], publish_s: float) -> float:
+def timed(phase, *args):
+    """(what `phase(*args)` returns, the seconds it took): the driver times each phase itself."""
+    start = time.monotonic()
+    return phase(*args), time.monotonic() - start
+
+
+def slowest(parts: list[dict], key: str) -> float:
+    """The longest `key` among the actors' results of one phase: the phase's compute time."""
+    return max((p[key] for p in parts), default=0.0)
+
+
+def across(scores: list[dict], key: str) -> list:
+    """`key` of every sample, concatenated over the scorers' results."""
+    return [x for s in scores for x in s[key]]
+
+
+def mean_of(learner_stats: list[dict], key: str) -> float:
+    """The mean of `key` over the learner ranks."""
+    return statistics.fmean(s[key] for s in learner_stats)
+
+
+def compute_seconds(scores: list[dict], learner_stats: list[dict], synced: Synced) -> float:
     """The step's compute: per phase, the slowest actor's own time (generation, scoring, the update,
     putting and loading the weights). The rest of the step's wall time is orchestration overhead:
     Ray calls, object-store transfers, the driver's bookkeeping."""
-    slowest = lambda parts, key: max((p[key] for p in parts), default=0.0)  # noqa: E731
     return (slowest(scores, "generate_s") + slowest(scores, "score_s") + slowest(learner_stats, "learn_s")
-            + publish_s + slowest(sync, "sync_s"))
+            + synced.publish_s + slowest(synced.loaded, "sync_s"))
 
 
-def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, sync: list[dict], k: int,
-                 wall_s: float, publish_s: float = 0.0) -> dict:
-    """Per-step metrics from the scorers' and learners' small results."""
-    cat = lambda key: [x for s in scores for x in s[key]]  # noqa: E731
-    proxy, gold, length = cat("proxy"), [g for g in cat("gold") if not math.isnan(g)], cat("length")
-    step_s = sum(timings.values())
-    compute_s = compute_seconds(scores, learner_stats, sync, publish_s)
-    tokens = sum(length)
-    mean_of = lambda key: statistics.fmean(s[key] for s in learner_stats)  # noqa: E731
+def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, synced: Synced, k: int,
+                 wall_s: float) -> dict:
+    """Per-step metrics from the scorers' and learners' small results and the phases' times."""
+    proxy, length = across(scores, "proxy"), across(scores, "length")
+    gold = [g for g in across(scores, "gold") if not math.isnan(g)]
+    compute_s = compute_seconds(scores, learner_stats, synced)
+    learner = {key: mean_of(learner_stats, key) for key in
+               ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss", "grad_norm")}
     return {
         "proxy_reward_mean": statistics.fmean(proxy), "proxy_reward_std": statistics.pstdev(proxy),
-        "train_reward_mean": statistics.fmean(cat("train")),
+        "train_reward_mean": statistics.fmean(across(scores, "train")),
         "gold_reward_mean": statistics.fmean(gold) if gold else math.nan,
-        "response_length": statistics.fmean(length), "truncation_rate": 1 - statistics.fmean(cat("finished")),
-        "kl": mean_of("kl"), "entropy": mean_of("entropy"), "advantage_mean": mean_of("advantage_mean"),
-        "advantage_std": mean_of("advantage_std"), "clip_frac": mean_of("clip_frac"), "loss": mean_of("loss"),
-        "grad_norm": mean_of("grad_norm"), "lr": learner_stats[0]["lr"],
+        "response_length": statistics.fmean(length),
+        "truncation_rate": 1 - statistics.fmean(across(scores, "finished")),
+        **learner, "lr": learner_stats[0]["lr"],
         **{f"time_{phase}_s": t for phase, t in timings.items()},
-        "step_s": step_s, "wall_s": wall_s, "compute_s": compute_s, "publish_s": publish_s,
-        "load_weights_s": max((r["sync_s"] for r in sync), default=0.0), "overhead_s": wall_s - compute_s,
-        "overhead_frac": (wall_s - compute_s) / wall_s, "tokens_per_s": tokens / timings["generate"] if timings.get("generate") else math.nan,
-        "sync_bytes": sync[0]["bytes"] if sync else 0, "samples": len(proxy), "k": k,
+        "step_s": sum(timings.values()), "wall_s": wall_s, "compute_s": compute_s, "publish_s": synced.publish_s,
+        "load_weights_s": slowest(synced.loaded, "sync_s"), "overhead_s": wall_s - compute_s,
+        "overhead_frac": (wall_s - compute_s) / wall_s,
+        "tokens_per_s": sum(length) / timings["generate"] if timings.get("generate") else math.nan,
+        "sync_bytes": synced.loaded[0]["bytes"] if synced.loaded else 0, "samples": len(proxy), "k": k,
     }
 
 
@@ -142,8 +163,9 @@ def write_samples(path: Path, step: int, batch: list[dict], scores: list[dict], 
             k = len(part["texts"]) // max(len(index), 1)
             for j, text in enumerate(part["texts"]):
                 prompt = batch[index[j // k]]
-                f.write(json.dumps({"step": step, "prompt_id": prompt["prompt_id"], "response": text,
-                                    "proxy": part["proxy"][j], "gold": part["gold"][j], "train": part["train"][j]}) + "\n")
+                row = {"step": step, "prompt_id": prompt["prompt_id"], "response": text,
+                       "proxy": part["proxy"][j], "gold": part["gold"][j], "train": part["train"][j]}
+                f.write(json.dumps(row) + "\n")
 
 
 def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dict], encode):
@@ -190,7 +212,10 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.rloo.policy))  # the driver holds no weights
-    encode = lambda batch: encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)  # noqa: E731
+
+    def encode(batch: list[dict]) -> list[list[int]]:
+        return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)
+
     connect(cfg.ray, out / "logs")
     rl = RLGroups(cfg, cfg.rloo.steps)
     log = None
@@ -203,16 +228,15 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         for step in range(done + 1, cfg.rloo.steps + 1):
             began = time.monotonic()
             batch = loader.next()
-            rollouts = rl.generate(encode(batch), step)
-            scores = rl.score(rollouts, batch)
-            learner_stats = rl.learn(rollouts, scores)
-            sync = rl.sync(version=step)
-            scores = ray.get(scores)
-            write_samples(out / "samples.jsonl", step, batch, scores, rl.shard_index)
-            wall_s = time.monotonic() - began
-            log.log(step, {**step_metrics(scores, learner_stats, dict(rl.timings), sync, cfg.rollout.k, wall_s,
-                                          rl.publish_s),
-                           "prompt_ids": [p["prompt_id"] for p in batch]})
+            generation, t_generate = timed(rl.generate, encode(batch), step)
+            score_refs, t_score = timed(rl.score, generation, batch)
+            learner_stats, t_learn = timed(rl.learn, generation, score_refs)
+            synced, t_sync = timed(rl.sync, step)
+            scores = ray.get(score_refs)
+            write_samples(out / "samples.jsonl", step, batch, scores, generation.shard_index)
+            timings = {"generate": t_generate, "score": t_score, "learn": t_learn, "sync": t_sync}
+            metrics = step_metrics(scores, learner_stats, timings, synced, cfg.rollout.k, time.monotonic() - began)
+            log.log(step, {**metrics, "prompt_ids": [p["prompt_id"] for p in batch]})
             if cfg.rloo.save_every and step % cfg.rloo.save_every == 0 and step < cfg.rloo.steps:
                 with checkpoints.saving(step, {"position": loader.position, "held_out_before": before}) as tmp:
                     rl.save_state(str(tmp / "engine"))

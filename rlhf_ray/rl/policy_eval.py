@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from rlhf_ray.rm.eval_metrics import bootstrap_ci, nanmean
+from rlhf_ray.utils.stats import bootstrap_ci, nanmean
 
 KEYS = ("gold", "proxy", "length")
 

@@ -42,13 +42,15 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1)
 
 
-def sequence_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float, k: int) -> torch.Tensor:
+def sequence_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float,
+                        k: int) -> torch.Tensor:
     """Sequence variant: (B,) advantages of R = score - beta * sum_t kl_t, leave-one-out within prompts."""
     rewards = scores - beta * masked_sum(token_kl, mask)
     return rloo_advantages(rewards.view(-1, k)).view(-1)
 
 
-def token_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float, k: int) -> torch.Tensor:
+def token_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float,
+                     k: int) -> torch.Tensor:
     """Token variant: (B, T) advantages: RLOO on the scores, minus beta times the KL still to come."""
     baseline_free = rloo_advantages(scores.view(-1, k)).view(-1, 1)
     kl_to_go = torch.flip(torch.cumsum(torch.flip(token_kl * mask, [-1]), -1), [-1])
@@ -106,7 +108,9 @@ def rloo_loss(variant: str, logp_new, logp_old, logp_ref, mask, scores, beta: fl
 def advantage_stats(advs, token_kls, entropies, masks) -> dict:
     """Stats of a batch given in parts (micro-batches of any widths): the mean sequence KL, the mean
     and std of the advantages (per sequence, or per real token for `token`), the mean token entropy."""
-    real = lambda x, m: x if x.dim() == 1 else x[m.bool()]  # noqa: E731
+    def real(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # per sequence, or the real tokens only
+        return x if x.dim() == 1 else x[mask.bool()]
+
     adv = torch.cat([real(a, m) for a, m in zip(advs, masks)])
     stats = {
         "kl": float(torch.cat([masked_sum(kl, m) for kl, m in zip(token_kls, masks)]).mean()),

@@ -24,7 +24,8 @@ class RolloutWorker:
         self.name = name
         self.engine = make_engine(engine_kind, model_path, **engine_kwargs)
 
-    def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling, expected_version: int | None = None) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling,
+                 expected_version: int | None = None) -> Rollouts:
         """`expected_version`: the weights the driver last synced; a worker that Ray restarted since
         has its initial weights and says so instead of generating from them."""
         if expected_version is not None and self.engine.version != expected_version:
@@ -44,9 +45,6 @@ class RolloutWorker:
         except TimeoutError as err:
             raise TimeoutError(f"{self.name}: weight sync to version {version} timed out: {err}") from err
         return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version}
-
-    def version(self) -> int:
-        return self.engine.version
 
     def join_sync_group(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float) -> None:
         from rlhf_ray.rl.weight_sync import BroadcastChannel
@@ -76,9 +74,6 @@ class RolloutActor:
 
     def load_weights(self, weights, version):
         return self.worker.load_weights(weights, version)
-
-    def version(self) -> int:
-        return self.worker.version()
 
     def join_sync_group(self, rank, world_size, addr, port, timeout_s):
         return self.worker.join_sync_group(rank, world_size, addr, port, timeout_s)

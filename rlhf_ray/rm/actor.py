@@ -43,10 +43,7 @@ class RMTrainerGroup:
     def __init__(self, cfg: Config, total_steps: int, tag: str | None = None):
         self.cfg = cfg
         self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag)
-        addr, port = self.group.call_one(0, "reserve_address")
-        n = len(self.group)
-        timeout = cfg.rm.sync_timeout_s
-        self.group.call("setup", [(cfg.model_dump(), r, n, addr, port, total_steps) for r in range(n)], timeout)
+        self.group.setup_data_parallel(cfg.model_dump(), total_steps, cfg.rm.sync_timeout_s)
 
     def _shards(self, groups: list[Group]) -> list[tuple]:
         import ray

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 
 from rlhf_ray.data.schema import Group
+from rlhf_ray.utils.stats import bootstrap_ci, nanmean  # noqa: F401  (part of this module's API)
 
 
 def pair_outcomes(groups: list[Group], rewards: list[list[float]]) -> list[list[int]]:
@@ -31,22 +31,6 @@ def kendall_taus(groups: list[Group], rewards: list[list[float]]) -> list[float]
     from scipy.stats import kendalltau
 
     return [float(kendalltau(g.scores, r).statistic) for g, r in zip(groups, rewards)]
-
-
-def nanmean(values) -> float:
-    arr = np.asarray(values, dtype=float)
-    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
-
-
-def bootstrap_ci(per_prompt: list, statistic: Callable = nanmean, n: int = 1000, level: float = 0.95, seed: int = 0):
-    """Percentile bootstrap over prompts: (low, high) of `statistic` at `level`."""
-    if not per_prompt or n <= 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    k = len(per_prompt)
-    stats = [statistic([per_prompt[i] for i in rng.integers(0, k, k)]) for _ in range(n)]
-    alpha = (1 - level) / 2
-    return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
 
 
 def accuracy_of_rows(rows: list[list[int]]) -> float:

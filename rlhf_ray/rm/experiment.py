@@ -36,7 +36,8 @@ def run_experiment(cfg: Config, check_only: bool = False) -> dict:
     exp, out = cfg.experiment, Path(cfg.output_dir)
     prepare(cfg)  # the experiment's testbeds (its sizes), which every run reads
     runs = [
-        (variant, seed, run_config(cfg, exp.base, [*exp.overrides, *exp.variants[variant]], out / variant / f"seed{seed}", seed))
+        (variant, seed,
+         run_config(cfg, exp.base, [*exp.overrides, *exp.variants[variant]], out / variant / f"seed{seed}", seed))
         for variant in exp.variants
         for seed in exp.seeds
     ]

@@ -10,7 +10,6 @@ n(n-1)/2 such pairs by `pairs_best_first`, so every pairwise loss also trains on
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -190,7 +189,3 @@ def prompt_aware_ranking_loss(
     pair_open = is_open.reshape(-1, 1).expand(-1, i.numel())
     return prompt_aware_pair_loss(logits[..., i], logits[..., j], pair_open, u_closed, u_open)
 
-
-def head_init_std(hidden_size: int) -> float:
-    """Value-head init std 1/sqrt(H) (PAPERS.md A.1), so that E||W_p|| is about 1."""
-    return 1.0 / math.sqrt(hidden_size)

@@ -60,8 +60,8 @@ def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: tor
     return L.utility_pair_loss(chosen, rejected, make_utility(cfg.utility))
 
 
-def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=None):
-    """Total loss for one (micro-)batch on one rank, and the parts to log.
+def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=None) -> torch.Tensor:
+    """Total loss for one (micro-)batch on one rank.
 
     BSR scope `local`: lambda * (mean of this micro-batch's rewards)^2, lambda optionally times the
     micro-batch size (the paper's code). Scope `global`: the mean over all data-parallel ranks, scaled
@@ -72,11 +72,10 @@ def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=N
     total = main
     if cfg.center_coef > 0:
         total = total + cfg.center_coef * L.center_penalty(chosen, rejected)
-    batch_mean = rewards.detach().mean()
     if cfg.bsr.coef > 0:
         if cfg.bsr.scope == "global":
             total = total + cfg.bsr.coef * L.bsr_global_penalty(rewards, dp_group)
         else:
             coef = cfg.bsr.coef * (batch.num_groups if cfg.bsr.scale_by_local_batch else 1)
             total = total + coef * L.batch_mean_penalty(rewards)
-    return total, {"main_loss": float(main.detach()), "batch_reward_mean": float(batch_mean)}
+    return total

@@ -78,7 +78,8 @@ def _numerical(name: str, n: int, gamma: float, c: float, starts: int, seed: int
     return np.sort(best)
 
 
-def optimal_rewards(utility: str, n: int, gamma: float = 0.5, c: float = 4.0, starts: int = 8, seed: int = 0) -> np.ndarray:
+def optimal_rewards(utility: str, n: int, gamma: float = 0.5, c: float = 4.0, starts: int = 8,
+                    seed: int = 0) -> np.ndarray:
     """The optimal n rewards, sorted ascending in [0, 1], for the unshifted utility `utility`."""
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")

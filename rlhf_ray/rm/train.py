@@ -42,7 +42,7 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     if resumed:
         done = resumed[1]["step"]
         group.load_state(str(resumed[0] / "engine"), done)
-    log = RunLogger(out, f"train-rm {tag}" if tag else "train-rm", total, cfg.tensorboard, PROGRESS_KEYS,
+    log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS, tag=tag,
                     resume_step=done if resumed else None)
     try:
         if evaluation and not resumed:

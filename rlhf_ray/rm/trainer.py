@@ -62,7 +62,7 @@ class RewardModelTrainer:
         sums: dict = {}
         for start in range(0, len(groups), size):
             flat, rewards, hidden = self._forward(groups[start : start + size])
-            loss, parts = rm_loss(rewards, flat, self.cfg.loss)
+            loss = rm_loss(rewards, flat, self.cfg.loss)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{self.name}: loss is {float(loss)} at step {self.step} "

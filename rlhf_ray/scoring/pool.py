@@ -1,4 +1,5 @@
-"""The reward-scoring pool: N scorer actors (`scorer-0`, ...), batches spread over them."""
+"""eval-rm's reward-scoring pool: N scorer actors (`rm-scorer-0`, ...; the RL scorers are `scorer-<i>`),
+batches spread over them."""
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,7 @@ class ScorerActor:
 class ScorerPool:
     def __init__(self, model_ref: str, cfg: ActorGroupConfig, max_length: int = 256, trust_remote_code: bool = False,
                  timeout_s: float = 600, tag: str | None = None):
-        self.group = ActorGroup(ScorerActor, "scorer", cfg, model_ref, max_length, trust_remote_code, tag=tag)
+        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, trust_remote_code, tag=tag)
         self.timeout_s = timeout_s
 
     def score(self, prompts: list[str], responses: list[str], with_hidden: bool = False):

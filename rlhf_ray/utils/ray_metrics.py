@@ -25,6 +25,7 @@ GAUGES = {
 
 class RayMetrics:
     def __init__(self, job: str, run: str):
+        """`job`: the command whose gauges to set (`train-rm`, `rloo`); `run`: the run's output folder."""
         import ray
 
         self.gauges = {}
@@ -32,7 +33,7 @@ class RayMetrics:
             return
         from ray.util.metrics import Gauge
 
-        for key, name in GAUGES.get(job.split()[0], {}).items():
+        for key, name in GAUGES.get(job, {}).items():
             gauge = Gauge(name, description=f"{job}: {key} of the latest step", tag_keys=("run",))
             gauge.set_default_tags({"run": run})
             self.gauges[key] = gauge

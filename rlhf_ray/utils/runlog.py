@@ -31,22 +31,23 @@ def steady_rate(step: int, now: float, first_step: int, start: float, warm: tupl
 
 
 class RunLogger:
-    def __init__(self, out_dir: str | Path, name: str, total_steps: int, tensorboard: bool = True, keys=(),
-                 resume_step: int | None = None):
-        """A fresh run starts metrics.jsonl anew; a resumed one keeps the rows up to its checkpoint's step
-        (those after it were logged by the interrupted run and are redone)."""
+    def __init__(self, out_dir: str | Path, job: str, total_steps: int, tensorboard: bool = True, keys=(),
+                 resume_step: int | None = None, tag: str | None = None):
+        """`job` is the command (`train-rm`, `rloo`: its progress prefix and Ray gauges); `tag` tells apart
+        runs of one job side by side. A fresh run starts metrics.jsonl anew; a resumed one keeps the rows
+        up to its checkpoint's step (those after it were logged by the interrupted run and are redone)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
         truncate_jsonl(self.jsonl, resume_step)
         self.first_step = resume_step or 0  # progress rate and ETA count this run's steps only
         self.warm = None  # (step, time) when this run's first step ended: the rate counts the steps after it
-        self.name, self.total, self.keys = name, total_steps, tuple(keys)
+        self.name, self.total, self.keys = f"{job} {tag}" if tag else job, total_steps, tuple(keys)
         self.start = self.last = time.monotonic()
         self.writer = None
         from rlhf_ray.utils.ray_metrics import RayMetrics
 
-        self.ray_metrics = RayMetrics(name, str(self.out_dir))
+        self.ray_metrics = RayMetrics(job, str(self.out_dir))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

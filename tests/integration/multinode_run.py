@@ -11,6 +11,7 @@ from rlhf_ray.cluster import ACTOR_ENV
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.loop import run_rloo
 from rlhf_ray.rm.train import train_reward_model
+from tests.integration.shared import TINY_RLOO
 
 
 def main(testbeds: str, out: str) -> None:
@@ -24,9 +25,8 @@ def main(testbeds: str, out: str) -> None:
         *common, f"output_dir={out}/rm", "model.name=tiny-llama", "rm.max_steps=2", "rm.batch_size=6",
         "rm.num_workers=3", "rm.num_cpus=0.5", "rm.placement_strategy=STRICT_SPREAD"]))
     rl = run_rloo(load_config(None, [
-        *common, f"output_dir={out}/rloo", "rloo.policy=tiny-llama", "rloo.steps=1", "rloo.prompts_per_step=6",
-        "rloo.max_prompt_tokens=64", "rollout.k=2", "rollout.max_new_tokens=4", "rollout.kv_cache_gb=0.25",
-        "rollout.max_model_len=256", "reward.models=[tiny-llama]", "reward.max_length=96",
+        *common, *TINY_RLOO, f"output_dir={out}/rloo", "rloo.steps=1", "rloo.prompts_per_step=6",
+        "reward.models=[tiny-llama]",
         "rollout.num_workers=3", "rollout.num_cpus=0.5", "rollout.placement_strategy=STRICT_SPREAD",
         "scorer.num_workers=3", "scorer.num_cpus=0.5", "scorer.placement_strategy=STRICT_SPREAD",
         "learner.num_workers=2", "learner.num_cpus=0.5", "learner.placement_strategy=STRICT_SPREAD"]))

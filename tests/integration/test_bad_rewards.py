@@ -7,7 +7,7 @@ import torch
 
 from rlhf_ray.models.reward_model import value_head
 from rlhf_ray.rl.engines.base import Rollouts
-from rlhf_ray.scoring.rl_scorer import RLScorer
+from rlhf_ray.rl.scorer import RLScorer
 
 
 def _reward_cfg(**extra):
@@ -23,7 +23,8 @@ def test_nan_rewards_name_the_samples_and_prompts():
                         ["a reply", "another", "third", "fourth"], k=2)
     prompts = [{"prompt": "hi", "prompt_id": "p-1", "prompt_type": "open", "reference": "hello"},
                {"prompt": "what?", "prompt_id": "p-2", "prompt_type": "closed", "reference": "x"}]
-    with pytest.raises(FloatingPointError, match=r"reward model .*tiny-llama.* non-finite rewards for rows \[0, 1, 2, 3\].*p-1.*p-2"):
+    with pytest.raises(FloatingPointError,
+                       match=r"reward model .*tiny-llama.* non-finite rewards for rows \[0, 1, 2, 3\].*p-1.*p-2"):
         scorer.score(rollouts, prompts)
 
 

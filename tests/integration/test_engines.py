@@ -144,7 +144,8 @@ def test_collective_sync_that_never_comes_fails_in_the_worker_within_its_timeout
     silent = BroadcastChannel(0, 3, addr, port, 3.0)  # joins, never sends
     ray.get(joins, timeout=60)
     start = time.monotonic()
-    with pytest.raises(ActorGroupError, match=r"rollout-test-\d failed in receive_weights: .*weight broadcast for version 10 failed"):
+    with pytest.raises(ActorGroupError,
+                       match=r"rollout-test-\d failed in receive_weights: .*weight broadcast for version 10 failed"):
         vllm_rollouts.call("receive_weights", [(10,)] * 2, timeout_s=60)
     assert time.monotonic() - start < 30
     del silent

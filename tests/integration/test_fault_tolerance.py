@@ -11,16 +11,16 @@ import pytest
 from rlhf_ray.cluster import ActorGroupError
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.loop import PromptLoader, load_prompts, run_rloo
+from tests.integration.shared import TINY_RLOO
 
 pytestmark = pytest.mark.slow
 
 
 def _cfg(out, testbeds, *extra):
     return load_config(None, [
-        f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", "rloo.policy=tiny-llama", "rloo.steps=5",
-        "rloo.prompts_per_step=4", "rloo.max_prompt_tokens=64", "rollout.num_workers=2", "rollout.num_cpus=0.5",
-        "rollout.k=2", "rollout.max_new_tokens=4", "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256",
-        "reward.models=[tiny-llama]", "reward.max_length=96", "scorer.num_workers=2", "scorer.num_cpus=0.5",
+        f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=5",
+        "rloo.prompts_per_step=4", "rollout.num_workers=2", "rollout.num_cpus=0.5",
+        "reward.models=[tiny-llama]", "scorer.num_workers=2", "scorer.num_cpus=0.5",
         "learner.num_workers=1", "learner.num_cpus=0.5", *extra])
 
 

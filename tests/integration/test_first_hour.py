@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.shared import TINY_RLOO, own_fraction
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-# rlhf-ray's own lines: its progress and result lines, its notes, its errors
-OWN_LINE = re.compile(r"^(\[(rlhf-ray|prepare|train-rm[^\]]*|eval-rm|experiment|rloo|pipeline|demo)\] |"
-                      r"rlhf-ray [a-z-]+: error: )")
 
 
 def _env():
@@ -28,11 +27,6 @@ def _env():
 def _cli(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", *argv], cwd=cwd, env=_env(), capture_output=True,
                           text=True, timeout=900)
-
-
-def _own_fraction(text: str) -> float:
-    lines = [x for x in text.splitlines() if x.strip()]
-    return sum(bool(OWN_LINE.match(x)) for x in lines) / len(lines)
 
 
 def _is_loopback(address: str) -> bool:
@@ -54,14 +48,13 @@ def test_readme_train_rm_then_rloo_on_a_fresh_folder(tmp_path):
     assert rm.stdout.splitlines()[-1].startswith("[train-rm] done: 2 steps")
     assert (tmp_path / "runs" / "rm_bsr_gold" / "model" / "config.json").exists()
 
-    rl = _cli(tmp_path, "rloo", "--config", "configs/rloo_smollm2.yaml", *small_data, "rloo.policy=tiny-llama",
-              "rloo.steps=3", "rloo.prompts_per_step=2", "rloo.eval_prompts=2", "rloo.max_prompt_tokens=64",
-              "rollout.k=2", "rollout.max_new_tokens=8", "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256",
-              "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1", "reward.max_length=96")
+    rl = _cli(tmp_path, "rloo", "--config", "configs/rloo_smollm2.yaml", *small_data, *TINY_RLOO, "rloo.steps=3",
+              "rloo.prompts_per_step=2", "rloo.eval_prompts=2", "rollout.max_new_tokens=8", "rollout.num_threads=1",
+              "learner.num_threads=1", "scorer.num_workers=1")
     assert rl.returncode == 0, rl.stderr[-3000:]
     shown = rl.stderr + rl.stdout  # what the terminal shows; the result is the last line
     assert rl.stdout.strip().splitlines()[-1].startswith("[rloo] done: 3 steps; held-out gold")
-    assert _own_fraction(shown) >= 0.8, shown
+    assert own_fraction(shown) >= 0.8, shown
     assert len(re.findall(r"^\[rloo\] step \d/3 ", rl.stderr, re.M)) == 3
     logs = tmp_path / "runs" / "rloo_smollm2" / "logs"
     rollout_log = (logs / "rollout-0.log").read_text()

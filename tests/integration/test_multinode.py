@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_rm_training_and_rloo_spread_over_three_nodes(testbeds, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "multinode_run.py"), str(testbeds),
+    done = subprocess.run([sys.executable, "-m", "tests.integration.multinode_run", str(testbeds),
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     lines = [x for x in done.stdout.splitlines() if x.startswith("PLACEMENT ")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]

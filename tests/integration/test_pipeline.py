@@ -11,20 +11,17 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.config import load_config
+from tests.integration.shared import TINY_RLOO, own_fraction
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_with_small_settings(tmp_path):
-    from tests.integration.test_first_hour import _own_fraction
-
     demo = load_config("configs/demo.yaml").pipeline
     rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5"]
-    rloo = [*demo.rloo_overrides, "rloo.policy=tiny-llama", "rloo.steps=1", "rloo.prompts_per_step=2",
-            "rloo.eval_prompts=2", "rloo.max_prompt_tokens=64", "rollout.k=2", "rollout.max_new_tokens=4",
-            "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256", "rollout.num_threads=1", "learner.num_threads=1",
-            "scorer.num_workers=1", "reward.max_length=96"]
+    rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=1", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
+            "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
     done = subprocess.run(
         [sys.executable, "-m", "rlhf_ray.cli", "demo", f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}",
          "tensorboard=false", "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=24",
@@ -34,7 +31,7 @@ def test_demo_with_small_settings(tmp_path):
         timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     shown = done.stderr + done.stdout
-    assert _own_fraction(shown) >= 0.8, shown
+    assert own_fraction(shown) >= 0.8, shown
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("[demo] done in ") and last.endswith(f"; report {tmp_path / 'report.md'}")
 

@@ -69,12 +69,14 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
     import requests
 
     url, dashboard = ray_head
-    listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == dashboard}
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == "LISTEN" and c.laddr.port == dashboard}
     assert listening == {"127.0.0.1"}  # the dashboard (and the Jobs API) is not reachable from outside
 
     out = tmp_path / "job"
     entrypoint = (f"rlhf-ray train-rm --config {ROOT / 'configs' / 'rm_bt_gold.yaml'} model.name=tiny-llama "
-                  f"rm.max_steps=2 rm.batch_size=4 rm.num_cpus=0.5 data.dir={testbeds} output_dir={out} tensorboard=false")
+                  f"rm.max_steps=2 rm.batch_size=4 rm.num_cpus=0.5 data.dir={testbeds} output_dir={out} "
+                  "tensorboard=false")
     deadline = time.monotonic() + 120
     while True:  # the dashboard answers before the head's job agent is ready: "No available agent ..."
         response = requests.post(f"{url}/api/jobs/", json={"entrypoint": entrypoint}, headers=_auth_headers(),

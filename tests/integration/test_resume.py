@@ -14,6 +14,7 @@ import pytest
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rm.train import train_reward_model
+from tests.integration.shared import TINY_RLOO
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,11 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _rloo(out: Path, testbeds, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rlhf_ray.cli", "rloo", "--config", str(ROOT / "configs" / "rloo_smollm2.yaml"),
-            f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", "rloo.policy=tiny-llama",
-            "rloo.steps=6", "rloo.prompts_per_step=2", "rloo.max_prompt_tokens=64", "rloo.eval_prompts=0",
-            "rloo.save_every=2", "rollout.k=2", "rollout.max_new_tokens=4", "rollout.kv_cache_gb=0.25",
-            "rollout.max_model_len=256", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1",
-            "reward.models=[tiny-llama]", "reward.max_length=96", "ray.num_cpus=2", *extra]
+            f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=6",
+            "rloo.prompts_per_step=2", "rloo.eval_prompts=0", "rloo.save_every=2", "rollout.num_threads=1",
+            "learner.num_threads=1", "scorer.num_workers=1", "reward.models=[tiny-llama]", "ray.num_cpus=2", *extra]
 
 
 def _rows(out: Path) -> list[dict]:
@@ -50,13 +49,15 @@ def test_rloo_resumes_after_sigkill_with_the_same_batches(testbeds, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # then whatever it had started on this machine, as a reboot would
     assert not (killed / "summary.json").exists()
 
-    resumed = subprocess.run([*_rloo(killed, testbeds), "--resume"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([*_rloo(killed, testbeds), "--resume"], cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     uninterrupted = subprocess.run(_rloo(whole, testbeds), cwd=ROOT, env=_env(), capture_output=True, text=True,
                                    timeout=600)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
-    summary, reference = json.loads((killed / "summary.json").read_text()), json.loads((whole / "summary.json").read_text())
+    summary = json.loads((killed / "summary.json").read_text())
+    reference = json.loads((whole / "summary.json").read_text())
     assert summary["resumed_from_step"] in (2, 4)
     assert summary["steps"] == reference["steps"] == 6
     assert summary["prompt_position"] == reference["prompt_position"] == 12

@@ -6,6 +6,7 @@ import pytest
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.loop import run_rloo
+from tests.integration.shared import TINY_RLOO
 
 pytestmark = pytest.mark.slow
 
@@ -15,9 +16,8 @@ pytestmark = pytest.mark.slow
 def test_two_rloo_steps_end_to_end(ray_local, testbeds, tmp_path, variant, estimator, transform, sync):
     cfg = load_config(None, [
         f"output_dir={tmp_path}", f"data.dir={testbeds}", "tensorboard=false",
-        "rloo.policy=tiny-llama", "rloo.steps=2", "rloo.prompts_per_step=4", "rloo.max_prompt_tokens=64",
-        "rollout.num_workers=2", "rollout.num_cpus=0.5", "rollout.k=2", "rollout.max_new_tokens=8",
-        "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256", f"rollout.sync={sync}", "rloo.eval_prompts=4",
+        *TINY_RLOO, "rloo.steps=2", "rloo.prompts_per_step=4", "rollout.num_workers=2", "rollout.num_cpus=0.5",
+        "rollout.max_new_tokens=8", f"rollout.sync={sync}", "rloo.eval_prompts=4",
         "reward.models=[tiny-llama]", f"reward.transform={transform}", "reward.max_length=128",
         "scorer.num_workers=2", "scorer.num_cpus=0.5",
         "learner.num_workers=1", "learner.num_cpus=0.5", f"learner.variant={variant}",

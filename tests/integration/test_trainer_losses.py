@@ -8,24 +8,9 @@ from rlhf_ray.config import load_config
 from rlhf_ray.data.schema import load_groups
 from rlhf_ray.rm.metrics import summarise
 from rlhf_ray.utils.dist import reserve_address
+from tests.integration.shared import LOSSES
 
 pytestmark = pytest.mark.slow
-
-LOSSES = {
-    "bt": ["loss.name=bt"],
-    "bt_margin": ["loss.name=bt", "loss.margin=0.5"],
-    "bsr_global": ["loss.name=bt", "loss.bsr.coef=0.01", "loss.bsr.scope=global"],
-    "bsr_local_paper": ["loss.name=bt", "loss.bsr.coef=0.001", "loss.bsr.scale_by_local_batch=true"],
-    "hinge": ["loss.name=hinge", "loss.margin=1.0"],
-    "bt_norm": ["loss.name=bt_norm"],
-    "bt_dr": ["loss.name=bt_dr"],
-    "center": ["loss.name=bt", "loss.center_coef=0.01"],
-    "ranking_x": ["loss.name=ranking", "loss.utility.name=x"],
-    "ranking_log": ["loss.name=ranking", "loss.utility.name=log"],
-    "ranking_inv": ["loss.name=ranking", "loss.utility.name=inv"],
-    "ranking_logsigmoid": ["loss.name=ranking", "loss.utility.name=logsigmoid"],
-    "prompt_aware": ["loss.name=ranking", "loss.prompt_aware.enabled=true"],
-}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def test_lsc_and_par():
     ref = torch.tensor([[0.0, 2.0]])  # mean 1, population std 1
     r_ref = A.lsc_reference(ref)
     assert r_ref.item() == pytest.approx(1 + 1.0364)
-    assert A.transform(torch.tensor([3.0]), "lsc", ref).item() == pytest.approx(math.log(1 / (1 + math.exp(-(3 - 2.0364)))))
+    expected = math.log(1 / (1 + math.exp(-(3 - 2.0364))))
+    assert A.transform(torch.tensor([3.0]), "lsc", ref).item() == pytest.approx(expected)
     par = A.transform(torch.tensor([1.0]), "par", ref).item()
     assert par == pytest.approx((1 / (1 + math.exp(-1)) + 1 / (1 + math.exp(1))) / 2)  # = 0.5
     assert A.transform(torch.tensor([1.0]), "none", None).item() == 1.0

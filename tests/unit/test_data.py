@@ -76,7 +76,10 @@ def test_testbeds_are_deterministic_for_a_seed(tmp_path):
     for seed, folder in ((5, "a"), (5, "b"), (6, "c")):
         build_collapse(tmp_path / folder, 8, 2, seed)
         gold.build_gold(tmp_path / folder, 16, 8, seed)
-    read = lambda f, name: pq.read_table(tmp_path / f / name).to_pylist()  # noqa: E731
+
+    def read(folder: str, name: str) -> list[dict]:
+        return pq.read_table(tmp_path / folder / name).to_pylist()
+
     for name in ("collapse/train.parquet", "gold/train.parquet", "gold/val3.parquet"):
         assert read("a", name) == read("b", name)
         assert read("a", name) != read("c", name)

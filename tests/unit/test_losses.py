@@ -142,4 +142,6 @@ def test_prompt_aware_picks_utility_per_prompt():
 
 
 def test_head_init_std():
-    assert L.head_init_std(64) == pytest.approx(0.125)
+    from rlhf_ray.models.reward_model import head_init_std
+
+    assert head_init_std(64) == pytest.approx(0.125)

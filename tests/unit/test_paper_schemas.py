@@ -37,7 +37,8 @@ def test_bsr_paper_train_schema_chat_messages(tmp_path):
 
 
 def test_scenarios_config_reads_the_four_files(tmp_path):
-    rows = [{"instruction": f"q{i}", **{f"response_{k}_text": f"a{k}" for k in range(1, 5)}, "all_scores": [1, 2, 3, 4]} for i in range(3)]
+    responses = {f"response_{k}_text": f"a{k}" for k in range(1, 5)}
+    rows = [{"instruction": f"q{i}", **responses, "all_scores": [1, 2, 3, 4]} for i in range(3)]
     for split in ("val2", "val3", "val4"):
         write_jsonl(tmp_path / f"{split}.jsonl", rows)
     cfg = load_config(None, ["data.testbed=custom", f"data.eval={tmp_path / 'val3.jsonl'}"])

@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis): the data loader, the config loader and the losses, on inputs
 nobody wrote by hand. Bad input must end in the project's own error naming the file/row or the key."""
 import json
+import re
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from rlhf_ray.rl.rloo import rloo_advantages
 from rlhf_ray.rm import losses as L
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=12,
 )
@@ -74,7 +76,16 @@ def test_any_overrides_give_a_config_or_a_config_error_naming_a_key(pairs):
     try:
         cfg = load_config(None, overrides)
     except ConfigError as err:
-        assert "'" in str(err) or "override" in str(err)  # names the key (or the malformed override)
+        text = str(err)
+        if text.startswith("override "):  # a malformed override, quoted whole
+            assert any(f"'{k}={v}'" in text for k, v in pairs), text
+            return
+        # each problem line (after the header, which repeats the overrides) names an overridden key or a
+        # section of one
+        details = text.split(":\n", 1)[1].splitlines()
+        named = {".".join(k.split(".")[: i + 1]) for k, _ in pairs for i in range(k.count(".") + 1)}
+        assert details and all(any(re.search(rf"'{re.escape(key)}(\.[^']*)?'", line) for key in named)
+                               for line in details), text
         return
     assert cfg.rm.num_workers >= 1 and cfg.rollout.k >= 2 and cfg.rm.lr > 0
 

@@ -56,7 +56,8 @@ def test_sequence_variant_brute_force():
     k, beta, clip = 3, 0.05, 0.2
     loss, stats = R.rloo_loss("sequence", new, old, ref, mask, scores, beta, k, clip, "k1")
     terms = []
-    rs = [scores[b].item() - beta * sum((old[b, t] - ref[b, t]).item() for t in range(5) if mask[b, t]) for b in range(6)]
+    rs = [scores[b].item() - beta * sum((old[b, t] - ref[b, t]).item() for t in range(5) if mask[b, t])
+          for b in range(6)]
     for b in range(6):
         p = b // k
         group = [rs[p * k + j] for j in range(k) if p * k + j != b]

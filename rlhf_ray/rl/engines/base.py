@@ -37,7 +37,9 @@ class Rollouts:
 
     def select(self, index: list[int]) -> "Rollouts":
         """The samples at `index`, in that order (callers keep prompt groups whole)."""
-        pick = lambda xs: [xs[i] for i in index] if xs else []  # noqa: E731
+        def pick(xs: list) -> list:
+            return [xs[i] for i in index] if xs else []
+
         return Rollouts(pick(self.prompt_ids), pick(self.response_ids), pick(self.logprobs), pick(self.finished),
                         pick(self.texts), self.k, self.weights_version, self.compute_s)
 
@@ -73,7 +75,8 @@ class Weights:
             names.append(name)
             dtypes.append(str(tensor.dtype).removeprefix("torch."))
             shapes.append(tuple(tensor.shape))
-            arrays.append(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else numpy.empty(0, numpy.uint8))
+            raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else numpy.empty(0, numpy.uint8)
+            arrays.append(raw)
         return cls(names, dtypes, shapes, arrays, aliases)
 
     @property

@@ -132,7 +132,7 @@ def measure_bsr_cost(s: dict) -> dict:
         for on in (False, True):
             r = rewards.detach().requires_grad_(True)
             start = time.perf_counter()
-            rm_loss(r, flat, losses[on])[0].backward()
+            rm_loss(r, flat, losses[on]).backward()
             seconds[on].append(time.perf_counter() - start)
     per_step = steady(seconds[True], 0) - steady(seconds[False], 0)
     return {"bsr_extra_s": per_step, "loss_s": steady(seconds[False], 0)}

@@ -46,7 +46,11 @@ case "$ACTION" in
       "${RAY[@]}" start --address="127.0.0.1:$PORT" --node-ip-address=127.0.0.1 --num-cpus="$CPUS" \
         --resources="{\"node_$i\": 1}" --disable-usage-stats >/dev/null
     done
-    nodes=$("${RAY[@]}" status --address="127.0.0.1:$PORT" | grep -c "^ 1 node_" || true)
+    for _ in $(seq 1 30); do  # a busy machine registers nodes late
+      nodes=$("${RAY[@]}" status --address="127.0.0.1:$PORT" | grep -c "^ 1 node_" || true)
+      [ "$nodes" -eq $((WORKERS + 1)) ] && break
+      sleep 1
+    done
     [ "$nodes" -eq $((WORKERS + 1)) ] || { echo "only $nodes of $((WORKERS + 1)) nodes are up" >&2; exit 1; }
     echo "head 127.0.0.1:$PORT, dashboard http://127.0.0.1:$DASHBOARD_PORT, $WORKERS worker nodes x $CPUS CPUs"
     echo "submit with: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT ray job submit ..."

@@ -45,11 +45,14 @@ def test_eval_rm_on_collapse_compares_with_the_trained_utility(ray_local, testbe
     assert result["eval"]["open_l1_to_theory"] >= 0 and (run / "eval" / "reward_by_index.png").exists()
 
 
-def test_experiment_trains_variants_side_by_side_and_reports(ray_local, testbeds, tmp_path):
+def test_experiment_trains_variants_side_by_side_and_reports(ray_local, tmp_path):
     from rlhf_ray.rm.experiment import run_experiment
 
+    # its own small testbed: an experiment prepares its testbeds, and the session's must stay as they are
     cfg = load_config(None, [
-        f"output_dir={tmp_path / 'exp'}", f"data.dir={testbeds}", "tensorboard=false", "eval.bootstrap=20",
+        f"output_dir={tmp_path / 'exp'}", f"data.dir={tmp_path / 'testbeds'}", "prepare.testbeds=[gold]",
+        "prepare.sizes.gold_train_prompts=24", "prepare.sizes.gold_valid_prompts=8",
+        "tensorboard=false", "eval.bootstrap=20",
         "scorer.num_workers=1", "experiment.base=configs/rm_bt_gold.yaml", "experiment.seeds=[0, 1]",
         "experiment.parallel=2",
         "experiment.variants={bt: [], bsr: [loss.bsr.coef=0.1]}",

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,17 @@ def test_local_cluster_stays_on_loopback_and_stops_only_itself(ray_local):
         stopped = subprocess.run([*script, "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 30  # a killed process can take a moment to go
+    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in pids if alive(p)]
 
     @ray_local.remote
     def still_there():

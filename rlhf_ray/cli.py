@@ -69,7 +69,7 @@ def _cmd_eval_rm(cfg, args) -> str:
             shown += [f"{k} {r[k]:.3f}" for k in ("open_closed_gap", "open_l1_to_theory", "closed_l1_to_theory")
                       if isinstance(r.get(k), float)]
             print(f"[eval-rm] {split} ({r.get('scenario', cfg.data.testbed)}): {', '.join(shown)}", file=sys.stderr)
-    return f"done: {cfg.eval.out_dir or cfg.output_dir + '/eval'}/eval.json and its plots"
+    return f"done: {result['eval_json']} and its plots"
 
 
 def _cmd_experiment(cfg, args) -> str:

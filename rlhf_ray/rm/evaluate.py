@@ -121,6 +121,7 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
     result["plots"] = plot_eval(result, out_dir)
+    result["eval_json"] = str(out_dir / "eval.json")  # where it was written (not part of the file)
     return result
 
 

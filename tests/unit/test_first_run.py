@@ -110,7 +110,23 @@ def test_strict_pack_gpus_and_totals_that_cannot_fit_are_named():
         check_placement({"rollout": _group(num_workers=4, num_cpus=1), "scorer": _group()}, nodes)
 
 
-def test_an_autoscaling_cluster_is_not_checked_against_todays_nodes():
+@pytest.fixture
+def ray_not_started(monkeypatch):
+    """As on a fresh `rlhf-ray` process: no Ray instance yet (the session's may be up when integration tests
+    ran first), and starting one fails the test."""
+    import ray
+
+    def not_initialized():
+        return False
+
+    def refuse_to_start(*args, **kwargs):
+        raise AssertionError("the command started Ray")
+
+    monkeypatch.setattr(ray, "is_initialized", not_initialized)
+    monkeypatch.setattr(ray, "init", refuse_to_start)
+
+
+def test_an_autoscaling_cluster_is_not_checked_against_todays_nodes(ray_not_started):
     from rlhf_ray.cluster import cluster_nodes
     from rlhf_ray.config import RayConfig
 
@@ -119,14 +135,12 @@ def test_an_autoscaling_cluster_is_not_checked_against_todays_nodes():
     assert cluster_nodes(RayConfig(num_cpus=3)) == [{"CPU": 3.0}]  # the local instance connect() would start
 
 
-def test_train_rm_check_fails_on_a_placement_before_ray_starts(tmp_path, capsys):
-    import ray
-
+def test_train_rm_check_fails_on_a_placement_before_ray_starts(tmp_path, capsys, ray_not_started):
     code = main(["train-rm", "--config", str(ROOT / "configs/rm_bt_gold.yaml"), "--check", f"data.dir={tmp_path}",
                  f"output_dir={tmp_path / 'out'}", "prepare.sizes.gold_train_prompts=16",
                  "prepare.sizes.gold_valid_prompts=4", "rm.num_workers=4", "rm.placement_strategy=STRICT_SPREAD"])
     assert code == 2 and "STRICT_SPREAD" in capsys.readouterr().err
-    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
 
 
 # ---- resume and flags ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _learner_and_batch(s: dict, dtype: str, total_steps: int):
     from rlhf_ray.utils.dist import reserve_address
 
     torch.set_num_threads(s["threads"])
-    cfg = load_config(None, [f"rloo.policy={s['policy']}", f"model.dtype={dtype}", "learner.warmup_ratio=0",
+    cfg = load_config(None, [f"policy.name={s['policy']}", f"policy.dtype={dtype}", "learner.warmup_ratio=0",
                              f"learner.micro_batch_size={s['micro_batch_size']}", f"learner.lr={s['lr']}"])
     learner = RLOOLearner(cfg, 0, 1, *reserve_address(), total_steps=total_steps)
     rollouts = _rollouts(s)

@@ -31,7 +31,7 @@ def measure_rlhf_ray(s: dict) -> dict:
             for row in _prompt_rows(s["data_dir"], s["prompts"] * s["steps"]):
                 f.write(json.dumps({"prompt": row["prompt"], "prompt_id": row["prompt_id"]}) + "\n")
         cfg = load_config("configs/rloo_smollm2.yaml", [
-            f"output_dir={out}", f"data.dir={s['data_dir']}", f"rloo.policy={s['policy']}",
+            f"output_dir={out}", f"data.dir={s['data_dir']}", f"policy.name={s['policy']}",
             f"rloo.prompts={out}/prompts.jsonl",
             f"rloo.steps={s['steps']}", f"rloo.prompts_per_step={s['prompts']}", "rloo.eval_prompts=0",
             f"rollout.k={s['k']}", f"rollout.max_new_tokens={s['max_new_tokens']}", "rollout.num_workers=1",

@@ -105,7 +105,7 @@ def _cmd_pipeline(cfg, args) -> str:
 
 RM_KEYS = ("output_dir", "model.name", "loss.name", "loss.bsr.coef", "loss.bsr.scope", "data.testbed", "data.train",
            "rm.num_workers", "rm.batch_size", "rm.lr", "rm.epochs", "rm.max_steps", "rm.save_every")
-RLOO_KEYS = ("output_dir", "rloo.policy", "rloo.prompts", "rloo.steps", "rloo.prompts_per_step", "rloo.eval_prompts",
+RLOO_KEYS = ("output_dir", "policy.name", "rloo.prompts", "rloo.steps", "rloo.prompts_per_step", "rloo.eval_prompts",
              "rloo.save_every", "reward.models", "rollout.engine", "rollout.num_workers", "rollout.k",
              "rollout.max_new_tokens", "scorer.num_workers", "learner.num_workers", "learner.lr", "learner.beta")
 COMMANDS = {

@@ -36,6 +36,8 @@ class ActorGroupConfig(Section):
     max_restarts: int = Field(0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     timeout_s: float = Field(600.0, gt=0)  # a call to this group's actors that takes longer is an error naming them
+    # where the actors compute: auto = cuda when Ray gave the actor a GPU (num_gpus), else cpu
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
 class RayConfig(Section):
@@ -56,12 +58,29 @@ class RayConfig(Section):
     log_to_driver: bool = False
 
 
-class ModelConfig(Section):
-    name: str = "minilm-l6"  # alias, local path or hub id
-    max_length: int = Field(256, ge=8)
+class PretrainedConfig(Section):
+    """How one model is loaded: every model a role holds has its own section of this kind."""
+
+    name: str  # alias, local path or hub id
+    # the weights' dtype; bfloat16 trains with fp32 master weights and optimizer states (DeepSpeed bf16)
     dtype: Literal["float32", "bfloat16"] = "float32"
     trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"  # auto: transformers'
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, ~30% more compute
+
+
+class ModelConfig(PretrainedConfig):
+    """The reward model being trained or evaluated."""
+
+    name: str = "minilm-l6"
+    max_length: int = Field(256, ge=8)
     padding_side: Literal["right", "left"] = "right"
+
+
+class PolicyConfig(PretrainedConfig):
+    """The RLOO policy (the learner's trained copy, its frozen reference, the rollout engines' copy)."""
+
+    name: str = "smollm2-135m"
 
 
 class UtilityConfig(Section):
@@ -183,6 +202,7 @@ class RewardConfig(Section):
     """What the policy is optimised against: reward models (ensemble + transform) and the gold reward."""
 
     models: list[str] = ["minilm-l6"]  # checkpoints, aliases or hub ids
+    dtype: Literal["float32", "bfloat16"] = "float32"  # of the reward models on the scorers
     aggregate: Literal["mean", "wco", "uwo"] = "mean"
     uwo_lambda: float = Field(0.5, ge=0)
     transform: Literal["none", "lsc", "par"] = "none"
@@ -206,10 +226,15 @@ class LearnerConfig(ActorGroupConfig):
     zero_stage: Literal[0, 1, 2, 3] = 0
     # sequences per forward/backward, in whole prompt groups (>= k); gradients add up to the batch's
     micro_batch_size: int = Field(8, ge=1)
+    # or by tokens: whole prompt groups while their padded prompt + response tokens fit this budget
+    micro_batch_tokens: Optional[int] = Field(None, ge=16)
+    # log-probs and entropy from this many positions' logits at a time (recomputed in the backward), so
+    # the full-vocabulary fp32 logits of a whole micro-batch never exist at once
+    logits_chunk_tokens: int = Field(2048, ge=1)
+    offload_reference: bool = False  # the frozen reference waits on the CPU, on the device for its forwards only
 
 
 class RLOOConfig(Section):
-    policy: str = "smollm2-135m"
     prompts: str = "gold"  # the gold testbed's prompts (with references for the gold reward), or a file
     prompt_split: str = "train"
     prompts_per_step: int = Field(8, ge=1)
@@ -265,6 +290,7 @@ class Config(Section):
     output_dir: str = "runs/default"
     ray: RayConfig = RayConfig()
     model: ModelConfig = ModelConfig()
+    policy: PolicyConfig = PolicyConfig()
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
     rm: RMConfig = RMConfig()
@@ -282,6 +308,15 @@ class Config(Section):
     # is none), auto (start fresh when there is none, saying so), false
     resume: Union[bool, Literal["auto"]] = False
 
+    @model_validator(mode="after")
+    def _prompt_groups_split_evenly(self):
+        # unequal shares would give the learner ranks unequal micro-batch counts, and ZeRO's collectives
+        # would wait on the rank that has none left until the timeout
+        if self.rloo.prompts_per_step % self.learner.num_workers:
+            raise ValueError(f"rloo.prompts_per_step ({self.rloo.prompts_per_step}) must be divisible by "
+                             f"learner.num_workers ({self.learner.num_workers}): each rank takes whole prompt groups")
+        return self
+
     @field_validator("output_dir")
     @classmethod
     def _nonempty(cls, v: str) -> str:
@@ -298,7 +333,7 @@ class Config(Section):
         self.output_dir = str(Path(self.output_dir).resolve())
         self.data.dir = str(Path(self.data.dir).resolve())
         self.model.name = local(self.model.name)
-        self.rloo.policy = local(self.rloo.policy)
+        self.policy.name = local(self.policy.name)
         self.reward.models = [local(m) for m in self.reward.models]
         return self
 
@@ -333,11 +368,16 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
+MOVED_KEYS = {"rloo.policy": "policy.name"}
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            lines.append(f"config key '{key}' is now '{MOVED_KEYS[key]}'")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
         else:
             got = e.get("input")

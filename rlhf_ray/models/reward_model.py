@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from rlhf_ray.models.aliases import resolve_model
-
+from rlhf_ray.models.loading import pretrained_kwargs
 
 
 def head_init_std(hidden_size: int) -> float:
     """Value-head init std 1/sqrt(H) (PAPERS.md A.1), so that E||W_p|| is about 1."""
     return 1.0 / math.sqrt(hidden_size)
+
 
 def load_tokenizer(ref: str, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
@@ -60,19 +61,15 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def load_reward_model(
-    ref: str, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0, pad_token_id=None
+    ref: str, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0, pad_token_id=None,
+    attn_implementation: str = "auto",
 ):
     """Load a reward model; a fresh value head is initialised N(0, 1/sqrt(H)) from `seed`."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(ref)
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=1,
-        dtype=getattr(torch, dtype),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        output_loading_info=True,
+        path, num_labels=1, output_loading_info=True, **pretrained_kwargs(dtype, trust_remote_code, attn_implementation)
     )
     head = value_head(model)
     head_names = {n for n, p in model.named_parameters() if p is head.weight or p is head.bias}
@@ -141,5 +138,5 @@ def rewards_and_hidden(model: nn.Module, capture: HiddenCapture, batch, pad_toke
     h = capture.hidden
     if h.dim() == 3:  # decoder LMs score every position, then pool the last non-pad token
         idx = last_token_index(batch["input_ids"], pad_token_id)
-        h = h[torch.arange(h.shape[0], device=h.device), idx]
+        h = h.gather(1, idx.view(-1, 1, 1).expand(-1, 1, h.shape[-1])).squeeze(1)
     return rewards, h.float()

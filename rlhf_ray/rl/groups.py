@@ -17,12 +17,13 @@ from rlhf_ray.utils.seeds import derive_seed
 class RLGroups:
     def __init__(self, cfg: Config, total_steps: int):
         self.cfg = cfg
-        policy = resolve_model(cfg.rloo.policy)
+        policy = resolve_model(cfg.policy.name)
         rc = cfg.rollout
-        self.rollout = ActorGroup(RolloutActor, "rollout", rc, rc.engine, policy, dtype=cfg.model.dtype,
+        self.rollout = ActorGroup(RolloutActor, "rollout", rc, rc.engine, policy, dtype=cfg.policy.dtype,
                                   kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len,
-                                  sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed)
-        self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump())
+                                  sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed, device=rc.device,
+                                  trust_remote_code=cfg.policy.trust_remote_code)
+        self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump(), cfg.scorer.device)
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
         if rc.sync == "collective":

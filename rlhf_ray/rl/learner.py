@@ -2,146 +2,125 @@
 Plain Python; `RLOOLearnerActor` is its Ray shell."""
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import torch
 
 from rlhf_ray.config import Config
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.models.loading import enable_gradient_checkpointing, load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts, Weights
+from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs, split_to_count
 from rlhf_ray.rl.rloo import CLIP_LOSSES, advantage_stats, advantages_of, loss_denominator
 from rlhf_ray.utils.checkpoint import save_hf_folder
+from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype
 from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 T = TypeVar("T")
 
 
-@dataclass
-class Packed:
-    """A batch of prompt groups laid out for a shared-prompt forward: each group's prompt once,
-    left-padded to P (G rows), and its k responses right-padded to R (G * k rows). The model runs the
-    prompts once; their keys and values are repeated for the k responses, which run on top (gradients
-    of all k flow back into the one prompt pass). Against k copies of every prompt this saves
-    (k - 1) / k of the prompt work, and the lm_head runs on the last prompt position and the responses
-    only."""
-
-    prompt_ids: torch.Tensor  # (G, P)
-    prompt_attn: torch.Tensor  # (G, P)
-    response_ids: torch.Tensor  # (G * k, R)
-    mask: torch.Tensor  # (G * k, R): 1.0 on real response tokens
-    k: int
+def packed_parts(rollouts: Rollouts, scores: torch.Tensor, micro_batches: list[list[int]], pad_id: int,
+                 device: torch.device) -> list[tuple[Packed, torch.Tensor]]:
+    """Each micro-batch's packed tensors and scores, on the learner's device."""
+    return [(pack(rollouts.select(idx), pad_id, device), scores.index_select(0, torch.tensor(idx)).to(device))
+            for idx in micro_batches]
 
 
-def pack(rollouts: Rollouts, pad_id: int) -> Packed:
-    k = rollouts.k
-    prompts = rollouts.prompt_ids[::k]
-    for i, prompt in enumerate(rollouts.prompt_ids):
-        if prompt != prompts[i // k]:
-            raise ValueError(f"sample {i} does not share the prompt of its group: rollouts must be prompt-major, "
-                             f"k={k} samples per prompt")
-    width_p = max(len(p) for p in prompts)
-    width_r = max(max(len(r) for r in rollouts.response_ids), 1)
-    prompt_ids = torch.full((len(prompts), width_p), pad_id)
-    prompt_attn = torch.zeros_like(prompt_ids)
-    for row, p in enumerate(prompts):
-        prompt_ids[row, width_p - len(p) :] = torch.tensor(p)
-        prompt_attn[row, width_p - len(p) :] = 1
-    response_ids = torch.full((len(rollouts), width_r), pad_id)
-    mask = torch.zeros(len(rollouts), width_r)
-    for row, r in enumerate(rollouts.response_ids):
-        response_ids[row, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[row, : len(r)] = 1.0
-    return Packed(prompt_ids, prompt_attn, response_ids, mask, k)
-
-
-def response_logprobs(model, batch: Packed, temperature: float, with_entropy: bool = False):
-    """log pi(response token t | everything before it), (G * k, R), with the sampler's temperature; and
-    optionally the entropy of each of those next-token distributions (a statistic: no gradient)."""
-    k, width_r = batch.k, batch.mask.shape[1]
-    prompt = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_attn,
-                   position_ids=(batch.prompt_attn.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-    cache = prompt.past_key_values
-    cache.batch_repeat_interleave(k)  # each prompt's keys and values, once per sample
-    prompt_attn = batch.prompt_attn.repeat_interleave(k, 0)
-    positions = prompt_attn.sum(-1, keepdim=True) + torch.arange(width_r)  # each response right after its prompt
-    responses = model(input_ids=batch.response_ids, attention_mask=torch.cat([prompt_attn, batch.mask.long()], -1),
-                      position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=width_r)
-    # the last prompt position predicts response token 0, response position t predicts token t + 1
-    logits = torch.cat([prompt.logits.repeat_interleave(k, 0), responses.logits[:, :-1]], 1).float() / temperature
-    log_z = torch.logsumexp(logits, -1)
-    logp = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) - log_z
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        logits, log_z = logits.detach(), log_z.detach()
-        return logp, log_z - (torch.softmax(logits, -1) * logits).sum(-1)
-
-
-def group_micro_batches(rollouts: Rollouts, size: int) -> list[list[int]]:
-    """The sample indices of each micro-batch: whole prompt groups (at least one, about `size`
-    sequences), so a micro-batch's RLOO advantages are what the whole batch would give it; groups of
-    similar length go together, so a micro-batch pads little."""
-    k = rollouts.k
-
-    def span(group: int) -> range:  # the sample indices of a prompt group
-        return range(group * k, (group + 1) * k)
-
-    def length(group: int) -> int:  # its longest prompt + response
-        return max(len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i]) for i in span(group))
-
-    groups = sorted(range(len(rollouts) // k), key=length)
-    per = max(1, size // k)
-    return [[i for g in groups[j : j + per] for i in span(g)] for j in range(0, len(groups), per)]
+def micro_batch_loss(variant: str, logp_new, logp_old, logp_ref, batch: Packed, scores, denominator, beta: float,
+                     clip: float, kl_estimator: str):
+    """One micro-batch's RLOO arithmetic in fp32: advantages (KL against the reference folded in), then
+    the clipped loss. Returns (loss, clip fraction, advantages, per-token KL)."""
+    adv, token_kl = advantages_of(variant, scores.to(logp_old), logp_old, logp_ref, batch.mask, beta, batch.k,
+                                  kl_estimator)
+    loss, clip_frac = CLIP_LOSSES[variant](logp_new, logp_old, batch.mask, adv, clip, denominator)
+    return loss, clip_frac, adv, token_kl
 
 
 class RLOOLearner:
     def __init__(self, cfg: Config, rank: int, world_size: int, addr: str, port: int, total_steps: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         init_distributed(rank, world_size, addr, port, cfg.learner.timeout_s)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         torch.manual_seed(cfg.seed)
-        path = resolve_model(cfg.rloo.policy)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+        pc, lc = cfg.policy, cfg.learner
+        self.device = resolve_device(lc.device, "learner.device")
+        resolve_dtype(pc.dtype, self.device, "policy.dtype")
+        path = resolve_model(pc.name)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=pc.trust_remote_code)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
         def load():
-            return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
-                                                        trust_remote_code=cfg.model.trust_remote_code)
+            return load_causal_lm(path, pc.dtype, pc.trust_remote_code, pc.attn_implementation)
 
         policy, self.reference = load(), load().eval().requires_grad_(False)
-        lc = cfg.learner
-        ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, cfg.model.dtype == "bfloat16")
+        if pc.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        # an offloaded reference waits on the CPU and visits the device for its forwards (`_reference_on_device`)
+        self.reference.to("cpu" if lc.offload_reference else self.device)
+        ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, pc.dtype == "bfloat16")
+        # DeepSpeed puts the policy on its accelerator's device: cuda:<local rank> on a GPU, the CPU here
         self.engine = deepspeed_engine(policy, lc.lr, 0.0, lc.schedule, int(lc.warmup_ratio * total_steps),
                                        total_steps * lc.ppo_epochs, ds_cfg)
+        check_engine_device(self.engine.module, self.device, "learner.device")
+
+    def _logprobs(self, model, batch, with_entropy: bool = False):
+        lc = self.cfg.learner
+        # gradient checkpointing drops the KV cache in training, which the shared-prompt layout needs
+        shared = not (self.cfg.policy.gradient_checkpointing and model.training)
+        return response_logprobs(model, batch, self.cfg.rollout.temperature, with_entropy, lc.logits_chunk_tokens,
+                                 shared_prompt=shared)
+
+    @contextlib.contextmanager
+    def _reference_on_device(self):
+        if not self.cfg.learner.offload_reference:
+            yield
+            return
+        self.reference.to(self.device)
+        try:
+            yield
+        finally:
+            self.reference.to("cpu")
+
+    def micro_batches(self, rollouts: Rollouts) -> list[list[int]]:
+        """This rank's micro-batches; by a token budget their number can differ between ranks, so every
+        rank splits until it has as many as the rank with the most."""
+        lc = self.cfg.learner
+        batches = group_micro_batches(rollouts, lc.micro_batch_size, lc.micro_batch_tokens)
+        if lc.micro_batch_tokens is None or self.world_size == 1:
+            return batches
+        import torch.distributed as dist
+
+        count = torch.tensor([len(batches)])
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return split_to_count(batches, int(count), rollouts.k)
 
     def update(self, rollouts: Rollouts, scores: torch.Tensor) -> dict:
         """One RLOO update on this rank's share (whole prompt groups), in micro-batches whose gradients
         add up to the whole batch's; returns its stats. With one PPO epoch the policy's logprobs before
         the update are the update's own forward (detached): no separate pass for them."""
-        lc, temperature, start = self.cfg.learner, self.cfg.rollout.temperature, time.monotonic()
-        parts = [(pack(rollouts.select(idx), self.pad_id), scores[idx])
-                 for idx in group_micro_batches(rollouts, lc.micro_batch_size)]
+        lc, start = self.cfg.learner, time.monotonic()
+        parts = packed_parts(rollouts, scores, self.micro_batches(rollouts), self.pad_id, self.device)
         denominator = sum(loss_denominator(lc.variant, batch.mask) for batch, _ in parts)
-        with torch.no_grad():
+        with torch.no_grad(), self._reference_on_device():
             self.engine.eval()
-            logp_ref = [response_logprobs(self.reference, batch, temperature)[0] for batch, _ in parts]
-            before = [response_logprobs(self.engine, batch, temperature, True) for batch, _ in parts] \
+            logp_ref = [self._logprobs(self.reference, batch)[0] for batch, _ in parts]
+            before = [self._logprobs(self.engine.module, batch, True) for batch, _ in parts] \
                 if lc.ppo_epochs > 1 else None
         self.engine.train()
         for epoch in range(lc.ppo_epochs):
             loss_sum, clipped, seen = 0.0, 0.0, []
             for i, (batch, part_scores) in enumerate(parts):
                 self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
-                logp_new, entropy = response_logprobs(self.engine, batch, temperature, with_entropy=before is None)
+                logp_new, entropy = self._logprobs(self.engine.module, batch, with_entropy=before is None)
                 logp_old, entropy = before[i] if before else (logp_new.detach(), entropy)
-                adv, token_kl = advantages_of(lc.variant, part_scores.to(logp_old), logp_old, logp_ref[i], batch.mask,
-                                              lc.beta, rollouts.k, lc.kl_estimator)
-                loss, clip_frac = CLIP_LOSSES[lc.variant](logp_new, logp_old, batch.mask, adv, lc.clip, denominator)
+                loss, clip_frac, adv, token_kl = micro_batch_loss(lc.variant, logp_new, logp_old, logp_ref[i], batch,
+                                                                  part_scores, denominator, lc.beta, lc.clip,
+                                                                  lc.kl_estimator)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"learner-{self.rank}: RLOO loss is {float(loss)}; no checkpoint written")
                 self.engine.backward(loss, scale_wrt_gas=False)

@@ -182,7 +182,7 @@ def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dic
 
 def check_models(cfg: Config) -> None:
     """The policy and every reward model resolve before an actor starts (a missing path names its key)."""
-    resolve_model(cfg.rloo.policy, "rloo.policy")
+    resolve_model(cfg.policy.name, "policy.name")
     for i, model in enumerate(cfg.reward.models):
         try:
             resolve_model(model, f"reward.models[{i}]")
@@ -211,7 +211,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.rloo.policy))  # the driver holds no weights
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name))  # the driver holds no weights
 
     def encode(batch: list[dict]) -> list[list[int]]:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)

@@ -7,15 +7,19 @@ from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
 
 
 def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
-                max_model_len: int = 1024, sync_timeout_s: float = 120.0, seed: int = 0):
+                max_model_len: int = 1024, sync_timeout_s: float = 120.0, seed: int = 0, device: str = "auto",
+                trust_remote_code: bool = False):
+    """vLLM picks its device itself (the GPU Ray gave the actor, else the CPU build); HF generate runs on
+    `device` (rollout.device)."""
     if kind == "vllm":
         from rlhf_ray.rl.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, kv_cache_gb, max_model_len, sync_timeout_s=sync_timeout_s, seed=seed)
+        return VLLMEngine(model_path, dtype, kv_cache_gb, max_model_len, sync_timeout_s=sync_timeout_s, seed=seed,
+                          trust_remote_code=trust_remote_code)
     if kind == "hf":
         from rlhf_ray.rl.engines.hf import HFEngine
 
-        return HFEngine(model_path, dtype)
+        return HFEngine(model_path, dtype, trust_remote_code, device)
     raise ValueError(f"unknown engine {kind!r}: use 'vllm' or 'hf'")
 
 

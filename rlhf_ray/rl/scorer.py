@@ -17,9 +17,10 @@ from rlhf_ray.scoring.scorer import RewardScorer
 
 
 class RLScorer:
-    def __init__(self, reward_cfg: dict):
+    def __init__(self, reward_cfg: dict, device: str = "auto"):
         self.cfg = reward_cfg
-        self.members = [RewardScorer(m, reward_cfg["max_length"]) for m in reward_cfg["models"]]
+        self.members = [RewardScorer(m, reward_cfg["max_length"], device=device, dtype=reward_cfg["dtype"])
+                        for m in reward_cfg["models"]]
 
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
@@ -63,8 +64,8 @@ class RLScorer:
 class RLScorerActor:
     """Ray shell: `scorer-<i>`."""
 
-    def __init__(self, reward_cfg: dict):
-        self.scorer = RLScorer(reward_cfg)
+    def __init__(self, reward_cfg: dict, device: str = "auto"):
+        self.scorer = RLScorer(reward_cfg, device)
 
     def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
         return self.scorer.score(rollouts, prompts)

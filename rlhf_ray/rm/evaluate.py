@@ -91,7 +91,8 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     if check_only:
         return {"checked": "eval-rm", "model": model_ref, "prompts": {k: len(v) for k, v in splits.items()}}
     connect(cfg.ray, Path(cfg.output_dir) / "logs")
-    pool = ScorerPool(model_ref, cfg.scorer, cfg.model.max_length, cfg.model.trust_remote_code)
+    pool = ScorerPool(model_ref, cfg.scorer, cfg.model.max_length, cfg.model.trust_remote_code,
+                      timeout_s=cfg.scorer.timeout_s, dtype=cfg.model.dtype)
     result: dict = {"model": model_ref, "testbed": "gold" if cfg.data.scenarios else cfg.data.testbed}
     try:
         result["w_norm"] = pool.head_norm()

@@ -76,11 +76,12 @@ def global_batch_mean(local_rewards: torch.Tensor, group=None) -> torch.Tensor:
     import torch.distributed as dist
 
     local_sum = local_rewards.sum()
-    totals = torch.tensor(
-        [float(local_sum.detach()), float(local_rewards.numel())], dtype=local_sum.dtype, device=local_sum.device
-    )
+    # built on the rewards' device with no host round trip (nccl reduces device tensors only)
+    count = torch.full((), float(local_rewards.numel()), dtype=local_sum.dtype, device=local_sum.device)
+    totals = torch.stack([local_sum.detach(), count])
     dist.all_reduce(totals, group=group)
-    return (local_sum + (totals[0] - local_sum.detach())) / totals[1]
+    global_sum, global_count = totals.unbind()
+    return (local_sum + (global_sum - local_sum.detach())) / global_count
 
 
 def bsr_global_penalty(local_rewards: torch.Tensor, group=None) -> torch.Tensor:

@@ -9,19 +9,23 @@ import torch
 def batch_sums(rewards: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, hidden: torch.Tensor, loss: float) -> dict:
     """Sums over one micro-batch, to be added across micro-batches and ranks."""
     rewards, hidden = rewards.detach().float(), hidden.detach().float()
-    delta = rewards[hi] - rewards[lo]
+    delta = rewards.index_select(0, hi) - rewards.index_select(0, lo)
     h_norm = hidden.norm(dim=-1)
+    # one device-to-host copy for all of them (each float() on a GPU tensor would wait for the device)
+    correct, margin, reward, reward_sq, h, h_sq = torch.stack([
+        (delta > 0).sum().float(), delta.sum(), rewards.sum(), (rewards**2).sum(), h_norm.sum(), (h_norm**2).sum(),
+    ]).tolist()
     return {
         "loss_sum": loss,
         "micro_batches": 1,
         "pairs": int(delta.numel()),
-        "correct": float((delta > 0).sum()),
-        "margin_sum": float(delta.sum()),
+        "correct": correct,
+        "margin_sum": margin,
         "sequences": int(rewards.numel()),
-        "reward_sum": float(rewards.sum()),
-        "reward_sq_sum": float((rewards**2).sum()),
-        "h_norm_sum": float(h_norm.sum()),
-        "h_norm_sq_sum": float((h_norm**2).sum()),
+        "reward_sum": reward,
+        "reward_sq_sum": reward_sq,
+        "h_norm_sum": h,
+        "h_norm_sq_sum": h_sq,
     }
 
 

@@ -25,6 +25,11 @@ class FlatBatch:
     pair_open: torch.Tensor  # (P,) bool: the pair's prompt is open-ended
     num_groups: int
 
+    def to(self, device: torch.device) -> "FlatBatch":
+        """The pair indices on the rewards' device (the losses index the rewards with them)."""
+        return FlatBatch(self.prompts, self.responses, self.hi.to(device), self.lo.to(device),
+                         self.pair_open.to(device), self.num_groups)
+
 
 def flatten_groups(groups: list[Group]) -> FlatBatch:
     prompts, responses, hi, lo, pair_open = [], [], [], [], []
@@ -60,14 +65,18 @@ def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: tor
     return L.utility_pair_loss(chosen, rejected, make_utility(cfg.utility))
 
 
-def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=None) -> torch.Tensor:
-    """Total loss for one (micro-)batch on one rank.
+def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=None,
+            local_batch_size: int | None = None) -> torch.Tensor:
+    """Total loss for one (micro-)batch on one rank, in fp32 whatever the model's dtype.
 
     BSR scope `local`: lambda * (mean of this micro-batch's rewards)^2, lambda optionally times the
-    micro-batch size (the paper's code). Scope `global`: the mean over all data-parallel ranks, scaled
-    so that the averaged gradient equals the full-batch one (see losses.bsr_global_penalty).
+    per-device batch size `local_batch_size` (the paper's code; default: this batch's groups), which
+    does not change when the batch is split into micro-batches. Scope `global`: the mean over all
+    data-parallel ranks, scaled so that the averaged gradient equals the full-batch one (see
+    losses.bsr_global_penalty).
     """
-    chosen, rejected = rewards[batch.hi], rewards[batch.lo]
+    rewards = rewards.float()
+    chosen, rejected = rewards.index_select(0, batch.hi), rewards.index_select(0, batch.lo)
     main = preference_loss(chosen, rejected, batch.pair_open, cfg)
     total = main
     if cfg.center_coef > 0:
@@ -76,6 +85,7 @@ def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=N
         if cfg.bsr.scope == "global":
             total = total + cfg.bsr.coef * L.bsr_global_penalty(rewards, dp_group)
         else:
-            coef = cfg.bsr.coef * (batch.num_groups if cfg.bsr.scale_by_local_batch else 1)
+            per_device = local_batch_size if local_batch_size is not None else batch.num_groups
+            coef = cfg.bsr.coef * (per_device if cfg.bsr.scale_by_local_batch else 1)
             total = total + coef * L.batch_mean_penalty(rewards)
     return total

@@ -11,6 +11,7 @@ import torch
 
 from rlhf_ray.config import Config
 from rlhf_ray.data.schema import Group
+from rlhf_ray.models.loading import enable_gradient_checkpointing
 from rlhf_ray.models.reward_model import (
     HiddenCapture,
     encode,
@@ -22,8 +23,17 @@ from rlhf_ray.models.reward_model import (
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_groups, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
+from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype, to_device
 from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
+
+
+def score_groups(model, capture: HiddenCapture, tokenizer, groups: list[Group], max_length: int, device: torch.device):
+    """The groups' completions, tokenised onto `device` and scored: (pairs on `device`, rewards, h)."""
+    flat = flatten_groups(groups).to(device)
+    batch = to_device(encode(tokenizer, flat.prompts, flat.responses, max_length), device)
+    rewards, hidden = rewards_and_hidden(model, capture, batch, tokenizer.pad_token_id)
+    return flat, rewards, hidden
 
 
 class RewardModelTrainer:
@@ -33,26 +43,29 @@ class RewardModelTrainer:
         init_distributed(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s)
 
         torch.manual_seed(cfg.seed)
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.padding_side)
-        model = load_reward_model(
-            cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id
-        )
+        self.device = resolve_device(cfg.rm.device, "rm.device")
+        resolve_dtype(cfg.model.dtype, self.device, "model.dtype")
+        mc = cfg.model
+        self.tokenizer = load_tokenizer(mc.name, mc.trust_remote_code, mc.padding_side)
+        model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id,
+                                  mc.attn_implementation)
+        if mc.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)
-        ds_cfg = deepspeed_config(
-            micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage, cfg.model.dtype == "bfloat16"
-        )
+        ds_cfg = deepspeed_config(micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage,
+                                  mc.dtype == "bfloat16")
+        # DeepSpeed puts the model on its accelerator's device: cuda:<local rank> on a GPU, the CPU here
         self.engine = deepspeed_engine(model, cfg.rm.lr, cfg.rm.weight_decay, cfg.rm.schedule,
                                        int(cfg.rm.warmup_ratio * total_steps), total_steps, ds_cfg)
+        check_engine_device(self.engine.module, self.device, "rm.device")
         self.capture = HiddenCapture(self.engine.module)
+        self.per_device_batch = cfg.rm.batch_size // world_size  # BSR's scale_by_local_batch, whatever the split
         self.step = 0
 
     # -- training -------------------------------------------------------------------------------
 
     def _forward(self, groups: list[Group]):
-        flat = flatten_groups(groups)
-        batch = encode(self.tokenizer, flat.prompts, flat.responses, self.cfg.model.max_length)
-        rewards, hidden = rewards_and_hidden(self.engine, self.capture, batch, self.tokenizer.pad_token_id)
-        return flat, rewards, hidden
+        return score_groups(self.engine, self.capture, self.tokenizer, groups, self.cfg.model.max_length, self.device)
 
     def train_step(self, groups: list[Group]) -> dict:
         """One optimizer step on this rank's shard (split into grad_accum_steps micro-batches)."""
@@ -62,7 +75,7 @@ class RewardModelTrainer:
         sums: dict = {}
         for start in range(0, len(groups), size):
             flat, rewards, hidden = self._forward(groups[start : start + size])
-            loss = rm_loss(rewards, flat, self.cfg.loss)
+            loss = rm_loss(rewards, flat, self.cfg.loss, local_batch_size=self.per_device_batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{self.name}: loss is {float(loss)} at step {self.step} "

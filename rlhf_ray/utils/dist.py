@@ -98,7 +98,11 @@ def shm_segment(master_addr: str, master_port: int, rank: int) -> Path:
 
 
 def deepspeed_config(micro_batch: int, grad_accum: int, grad_clip: float, zero_stage: int, bf16: bool) -> dict:
-    return {
+    """bf16: the model computes in bfloat16 while the optimizer updates fp32 master weights with fp32
+    Adam states (every ZeRO stage keeps them: stage 0 FP16_UnfusedOptimizer, 1 BF16_Optimizer, 2-3
+    the ZeRO optimizers' fp32 partitions; tests/integration/test_precision.py checks each), and from
+    stage 1 gradients are accumulated in fp32 too (stage 0 has no such mode)."""
+    config = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
@@ -107,6 +111,9 @@ def deepspeed_config(micro_batch: int, grad_accum: int, grad_clip: float, zero_s
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if bf16 and zero_stage >= 1:
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
 
 
 def gathered_parameters(params, zero_stage: int):

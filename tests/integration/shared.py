@@ -3,7 +3,7 @@ import re
 
 # The tiny RLOO run: tiny-llama policy on vLLM-CPU, short prompts and responses, a small KV cache. A test
 # adds its own counts after these (later overrides win).
-TINY_RLOO = ("rloo.policy=tiny-llama", "rloo.max_prompt_tokens=64", "rollout.k=2", "rollout.max_new_tokens=4",
+TINY_RLOO = ("policy.name=tiny-llama", "rloo.max_prompt_tokens=64", "rollout.k=2", "rollout.max_new_tokens=4",
              "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256", "reward.max_length=96")
 
 # Every reward-model loss, as config overrides: in-process in test_trainer_losses.py, two of them on Ray.

@@ -11,8 +11,9 @@ from rlhf_ray.rl.scorer import RLScorer
 
 
 def _reward_cfg(**extra):
-    return {"models": ["tiny-llama"], "aggregate": "mean", "uwo_lambda": 0.5, "transform": "none",
-            "train_on_gold": False, "max_length": 64, **extra}
+    from rlhf_ray.config import RewardConfig
+
+    return RewardConfig(models=["tiny-llama"], max_length=64, **extra).model_dump()
 
 
 def test_nan_rewards_name_the_samples_and_prompts():

@@ -26,7 +26,7 @@ def _perturbed_policy(seed=0):
 def _assert_learner_logprobs_equal(policy, rollouts, atol):
     """The learner's own computation (packed batch: left-padded prompts of different lengths, right-
     padded responses) must give the engine's logprob for every response token."""
-    from rlhf_ray.rl.learner import pack, response_logprobs
+    from rlhf_ray.rl.logprobs import pack, response_logprobs
 
     with torch.no_grad():
         learner, _ = response_logprobs(policy, pack(rollouts, pad_id=0), temperature=1.0)

@@ -5,7 +5,8 @@ import torch
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.engines.base import Rollouts
-from rlhf_ray.rl.learner import RLOOLearner, group_micro_batches, pack, response_logprobs
+from rlhf_ray.rl.learner import RLOOLearner
+from rlhf_ray.rl.logprobs import group_micro_batches, pack, response_logprobs
 from rlhf_ray.utils.dist import reserve_address, shm_segment
 
 
@@ -22,7 +23,7 @@ def _rollouts(k=2, prompts=3, seed=0):
 
 
 def _updated_weights(micro_batch_size, variant, ppo_epochs=1):
-    cfg = load_config(None, ["rloo.policy=tiny-llama", f"learner.micro_batch_size={micro_batch_size}",
+    cfg = load_config(None, ["policy.name=tiny-llama", f"learner.micro_batch_size={micro_batch_size}",
                              f"learner.variant={variant}", "learner.lr=1e-2", "learner.warmup_ratio=0",
                              "learner.grad_clip=0", "rollout.temperature=1.0", f"learner.ppo_epochs={ppo_epochs}"])
     torch.manual_seed(0)

@@ -96,7 +96,7 @@ def test_configs_name_resources_that_exist(path):
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "rloo" in p.name], ids=lambda p: p.name)
 def test_rloo_configs_name_a_policy_and_prompts_that_resolve(path):
     cfg = load_config(path)
-    assert _model_ref_ok(cfg.rloo.policy)
+    assert _model_ref_ok(cfg.policy.name)
     prompts = cfg.rloo.prompts
     assert prompts == "gold" or _data_ref_ok(prompts, "custom")
     for model in cfg.reward.models:  # a trained checkpoint under runs/ (made by a documented command) or a ref

@@ -216,10 +216,10 @@ def test_readme_rloo_command_on_a_fresh_clone_names_the_missing_reward_model_and
     """`rlhf-ray rloo --config configs/rloo_smollm2.yaml` before `train-rm`: an error at once, naming the key."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
-    assert main(["rloo", "--config", "configs/rloo_smollm2.yaml", "--check", "rloo.policy=tiny-llama"]) == 2
+    assert main(["rloo", "--config", "configs/rloo_smollm2.yaml", "--check", "policy.name=tiny-llama"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "config key 'reward.models[0]': model path 'runs/rm_bsr_gold/model' does not exist" in err
     assert "rlhf-ray train-rm" in err
-    assert main(["rloo", "--config", "configs/rloo_smollm2.yaml", "--check", "rloo.policy=tiny-llama",
+    assert main(["rloo", "--config", "configs/rloo_smollm2.yaml", "--check", "policy.name=tiny-llama",
                  "rloo.prompts_per_step=1000", "reward.models=[tiny-llama]"]) == 2
     assert "config key 'rloo.prompts_per_step': 1000 is more than the 256 prompts" in capsys.readouterr().err

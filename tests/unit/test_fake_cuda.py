@@ -1,0 +1,193 @@
+"""GPU placement without a GPU: the actors' own tensor code runs under FakeTensorMode, which creates
+`cuda` tensors on this CPU-only build and raises when an op mixes `cuda:0` with `cpu`. Models are
+stand-ins (fake-cuda weights; they check the device of every input and answer on theirs), since a
+transformers forward on fake-cuda weights does not run here (../shared/STACK.md). Each test fails
+when one of the device moves it covers is removed (tried by hand once per test: the note of issue 12)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from rlhf_ray.config import LossConfig, load_config
+from rlhf_ray.data.schema import Group
+from rlhf_ray.models.reward_model import HiddenCapture, last_token_index
+from rlhf_ray.rl.engines.base import Rollouts, Sampling
+from rlhf_ray.rm.objective import rm_loss
+from tests.unit.shared_tokenizer import word_tokenizer
+
+pytestmark = pytest.mark.fake_cuda
+CUDA = torch.device("cuda", 0)  # what resolve_device gives a GPU actor
+
+
+def fake_weight(*shape) -> nn.Parameter:
+    return nn.Parameter(torch.randn(*shape, device=CUDA), requires_grad=False)
+
+
+def check_on_device(**tensors) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != CUDA:
+            raise AssertionError(f"{name} reached the model on {tensor.device}, the model is on {CUDA}")
+
+
+def linear_on_device(inputs: int, outputs: int) -> nn.Linear:
+    layer = nn.Linear(inputs, outputs, bias=False, device="meta")  # no init kernels for fake cuda
+    layer.weight = fake_weight(outputs, inputs)
+    return layer
+
+
+class StandInRewardModel(nn.Module):
+    """A sequence-classification model: embeddings, a `score` head (the value head HiddenCapture hooks),
+    the reward of each row's last real token, as a decoder LM's head answers."""
+
+    def __init__(self, vocab: int, hidden: int, pad_id: int):
+        super().__init__()
+        self.embed, self.score, self.pad_id = fake_weight(vocab, hidden), linear_on_device(hidden, 1), pad_id
+
+    def forward(self, input_ids, attention_mask, position_ids=None, token_type_ids=None):
+        check_on_device(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        token_type_ids=token_type_ids)
+        per_position = self.score(nn.functional.embedding(input_ids, self.embed))  # (B, T, 1)
+        last = last_token_index(input_ids, self.pad_id).view(-1, 1, 1)
+        return SimpleNamespace(logits=per_position.gather(1, last).squeeze(1))
+
+
+class StandInCache:
+    def batch_repeat_interleave(self, k: int) -> None:
+        self.repeated = k
+
+
+class StandInBackbone(nn.Module):
+    def __init__(self, vocab: int, hidden: int):
+        super().__init__()
+        self.embed = fake_weight(vocab, hidden)
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache, past_key_values=None):
+        check_on_device(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return SimpleNamespace(last_hidden_state=nn.functional.embedding(input_ids, self.embed),
+                               past_key_values=past_key_values or StandInCache())
+
+
+class StandInCausalLM(nn.Module):
+    """What response_logprobs uses of a causal LM: its decoder, its LM head, its config."""
+
+    def __init__(self, vocab: int = 50, hidden: int = 8):
+        super().__init__()
+        self.backbone, self.lm_head = StandInBackbone(vocab, hidden), linear_on_device(hidden, vocab)
+        self.config = SimpleNamespace()
+
+    def get_decoder(self):
+        return self.backbone
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def _groups() -> list[Group]:
+    return [Group("p0", "the prompt is good", "closed", ["yes it is", "no", "it is bad"], [3.0, 2.0, 1.0]),
+            Group("p1", "a prompt that is open", "open", ["good answer", "bad"], [1.0, 0.0])]
+
+
+LOSS_FAMILIES = {
+    "bt": LossConfig(name="bt"),
+    "bsr_local": LossConfig(name="bt", bsr={"coef": 0.01, "scale_by_local_batch": True}),
+    "bsr_global": LossConfig(name="bt", bsr={"coef": 0.01, "scope": "global"}),
+    "ranking": LossConfig(name="ranking", utility={"name": "log"}),
+    "prompt_aware": LossConfig(name="ranking", prompt_aware={"enabled": True}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(LOSS_FAMILIES))
+def test_an_rm_batch_is_built_scored_and_lost_on_the_gpu(family, monkeypatch):
+    import torch.distributed as dist
+
+    from rlhf_ray.rm.trainer import score_groups
+
+    def all_reduce_on_device(tensor, group=None):  # nccl reduces device tensors only
+        check_on_device(all_reduce=tensor)
+
+    def two_ranks(group=None):
+        return 2
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce_on_device)
+    monkeypatch.setattr(dist, "get_world_size", two_ranks)
+    tokenizer = word_tokenizer()
+    with FakeTensorMode():
+        model = StandInRewardModel(len(tokenizer), 8, tokenizer.pad_token_id)
+        capture = HiddenCapture(model)
+        flat, rewards, hidden = score_groups(model, capture, tokenizer, _groups(), 32, CUDA)
+        loss = rm_loss(rewards, flat, LOSS_FAMILIES[family], local_batch_size=2)
+    assert rewards.shape == (5,) and hidden.shape == (5, 8) and loss.shape == ()
+    assert rewards.device == hidden.device == loss.device == CUDA and flat.hi.device == CUDA
+
+
+def test_a_scorer_batch_is_scored_on_the_gpu():
+    from rlhf_ray.scoring.scorer import RewardScorer
+
+    tokenizer = word_tokenizer()
+    with FakeTensorMode():
+        model = StandInRewardModel(len(tokenizer), 8, tokenizer.pad_token_id)
+        scorer = RewardScorer.on(model, tokenizer, CUDA, max_length=32)
+        rewards, hidden = scorer.score_batch(["the prompt", "a prompt is open"], ["yes", "good answer and bad"])
+    assert rewards.device == hidden.device == CUDA and rewards.shape == (2,)
+
+
+def _rollouts() -> Rollouts:
+    prompts = [[5, 6, 7], [8, 9]]
+    responses = [[10, 11], [12], [13, 14, 15], [16]]
+    return Rollouts([prompts[0]] * 2 + [prompts[1]] * 2, responses, [[0.0] * len(r) for r in responses],
+                    [True] * 4, [], 2, 0)
+
+
+@pytest.mark.parametrize("variant, estimator", [("sequence", "k1"), ("token", "k3")])
+@pytest.mark.parametrize("shared_prompt", [True, False])
+def test_a_learner_micro_batch_is_packed_and_lost_on_the_gpu(variant, estimator, shared_prompt):
+    from rlhf_ray.rl.learner import micro_batch_loss, packed_parts
+    from rlhf_ray.rl.logprobs import response_logprobs
+
+    scores = torch.tensor([1.0, 0.0, 0.5, -0.5])  # as the scorers' results arrive: on the CPU
+    with FakeTensorMode():
+        scores = torch.tensor([1.0, 0.0, 0.5, -0.5])
+        policy, reference = StandInCausalLM(), StandInCausalLM()
+        (batch, part_scores), = packed_parts(_rollouts(), scores, [[0, 1, 2, 3]], 0, CUDA)
+        logp, entropy = response_logprobs(policy, batch, 0.7, True, chunk_tokens=3, shared_prompt=shared_prompt)
+        logp_ref, _ = response_logprobs(reference, batch, 0.7, chunk_tokens=5, shared_prompt=shared_prompt)
+        loss, clip_frac, adv, token_kl = micro_batch_loss(variant, logp, logp.detach(), logp_ref, batch,
+                                                          part_scores, 4.0, 0.05, 0.2, estimator)
+    assert logp.shape == (4, 3) and entropy.shape == (4, 3) and loss.shape == ()
+    assert {t.device for t in (batch.mask, batch.prompt_ids, logp, logp_ref, loss, clip_frac, adv, token_kl)} == {CUDA}
+
+
+def test_an_hf_engine_generation_step_runs_on_the_gpu():
+    from rlhf_ray.rl.engines.hf import HFEngine, left_padded
+
+    class StandInGenerator(nn.Module):
+        vocab = 50
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, num_return_sequences, **kwargs):
+            check_on_device(input_ids=input_ids, attention_mask=attention_mask)
+            rows = input_ids.shape[0] * num_return_sequences
+            new = torch.randint(0, self.vocab, (rows, max_new_tokens), device=CUDA)
+            return SimpleNamespace(sequences=torch.cat([input_ids.repeat_interleave(num_return_sequences, 0), new], 1),
+                                   scores=[torch.randn(rows, self.vocab, device=CUDA)] * max_new_tokens)
+
+    engine = HFEngine.on(StandInGenerator(), word_tokenizer(), CUDA)
+    with FakeTensorMode():
+        ids, mask = left_padded([[5, 6, 7], [8]], engine.pad_id, engine.device)
+        new, logps = engine.sample(ids, mask, Sampling(4, 0.7, 1.0, seed=0), k=2)
+    assert ids.device == mask.device == new.device == logps.device == CUDA and new.shape == logps.shape == (4, 4)
+
+
+def test_every_role_takes_its_device_from_its_own_section():
+    from rlhf_ray.utils.devices import DeviceError, auto_device_type, resolve_device
+
+    cfg = load_config(None, ["learner.device=cuda:1", "scorer.device=cpu"])
+    devices = (cfg.learner.device, cfg.scorer.device, cfg.rm.device, cfg.rollout.device)
+    assert devices == ("cuda:1", "cpu", "auto", "auto")
+    assert auto_device_type([2], cuda_available=False) == "cuda"  # Ray gave the actor GPU 2
+    assert auto_device_type([], cuda_available=True) == "cpu"  # an actor that asked for no GPU stays off them
+    assert auto_device_type(None, cuda_available=True) == "cuda"  # outside Ray: whatever torch sees
+    assert resolve_device("auto", "rm.device") == torch.device("cpu")  # this machine
+    with pytest.raises(DeviceError, match=r"learner\.device=cuda: .*torch sees no GPU"):
+        resolve_device("cuda", "learner.device")

@@ -141,6 +141,8 @@ class RMConfig(ActorGroupConfig):
     zero_stage: Literal[0, 1, 2, 3] = 1
     batch_size: int = Field(16, ge=1)  # groups (pairs or ranked prompts) per optimizer step, all ranks
     grad_accum_steps: int = Field(1, ge=1)
+    # or micro-batches by tokens: whole groups while their completions x the longest fit this budget
+    micro_batch_tokens: Optional[int] = Field(None, ge=16)
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -152,6 +154,12 @@ class RMConfig(ActorGroupConfig):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
     sync_timeout_s: float = Field(600.0, gt=0)  # a step that takes longer is an error, not a hang
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self):
+        if self.micro_batch_tokens is not None and self.grad_accum_steps != 1:
+            raise ValueError("rm.micro_batch_tokens and rm.grad_accum_steps both split a batch: set one of them")
+        return self
 
     @model_validator(mode="after")
     def _batch_divides(self):

@@ -12,10 +12,12 @@ from rlhf_ray.config import Config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import enable_gradient_checkpointing, load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts, Weights
-from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs, split_to_count
+from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
 from rlhf_ray.rl.rloo import CLIP_LOSSES, advantage_stats, advantages_of, loss_denominator
+from rlhf_ray.utils.actor_shell import actor_shell
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype
+from rlhf_ray.utils.micro_batches import common_count, split_to_count
 from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
@@ -91,13 +93,9 @@ class RLOOLearner:
         rank splits until it has as many as the rank with the most."""
         lc = self.cfg.learner
         batches = group_micro_batches(rollouts, lc.micro_batch_size, lc.micro_batch_tokens)
-        if lc.micro_batch_tokens is None or self.world_size == 1:
+        if lc.micro_batch_tokens is None:
             return batches
-        import torch.distributed as dist
-
-        count = torch.tensor([len(batches)])
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        return split_to_count(batches, int(count), rollouts.k)
+        return split_to_count(batches, common_count(len(batches), self.world_size), unit=rollouts.k)
 
     def update(self, rollouts: Rollouts, scores: torch.Tensor) -> dict:
         """One RLOO update on this rank's share (whole prompt groups), in micro-batches whose gradients
@@ -168,26 +166,15 @@ class RLOOLearner:
         save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.learner.zero_stage)
 
 
-class RLOOLearnerActor:
-    """Ray shell: `learner-<rank>`."""
-
-    def __init__(self):
-        self.learner = None
-
-    def reserve_address(self):
-        from rlhf_ray.utils.dist import reserve_address
-
-        return reserve_address()
-
-    def setup(self, cfg: dict, rank: int, world_size: int, addr: str, port: int, total_steps: int) -> None:
-        self.learner = RLOOLearner(Config.model_validate(cfg), rank, world_size, addr, port, total_steps)
+class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_parallel=True)):
+    """`learner-<rank>`: the generic data-parallel shell, plus the two calls that take Ray's objects."""
 
     def update(self, rank: int, world_size: int, *parts):
-        """parts = rollouts of every rollout worker, then their scores; this rank takes its groups."""
+        """parts = the rollouts of every rollout worker, then their scores (Ray resolves each ref passed
+        as a top-level argument, so they come flat); this rank takes its prompt groups."""
         half = len(parts) // 2
         rollouts, scores = merge(parts[:half], parts[half:])
-        mine = shard(rollouts, scores, rank, world_size)
-        return self.learner.update(*mine)
+        return self.core.update(*shard(rollouts, scores, rank, world_size))
 
     def publish_weights(self):
         """(a ref of the weights in the object store, or None off rank 0; seconds spent gathering and
@@ -195,23 +182,8 @@ class RLOOLearnerActor:
         import ray
 
         start = time.monotonic()
-        ref = self.learner.publish_weights(ray.put)
+        ref = self.core.publish_weights(ray.put)
         return ref, time.monotonic() - start
-
-    def join_sync_group(self, world_size, addr, port, timeout_s):
-        return self.learner.join_sync_group(world_size, addr, port, timeout_s)
-
-    def broadcast_weights(self):
-        return self.learner.broadcast_weights()
-
-    def save_state(self, path: str) -> None:
-        self.learner.save_state(path)
-
-    def load_state(self, path: str) -> None:
-        self.learner.load_state(path)
-
-    def save(self, path: str) -> None:
-        self.learner.save(path)
 
 
 def merge(rollout_parts, score_parts) -> tuple[Rollouts, torch.Tensor]:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from rlhf_ray.rl.engines.base import Rollouts
+from rlhf_ray.utils.micro_batches import chunk_by_tokens
 
 
 @dataclass
@@ -143,29 +144,13 @@ def group_micro_batches(rollouts: Rollouts, size: int, tokens: int | None = None
     def length(group: int) -> int:  # its longest prompt + response
         return max(len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i]) for i in span(group))
 
+    def rows(group: int) -> int:
+        return k
+
     groups = sorted(range(len(rollouts) // k), key=length)
     if tokens is None:
         per = max(1, size // k)
         chunks = [groups[j : j + per] for j in range(0, len(groups), per)]
     else:
-        chunks = [[]]
-        for g in groups:  # ascending length: the group added last sets the padded width
-            if chunks[-1] and (len(chunks[-1]) + 1) * k * length(g) > tokens:
-                chunks.append([])
-            chunks[-1].append(g)
+        chunks = chunk_by_tokens(groups, rows, length, tokens)
     return [[i for g in chunk for i in span(g)] for chunk in chunks]
-
-
-def split_to_count(micro_batches: list[list[int]], count: int, k: int) -> list[list[int]]:
-    """The micro-batches split (the largest first, at a group boundary) until there are `count`: every
-    data-parallel rank must run as many forward/backward passes as the others, or ZeRO's collectives
-    wait on the rank that has none left."""
-    batches = [list(b) for b in micro_batches]
-    while len(batches) < count:
-        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
-        groups = len(batches[largest]) // k
-        if groups < 2:
-            raise ValueError(f"cannot make {count} micro-batches of whole prompt groups out of {len(micro_batches)}")
-        half = groups // 2 * k
-        batches[largest:largest + 1] = [batches[largest][:half], batches[largest][half:]]
-    return batches

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
+from rlhf_ray.utils.actor_shell import actor_shell
 
 
 def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
@@ -64,23 +65,11 @@ class RolloutWorker:
         return self.load_weights(weights, version)
 
 
-class RolloutActor:
-    """Ray shell: `rollout-<i>`."""
+class RolloutActor(actor_shell(RolloutWorker, "RolloutShell")):
+    """`rollout-<i>`: the generic shell, and the worker named as Ray named the actor."""
 
     def __init__(self, engine_kind: str, model_path: str, **engine_kwargs):
         import ray
 
         name = ray.get_runtime_context().get_actor_name() or "rollout"
-        self.worker = RolloutWorker(name, engine_kind, model_path, **engine_kwargs)
-
-    def generate(self, prompt_ids, k, sampling, expected_version=None):
-        return self.worker.generate(prompt_ids, k, sampling, expected_version)
-
-    def load_weights(self, weights, version):
-        return self.worker.load_weights(weights, version)
-
-    def join_sync_group(self, rank, world_size, addr, port, timeout_s):
-        return self.worker.join_sync_group(rank, world_size, addr, port, timeout_s)
-
-    def receive_weights(self, version):
-        return self.worker.receive_weights(version)
+        self.core = RolloutWorker(name, engine_kind, model_path, **engine_kwargs)

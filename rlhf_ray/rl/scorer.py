@@ -14,6 +14,7 @@ from rlhf_ray.data.gold import gold_reward
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.scoring.aggregate import aggregate, transform
 from rlhf_ray.scoring.scorer import RewardScorer
+from rlhf_ray.utils.actor_shell import actor_shell
 
 
 class RLScorer:
@@ -61,14 +62,4 @@ class RLScorer:
         }
 
 
-class RLScorerActor:
-    """Ray shell: `scorer-<i>`."""
-
-    def __init__(self, reward_cfg: dict, device: str = "auto"):
-        self.scorer = RLScorer(reward_cfg, device)
-
-    def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
-        return self.scorer.score(rollouts, prompts)
-
-    def member_rewards(self, prompt_texts, responses):
-        return self.scorer.member_rewards(prompt_texts, responses)
+RLScorerActor = actor_shell(RLScorer, "RLScorerActor")  # `scorer-<i>`

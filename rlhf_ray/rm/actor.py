@@ -1,40 +1,16 @@
-"""The reward-model trainer Ray actor: a thin shell around `RewardModelTrainer`, one per DP rank."""
+"""The reward-model trainers as the driver sees them: one `RewardModelTrainer` per data-parallel rank,
+each in a generic Ray shell."""
 from __future__ import annotations
 
 from rlhf_ray.cluster import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.data.schema import Group
 from rlhf_ray.rm.metrics import add_sums, summarise
+from rlhf_ray.rm.trainer import RewardModelTrainer
+from rlhf_ray.utils.actor_shell import actor_shell
 
 
-class RMTrainerActor:
-    def __init__(self):
-        self.trainer = None
-
-    def reserve_address(self) -> tuple[str, int]:
-        from rlhf_ray.utils.dist import reserve_address
-
-        return reserve_address()
-
-    def setup(self, cfg: dict, rank: int, world_size: int, addr: str, port: int, total_steps: int) -> None:
-        from rlhf_ray.rm.trainer import RewardModelTrainer
-
-        self.trainer = RewardModelTrainer(Config.model_validate(cfg), rank, world_size, addr, port, total_steps)
-
-    def train_step(self, groups: list[Group]) -> dict:
-        return self.trainer.train_step(groups)
-
-    def evaluate(self, groups: list[Group]) -> dict:
-        return self.trainer.evaluate(groups)
-
-    def save(self, path: str):
-        return self.trainer.save(path)
-
-    def save_state(self, path: str) -> None:
-        self.trainer.save_state(path)
-
-    def load_state(self, path: str, step: int) -> None:
-        self.trainer.load_state(path, step)
+RMTrainerActor = actor_shell(RewardModelTrainer, "RMTrainerActor", data_parallel=True)  # `rm-trainer-<rank>`
 
 
 class RMTrainerGroup:

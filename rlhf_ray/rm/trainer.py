@@ -24,6 +24,7 @@ from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_groups, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype, to_device
+from rlhf_ray.utils.micro_batches import chunk_by_tokens, common_count, split_to_count
 from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
@@ -67,23 +68,51 @@ class RewardModelTrainer:
     def _forward(self, groups: list[Group]):
         return score_groups(self.engine, self.capture, self.tokenizer, groups, self.cfg.model.max_length, self.device)
 
+    def micro_batches(self, groups: list[Group]) -> list[list[Group]]:
+        """grad_accum_steps equal parts, or whole groups within rm.micro_batch_tokens (split further to
+        the count of the rank with the most, so every rank runs as many passes)."""
+        rc = self.cfg.rm
+        if rc.micro_batch_tokens is None:
+            size = math.ceil(len(groups) / rc.grad_accum_steps)
+            return [groups[start : start + size] for start in range(0, len(groups), size)]
+
+        def rows(group: Group) -> int:
+            return len(group.completions)
+
+        def width(group: Group) -> int:  # its longest completion with the prompt, as encoded
+            n = len(group.completions)
+            return int(encode(self.tokenizer, [group.prompt] * n, group.completions,
+                              self.cfg.model.max_length)["attention_mask"].sum(-1).max())
+
+        chunks = chunk_by_tokens(groups, rows, width, rc.micro_batch_tokens)
+        return split_to_count(chunks, common_count(len(chunks), self.world_size))
+
     def train_step(self, groups: list[Group]) -> dict:
-        """One optimizer step on this rank's shard (split into grad_accum_steps micro-batches)."""
+        """One optimizer step on this rank's shard, in micro-batches. With grad_accum_steps DeepSpeed
+        averages the micro-batches' losses; with a token budget each weighs by its share of the
+        shard's pairs, so the step's gradient is that of the whole shard's mean loss."""
         self.engine.train()
-        k = self.cfg.rm.grad_accum_steps
-        size = math.ceil(len(groups) / k)
+        parts = self.micro_batches(groups)
+        by_tokens = self.cfg.rm.micro_batch_tokens is not None
+        pairs = sum(flatten_groups(part).hi.numel() for part in parts)
         sums: dict = {}
-        for start in range(0, len(groups), size):
-            flat, rewards, hidden = self._forward(groups[start : start + size])
+        for i, part in enumerate(parts):
+            flat, rewards, hidden = self._forward(part)
             loss = rm_loss(rewards, flat, self.cfg.loss, local_batch_size=self.per_device_batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"{self.name}: loss is {float(loss)} at step {self.step} "
                     f"(rewards finite: {bool(torch.isfinite(rewards).all())}); no checkpoint was written"
                 )
-            self.engine.backward(loss)
-            self.engine.step()
+            if by_tokens:
+                self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
+                self.engine.backward(loss * (flat.hi.numel() / pairs), scale_wrt_gas=False)
+            else:
+                self.engine.backward(loss)
+                self.engine.step()
             sums = add_sums(sums, batch_sums(rewards, flat.hi, flat.lo, hidden, float(loss.detach())))
+        if by_tokens:
+            self.engine.step()
         self.step += 1
         sums["w_norm"] = self.head_norm() / self.world_size  # the driver adds ranks up
         sums["lr"] = self.engine.get_lr()[0] / self.world_size

@@ -6,30 +6,19 @@ import torch
 
 from rlhf_ray.cluster import ActorGroup
 from rlhf_ray.config import ActorGroupConfig
+from rlhf_ray.scoring.scorer import RewardScorer
+from rlhf_ray.utils.actor_shell import actor_shell
 
 
-class ScorerActor:
-    """Ray shell around `RewardScorer`."""
-
-    def __init__(self, model_ref: str, max_length: int, trust_remote_code: bool = False, device: str = "auto",
-                 dtype: str = "float32"):
-        from rlhf_ray.scoring.scorer import RewardScorer
-
-        self.scorer = RewardScorer(model_ref, max_length, trust_remote_code=trust_remote_code, device=device,
-                                   dtype=dtype, dtype_key="model.dtype")
-
-    def score(self, prompts: list[str], responses: list[str], with_hidden: bool = False):
-        return self.scorer.score(prompts, responses, with_hidden)
-
-    def head_norm(self) -> float:
-        return self.scorer.head_norm()
+ScorerActor = actor_shell(RewardScorer, "ScorerActor")
 
 
 class ScorerPool:
     def __init__(self, model_ref: str, cfg: ActorGroupConfig, max_length: int = 256, trust_remote_code: bool = False,
                  timeout_s: float = 600, tag: str | None = None, dtype: str = "float32"):
-        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, trust_remote_code, cfg.device,
-                                dtype, tag=tag)
+        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, tag=tag,
+                                trust_remote_code=trust_remote_code, device=cfg.device, dtype=dtype,
+                                dtype_key="model.dtype")
         self.timeout_s = timeout_s
 
     def score(self, prompts: list[str], responses: list[str], with_hidden: bool = False):

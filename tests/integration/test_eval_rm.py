@@ -29,6 +29,20 @@ def test_eval_rm_on_gold_writes_every_scenario(ray_local, testbeds, tmp_path, mo
         assert (tmp_path / "eval" / png).stat().st_size > 1000
     assert result["plots"]
 
+    # the pool's accuracy and ||h|| on val1 are what one scorer in this process gives, pair by pair
+    from rlhf_ray.data.schema import load_groups
+    from rlhf_ray.scoring.scorer import RewardScorer
+
+    scorer, correct, pairs, norms = RewardScorer(model, max_length=128), 0, 0, []
+    for group in load_groups(testbeds / "gold" / "val1.parquet"):
+        rewards, hidden = scorer.score([group.prompt] * len(group.completions), group.completions, with_hidden=True)
+        for i in range(len(rewards)):  # completions come best first
+            for j in range(i + 1, len(rewards)):
+                pairs, correct = pairs + 1, correct + bool(rewards[i] > rewards[j])
+        norms += hidden.norm(dim=-1).tolist()
+    assert saved["val1"]["accuracy"]["value"] == pytest.approx(correct / pairs)
+    assert saved["val1"]["h_norm_mean"] == pytest.approx(sum(norms) / len(norms), rel=1e-4)
+
 
 def test_eval_rm_on_collapse_compares_with_the_trained_utility(ray_local, testbeds, tmp_path):
     run = tmp_path / "pa"

@@ -12,8 +12,8 @@ from rlhf_ray.rl.logprobs import (
     group_micro_batches,
     pack,
     response_logprobs,
-    split_to_count,
 )
+from rlhf_ray.utils.micro_batches import split_to_count
 
 
 def _model(seed=0):
@@ -110,8 +110,8 @@ def test_token_budget_micro_batches_hold_whole_groups_within_the_budget():
 
 def test_micro_batches_split_to_the_count_of_the_rank_with_most():
     batches = [[0, 1, 2, 3, 4, 5], [6, 7]]
-    split = split_to_count(batches, 4, k=2)
+    split = split_to_count(batches, 4, unit=2)
     assert len(split) == 4 and sorted(i for b in split for i in b) == list(range(8))
     assert all(len(b) % 2 == 0 and b for b in split)
     with pytest.raises(ValueError, match="cannot make 5 micro-batches"):
-        split_to_count(batches, 5, k=2)
+        split_to_count(batches, 5, unit=2)

@@ -55,7 +55,7 @@ def test_sequence_variant_brute_force():
     new, old, ref, mask, scores = _batch()
     k, beta, clip = 3, 0.05, 0.2
     loss, stats = R.rloo_loss("sequence", new, old, ref, mask, scores, beta, k, clip, "k1")
-    terms = []
+    terms, outside = [], 0
     rs = [scores[b].item() - beta * sum((old[b, t] - ref[b, t]).item() for t in range(5) if mask[b, t])
           for b in range(6)]
     for b in range(6):
@@ -64,15 +64,16 @@ def test_sequence_variant_brute_force():
         a = rs[b] - sum(group) / (k - 1)
         ratio = math.exp(sum((new[b, t] - old[b, t]).item() for t in range(5) if mask[b, t]))
         terms.append(max(-a * ratio, -a * min(max(ratio, 1 - clip), 1 + clip)))
+        outside += not (1 - clip <= ratio <= 1 + clip)
     assert loss.item() == pytest.approx(sum(terms) / 6, rel=1e-10)
-    assert 0 <= stats["clip_frac"] <= 1
+    assert 0 < outside < 6 and stats["clip_frac"] == pytest.approx(outside / 6)  # sequences whose ratio was clipped
 
 
 def test_token_variant_brute_force():
     new, old, ref, mask, scores = _batch()
     k, beta, clip = 2, 0.1, 0.2
-    loss, _ = R.rloo_loss("token", new, old, ref, mask, scores, beta, k, clip, "k3")
-    total, count = 0.0, 0
+    loss, stats = R.rloo_loss("token", new, old, ref, mask, scores, beta, k, clip, "k3")
+    total, count, outside = 0.0, 0, 0
     for b in range(6):
         p = b // k
         other = scores[p * k + (1 - b % k)].item()
@@ -88,8 +89,10 @@ def test_token_variant_brute_force():
             a = base - beta * to_go
             ratio = math.exp((new[b, t] - old[b, t]).item())
             total += max(-a * ratio, -a * min(max(ratio, 1 - clip), 1 + clip))
+            outside += not (1 - clip <= ratio <= 1 + clip)
             count += 1
     assert loss.item() == pytest.approx(total / count, rel=1e-10)
+    assert 0 < outside < count and stats["clip_frac"] == pytest.approx(outside / count)  # real tokens clipped
 
 
 def test_on_policy_gradient_is_the_rloo_policy_gradient():

@@ -103,6 +103,18 @@ def _cmd_pipeline(cfg, args) -> str:
     return f"done in {result['minutes']:.1f} min; report {result['report']}"
 
 
+def _cmd_plan(cfg, args) -> str:
+    import yaml
+
+    from rlhf_ray.plan import check_fits, format_plan, job_of, plan_groups
+
+    job = args.job or job_of(yaml.safe_load(open(args.config)) or {})
+    groups = plan_groups(cfg, job)
+    print("\n".join(format_plan(groups, args.gpu_memory_gb)), flush=True)
+    check_fits(groups, args.gpu_memory_gb)
+    return f"every {job} group fits {args.gpu_memory_gb:g} GB GPUs (estimates; see README, GPUs)"
+
+
 RM_KEYS = ("output_dir", "model.name", "loss.name", "loss.bsr.coef", "loss.bsr.scope", "data.testbed", "data.train",
            "rm.num_workers", "rm.batch_size", "rm.lr", "rm.epochs", "rm.max_steps", "rm.save_every")
 RLOO_KEYS = ("output_dir", "policy.name", "rloo.prompts", "rloo.steps", "rloo.prompts_per_step", "rloo.eval_prompts",
@@ -126,6 +138,10 @@ COMMANDS = {
     "pipeline": Command(_cmd_pipeline, "prepare -> train BT/BSR/prompt-aware RMs -> RLOO against each -> one report",
                         "configs/pipeline.yaml", ("output_dir", "pipeline.reward_models", "pipeline.rloo"),
                         "rlhf-ray pipeline --config configs/pipeline.yaml"),
+    "plan": Command(_cmd_plan, "estimated peak memory per device of every actor group; starts nothing", None,
+                    ("learner.micro_batch_tokens", "learner.logits_chunk_tokens", "rm.micro_batch_tokens",
+                     "policy.gradient_checkpointing", "model.gradient_checkpointing"),
+                    "rlhf-ray plan --config configs/paper_rloo_gpu.yaml --gpu-memory-gb 80"),
     "demo": Command(_cmd_pipeline, "a short pipeline on the embedded default (~23 min on 2 cores)", "configs/demo.yaml",
                     ("output_dir", "pipeline.reward_models", "pipeline.rloo_overrides"), "rlhf-ray demo"),
 }
@@ -174,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true",
                            help="continue from the newest complete checkpoint under output_dir/checkpoints "
                                 "(an error when there is none; resume=auto starts fresh instead)")
+        if name == "plan":
+            p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU (default: 80)")
+            p.add_argument("--job", choices=["train-rm", "rloo"],
+                           help="the job to plan (default: rloo when the config sets policy/rloo/learner/rollout)")
         if name == "eval-rm":
             p.add_argument("--model", required=True, help="checkpoint folder, alias or hub id")
             p.add_argument("--testbed", help="gold | collapse | a .parquet/.jsonl file | hub:<name>:<split>")

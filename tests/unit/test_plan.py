@@ -1,0 +1,59 @@
+"""`rlhf-ray plan`: the memory terms follow the ZeRO and precision arithmetic, the shipped GPU recipes
+fit 80 GB GPUs, a group that does not fit exits 2 naming itself and its largest term."""
+import pytest
+
+from rlhf_ray.cli import main
+from rlhf_ray.config import load_config
+from rlhf_ray.models.architectures import KNOWN, architecture
+from rlhf_ray.plan import GIB, PlanError, check_fits, learner_plan, plan_groups, training_terms
+
+QWEN = KNOWN["Qwen/Qwen2.5-1.5B-Instruct"]
+
+
+def test_zero_stages_shard_what_they_should_and_bf16_adds_an_fp32_master():
+    p = QWEN.params()
+    fp32 = training_terms(QWEN, "float32", 4, 0, 0, False, True)
+    assert fp32["weights"] == fp32["gradients"] == 4 * p and fp32["optimizer states"] == 8 * p
+    z1 = training_terms(QWEN, "bfloat16", 4, 1, 0, False, True)
+    assert z1["weights"] == 2 * p and z1["optimizer states"] == 12 * p / 4 and z1["gradients"] == 2 * p + 4 * p / 4
+    z3 = training_terms(QWEN, "bfloat16", 4, 3, 0, False, True)
+    assert z3["weights"] == 2 * p / 4 and z3["gradients"] == 2 * p / 4 + 4 * p / 4
+
+
+def test_checkpointing_and_token_budgets_shrink_activations_and_chunks_bound_the_logits():
+    full = training_terms(QWEN, "bfloat16", 1, 0, 10_000, False, True)["activations"]
+    ckpt = training_terms(QWEN, "bfloat16", 1, 0, 10_000, True, True)["activations"]
+    assert ckpt < full / 5
+    cfg = load_config("configs/paper_rloo_gpu.yaml",
+                      ["learner.micro_batch_tokens=4096", "learner.logits_chunk_tokens=512"])
+    terms = learner_plan(cfg).terms
+    assert terms["logits chunk"] == 512 * QWEN.vocab * 12
+    assert learner_plan(load_config("configs/paper_rloo_gpu.yaml", ["learner.offload_reference=true"])).terms[
+        "reference model"] == 0
+
+
+@pytest.mark.parametrize("recipe, job", [("configs/paper_rloo_gpu.yaml", "rloo"),
+                                         ("configs/rm_gpu_cluster.yaml", "train-rm"),
+                                         ("configs/paper_bsr_rm.yaml", "train-rm")])
+def test_the_gpu_recipes_fit_80_gb(recipe, job):
+    groups = plan_groups(load_config(recipe), job)
+    check_fits(groups, 80)
+    assert all(g.on_gpu for g in groups if g.group != "scorer" or job == "rloo")
+
+
+def test_a_recipe_without_checkpointing_does_not_fit_and_says_why(capsys):
+    with pytest.raises(PlanError, match=r"rm needs .* GB per GPU, over 80 GB; its largest term is activations"):
+        check_fits(plan_groups(load_config("configs/paper_bsr_rm.yaml", ["model.gradient_checkpointing=false"]),
+                               "train-rm"), 80)
+    assert main(["plan", "--config", "configs/paper_bsr_rm.yaml", "model.gradient_checkpointing=false"]) == 2
+    out = capsys.readouterr()
+    assert "DOES NOT FIT" in out.out and "largest term is activations" in out.err
+    assert main(["plan", "--config", "configs/paper_rloo_gpu.yaml", "--gpu-memory-gb", "80"]) == 0
+    assert "every rloo group fits" in capsys.readouterr().out
+
+
+def test_a_model_of_unknown_shape_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match=r"config key 'policy.name': 'someone/unknown'"):
+        architecture("someone/unknown", "policy.name")
+    assert architecture("runs/paper_bsr_rm_qwen25_3b/model", "reward.models") == KNOWN["Qwen/Qwen2.5-3B-Instruct"]
+    assert GIB == 2**30

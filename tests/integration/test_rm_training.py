@@ -48,8 +48,8 @@ def _reload_rewards(model_dir, groups, max_length):
 @pytest.mark.parametrize(
     "model, testbed, overrides",
     [
-        ("tiny-llama", "gold", ["loss.name=bt", "rm.lr=3e-3"]),
-        ("minilm-l6", "collapse", ["loss.name=ranking", "loss.prompt_aware.enabled=true", "rm.lr=2e-4"]),
+        ("tiny-llama", "gold", ["loss.name=bt", "rm.lr=3e-3", "rm.epochs=4"]),
+        ("minilm-l6", "collapse", ["loss.name=ranking", "loss.prompt_aware.enabled=true", "rm.lr=2e-4", "rm.epochs=3"]),
     ],
 )
 def test_two_workers_lower_the_loss_and_write_a_loadable_checkpoint(ray_local, testbeds, tmp_path, model, testbed,
@@ -59,7 +59,7 @@ def test_two_workers_lower_the_loss_and_write_a_loadable_checkpoint(ray_local, t
     eval_split = "val1" if testbed == "gold" else "eval"
     cfg = _config(
         testbeds, tmp_path, f"model.name={model}", f"data.testbed={testbed}", f"data.eval={eval_split}",
-        "rm.batch_size=8", "rm.epochs=4", "rm.warmup_ratio=0", "model.max_length=160", *overrides,
+        "rm.batch_size=8", "rm.warmup_ratio=0", "model.max_length=128", *overrides,
     )
     summary = train_reward_model(cfg)
     losses, _ = _train_losses(tmp_path / "run")

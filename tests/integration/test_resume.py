@@ -1,6 +1,7 @@
 """Checkpoints and resume. RLOO: the driver is killed with SIGKILL mid-run, `--resume` continues from
 the newest complete checkpoint, and the prompt batches are the run's own prompt stream (what an
-uninterrupted run draws: its order comes from the seed alone), each step once. Reward-model training: a resumed run's losses equal the uninterrupted run's, step for step."""
+uninterrupted run draws: its order comes from the seed alone), each step once. Reward-model
+training: a resumed run's losses equal the uninterrupted run's, step for step."""
 import json
 import os
 import shutil

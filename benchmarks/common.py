@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE")
 
 def measure_isolated(bench: str, system: str, settings: dict, timeout_s: float = 1800, as_actor: bool = False) -> dict:
     """One measurement in a fresh process; its last stdout line is the JSON result. `as_actor`: the
@@ -27,7 +27,10 @@ def measure_isolated(bench: str, system: str, settings: dict, timeout_s: float =
     measured outside Ray; code measured through Ray actors gets that from the actors themselves."""
     from rlhf_ray.cluster import actor_env
 
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    # a rendezvous the calling process joined (MASTER_PORT, RANK, ...) is not the measurement's: TRL would
+    # try to listen on that port again
+    inherited = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env = {**inherited, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
     preload = actor_env(1).get("LD_PRELOAD") if as_actor else None
     if preload:

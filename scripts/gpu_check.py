@@ -82,7 +82,7 @@ def _reset(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _timed(device: str, fn, repeats: int = 3):
+def _timed(device: str, fn, repeats: int):
     fn()  # warm-up (kernels, allocator)
     _sync(device)
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def _timed(device: str, fn, repeats: int = 3):
     return out, (time.perf_counter() - start) / repeats
 
 
-def run(shape: str, out: Path, seq: int, batch: int) -> dict:
+def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
     from rlhf_ray.data.schema import Group
     from rlhf_ray.plan import learner_plan, rm_trainer_plan
     from rlhf_ray.rl.engines.base import Rollouts, Sampling
@@ -122,7 +122,7 @@ def run(shape: str, out: Path, seq: int, batch: int) -> dict:
     def rm_step():
         return trainer.train_step(groups)
 
-    _, seconds = _timed(device, rm_step)
+    _, seconds = _timed(device, rm_step, repeats)
     tokens = 2 * batch * seq
     result["steps"]["rm_train_step"] = _entry(seconds, tokens, 6 * arch.params(False) * tokens * 4 / 3, peak,
                                               _peak_gb(device), rm_trainer_plan(rm_cfg).total / 2**30)
@@ -144,7 +144,7 @@ def run(shape: str, out: Path, seq: int, batch: int) -> dict:
     def learner_step():
         return learner.update(rollouts, scores)
 
-    _, seconds = _timed(device, learner_step)
+    _, seconds = _timed(device, learner_step, repeats)
     tokens = batch * seq
     flops = (6 + 2) * arch.params() * tokens * 4 / 3  # policy forward+backward (+ recompute), reference forward
     result["steps"]["learner_update"] = _entry(seconds, tokens, flops, peak, _peak_gb(device),
@@ -157,7 +157,7 @@ def run(shape: str, out: Path, seq: int, batch: int) -> dict:
     def score_batch():
         return scorer.score([text] * batch, [text] * batch)
 
-    _, seconds = _timed(device, score_batch)
+    _, seconds = _timed(device, score_batch, repeats)
     result["steps"]["scorer_batch"] = _entry(seconds, batch * seq, 2 * arch.params(False) * batch * seq, peak,
                                              _peak_gb(device), None)
     scorer = None
@@ -187,8 +187,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "gpu"))
     parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence")
     parser.add_argument("--batch", type=int, default=8, help="pairs (RM), sequences (learner), rows (scorer)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each step, after a warm-up")
     args = parser.parse_args()
-    result = run(args.shape, Path(args.out), args.seq, args.batch)
+    result = run(args.shape, Path(args.out), args.seq, args.batch, args.repeats)
     for name, step in result["steps"].items():
         memory = "" if step["peak_memory_gb"] is None else (
             f", peak {step['peak_memory_gb']:.1f} GB" + (f" (plan {step['planned_gb']:.1f} GB)" if step["planned_gb"]

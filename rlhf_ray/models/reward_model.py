@@ -47,8 +47,11 @@ def value_head(model: nn.Module) -> nn.Linear:
 
 def init_value_head(model: nn.Module, generator: torch.Generator | None = None) -> None:
     """W_p ~ N(0, 1/sqrt(H)) and bias 0, as the BSR paper's code does."""
+    from rlhf_ray.utils.dist import gathered_parameters
+
     head = value_head(model)
-    with torch.no_grad():
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    with gathered_parameters(params, zero_stage=3, modifier_rank=0), torch.no_grad():  # whole when ZeRO-3-built
         head.weight.normal_(0.0, head_init_std(head.in_features), generator=generator)
         if head.bias is not None:
             head.bias.zero_()

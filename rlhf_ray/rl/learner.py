@@ -18,7 +18,7 @@ from rlhf_ray.utils.actor_shell import actor_shell
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype
 from rlhf_ray.utils.micro_batches import common_count, split_to_count
-from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
+from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed, zero3_init
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 T = TypeVar("T")
@@ -59,12 +59,14 @@ class RLOOLearner:
         def load():
             return load_causal_lm(path, pc.dtype, pc.trust_remote_code, pc.attn_implementation)
 
-        policy, self.reference = load(), load().eval().requires_grad_(False)
+        ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, pc.dtype == "bfloat16")
+        with zero3_init(ds_cfg):  # ZeRO-3: the trained policy is built partitioned, never whole on a rank
+            policy = load()
+        self.reference = load().eval().requires_grad_(False)  # whole: it runs outside DeepSpeed
         if pc.gradient_checkpointing:
             enable_gradient_checkpointing(policy)
         # an offloaded reference waits on the CPU and visits the device for its forwards (`_reference_on_device`)
         self.reference.to("cpu" if lc.offload_reference else self.device)
-        ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, pc.dtype == "bfloat16")
         # DeepSpeed puts the policy on its accelerator's device: cuda:<local rank> on a GPU, the CPU here
         self.engine = deepspeed_engine(policy, lc.lr, 0.0, lc.schedule, int(lc.warmup_ratio * total_steps),
                                        total_steps * lc.ppo_epochs, ds_cfg)

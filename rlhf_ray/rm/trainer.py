@@ -25,7 +25,7 @@ from rlhf_ray.rm.objective import flatten_groups, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype, to_device
 from rlhf_ray.utils.micro_batches import chunk_by_tokens, common_count, split_to_count
-from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed
+from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed, zero3_init
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
@@ -48,13 +48,14 @@ class RewardModelTrainer:
         resolve_dtype(cfg.model.dtype, self.device, "model.dtype")
         mc = cfg.model
         self.tokenizer = load_tokenizer(mc.name, mc.trust_remote_code, mc.padding_side)
-        model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id,
-                                  mc.attn_implementation)
-        if mc.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)
         ds_cfg = deepspeed_config(micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage,
                                   mc.dtype == "bfloat16")
+        with zero3_init(ds_cfg):  # ZeRO-3: built partitioned, never whole on a rank
+            model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id,
+                                      mc.attn_implementation)
+        if mc.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         # DeepSpeed puts the model on its accelerator's device: cuda:<local rank> on a GPU, the CPU here
         self.engine = deepspeed_engine(model, cfg.rm.lr, cfg.rm.weight_decay, cfg.rm.schedule,
                                        int(cfg.rm.warmup_ratio * total_steps), total_steps, ds_cfg)

@@ -1,6 +1,7 @@
 """torch.distributed / DeepSpeed set-up shared by every data-parallel role (RM trainer, RLOO learner)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from datetime import timedelta
@@ -116,15 +117,34 @@ def deepspeed_config(micro_batch: int, grad_accum: int, grad_clip: float, zero_s
     return config
 
 
-def gathered_parameters(params, zero_stage: int):
-    """Context in which ZeRO-3-partitioned parameters are whole on every rank (a no-op otherwise)."""
-    import contextlib
+def zero3_init(ds_config: dict):
+    """Context in which `from_pretrained` builds a ZeRO-3 model partitioned from the start (transformers'
+    `deepspeed.zero.Init` path): no rank ever holds the whole model. A no-op below stage 3."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return contextlib.nullcontext()
+    return _hf_zero3(ds_config)
 
-    if zero_stage != 3:
+
+@contextlib.contextmanager
+def _hf_zero3(ds_config: dict):
+    from transformers.integrations import HfDeepSpeedConfig
+
+    active = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: alive for the block
+    try:
+        yield active
+    finally:
+        del active
+
+
+def gathered_parameters(params, zero_stage: int, modifier_rank=None):
+    """Context in which ZeRO-3-partitioned parameters are whole on every rank (a no-op otherwise); with
+    `modifier_rank`, what that rank writes into them is partitioned back on exit."""
+    params = list(params)
+    if zero_stage != 3 or not any(hasattr(p, "ds_id") for p in params):  # ds_id: a ZeRO-3 partition
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
 
 
 def deepspeed_engine(model, lr: float, weight_decay: float, schedule: str, warmup_steps: int, total_steps: int,

@@ -37,3 +37,21 @@ def test_a_bf16_policy_trains_on_fp32_master_weights(zero_stage):
     assert stats["grad_norm"] > 0 and stats["loss"] == stats["loss"]
     adam = getattr(learner.engine.optimizer, "optimizer", learner.engine.optimizer).state.values()  # the torch AdamW
     assert adam and all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.float32 for s in adam)
+
+
+def test_zero3_builds_the_models_partitioned_and_their_value_head_as_initialised():
+    """Under ZeRO-3 no rank holds the whole model at load: the parameters come from deepspeed.zero.Init
+    (partitioned, empty until gathered), and the fresh value head is still N(0, 1/sqrt(H))."""
+    from rlhf_ray.models.reward_model import load_reward_model, value_head
+    from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, init_distributed, zero3_init
+
+    init_distributed(0, 1, *reserve_address())
+    with zero3_init(deepspeed_config(1, 1, 1.0, 3, False)):
+        model = load_reward_model("tiny-llama", seed=0)
+    params = list(model.parameters())
+    assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in params)  # partitions, not whole tensors
+    head = value_head(model)
+    with gathered_parameters([head.weight], 3):
+        assert 0.5 < float(head.weight.norm()) < 2.0
+    plain = load_reward_model("tiny-llama", seed=0)  # outside the context: whole, as before
+    assert not any(hasattr(p, "ds_id") for p in plain.parameters())

@@ -112,7 +112,8 @@ def _cmd_plan(cfg, args) -> str:
     groups = plan_groups(cfg, job)
     print("\n".join(format_plan(groups, args.gpu_memory_gb)), flush=True)
     check_fits(groups, args.gpu_memory_gb)
-    return f"every {job} group fits {args.gpu_memory_gb:g} GB GPUs (estimates; see README, GPUs)"
+    verdict = f"every {job} group fits {args.gpu_memory_gb:g} GB GPUs (estimates; see README, GPUs)"
+    return f"check passed: {verdict}" if args.check else verdict
 
 
 RM_KEYS = ("output_dir", "model.name", "loss.name", "loss.bsr.coef", "loss.bsr.scope", "data.testbed", "data.train",

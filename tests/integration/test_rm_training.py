@@ -49,7 +49,8 @@ def _reload_rewards(model_dir, groups, max_length):
     "model, testbed, overrides",
     [
         ("tiny-llama", "gold", ["loss.name=bt", "rm.lr=3e-3", "rm.epochs=4"]),
-        ("minilm-l6", "collapse", ["loss.name=ranking", "loss.prompt_aware.enabled=true", "rm.lr=2e-4", "rm.epochs=3"]),
+        ("minilm-l6", "collapse", ["loss.name=ranking", "loss.prompt_aware.enabled=true", "rm.lr=2e-4", "rm.epochs=3",
+                                   "data.max_train_rows=8", "rm.batch_size=4"]),
     ],
 )
 def test_two_workers_lower_the_loss_and_write_a_loadable_checkpoint(ray_local, testbeds, tmp_path, model, testbed,

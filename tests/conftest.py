@@ -52,17 +52,3 @@ def testbeds(tmp_path_factory):
     build_collapse(root, 16, 8, seed=0)
     return root
 
-
-# The longest files first (minutes in a 2-worker run), so that the two pytest-xdist workers
-# (`-n 2 --dist loadfile`) finish together instead of one running the demo alone at the end.
-LONGEST_FIRST = ("test_pipeline", "test_first_hour", "test_rm_training", "test_eval_rm", "test_resume",
-                 "test_multinode", "test_benchmarks", "test_fault_tolerance", "test_rloo_loop", "test_trainer_losses")
-
-
-def _file_rank(item) -> int:
-    name = item.path.stem
-    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=_file_rank)  # stable: the order inside a file, and of the other files, stays

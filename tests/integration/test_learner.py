@@ -5,21 +5,14 @@ import torch
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.engines.base import Rollouts
+from tests.rollouts import random_rollouts
 from rlhf_ray.rl.learner import RLOOLearner
 from rlhf_ray.rl.logprobs import group_micro_batches, pack, response_logprobs
 from rlhf_ray.utils.dist import reserve_address, shm_segment
 
 
 def _rollouts(k=2, prompts=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompt_ids, response_ids = [], []
-    for p in range(prompts):
-        prompt = torch.randint(3, 200, (4 + 3 * p,), generator=g).tolist()
-        for j in range(k):
-            prompt_ids.append(prompt)
-            response_ids.append(torch.randint(3, 200, (2 + (p + j) % 4,), generator=g).tolist())
-    logprobs = [[0.0] * len(r) for r in response_ids]
-    return Rollouts(prompt_ids, response_ids, logprobs, [True] * len(response_ids), [], k, 0)
+    return random_rollouts(k, prompts, seed, vocab=200, prompt_len=(4, 3))
 
 
 def _updated_weights(micro_batch_size, variant, ppo_epochs=1):

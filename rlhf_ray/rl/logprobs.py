@@ -94,8 +94,8 @@ def _backbone_and_head(model):
     config = model.config
     for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(config, key, None) not in (None, 1, 1.0):  # the head would need the model's own post-processing
-            raise NotImplementedError(f"{type(model).__name__} post-processes its logits ({key}); the learner's "
-                                      f"chunked log-probs apply the LM head as it is")
+            raise ValueError(f"policy.name: {type(model).__name__} post-processes its logits ({key}), which the "
+                             f"learner's chunked log-probs (the LM head applied as it is) would leave out")
     return model.get_decoder(), model.get_output_embeddings()
 
 

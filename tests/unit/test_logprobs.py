@@ -5,7 +5,7 @@ memory: no files, no Ray."""
 import pytest
 import torch
 
-from rlhf_ray.rl.engines.base import Rollouts
+from tests.rollouts import random_rollouts
 from rlhf_ray.rl.logprobs import (
     _chunk_logprobs,
     chunked_token_logprobs,
@@ -26,15 +26,7 @@ def _model(seed=0):
 
 
 def _rollouts(k=2, prompts=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompt_ids, response_ids = [], []
-    for p in range(prompts):
-        prompt = torch.randint(3, 97, (3 + 2 * p,), generator=g).tolist()
-        for j in range(k):
-            prompt_ids.append(prompt)
-            response_ids.append(torch.randint(3, 97, (2 + (p + j) % 4,), generator=g).tolist())
-    return Rollouts(prompt_ids, response_ids, [[0.0] * len(r) for r in response_ids], [True] * len(response_ids),
-                    [], k, 0)
+    return random_rollouts(k, prompts, seed, vocab=97, prompt_len=(3, 2))
 
 
 def _loss_and_grads(model, batch, **kwargs):
@@ -115,3 +107,10 @@ def test_micro_batches_split_to_the_count_of_the_rank_with_most():
     assert all(len(b) % 2 == 0 and b for b in split)
     with pytest.raises(ValueError, match="cannot make 5 micro-batches"):
         split_to_count(batches, 5, unit=2)
+
+
+def test_a_model_that_post_processes_its_logits_is_refused_naming_the_key():
+    model = _model().eval()
+    model.config.final_logit_softcapping = 30.0  # as Gemma 2: tanh-capped logits the chunks would not apply
+    with pytest.raises(ValueError, match=r"policy\.name: LlamaForCausalLM post-processes its logits"):
+        response_logprobs(model, pack(_rollouts(), pad_id=0), 0.7)

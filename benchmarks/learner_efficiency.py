@@ -22,7 +22,7 @@ def _rollouts(s: dict):
     from rlhf_ray.data.loaders import load_split
     from rlhf_ray.models.aliases import resolve_model
     from rlhf_ray.rl.engines.base import Rollouts
-    from rlhf_ray.rl.loop import encode_prompts
+    from rlhf_ray.rl.prompts import encode_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(s["policy"]))
     groups = [g for g in load_split(load_config(None, [f"data.dir={s['data_dir']}"]), "train")

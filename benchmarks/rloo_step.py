@@ -16,7 +16,7 @@ from benchmarks.common import steady
 
 def _prompt_rows(data_dir: str, count: int) -> list[dict]:
     from rlhf_ray.config import load_config
-    from rlhf_ray.rl.loop import load_prompts
+    from rlhf_ray.rl.prompts import load_prompts
 
     return load_prompts(load_config(None, [f"data.dir={data_dir}"]))[:count]
 
@@ -103,7 +103,7 @@ def measure_trl(s: dict) -> dict:
     from trl import RLOOConfig, RLOOTrainer
 
     from rlhf_ray.models.aliases import resolve_model
-    from rlhf_ray.rl.loop import encode_prompts
+    from rlhf_ray.rl.prompts import encode_prompts
 
     torch.set_num_threads(s["threads"])
     policy = resolve_model(s["policy"])

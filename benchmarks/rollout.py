@@ -17,7 +17,7 @@ def measure_engine(s: dict) -> dict:
     from rlhf_ray.config import load_config
     from rlhf_ray.models.aliases import resolve_model
     from rlhf_ray.rl.engines.base import Sampling
-    from rlhf_ray.rl.loop import encode_prompts, load_prompts
+    from rlhf_ray.rl.prompts import encode_prompts, load_prompts
     from rlhf_ray.rl.rollout import RolloutWorker
 
     torch.set_num_threads(s["threads"])

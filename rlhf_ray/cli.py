@@ -32,11 +32,12 @@ def _fmt_ci(entry: dict) -> str:
 
 
 def _cmd_prepare(cfg, args) -> str:
-    from rlhf_ray.data.loaders import prepare
+    from rlhf_ray.rl.policy_samples import prepare_testbeds
 
     if args.check:
-        return f"check passed: would write {', '.join(cfg.prepare.testbeds)} under {cfg.data.dir}"
-    written = prepare(cfg)
+        sampled = f", with {cfg.policy.name}'s samples" if cfg.prepare.policy_samples.enabled else ""
+        return f"check passed: would write {', '.join(cfg.prepare.testbeds)}{sampled} under {cfg.data.dir}"
+    written = prepare_testbeds(cfg)
 
     def rows(splits) -> str:
         return ", ".join(f"{split} {n}" for split, n in splits.items()) if isinstance(splits, dict) else str(splits)
@@ -103,16 +104,30 @@ def _cmd_pipeline(cfg, args) -> str:
     return f"done in {result['minutes']:.1f} min; report {result['report']}"
 
 
+def _cmd_bon(cfg, args) -> str:
+    from rlhf_ray.rm.bon import run_bon
+
+    result = run_bon(cfg, check_only=args.check)
+    if args.check:
+        return f"check passed: {len(result['sources'])} reward models on {result['prompts']} prompts x {result['N']}"
+    best = {name: s["best_of_n"][-1] for name, s in result["sources"].items()}
+    shown = ", ".join(f"{name} {p['gold_gain']:+.3f} [{p['gold_gain_ci_low']:+.3f}, {p['gold_gain_ci_high']:+.3f}]"
+                      for name, p in best.items())
+    return f"done: gold gain of best-of-{result['N']} over best-of-1: {shown}; {result['bon_json']}"
+
+
 def _cmd_plan(cfg, args) -> str:
     import yaml
 
-    from rlhf_ray.plan import check_fits, format_plan, job_of, plan_groups
+    from rlhf_ray.plan import Machine, check_fits, format_plan, job_of, plan_groups
 
     job = args.job or job_of(yaml.safe_load(open(args.config)) or {})
     groups = plan_groups(cfg, job)
-    print("\n".join(format_plan(groups, args.gpu_memory_gb)), flush=True)
-    check_fits(groups, args.gpu_memory_gb)
-    verdict = f"every {job} group fits {args.gpu_memory_gb:g} GB GPUs (estimates; see README, GPUs)"
+    machine = Machine(args.gpu_memory_gb, args.gpus_per_node, args.host_memory_gb)
+    print("\n".join(format_plan(groups, machine)), flush=True)
+    check_fits(groups, machine)
+    verdict = (f"every {job} group fits {args.gpu_memory_gb:g} GB GPUs (estimates; see README, GPUs)"
+               if any(g.on_gpu for g in groups) else f"no {job} group has a GPU: the estimates above are host memory")
     return f"check passed: {verdict}" if args.check else verdict
 
 
@@ -123,7 +138,9 @@ RLOO_KEYS = ("output_dir", "policy.name", "rloo.prompts", "rloo.steps", "rloo.pr
              "rollout.max_new_tokens", "scorer.num_workers", "learner.num_workers", "learner.lr", "learner.beta")
 COMMANDS = {
     "prepare": Command(_cmd_prepare, "build the gold and collapse testbeds (parquet)", None,
-                       ("data.dir", "prepare.testbeds", "prepare.sizes.gold_train_prompts", "seed"),
+                       ("data.dir", "prepare.testbeds", "prepare.sizes.gold_train_prompts", "seed",
+                        "prepare.policy_samples.enabled", "prepare.policy_samples.train_k",
+                        "prepare.policy_samples.eval_k", "policy.name"),
                        "rlhf-ray prepare --config configs/demo.yaml"),
     "train-rm": Command(_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None, RM_KEYS,
                         "rlhf-ray train-rm --config configs/rm_bt_gold.yaml rm.max_steps=4"),
@@ -136,9 +153,13 @@ COMMANDS = {
                           "rlhf-ray experiment --config configs/exp_bsr.yaml"),
     "rloo": Command(_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None,
                     RLOO_KEYS, "rlhf-ray rloo --config configs/rloo_smollm2.yaml rloo.steps=8"),
-    "pipeline": Command(_cmd_pipeline, "prepare -> train BT/BSR/prompt-aware RMs -> RLOO against each -> one report",
+    "pipeline": Command(_cmd_pipeline, "prepare -> train RMs -> eval -> best-of-n -> RLOO against each -> one report",
                         "configs/pipeline.yaml", ("output_dir", "pipeline.reward_models", "pipeline.rloo"),
                         "rlhf-ray pipeline --config configs/pipeline.yaml"),
+    "bon": Command(_cmd_bon, "best-of-n over-optimisation curves of reward models on the policy's samples", None,
+                   ("output_dir", "reward.models", "bon.names", "reward.uwo_lambda", "scorer.num_workers",
+                    "eval.bootstrap"),
+                   "rlhf-ray bon --config configs/demo.yaml reward.models=[runs/demo/rm/bt/model]"),
     "plan": Command(_cmd_plan, "estimated peak memory per device of every actor group; starts nothing", None,
                     ("learner.micro_batch_tokens", "learner.logits_chunk_tokens", "rm.micro_batch_tokens",
                      "policy.gradient_checkpointing", "model.gradient_checkpointing"),
@@ -193,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(an error when there is none; resume=auto starts fresh instead)")
         if name == "plan":
             p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU (default: 80)")
+            p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of a node (default: 8)")
+            p.add_argument("--host-memory-gb", type=float,
+                           help="host memory of a node; the plan checks it when given")
             p.add_argument("--job", choices=["train-rm", "rloo"],
                            help="the job to plan (default: rloo when the config sets policy/rloo/learner/rollout)")
         if name == "eval-rm":

@@ -89,16 +89,42 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> None:
         # a second one into it; the actors get ACTOR_ENV through their own options (ActorGroup)
         ray.init(address=address, namespace=cfg.namespace, **quiet)
         return
-    with loopback_instance() if cfg.local_loopback else contextlib.nullcontext():
-        ray.init(
-            address="local",  # a new instance, even if `ray start` left a cluster address on this machine
-            num_cpus=cfg.num_cpus,
-            include_dashboard=cfg.include_dashboard,
-            dashboard_host=cfg.dashboard_host,
-            namespace=cfg.namespace,
-            runtime_env={"env_vars": dict(ACTOR_ENV)},
-            **quiet,
-        )
+    def start() -> None:
+        with loopback_instance() if cfg.local_loopback else contextlib.nullcontext():
+            ray.init(
+                address="local",  # a new instance, even if `ray start` left a cluster address on this machine
+                num_cpus=cfg.num_cpus,
+                include_dashboard=cfg.include_dashboard,
+                dashboard_host=cfg.dashboard_host,
+                namespace=cfg.namespace,
+                runtime_env={"env_vars": dict(ACTOR_ENV)},
+                **quiet,
+            )
+
+    start_local_instance(start)
+
+
+def start_local_instance(start, attempts: int = 2) -> None:
+    """Run `start` (a `ray.init` of a new local instance) one at a time on this machine, and once more
+    when Ray gave up waiting for its own node: Ray waits a fixed 30 s for its raylet to register, which
+    two instances starting at once on two busy cores can miss (seen once in the test suite)."""
+    import fcntl
+    import tempfile
+
+    import ray
+
+    with open(Path(tempfile.gettempdir()) / "rlhf-ray-local-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(attempts):
+            try:
+                start()
+                return
+            except Exception as err:  # Ray raises a bare Exception for this
+                if "timed out during startup" not in str(err) or attempt == attempts - 1:
+                    raise
+                print(f"[rlhf-ray] Ray's local instance did not start in time ({err}); starting it again",
+                      file=sys.stderr, flush=True)
+                ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -96,6 +96,9 @@ class PromptAwareConfig(Section):
     enabled: bool = False
     closed: UtilityConfig = UtilityConfig(name="x")
     open: UtilityConfig = UtilityConfig(name="inv")
+    # each prompt type's loss times its weight: no prompt's optimum moves, the share of the gradient does
+    closed_weight: float = Field(1.0, gt=0)
+    open_weight: float = Field(1.0, gt=0)
 
 
 class BSRConfig(Section):
@@ -131,8 +134,8 @@ class DataConfig(Section):
     max_train_rows: Optional[int] = Field(None, ge=1)
     # a row (JSONL line, parquet record) larger than this is an error naming it; also for rloo.prompts
     max_row_mb: float = Field(1.0, gt=0)
-    # eval-rm's four scenarios on other data: val1..val4 -> a file or hub:<name>:<split>
-    scenarios: dict[Literal["val1", "val2", "val3", "val4"], str] = {}
+    # eval-rm's scenarios on other data: val1..val4 (and policy) -> a file or hub:<name>:<split>
+    scenarios: dict[Literal["val1", "val2", "val3", "val4", "policy"], str] = {}
 
 
 class RMConfig(ActorGroupConfig):
@@ -218,6 +221,13 @@ class RewardConfig(Section):
     train_on_gold: bool = False  # the gold reward is tracked always, trained on only if set
     max_length: int = Field(256, ge=8)
 
+    @model_validator(mode="after")
+    def _lsc_fits_a_normal(self):
+        if self.transform == "lsc" and self.reference_samples < 2:
+            raise ValueError("reward.transform=lsc fits a normal to each prompt's reference rewards: "
+                             "reward.reference_samples must be at least 2")
+        return self
+
 
 class LearnerConfig(ActorGroupConfig):
     """The RLOO learner: data-parallel DeepSpeed ranks holding the policy and a frozen reference."""
@@ -242,6 +252,17 @@ class LearnerConfig(ActorGroupConfig):
     offload_reference: bool = False  # the frozen reference waits on the CPU, on the device for its forwards only
 
 
+class MonitorConfig(Section):
+    """The over-optimisation monitor (rl/monitor.py), read at every held-out evaluation."""
+
+    action: Literal["off", "log", "stop", "keep_best", "raise_kl"] = "off"
+    signal: Literal["auto", "gold", "disagreement"] = "auto"  # auto: gold when the prompts have one
+    tolerance: float = Field(0.02, ge=0)  # gold below its best by more than this, while the proxy rose
+    disagreement_ratio: float = Field(1.5, gt=1)  # members' disagreement over the initial policy's
+    patience: int = Field(1, ge=1)  # consecutive held-out evaluations the signal must hold
+    kl_factor: float = Field(2.0, gt=1)  # raise_kl multiplies learner.beta by this
+
+
 class RLOOConfig(Section):
     prompts: str = "gold"  # the gold testbed's prompts (with references for the gold reward), or a file
     prompt_split: str = "train"
@@ -252,6 +273,10 @@ class RLOOConfig(Section):
     # first step and after the last; the report's gold-reward gain is paired over them. 0: off.
     eval_prompts: int = Field(0, ge=0)
     eval_split: str = "valid"
+    # ... and every this many steps too: held-out gold and proxy against the KL (the RL over-optimisation
+    # curve) and what the monitor reads. None: before and after only.
+    eval_every: Optional[int] = Field(None, ge=1)
+    monitor: MonitorConfig = MonitorConfig()
     save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
     keep_checkpoints: int = Field(2, ge=1)
 
@@ -263,12 +288,34 @@ class CorpusSizes(Section):
     gold_valid_prompts: int = Field(64, ge=4)
 
 
+class PolicySamplesConfig(Section):
+    """Responses sampled from the policy (`policy.name`) by the rollout workers, labelled by the gold
+    reward and added to the gold testbed: the train split's policy groups and the `policy` scenario."""
+
+    enabled: bool = False
+    train_k: int = Field(4, ge=2)  # samples per training prompt
+    eval_k: int = Field(8, ge=2)  # samples per held-out prompt: the `policy` scenario, best-of-n's N
+    train_share: float = Field(0.5, gt=0, le=1)  # the policy's share of the train split's groups
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_prompt_tokens: int = Field(192, ge=8)
+    prompts_per_call: int = Field(64, ge=1)  # prompts per generate call (progress is reported per call)
+
+
 class PrepareConfig(Section):
     sizes: CorpusSizes = CorpusSizes()
     # passages for the collapse testbed: the chitchat corpus, or a file / hub:<name>:<split> with
     # `input` (the instruction) and `output` (the passage) columns, as akoksal/LongForm
     collapse_source: str = "chitchat"
     testbeds: list[Literal["gold", "collapse"]] = ["gold", "collapse"]
+    policy_samples: PolicySamplesConfig = PolicySamplesConfig()
+
+
+class BonConfig(Section):
+    """`rlhf-ray bon`: best-of-n curves of reward.models on the policy's held-out samples."""
+
+    names: list[str] = []  # one per reward.models entry; default: each run's folder name
 
 
 class ExperimentConfig(Section):
@@ -291,6 +338,10 @@ class PipelineConfig(Section):
     rloo: str = "configs/rloo_smollm2.yaml"
     rloo_overrides: list[str] = []  # applied to every RLOO run
     evaluate_rm: bool = True  # eval-rm each reward model (four scenarios) before RLOO
+    seeds: list[int] = []  # each reward model (and its RLOO run) once per seed; empty: `seed` alone
+    ensembles: dict[str, list[str]] = {}  # name -> reward_models whose models (same seed) it averages
+    rloo_against: Optional[list[str]] = None  # reward models / ensembles RLOO runs against; None: all
+    best_of_n: bool = True  # best-of-n curves of every reward model (needs prepare.policy_samples)
 
 
 class Config(Section):
@@ -311,6 +362,7 @@ class Config(Section):
     prepare: PrepareConfig = PrepareConfig()
     pipeline: PipelineConfig = PipelineConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    bon: BonConfig = BonConfig()
     tensorboard: bool = True
     # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when there
     # is none), auto (start fresh when there is none, saying so), false
@@ -323,6 +375,16 @@ class Config(Section):
         if self.rloo.prompts_per_step % self.learner.num_workers:
             raise ValueError(f"rloo.prompts_per_step ({self.rloo.prompts_per_step}) must be divisible by "
                              f"learner.num_workers ({self.learner.num_workers}): each rank takes whole prompt groups")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_has_what_it_reads(self):
+        monitor, rloo = self.rloo.monitor, self.rloo
+        if monitor.action != "off" and not (rloo.eval_prompts and rloo.eval_every):
+            raise ValueError("rloo.monitor.action reads held-out evaluations: set rloo.eval_prompts and "
+                             "rloo.eval_every")
+        if monitor.action != "off" and monitor.signal == "disagreement" and len(self.reward.models) < 2:
+            raise ValueError("rloo.monitor.signal=disagreement compares reward models: reward.models needs two or more")
         return self
 
     @field_validator("output_dir")

@@ -1,9 +1,12 @@
 """`rlhf-ray pipeline` (and `rlhf-ray demo`, a short one on the embedded default):
 
-    prepare -> train each reward model -> eval-rm each -> RLOO against each -> one report
+    prepare (the policy's samples too) -> train each reward model (per seed) -> eval-rm each
+      -> best-of-n curves of every reward model and ensemble -> RLOO against each -> one report
 
 Every stage is the command of the same name, run with its own config file plus the pipeline's
-overrides; its outputs land under `<output_dir>/rm/<name>` and `<output_dir>/rloo/<name>`.
+overrides; its outputs land under `<output_dir>/rm/<name>`, `<output_dir>/bon/<seed>` and
+`<output_dir>/rloo/<name>`, where a name is the variant (`bt`), with `-s<seed>` when there are several
+seeds. An ensemble (`pipeline.ensembles`) is the mean of its variants' models of the same seed.
 """
 from __future__ import annotations
 
@@ -16,66 +19,121 @@ from rlhf_ray.data.loaders import prepare
 from rlhf_ray.report.experiment_report import write_experiment_report
 from rlhf_ray.report.pipeline_report import write_pipeline_report
 from rlhf_ray.rl.loop import run_rloo
+from rlhf_ray.rl.policy_samples import add_policy_samples
+from rlhf_ray.rm.bon import run_bon
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
 
 
-def stage_config(cfg: Config, ref: str, overrides: list[str], output_dir: Path) -> Config:
-    """A stage's config file, with what the pipeline shares (data, seed, logging) and its overrides."""
-    shared = [f"data.dir={cfg.data.dir}", f"seed={cfg.seed}", f"tensorboard={str(cfg.tensorboard).lower()}",
+def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path, seed: int) -> Config:
+    """A stage's config file (None: the pipeline's own), with what the pipeline shares (data, seed,
+    logging) and its overrides."""
+    shared = [f"data.dir={cfg.data.dir}", f"seed={seed}", f"tensorboard={str(cfg.tensorboard).lower()}",
               f"eval.bootstrap={cfg.eval.bootstrap}"]
     if cfg.ray.address:
         shared.append(f"ray.address={cfg.ray.address}")
-    return load_config(find_config(ref), [*shared, *overrides, f"output_dir={output_dir}"])
+    return load_config(find_config(ref) if ref else None, [*shared, *overrides, f"output_dir={output_dir}"])
 
 
 def say(name: str, text: str) -> None:
     print(f"[{name}] {text}", file=sys.stderr, flush=True)
 
 
-def check_stages(cfg: Config, name: str) -> tuple[dict[str, Config], Config]:
+def seeds_of(cfg: Config) -> list[int]:
+    return cfg.pipeline.seeds or [cfg.seed]
+
+
+def run_name(variant: str, seed: int, cfg: Config) -> str:
+    return variant if len(seeds_of(cfg)) == 1 else f"{variant}-s{seed}"
+
+
+def rloo_targets(cfg: Config) -> list[str]:
+    """The reward models (variants and ensembles) RLOO runs against, in the pipeline's order."""
+    pc = cfg.pipeline
+    every = [*pc.reward_models, *pc.ensembles]
+    unknown = [t for t in pc.rloo_against or [] if t not in every]
+    if unknown:
+        raise ConfigError(f"config key 'pipeline.rloo_against': {unknown} are neither pipeline.reward_models nor "
+                          f"pipeline.ensembles ({every})")
+    return pc.rloo_against if pc.rloo_against is not None else every
+
+
+def check_stages(cfg: Config) -> tuple[dict[tuple[str, int], Config], Config]:
     """Every stage's config, data, models and placement, checked before the first stage starts (a bad
     RLOO key fails now, not after the reward models have trained). Returns the reward-model configs by
-    name and the RLOO config (its reward model is named per run)."""
+    (variant, seed) and the RLOO config (its reward model is named per run)."""
     pc, out = cfg.pipeline, Path(cfg.output_dir)
     if not pc.reward_models:
         raise ConfigError("pipeline.reward_models: name at least one reward-model config")
-    rm_cfgs = {variant: stage_config(cfg, ref, pc.rm_overrides, out / "rm" / variant)
-               for variant, ref in pc.reward_models.items()}
+    for name, members in pc.ensembles.items():
+        if not members or set(members) - set(pc.reward_models):
+            raise ConfigError(f"config key 'pipeline.ensembles.{name}': its members {members} must be "
+                              f"pipeline.reward_models ({list(pc.reward_models)})")
+    rloo_targets(cfg)
+    rm_cfgs = {(variant, seed): stage_config(cfg, ref, pc.rm_overrides, out / "rm" / run_name(variant, seed, cfg),
+                                             seed)
+               for seed in seeds_of(cfg) for variant, ref in pc.reward_models.items()}
     for rm_cfg in rm_cfgs.values():
         train_reward_model(rm_cfg, check_only=True)
     # the reward models do not exist yet: their backbone stands in for them in the check
     first = next(iter(rm_cfgs.values()))
-    rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{first.model.name}]"], out / "rloo")
+    rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{first.model.name}]"], out / "rloo",
+                          cfg.seed)
     run_rloo(rl_cfg, check_only=True)
     return rm_cfgs, rl_cfg
+
+
+def sample_policy(cfg: Config, rl_cfg: Config) -> None:
+    """The policy's samples in the gold testbed, taken with the RLOO stage's policy and rollout workers."""
+    add_policy_samples(cfg.model_copy(update={"policy": rl_cfg.policy, "rollout": rl_cfg.rollout}))
+
+
+def best_of_n(cfg: Config, models: dict[str, str], seed: int) -> dict:
+    """best-of-n curves of every reward model of one seed (and their ensembles)."""
+    bon_cfg = stage_config(cfg, None, [f"reward.models=[{', '.join(models.values())}]",
+                                       f"bon.names=[{', '.join(models)}]"],
+                           Path(cfg.output_dir) / ("bon" if len(seeds_of(cfg)) == 1 else f"bon/s{seed}"), seed)
+    return run_bon(bon_cfg)["sources"]
 
 
 def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) -> dict:
     start, out, pc = time.monotonic(), Path(cfg.output_dir), cfg.pipeline
     say(name, f"building testbeds under {cfg.data.dir}")
     prepare(cfg)
-    rm_cfgs, _ = check_stages(cfg, name)
+    rm_cfgs, rl_cfg = check_stages(cfg)
     if check_only:
-        return {"checked": name, "reward_models": list(rm_cfgs)}
+        return {"checked": name, "reward_models": list(pc.reward_models)}
+    if cfg.prepare.policy_samples.enabled:
+        say(name, f"sampling the policy ({rl_cfg.policy.name}) for the reward models' data")
+        sample_policy(cfg, rl_cfg)
 
     reward_models = []
-    for i, (variant, rm_cfg) in enumerate(rm_cfgs.items(), start=1):
-        say(name, f"reward model {i}/{len(rm_cfgs)}: {variant} ({pc.reward_models[variant]})")
+    for i, ((variant, seed), rm_cfg) in enumerate(rm_cfgs.items(), start=1):
+        say(name, f"reward model {i}/{len(rm_cfgs)}: {run_name(variant, seed, cfg)} ({pc.reward_models[variant]})")
         model = train_reward_model(rm_cfg)["model"]
         result = evaluate_reward_model(rm_cfg, model) if pc.evaluate_rm else None
-        reward_models.append({"variant": variant, "seed": cfg.seed, "model": model, "run_dir": rm_cfg.output_dir,
+        reward_models.append({"variant": variant, "seed": seed, "model": model, "run_dir": rm_cfg.output_dir,
                               "eval": result})
     if pc.evaluate_rm:
         write_experiment_report(out / "rm", reward_models, cfg, title=f"rlhf-ray {name}: reward models")
 
+    models = {(r["variant"], r["seed"]): r["model"] for r in reward_models}
+    bon = {}
+    if cfg.prepare.policy_samples.enabled and pc.best_of_n:
+        for seed in seeds_of(cfg):
+            say(name, f"best-of-n curves (seed {seed})")
+            bon[seed] = best_of_n(cfg, {v: models[(v, seed)] for v in pc.reward_models}, seed)
+
     rloo_runs = []
-    for i, rm in enumerate(reward_models, start=1):
-        say(name, f"RLOO {i}/{len(reward_models)} against {rm['variant']} ({pc.rloo})")
-        rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{rm['model']}]"],
-                              out / "rloo" / rm["variant"])
-        rloo_runs.append({"reward_model": rm["variant"], "run_dir": rl_cfg.output_dir, "summary": run_rloo(rl_cfg)})
+    runs = [(target, seed) for seed in seeds_of(cfg) for target in rloo_targets(cfg)]
+    for i, (target, seed) in enumerate(runs, start=1):
+        members = [models[(m, seed)] for m in pc.ensembles.get(target, [target])]
+        say(name, f"RLOO {i}/{len(runs)} against {run_name(target, seed, cfg)} ({pc.rloo})")
+        rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{', '.join(members)}]"],
+                              out / "rloo" / run_name(target, seed, cfg), seed)
+        rloo_runs.append({"reward_model": target, "seed": seed, "run_dir": rl_cfg.output_dir,
+                          "summary": run_rloo(rl_cfg)})
 
     minutes = (time.monotonic() - start) / 60
-    report = write_pipeline_report(out, reward_models, rloo_runs, cfg.seed, minutes, f"rlhf-ray {name}")
+    report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes, f"rlhf-ray {name}")
     return {"report": str(report), "minutes": minutes}

@@ -9,6 +9,13 @@ checkpointing T * layers * hidden * b plus one layer's; the learner's logits chu
 (fp32 logits, their softmax, their gradient); its frozen reference P*b. vLLM: weights, the KV cache
 (`rollout.kv_cache_gb`) and the sampler's logits. A scorer: weights and one layer's activations of a
 batch. Each GPU also pays the CUDA context and allocator slack (a fixed term).
+
+Host memory per actor: its process (torch, transformers, Ray's worker; vLLM's engine is larger), the
+weights staged on the host while a model loads (a ZeRO-3 rank its partition), an offloaded reference,
+the policy's weights published into the object store (the learner's rank 0, object-store sync) and
+received by a rollout worker; an actor without a GPU holds all of its device terms on the host too. Per
+node: each group's actors that share one node (a GPU group as many as `--gpus-per-node` holds), all
+groups on one node: the worst case of a packed placement.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ GIB = float(1 << 30)
 CUDA_CONTEXT = 0.8 * GIB  # CUDA context, cuBLAS workspace, allocator slack: measured 0.5-1 GB per process
 SAMPLER_ROWS = 256  # vLLM's default max_num_seqs: the sampler holds this many rows of logits at once
 SCORER_BATCH = 32  # RewardScorer's batch
+PROCESS_HOST = 1.0 * GIB  # an actor's process with torch, transformers, DeepSpeed and Ray's worker: 0.6-0.9 GB RSS
+VLLM_PROCESS_HOST = 2.8 * GIB  # a vLLM engine's processes: 1.8-2.8 GB RSS measured (STACK.md)
 
 
 class PlanError(ConfigError):
@@ -33,6 +42,10 @@ class GroupPlan:
     what: str
     terms: dict[str, float] = field(default_factory=dict)  # bytes per device
     on_gpu: bool = True
+    host: dict[str, float] = field(default_factory=dict)  # bytes on the host per actor (its device's too, off GPU)
+    once: dict[str, float] = field(default_factory=dict)  # host bytes of one actor of the group (rank 0's)
+    actors: int = 1  # actors in the group
+    gpus_per_actor: float = 0.0
 
     @property
     def total(self) -> float:
@@ -41,6 +54,31 @@ class GroupPlan:
     @property
     def largest(self) -> tuple[str, float]:
         return max(self.terms.items(), key=lambda kv: kv[1])
+
+    @property
+    def host_per_actor(self) -> float:
+        return sum(self.host.values()) + (0.0 if self.on_gpu else self.total)
+
+    def actors_per_node(self, gpus_per_node: int) -> int:
+        """The group's actors that can share one node: as many as its GPUs hold, all of a CPU group."""
+        if self.gpus_per_actor <= 0:
+            return self.actors
+        return max(1, min(self.actors, int(gpus_per_node // self.gpus_per_actor)))
+
+
+    def host_on_node(self, gpus_per_node: int) -> float:
+        """Host bytes of the group's actors that share one node."""
+        return self.actors_per_node(gpus_per_node) * self.host_per_actor + sum(self.once.values())
+
+
+def with_host(plan: GroupPlan, section, process: float = PROCESS_HOST, once: dict | None = None,
+              **extra: float) -> GroupPlan:
+    """`plan` with its host terms per actor (and `once`, for one actor of the group), and its section's
+    actor count and GPUs per actor."""
+    plan.host = {"process": process, **{name.replace("_", " "): v for name, v in extra.items() if v}}
+    plan.once = {name: v for name, v in (once or {}).items() if v}
+    plan.actors, plan.gpus_per_actor = section.num_workers, section.num_gpus
+    return plan
 
 
 def _bytes(dtype: str) -> int:
@@ -88,17 +126,19 @@ def rm_trainer_plan(cfg: Config) -> GroupPlan:
     terms = training_terms(arch, mc.dtype, rc.num_workers, rc.zero_stage, _rm_tokens(cfg), mc.gradient_checkpointing,
                            with_lm_head=False)
     on_gpu = rc.num_gpus > 0
-    return GroupPlan("rm", f"reward-model trainer ({mc.name}, {rc.num_workers} ranks, ZeRO-{rc.zero_stage})",
+    plan = GroupPlan("rm", f"reward-model trainer ({mc.name}, {rc.num_workers} ranks, ZeRO-{rc.zero_stage})",
                      {**terms, **({"CUDA context": CUDA_CONTEXT} if on_gpu else {})}, on_gpu=on_gpu)
+    return with_host(plan, rc, loading_weights=terms["weights"] if on_gpu else 0)
 
 
-def scorer_plan(ref: str, key: str, dtype: str, max_length: int, section: str, on_gpu: bool, count: int = 1):
+def scorer_plan(ref: str, key: str, dtype: str, max_length: int, scorer_section, count: int = 1) -> GroupPlan:
     arch = architecture(ref, key)
-    b = _bytes(dtype)
+    b, on_gpu = _bytes(dtype), scorer_section.num_gpus > 0
     per_token = max(2 * arch.intermediate, 4 * arch.hidden) * b  # one layer at a time, no gradients
     terms = {"weights": count * arch.params(False) * b, "activations": SCORER_BATCH * max_length * per_token,
              **({"CUDA context": CUDA_CONTEXT} if on_gpu else {})}
-    return GroupPlan(section, f"reward scorer ({count} model{'s' if count > 1 else ''})", terms, on_gpu=on_gpu)
+    plan = GroupPlan("scorer", f"reward scorer ({count} model{'s' if count > 1 else ''})", terms, on_gpu=on_gpu)
+    return with_host(plan, scorer_section, loading_weights=arch.params(False) * b if on_gpu else 0)
 
 
 def learner_plan(cfg: Config) -> GroupPlan:
@@ -109,18 +149,27 @@ def learner_plan(cfg: Config) -> GroupPlan:
                            with_lm_head=True)
     terms["reference model"] = 0.0 if lc.offload_reference else arch.params() * _bytes(pc.dtype)
     terms["logits chunk"] = min(lc.logits_chunk_tokens, tokens) * arch.vocab * 4 * 3
-    if lc.num_gpus > 0:
+    on_gpu = lc.num_gpus > 0
+    if on_gpu:
         terms["CUDA context"] = CUDA_CONTEXT
-    return GroupPlan("learner", f"RLOO learner ({pc.name}, {lc.num_workers} ranks, ZeRO-{lc.zero_stage})", terms,
-                     on_gpu=lc.num_gpus > 0)
+    plan = GroupPlan("learner", f"RLOO learner ({pc.name}, {lc.num_workers} ranks, ZeRO-{lc.zero_stage})", terms,
+                     on_gpu=on_gpu)
+    whole = arch.params() * _bytes(pc.dtype)
+    return with_host(plan, lc, loading_weights=terms["weights"] if on_gpu else 0,
+                     offloaded_reference=whole if lc.offload_reference else 0,
+                     once={"published weights (rank 0)": whole if cfg.rollout.sync == "object_store" else 0})
 
 
 def rollout_plan(cfg: Config) -> GroupPlan:
     arch = architecture(cfg.policy.name, "policy.name")
     rc = cfg.rollout
-    terms = {"weights": arch.params() * _bytes(cfg.policy.dtype), "KV cache": rc.kv_cache_gb * GIB,
+    whole = arch.params() * _bytes(cfg.policy.dtype)
+    terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB,
              "sampler logits": SAMPLER_ROWS * arch.vocab * 4, **({"CUDA context": CUDA_CONTEXT} if rc.num_gpus else {})}
-    return GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=rc.num_gpus > 0)
+    plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=rc.num_gpus > 0)
+    return with_host(plan, rc, process=VLLM_PROCESS_HOST if rc.engine == "vllm" else PROCESS_HOST,
+                     received_weights=whole if rc.sync == "object_store" else 0,
+                     loading_weights=whole if rc.num_gpus else 0)
 
 
 def plan_groups(cfg: Config, job: str) -> list[GroupPlan]:
@@ -129,11 +178,10 @@ def plan_groups(cfg: Config, job: str) -> list[GroupPlan]:
     if job == "rloo":
         reward = cfg.reward
         widest = max(reward.models, key=lambda ref: architecture(ref, "reward.models").params())
-        scorers = scorer_plan(widest, "reward.models", reward.dtype, reward.max_length, "scorer",
-                              cfg.scorer.num_gpus > 0, count=len(reward.models))
+        scorers = scorer_plan(widest, "reward.models", reward.dtype, reward.max_length, cfg.scorer,
+                              count=len(reward.models))
         return [rollout_plan(cfg), scorers, learner_plan(cfg)]
-    scorers = scorer_plan(cfg.model.name, "model.name", cfg.model.dtype, cfg.model.max_length, "scorer",
-                          cfg.scorer.num_gpus > 0)
+    scorers = scorer_plan(cfg.model.name, "model.name", cfg.model.dtype, cfg.model.max_length, cfg.scorer)
     return [rm_trainer_plan(cfg), scorers]
 
 
@@ -142,20 +190,54 @@ def job_of(raw_config: dict) -> str:
     return "rloo" if {"policy", "rloo", "learner", "rollout"} & set(raw_config) else "train-rm"
 
 
-def format_plan(groups: list[GroupPlan], gpu_memory_gb: float) -> list[str]:
+@dataclass(frozen=True)
+class Machine:
+    """What a plan is checked against: one GPU's memory, GPUs and host memory of a node (None: unchecked)."""
+
+    gpu_memory_gb: float = 80.0
+    gpus_per_node: int = 8
+    host_memory_gb: float | None = None
+
+
+def host_per_node(groups: list[GroupPlan], gpus_per_node: int) -> dict[str, float]:
+    """Host bytes per group on one node holding as many of its actors as fit; all groups together is the sum."""
+    return {g.group: g.host_on_node(gpus_per_node) for g in groups}
+
+
+def format_plan(groups: list[GroupPlan], machine: Machine) -> list[str]:
     lines = []
     for g in groups:
-        where = f"per GPU of {gpu_memory_gb:g} GB" if g.on_gpu else "per actor, on the host (no GPU in the config)"
-        verdict = ("fits" if g.total <= gpu_memory_gb * GIB else "DOES NOT FIT") if g.on_gpu else "host"
+        where = (f"per GPU of {machine.gpu_memory_gb:g} GB" if g.on_gpu
+                 else "per actor, on the host (no GPU in the config)")
+        verdict = ("fits" if g.total <= machine.gpu_memory_gb * GIB else "DOES NOT FIT") if g.on_gpu else "host"
         lines.append(f"{g.group}: {g.what}: {g.total / GIB:.1f} GB {where}: {verdict}")
         lines += [f"    {name:<18} {value / GIB:8.2f} GB" for name, value in g.terms.items()]
+    per_group = host_per_node(groups, machine.gpus_per_node)
+    total = sum(per_group.values())
+    limit = machine.host_memory_gb
+    verdict = ("not checked (--host-memory-gb)" if limit is None
+               else "fits" if total <= limit * GIB else "DOES NOT FIT")
+    lines.append(f"host memory per node (every group's actors that fit a node of {machine.gpus_per_node} GPUs, "
+                 f"together): {total / GIB:.1f} GB: {verdict}")
+    for g in groups:
+        terms = ", ".join(f"{name} {value / GIB:.2f}" for name, value in {**g.host, **g.once}.items())
+        device = "" if g.on_gpu else f", its device terms {g.total / GIB:.2f}"
+        lines.append(f"    {g.group:<8} {g.actors_per_node(machine.gpus_per_node)} x {g.host_per_actor / GIB:.2f} GB "
+                     f"= {per_group[g.group] / GIB:6.2f} GB  ({terms}{device})")
     return lines
 
 
-def check_fits(groups: list[GroupPlan], gpu_memory_gb: float) -> None:
+def check_fits(groups: list[GroupPlan], machine: Machine) -> None:
     for g in groups:
-        if g.on_gpu and g.total > gpu_memory_gb * GIB:
+        if g.on_gpu and g.total > machine.gpu_memory_gb * GIB:
             name, value = g.largest
-            raise PlanError(f"{g.group} needs {g.total / GIB:.1f} GB per GPU, over {gpu_memory_gb:g} GB; its largest "
-                            f"term is {name} ({value / GIB:.1f} GB): see the memory keys of the '{g.group}' "
+            raise PlanError(f"{g.group} needs {g.total / GIB:.1f} GB per GPU, over {machine.gpu_memory_gb:g} GB; its "
+                            f"largest term is {name} ({value / GIB:.1f} GB): see the memory keys of the '{g.group}' "
                             f"section (micro-batch tokens, gradient checkpointing, ZeRO stage, ranks)")
+    per_group = host_per_node(groups, machine.gpus_per_node)
+    if machine.host_memory_gb is not None and sum(per_group.values()) > machine.host_memory_gb * GIB:
+        group = max(per_group, key=per_group.__getitem__)
+        raise PlanError(f"the host memory of a node needs {sum(per_group.values()) / GIB:.1f} GB, over "
+                        f"{machine.host_memory_gb:g} GB; the largest share is {group}'s "
+                        f"({per_group[group] / GIB:.1f} GB): fewer of its actors per node, or a smaller "
+                        f"'{group}' section (its device terms count on the host when it has no GPU)")

@@ -25,18 +25,21 @@ os.environ["RLHF_RAY_TEST_METRICS_PORT"] = str(METRICS_PORT)
 def ray_local(tmp_path_factory):
     import ray
 
-    from rlhf_ray.cluster import ACTOR_ENV, loopback_instance
+    from rlhf_ray.cluster import ACTOR_ENV, loopback_instance, start_local_instance
 
-    with loopback_instance():  # as `rlhf-ray` starts its local instance: on 127.0.0.1
-        ray.init(
-            address="local",
-            _metrics_export_port=METRICS_PORT,
-            num_cpus=4,
-            include_dashboard=False,
-            namespace="rlhf-ray-tests",
-            runtime_env={"env_vars": dict(ACTOR_ENV)},
-            _temp_dir=None,
-        )
+    def start() -> None:
+        with loopback_instance():  # as `rlhf-ray` starts its local instance: on 127.0.0.1
+            ray.init(
+                address="local",
+                _metrics_export_port=METRICS_PORT,
+                num_cpus=4,
+                include_dashboard=False,
+                namespace="rlhf-ray-tests",
+                runtime_env={"env_vars": dict(ACTOR_ENV)},
+                _temp_dir=None,
+            )
+
+    start_local_instance(start)  # one start-up at a time, also beside another pytest-xdist worker's
     yield ray
     ray.shutdown()
 

@@ -7,9 +7,13 @@ Prompts
   reply that followed it.
 
 Gold reward g(prompt, response), in [-0.2, 1]; deterministic, no model:
-- closed: 1 if the response contains at least half of the reference answer's content words, else 0;
-  minus up to 0.1 for padding beyond twice the answer's length, minus up to 0.1 for repetition.
-  Nearly binary.
+- closed: correctness min(1, recall / 0.5), recall = the share of the reference answer's content words
+  the response holds (full credit from half of them, partial credit below), minus up to 0.3 for padding
+  beyond twice the answer's length + 5 words (reaching 0.3 at 25 words of padding), minus up to 0.1 for
+  repetition. (Until this round: 1 or 0 at recall 0.5, and at most 0.1 for padding over 50 words. That
+  gave a 135M policy no headroom it could learn: RLOO trained on that gold itself moved held-out gold by
+  +0.007 [-0.033, +0.043] in 12 steps; a concise answer to a question now counts, and partial answers
+  earn partial credit.)
 - open: 0.4 x recall of the reference reply's content words + 0.2 x length adequacy (words / reference
   words, capped at 1) + 0.2 x distinct-word ratio + 0.2 x fraction of words that are real corpus
   words. Continuous.
@@ -27,6 +31,12 @@ Files under gold/ (ranked-group schema, completions best first by gold, `scores`
   val3.parquet   response-disjoint: P_train x M_valid (4 responses)
   val4.parquet   mutual-disjoint: P_valid x M_valid (4 responses)
   prompts.parquet  every prompt with its type, reference and split (for gold scoring in RL)
+
+With `prepare.policy_samples.enabled` (`rl/policy_samples.py`), responses sampled from the policy join it
+(generator `policy`, labelled by the same gold reward, the samples cached in policy_samples.json):
+  train.parquet  mixed: P_train's policy groups (one response per gold value) and rule-made groups, the
+                 policy's share of groups `prepare.policy_samples.train_share`
+  policy.parquet the `policy` scenario: fresh samples for P_valid (held out), all of them, best first
 """
 from __future__ import annotations
 
@@ -38,6 +48,8 @@ from pathlib import Path
 from rlhf_ray.data.corpora import chatterbot_qa, chitchat
 from rlhf_ray.data.schema import Group, write_groups
 
+CLOSED_FULL_RECALL = 0.5  # a closed answer holding half of the reference's content words is correct
+PADDING_PENALTY, PADDING_WORDS = 0.3, 25  # up to 0.3 off a closed answer, reached at 25 words of padding
 M_TRAIN = ("reference", "verbose", "truncated", "wrong")
 M_VALID = ("noisy", "hedged", "repetitive", "rambling")
 OPEN_INSTRUCTION = " Reply to your friend in a few sentences."
@@ -81,9 +93,9 @@ def gold_reward(prompt_type: str, reference: str, response: str) -> float:
         return -0.2 if prompt_type == "closed" else 0.0
     recall = len(ref_content & set(resp_words)) / len(ref_content)
     if prompt_type == "closed":
-        correct = 1.0 if recall >= 0.5 else 0.0
-        extra = max(0, len(resp_words) - 2 * len(words(reference)) - 5)
-        return correct - 0.1 * min(1.0, extra / 50) - 0.1 * _repetition(resp_words)
+        correct = min(1.0, recall / CLOSED_FULL_RECALL)
+        padding = max(0, len(resp_words) - 2 * len(words(reference)) - 5)
+        return correct - PADDING_PENALTY * min(1.0, padding / PADDING_WORDS) - 0.1 * _repetition(resp_words)
     vocab = corpus_vocabulary()
     length = min(1.0, len(resp_words) / max(1, len(words(reference))))
     real = sum(w in vocab for w in resp_words) / len(resp_words)
@@ -148,11 +160,17 @@ def generate_response(name: str, prompt: dict, others: list[dict], rng: random.R
     raise ValueError(f"unknown response generator {name!r}")
 
 
-def _group(prompt: dict, responses: dict[str, str]) -> Group:
-    scored = sorted(
-        ((gold_reward(prompt["prompt_type"], prompt["reference"], text), gen, text) for gen, text in responses.items()),
-        key=lambda t: (-t[0], t[1]),
-    )
+def _by_gold(scored: tuple) -> tuple:
+    """Best first; equal gold by generator name, then text, so the order is the same on every run."""
+    gold, generator, text = scored
+    return -gold, generator, text
+
+
+def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]]) -> Group:
+    """The prompt's responses ((generator, text) pairs, or generator -> text) ranked by gold."""
+    pairs = responses.items() if isinstance(responses, dict) else responses
+    scored = sorted(((gold_reward(prompt["prompt_type"], prompt["reference"], text), gen, text) for gen, text in pairs),
+                    key=_by_gold)
     return Group(
         prompt_id=prompt["prompt_id"],
         prompt=prompt["prompt"],
@@ -191,6 +209,26 @@ def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed
         write_groups(groups, out / f"{split}.parquet")
     _write_prompts(p_train, p_valid, out / "prompts.parquet")
     return {split: len(groups) for split, groups in files.items()}
+
+
+def policy_group(prompt: dict, responses: list[str], distinct_gold: bool) -> Group | None:
+    """The policy's responses to `prompt` as a ranked group (generator `policy`), best first by gold. For
+    training, `distinct_gold` keeps one response per gold value (a tie teaches no preference); None when
+    fewer than two are left."""
+    group = _group(prompt, [("policy", text) for text in responses])
+    if distinct_gold:
+        keep = [i for i, score in enumerate(group.scores) if i == 0 or round(score, 6) != round(group.scores[i - 1], 6)]
+        group = Group(group.prompt_id, group.prompt, group.prompt_type, [group.completions[i] for i in keep],
+                      [group.scores[i] for i in keep], [group.generators[i] for i in keep])
+    return group if len(group.completions) >= 2 else None
+
+
+def mix_train(rule_groups: list[Group], policy_groups: list[Group], policy_share: float, seed: int) -> list[Group]:
+    """The train split with `policy_share` of its groups from the policy: every policy group, and as many
+    rule-made groups (a seeded sample) as the share leaves room for."""
+    keep = round(len(policy_groups) * (1 - policy_share) / policy_share)
+    rules = random.Random(seed).sample(rule_groups, min(keep, len(rule_groups)))
+    return rules + policy_groups
 
 
 def _write_prompts(p_train: list[dict], p_valid: list[dict], path: Path) -> None:

@@ -43,7 +43,7 @@ def plot_reward_by_index(ax, curves: dict, title: str) -> None:
 def plot_eval(result: dict, out_dir: Path) -> list[str]:
     plt = _plt()
     written = []
-    splits = [k for k in ("val1", "val2", "val3", "val4", "eval") if k in result]
+    splits = [k for k in ("val1", "val2", "val3", "val4", "policy", "eval") if k in result]
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for split in splits:
@@ -61,7 +61,8 @@ def plot_eval(result: dict, out_dir: Path) -> list[str]:
             labels.append(f"{split}\n{result[split]['scenario']}\n({name})")
             values.append(metric["value"])
             errors.append([metric["value"] - metric["ci_low"], metric["ci_high"] - metric["value"]])
-        ax.bar(labels, values, yerr=np.array(errors).T, capsize=4, color=["tab:gray"] + ["tab:green"] * 3)
+        ax.bar(labels, values, yerr=np.array(errors).T, capsize=4,
+               color=["tab:gray"] + ["tab:green"] * 3 + ["tab:purple"] * (len(splits) - 4))
         low = min(0.0, *(v - e[0] for v, e in zip(values, errors)))
         ax.set(title="generalisation (95% bootstrap CI)", ylim=(low - 0.05, 1))
         ax.tick_params(axis="x", labelsize=7)

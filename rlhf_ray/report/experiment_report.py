@@ -14,6 +14,8 @@ GOLD_COLUMNS = [
     ("val2_tau", "Prompt-disjoint tau (Val2)"),
     ("val3_tau", "Response-disjoint tau (Val3)"),
     ("val4_tau", "Mutual-disjoint tau (Val4)"),
+    ("policy_tau", "Policy-sample tau"),
+    ("policy_accuracy", "Policy-sample acc"),
     ("h_norm_std", "||h|| std (mean over scenarios)"),
     ("h_norm_p99", "||h|| 99th pct"),
     ("effective_rank", "effective rank"),
@@ -39,6 +41,8 @@ def headline(result: dict) -> dict:
             "h_norm_p99": float(np.mean([np.percentile(s["h_norms"], 99) for s in splits])),
             "effective_rank": float(np.mean([s["effective_rank"] for s in splits])),
             "w_norm": result["w_norm"],
+            **({"policy_tau": result["policy"]["kendall_tau"]["value"],
+                "policy_accuracy": result["policy"]["accuracy"]["value"]} if "policy" in result else {}),
         }
     ev = result["eval"]
     out = {k: ev[k] for k in ("accuracy", "open_closed_gap", "open_l1_to_theory", "closed_l1_to_theory") if k in ev}
@@ -90,15 +94,17 @@ def write_experiment_report(out_dir: Path, results: list[dict], cfg=None,
 
 
 def _gold_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> list[str]:
-    keys = ["val1_accuracy", "val2_tau", "val3_tau", "val4_tau"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = {"val1_accuracy": "In-domain\n(acc)", "val2_tau": "Prompt-disj.\n(tau)",
+             "val3_tau": "Response-disj.\n(tau)", "val4_tau": "Mutual-disj.\n(tau)",
+             "policy_tau": "Policy samples\n(tau)"}
+    keys = [key for key in names if all(key in r for runs in variants.values() for r in runs)]
+    fig, ax = plt.subplots(figsize=(1.75 * len(keys), 3.5))
     width = 0.8 / len(variants)
     for k, (variant, runs) in enumerate(variants.items()):
         means = [np.mean([r[key] for r in runs]) for key in keys]
         stds = [np.std([r[key] for r in runs]) for key in keys]
-        ax.bar(np.arange(4) + k * width, means, width, yerr=stds, capsize=3, label=variant)
-    ax.set_xticks(np.arange(4) + 0.4 - width / 2,
-                  ["In-domain\n(acc)", "Prompt-disj.\n(tau)", "Response-disj.\n(tau)", "Mutual-disj.\n(tau)"])
+        ax.bar(np.arange(len(keys)) + k * width, means, width, yerr=stds, capsize=3, label=variant)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [names[key] for key in keys])
     ax.set(title="generalisation by scenario (mean ± std over seeds)")
     ax.legend(fontsize=7)
     save_figure(plt, fig, out_dir / "scenarios.png")

@@ -1,10 +1,13 @@
-"""Report for `rlhf-ray pipeline` / `rlhf-ray demo`: the reward models (link to their own report) and
-RLOO against each: gold reward, proxy reward, KL and response length over steps (the BSR paper's
-Fig. 5 on our testbed), and the held-out before/after table (its Table 3). PNG + pipeline.json."""
+"""Report for `rlhf-ray pipeline` / `rlhf-ray demo`: the reward models (link to their own report), their
+best-of-n curves, and RLOO against each: the held-out before/after table (the BSR paper's Table 3), the
+RL over-optimisation curves (held-out gold and proxy against KL, Gao et al.), the training curves (its
+Fig. 5). PNG + pipeline.json. An effect whose 95% CI holds 0 is called noise."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 from rlhf_ray.report.eval_plots import _plt, save_figure
 from rlhf_ray.report.experiment_report import headline
@@ -18,85 +21,160 @@ def read_steps(run_dir: str | Path) -> list[dict]:
     return [r for r in rows if r.get("split") == "train"]
 
 
+def verdict(low: float, high: float) -> str:
+    """What a 95% CI of a change says."""
+    return "rises" if low > 0 else "falls" if high < 0 else "noise (CI holds 0)"
+
+
 def _fmt_change(change: dict, digits: int = 3) -> str:
     return (f"{change['before']:.{digits}f} → {change['after']:.{digits}f} "
             f"({change['gain']:+.{digits}f} [{change['ci_low']:+.{digits}f}, {change['ci_high']:+.{digits}f}])")
 
 
-def _curves_figure(out_dir: Path, runs: list[dict]) -> str:
+def label(run: dict, several_seeds: bool) -> str:
+    return f"{run['reward_model']} s{run['seed']}" if several_seeds else run["reward_model"]
+
+
+def _curves_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> str:
     plt = _plt()
-    fig, axes = plt.subplots(1, len(CURVES) + 1, figsize=(4.0 * (len(CURVES) + 1), 3.3))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.0 * len(CURVES), 3.3))
     for run in runs:
         steps = run["steps"]
-        xs = [s["step"] for s in steps]
         for ax, (key, title) in zip(axes, CURVES):
-            ax.plot(xs, [s[key] for s in steps], marker="o", ms=3, label=run["reward_model"])
+            ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker="o", ms=3,
+                    label=label(run, several_seeds))
             ax.set(title=title, xlabel="RLOO step")
-        axes[-1].plot([s["kl"] for s in steps], [s["proxy_reward_mean"] for s in steps], marker="o", ms=3,
-                      label=run["reward_model"])
-    axes[-1].set(title="proxy reward vs KL", xlabel="KL", ylabel="proxy reward")
     axes[0].legend(fontsize=7)
     return save_figure(plt, fig, out_dir / "rloo_curves.png")
 
 
-def _held_out_figure(out_dir: Path, runs: list[dict]) -> str:
+def _over_optimisation_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> str:
+    """Held-out gold and proxy against the KL, every `rloo.eval_every` steps (step 0: the initial policy)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.3))
-    names = [r["reward_model"] for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for run in runs:
+        curve = run["held_out_curve"]
+        kl = [p["kl"] for p in curve]
+        for ax, key in zip(axes, ("gold", "proxy")):
+            line, = ax.plot(kl, [p[key] for p in curve], marker="o", ms=3, label=label(run, several_seeds))
+            ax.fill_between(kl, [p[f"{key}_ci_low"] for p in curve], [p[f"{key}_ci_high"] for p in curve],
+                            color=line.get_color(), alpha=0.12)
+    axes[0].set(title="held-out gold reward vs KL (95% CI over prompts)", xlabel="KL(policy || reference)",
+                ylabel="gold reward")
+    axes[1].set(title="held-out proxy reward vs KL", xlabel="KL(policy || reference)", ylabel="proxy reward")
+    axes[0].legend(fontsize=7)
+    return save_figure(plt, fig, out_dir / "rl_over_optimisation.png")
+
+
+def _held_out_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(runs)), 3.3))
     gains = [r["held_out"]["gold"]["gain"] for r in runs]
     errors = [[g - r["held_out"]["gold"]["ci_low"] for g, r in zip(gains, runs)],
               [r["held_out"]["gold"]["ci_high"] - g for g, r in zip(gains, runs)]]
-    ax.bar(names, gains, yerr=errors, capsize=4, color="tab:green")
+    ax.bar([label(r, several_seeds) for r in runs], gains, yerr=errors, capsize=4, color="tab:green")
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title="held-out gold reward gain (95% CI over prompts)", ylabel="after - before")
+    ax.tick_params(axis="x", labelsize=7)
     return save_figure(plt, fig, out_dir / "held_out_gain.png")
 
 
-def write_pipeline_report(out_dir: Path, rm_results: list[dict], rloo_runs: list[dict], seed: int,
-                          minutes: float, title: str) -> Path:
-    """rm_results: [{"variant", "model", "eval" (or None)}]; rloo_runs: [{"reward_model", "run_dir", "summary"}]."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [{**r, "steps": read_steps(r["run_dir"]), "held_out": r["summary"].get("held_out")} for r in rloo_runs]
-    lines = [f"# {title}", "", f"Seed {seed}; {minutes:.1f} min end to end. Numbers: `pipeline.json`.", ""]
-
-    lines += ["## Reward models", ""]
+def _reward_model_lines(rm_results: list[dict], several_seeds: bool) -> list[str]:
     evaluated = [r for r in rm_results if r.get("eval")]
-    if evaluated:
-        lines += ["| reward model | in-domain acc (Val1) | prompt-disj. tau | response-disj. tau | mutual-disj. tau |",
-                  "|---|---|---|---|---|"]
-        for r in evaluated:
-            h = headline(r["eval"])
-            lines.append(f"| {r['variant']} | {h['val1_accuracy']:.3f} | {h['val2_tau']:.3f} | {h['val3_tau']:.3f} | "
-                         f"{h['val4_tau']:.3f} |")
-        lines += ["", "Details, plots and confidence intervals: [rm/report.md](rm/report.md).", ""]
+    if not evaluated:
+        return []
+    lines = ["## Reward models", "", "Kendall tau against gold, mean over prompts (policy samples: the policy's own "
+             "samples for held-out prompts, what RLOO asks the reward model to rank).", "",
+             "| reward model | in-domain acc (Val1) | prompt-disj. tau | response-disj. tau | mutual-disj. tau | "
+             "policy-sample tau | policy-sample acc |", "|---|---|---|---|---|---|---|"]
+    for r in evaluated:
+        h = headline(r["eval"])
+        policy = (f"{h['policy_tau']:.3f} | {h['policy_accuracy']:.3f}" if "policy_tau" in h else "– | –")
+        lines.append(f"| {label({'reward_model': r['variant'], 'seed': r['seed']}, several_seeds)} | "
+                     f"{h['val1_accuracy']:.3f} | {h['val2_tau']:.3f} | {h['val3_tau']:.3f} | {h['val4_tau']:.3f} | "
+                     f"{policy} |")
+    return lines + ["", "Details, plots and confidence intervals: [rm/report.md](rm/report.md).", ""]
 
-    lines += ["## RLOO against each reward model", "",
-              "Held-out prompts, before the first step and after the last (mean over prompts of the k samples' "
-              "mean; change with its 95% bootstrap CI over prompts; win rate = prompts whose gold reward rose):", "",
-              "| policy | gold reward | win rate (gold) | proxy reward | response length | final KL |",
-              "|---|---|---|---|---|---|"]
+
+def _best_of_n_lines(bon: dict, out_dir: Path) -> list[str]:
+    if not bon:
+        return []
+    lines = ["## Best-of-n on the policy's held-out samples", "",
+             "For each reward source, the expected gold reward of the sample it ranks first among n of the N "
+             "samples (over all n-subsets), against KL_bon = log n - (n-1)/n; gain = best-of-N minus best-of-1, "
+             "paired by prompt, with its 95% bootstrap CI.", "",
+             "| seed | source | policy-sample tau | gold, n=1 | gold, n=N | gold gain | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for seed, sources in bon.items():
+        for name, source in sources.items():
+            first, last = source["best_of_n"][0], source["best_of_n"][-1]
+            tau = source["policy_tau"]
+            lines.append(f"| {seed} | {name} | {tau['value']:.3f} [{tau['ci_low']:.3f}, {tau['ci_high']:.3f}] | "
+                         f"{first['gold']:.3f} | {last['gold']:.3f} (n={last['n']}) | {last['gold_gain']:+.3f} "
+                         f"[{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}] | "
+                         f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} |")
+    figures = sorted(out_dir.glob("bon/**/best_of_n.png"))
+    return lines + [""] + [f"![best-of-n]({f.relative_to(out_dir)})" for f in figures] + [""]
+
+
+def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[str]:
+    lines = ["## RLOO against each reward model", "",
+             "Held-out prompts, before the first step and after the last (mean over prompts of the k samples' "
+             "mean; change with its 95% bootstrap CI over prompts; win rate = prompts whose gold reward rose):", "",
+             "| policy | gold reward | gold: verdict | win rate (gold) | proxy reward | response length | final KL |",
+             "|---|---|---|---|---|---|---|"]
     with_eval = [r for r in runs if r["held_out"]]
     if with_eval:
         first = with_eval[0]["held_out"]
-        lines.append(f"| initial policy | {first['gold']['before']:.3f} | – | – "
-                     f"| {first['length']['before']:.1f} | 0 |")
-    for r in runs:
-        kl = r["steps"][-1]["kl"] if r["steps"] else float("nan")
-        if r["held_out"]:
-            h = r["held_out"]
-            lines.append(f"| + RLOO ({r['reward_model']}) | {_fmt_change(h['gold'])} | {h['gold_win_rate']:.2f} | "
-                         f"{_fmt_change(h['proxy'])} | {h['length']['after']:.1f} | {kl:.3f} |")
-    lines += ["", f"![RLOO curves]({Path(_curves_figure(out_dir, runs)).name})", ""]
+        lines.append(f"| initial policy | {first['gold']['before']:.3f} | – | – | – | "
+                     f"{first['length']['before']:.1f} | 0 |")
+    for r in with_eval:
+        h, kl = r["held_out"], r["steps"][-1]["kl"] if r["steps"] else float("nan")
+        lines.append(f"| + RLOO ({label(r, several_seeds)}) | {_fmt_change(h['gold'])} | "
+                     f"{verdict(h['gold']['ci_low'], h['gold']['ci_high'])} | {h['gold_win_rate']:.2f} | "
+                     f"{_fmt_change(h['proxy'])} | {h['length']['after']:.1f} | {kl:.3f} |")
+    if several_seeds and with_eval:
+        lines += ["", "Mean ± std over seeds of the held-out gold gain:", "", "| reward model | seeds | gold gain |",
+                  "|---|---|---|"]
+        for target in dict.fromkeys(r["reward_model"] for r in with_eval):
+            gains = np.array([r["held_out"]["gold"]["gain"] for r in with_eval if r["reward_model"] == target])
+            lines.append(f"| {target} | {len(gains)} | {gains.mean():+.3f} ± {gains.std():.3f} |")
+    lines += ["", f"![RLOO curves]({Path(_curves_figure(out_dir, runs, several_seeds)).name})", ""]
     if with_eval:
-        lines += [f"![held-out gold gain]({Path(_held_out_figure(out_dir, with_eval)).name})", ""]
-    lines += ["Per-step metrics: `rloo/<reward model>/metrics.jsonl`; every sample with its rewards: "
-              "`rloo/<reward model>/samples.jsonl`.", ""]
+        lines += [f"![held-out gold gain]({Path(_held_out_figure(out_dir, with_eval, several_seeds)).name})", ""]
+    if any(len(r["held_out_curve"]) > 1 for r in runs):
+        figure = _over_optimisation_figure(out_dir, [r for r in runs if r["held_out_curve"]], several_seeds)
+        lines += [f"![RL over-optimisation]({Path(figure).name})", ""]
+    return lines + ["Per-step metrics: `rloo/<run>/metrics.jsonl`; every sample with its rewards: "
+                    "`rloo/<run>/samples.jsonl`.", ""]
 
-    numbers = {"seed": seed, "minutes": minutes,
-               "reward_models": [{"variant": r["variant"], "model": r["model"],
-                                  **(headline(r["eval"]) if r.get("eval") else {})} for r in rm_results],
-               "rloo": [{"reward_model": r["reward_model"], "run_dir": str(r["run_dir"]), "held_out": r["held_out"],
-                         "steps": r["steps"]} for r in runs]}
+
+def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo_runs: list[dict], cfg,
+                          minutes: float, title: str) -> Path:
+    """rm_results: [{"variant", "seed", "model", "eval" (or None)}]; bon: {seed: {source: curve}};
+    rloo_runs: [{"reward_model", "seed", "run_dir", "summary"}]."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    several_seeds = len({r["seed"] for r in rm_results}) > 1
+    runs = [{**r, "steps": read_steps(r["run_dir"]), "held_out": r["summary"].get("held_out"),
+             "held_out_curve": r["summary"].get("held_out_curve", [])} for r in rloo_runs]
+    seeds = sorted({r["seed"] for r in rm_results})
+    lines = [f"# {title}", "", f"Seed{'s' if several_seeds else ''} {', '.join(map(str, seeds))}; "
+             f"{minutes:.1f} min end to end. Numbers: `pipeline.json`.", ""]
+    lines += _reward_model_lines(rm_results, several_seeds)
+    lines += _best_of_n_lines(bon, out_dir)
+    lines += _rloo_lines(runs, several_seeds, out_dir)
+
+    def rm_numbers(r: dict) -> dict:
+        source = bon.get(r["seed"], {}).get(r["variant"], {})
+        return {"variant": r["variant"], "seed": r["seed"], "model": r["model"],
+                **(headline(r["eval"]) if r.get("eval") else {}),
+                **({"best_of_n": source["best_of_n"], "bon_policy_tau": source["policy_tau"]} if source else {})}
+
+    numbers = {"seeds": seeds, "minutes": minutes, "reward_models": [rm_numbers(r) for r in rm_results],
+               "best_of_n": {str(seed): sources for seed, sources in bon.items()},
+               "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"], "run_dir": str(r["run_dir"]),
+                         "held_out": r["held_out"], "held_out_curve": r["held_out_curve"], "steps": r["steps"]}
+                        for r in runs]}
     (out_dir / "pipeline.json").write_text(json.dumps(numbers, indent=1))
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")

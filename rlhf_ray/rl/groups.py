@@ -14,15 +14,19 @@ from rlhf_ray.rl.scorer import RLScorerActor
 from rlhf_ray.utils.seeds import derive_seed
 
 
+def rollout_group(cfg: Config) -> ActorGroup:
+    """The rollout workers of the `rollout` section, each with an engine holding the policy."""
+    rc = cfg.rollout
+    return ActorGroup(RolloutActor, "rollout", rc, rc.engine, resolve_model(cfg.policy.name), dtype=cfg.policy.dtype,
+                      kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len, sync_timeout_s=rc.sync_timeout_s,
+                      seed=cfg.seed, device=rc.device, trust_remote_code=cfg.policy.trust_remote_code)
+
+
 class RLGroups:
     def __init__(self, cfg: Config, total_steps: int):
         self.cfg = cfg
-        policy = resolve_model(cfg.policy.name)
         rc = cfg.rollout
-        self.rollout = ActorGroup(RolloutActor, "rollout", rc, rc.engine, policy, dtype=cfg.policy.dtype,
-                                  kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len,
-                                  sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed, device=rc.device,
-                                  trust_remote_code=cfg.policy.trust_remote_code)
+        self.rollout = rollout_group(cfg)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump(), cfg.scorer.device)
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
@@ -138,6 +142,9 @@ class RLGroups:
             proxy = aggregate(members, self.cfg.reward.aggregate, self.cfg.reward.uwo_lambda).view(len(recs), -1)
             for p, row in zip(recs, proxy.tolist()):
                 p["reference_rewards"] = row[:m]
+
+    def set_beta(self, beta: float) -> None:
+        self.learner.call("set_beta", [(beta,)] * len(self.learner), self.cfg.learner.timeout_s)
 
     def placement(self) -> dict[str, str]:
         return {**self.rollout.placement(), **self.scorer.placement(), **self.learner.placement()}

@@ -131,8 +131,12 @@ class RLOOLearner:
             grad_norm = self._whole_grad_norm() if lc.zero_stage == 0 else None
             self.engine.step()
             grad_norm = grad_norm if grad_norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
-        return {**stats, "clip_frac": clipped, "loss": loss_sum, "lr": self.engine.get_lr()[0],
+        return {**stats, "clip_frac": clipped, "loss": loss_sum, "lr": self.engine.get_lr()[0], "beta": lc.beta,
                 "grad_norm": grad_norm, "learn_s": time.monotonic() - start}
+
+    def set_beta(self, beta: float) -> None:
+        """The KL coefficient from the next update on (the over-optimisation monitor's raise_kl)."""
+        self.cfg.learner.beta = beta
 
     def _whole_grad_norm(self) -> float:
         """The batch's gradient norm before clipping, for ZeRO stage 0, where DeepSpeed does not track

@@ -3,94 +3,23 @@ from __future__ import annotations
 
 import json
 import math
-import random
+import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from rlhf_ray.cluster import ActorGroupError, check_placement, cluster_nodes, connect
 from rlhf_ray.config import Config, dump_config
-from rlhf_ray.data.loaders import prepare
-from rlhf_ray.data.schema import DataError, read_records, where
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.rl.monitor import HeldOutEval, MonitorAction, OverOptimisationMonitor
 from rlhf_ray.rl.phases import Synced
-from rlhf_ray.rl.policy_eval import policy_change
+from rlhf_ray.rl.policy_eval import held_out_point, policy_change
+from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
-from rlhf_ray.utils.seeds import derive_seed
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
-
-
-class PromptLoader:
-    """Prompts in a seeded order, epoch after epoch; `position` is all the state resume needs."""
-
-    def __init__(self, prompts: list[dict], per_step: int, seed: int, position: int = 0):
-        if per_step > len(prompts):
-            raise DataError(f"config key 'rloo.prompts_per_step': {per_step} is more than the {len(prompts)} prompts "
-                            "of rloo.prompts (rloo.prompt_split)")
-        self.prompts, self.per_step, self.seed, self.position = prompts, per_step, seed, position
-
-    def next(self) -> list[dict]:
-        batch = []
-        for _ in range(self.per_step):
-            epoch, index = divmod(self.position, len(self.prompts))
-            order = list(range(len(self.prompts)))
-            random.Random(derive_seed(self.seed, "prompt_order", epoch)).shuffle(order)
-            batch.append(dict(self.prompts[order[index]]))
-            self.position += 1
-        return batch
-
-
-def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
-    """The gold testbed's prompts of `split` (with references, so the gold reward is tracked), or a
-    file / hub dataset of prompts."""
-    if cfg.rloo.prompts == "gold":
-        path = Path(cfg.data.dir) / "gold" / "prompts.parquet"
-        if not path.exists():
-            prepare(cfg, ["gold"])
-        split = split or cfg.rloo.prompt_split
-        rows = [r for _, _, r in read_records(path, cfg.data.max_row_mb) if r["split"] == split]
-        if not rows:
-            raise DataError(f"{path}: no prompts with split {split!r} (rloo.prompt_split / rloo.eval_split)")
-        return rows
-    if cfg.rloo.prompts.startswith("hub:"):
-        import datasets
-
-        name, _, hub_split = cfg.rloo.prompts[4:].rpartition(":")
-        records = [(i, None, dict(r)) for i, r in enumerate(datasets.load_dataset(name, split=hub_split))]
-    else:
-        path = Path(cfg.rloo.prompts)
-        if not path.exists():
-            raise DataError(f"config key 'rloo.prompts': no file {path} (use gold, a .jsonl/.parquet file or "
-                            "hub:<name>:<split>)")
-        records = list(read_records(path, cfg.data.max_row_mb))
-    rows = []
-    for row, line, r in records:
-        if not isinstance(r, dict):
-            raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: expected an object, got {type(r).__name__}")
-        r.setdefault("prompt", r.get("instruction"))  # the BSR paper's prompt splits call it `instruction`
-        if not isinstance(r.get("prompt"), str) or not r["prompt"].strip():
-            raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: field 'prompt': missing or empty")
-        r.setdefault("prompt_id", f"prompt-{row}")
-        r.setdefault("prompt_type", "open")
-        rows.append(r)
-    if not rows:
-        raise DataError(f"{cfg.rloo.prompts}: holds no prompts")
-    return rows
-
-
-def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[list[int]]:
-    """Each prompt as the policy sees it: a user turn in its chat template, when it has one."""
-    out = []
-    for p in prompts:
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-        else:
-            ids = tokenizer(p["prompt"])["input_ids"]
-        out.append(list(ids)[-max_tokens:])
-    return out
 
 
 def timed(phase, *args):
@@ -136,7 +65,7 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
         "gold_reward_mean": statistics.fmean(gold) if gold else math.nan,
         "response_length": statistics.fmean(length),
         "truncation_rate": 1 - statistics.fmean(across(scores, "finished")),
-        **learner, "lr": learner_stats[0]["lr"],
+        **learner, "lr": learner_stats[0]["lr"], "beta": learner_stats[0]["beta"],
         **{f"time_{phase}_s": t for phase, t in timings.items()},
         "step_s": sum(timings.values()), "wall_s": wall_s, "compute_s": compute_s, "publish_s": synced.publish_s,
         "load_weights_s": slowest(synced.loaded, "sync_s"), "overhead_s": wall_s - compute_s,
@@ -144,16 +73,6 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
         "tokens_per_s": sum(length) / timings["generate"] if timings.get("generate") else math.nan,
         "sync_bytes": synced.loaded[0]["bytes"] if synced.loaded else 0, "samples": len(proxy), "k": k,
     }
-
-
-def held_out_prompts(cfg: Config) -> list[dict]:
-    if not cfg.rloo.eval_prompts:
-        return []
-    if cfg.rloo.prompts != "gold":
-        raise DataError("rloo.eval_prompts needs rloo.prompts=gold (held-out prompts with a gold reward)")
-    rows = load_prompts(cfg, cfg.rloo.eval_split)
-    random.Random(cfg.seed).shuffle(rows)
-    return rows[: cfg.rloo.eval_prompts]
 
 
 def write_samples(path: Path, step: int, batch: list[dict], scores: list[dict], shard_index: list[list[int]]) -> None:
@@ -168,16 +87,67 @@ def write_samples(path: Path, step: int, batch: list[dict], scores: list[dict], 
                 f.write(json.dumps(row) + "\n")
 
 
-def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dict], encode):
-    """Where the run begins: step 0 with the held-out prompts scored by the initial policy, or the
-    checkpoint `resume_from` (learner state, its weights on the workers, the loader position, the
-    initial scores)."""
+def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dict], evaluate_held_out):
+    """Where the run begins: (steps done, the initial policy's held-out scores, the held-out curve so far).
+    Fresh: step 0, the held-out prompts scored by the initial policy. Resumed from the checkpoint
+    `resume_from`: the learner's state, its weights on the workers, the loader position, the saved scores
+    and curve."""
     if resume_from is None:
-        return 0, rl.evaluate(encode(held_out), held_out) if held_out else None
+        before = evaluate_held_out() if held_out else None
+        return 0, before, [held_out_point_of(cfg, before, held_out, 0, 0.0)] if before else []
     path, state = resume_from
     rl.load_state(str(path / "engine"), version=state["step"])
     loader.position = state["position"]
-    return state["step"], state["held_out_before"]
+    return state["step"], state["held_out_before"], state.get("curve", [])
+
+
+def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int, kl: float) -> dict:
+    return held_out_point(scores, len(held_out), cfg.rollout.k, step, kl, cfg.eval.bootstrap, cfg.eval.ci_level,
+                          cfg.seed)
+
+
+def replayed_monitor(cfg: Config, curve: list[dict]) -> OverOptimisationMonitor:
+    """The monitor as it stood after `curve` (a resumed run reads its evaluations again; same beta)."""
+    monitor = OverOptimisationMonitor(cfg.rloo.monitor, cfg.learner.beta)
+    for point in curve:
+        monitor.observe(as_eval(point))
+    return monitor
+
+
+def as_eval(point: dict) -> HeldOutEval:
+    return HeldOutEval(point["step"], point["kl"], point["gold"], point["proxy"], point["disagreement"])
+
+
+def act_on(action: MonitorAction, rl, out: Path) -> None:
+    """Carry out what the monitor said (raise_kl sets the learner's beta; stop and keep_best end the
+    loop) and log it with its reason: on the terminal and in monitor.jsonl."""
+    if action.action == "raise_kl":
+        rl.set_beta(action.beta)
+    then = (f": learner.beta is now {action.beta:g}" if action.action == "raise_kl" else
+            {"log": "", "stop": ": stopping", "keep_best": ": stopping, keeping the best policy"}[action.action])
+    print(f"[rloo] over-optimisation monitor at step {action.step} ({action.signal}): {action.reason}{then}",
+          file=sys.stderr, flush=True)
+    with (out / "monitor.jsonl").open("a") as f:
+        f.write(json.dumps({"step": action.step, "action": action.action, "signal": action.signal,
+                            "reason": action.reason, "beta": action.beta}) + "\n")
+
+
+def keep_best(rl, out: Path, scores: list[dict], step: int) -> None:
+    """The policy of the best held-out evaluation so far, with its scores, in <output_dir>/policy_best."""
+    rl.save_policy(str(out / "policy_best"))
+    (out / "policy_best" / "held_out.json").write_text(json.dumps({"step": step, "scores": scores}))
+
+
+def final_policy(rl, out: Path, stopped_at_best: bool, last_scores, eval_final) -> list[dict] | None:
+    """Write <output_dir>/policy (the best one when keep_best stopped the run) and return its held-out
+    scores: the best evaluation's, the last step's when it was evaluated, else a fresh evaluation."""
+    if stopped_at_best:
+        best = json.loads((out / "policy_best" / "held_out.json").read_text())
+        shutil.rmtree(out / "policy", ignore_errors=True)
+        (out / "policy_best").rename(out / "policy")
+        return best["scores"]
+    rl.save_policy(str(out / "policy"))
+    return last_scores if last_scores is not None or eval_final is None else eval_final()
 
 
 def check_models(cfg: Config) -> None:
@@ -216,15 +186,24 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     def encode(batch: list[dict]) -> list[list[int]]:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)
 
+    def evaluate_held_out() -> list[dict]:
+        return rl.evaluate(encode(held_out), held_out)
+
     connect(cfg.ray, out / "logs")
     rl = RLGroups(cfg, cfg.rloo.steps)
     log = None
     try:
         if cfg.reward.transform != "none":  # LSC / PAR baselines: the initial policy's rewards, per prompt
             rl.reference_rewards(encode(prompts + held_out), prompts + held_out)
-        done, before = start(cfg, rl, resume_from, loader, held_out, encode)  # done > 0: resumed
+        done, before, curve = start(cfg, rl, resume_from, loader, held_out, evaluate_held_out)  # done > 0: resumed
+        monitor = replayed_monitor(cfg, curve)
+        if monitor.beta != cfg.learner.beta:
+            rl.set_beta(monitor.beta)
+        if cfg.rloo.monitor.action == "keep_best" and not done:  # the initial policy may stay the best
+            keep_best(rl, out, before, 0)
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
+        action, last_scores = None, None
         for step in range(done + 1, cfg.rloo.steps + 1):
             began = time.monotonic()
             batch = loader.next()
@@ -237,11 +216,23 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             timings = {"generate": t_generate, "score": t_score, "learn": t_learn, "sync": t_sync}
             metrics = step_metrics(scores, learner_stats, timings, synced, cfg.rollout.k, time.monotonic() - began)
             log.log(step, {**metrics, "prompt_ids": [p["prompt_id"] for p in batch]})
+            last_scores = None
+            if held_out and cfg.rloo.eval_every and step % cfg.rloo.eval_every == 0:  # the over-optimisation curve
+                last_scores = evaluate_held_out()
+                curve.append(held_out_point_of(cfg, last_scores, held_out, step, metrics["kl"]))
+                is_best, action = monitor.observe(as_eval(curve[-1]))
+                if is_best and cfg.rloo.monitor.action == "keep_best":
+                    keep_best(rl, out, last_scores, step)
+                if action is not None:
+                    act_on(action, rl, out)
             if cfg.rloo.save_every and step % cfg.rloo.save_every == 0 and step < cfg.rloo.steps:
-                with checkpoints.saving(step, {"position": loader.position, "held_out_before": before}) as tmp:
+                with checkpoints.saving(step, {"position": loader.position, "held_out_before": before,
+                                               "curve": curve}) as tmp:
                     rl.save_state(str(tmp / "engine"))
-        after = rl.evaluate(encode(held_out), held_out) if held_out else None
-        rl.save_policy(str(out / "policy"))
+            if action is not None and action.stops:
+                break
+        stopped_at_best = action is not None and action.action == "keep_best"
+        after = final_policy(rl, out, stopped_at_best, last_scores, evaluate_held_out if held_out else None)
         placement = rl.placement()
     except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
         latest = checkpoints.latest()
@@ -252,8 +243,12 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         if log is not None:
             log.close()
         rl.shutdown()
-    summary = {"policy": str(out / "policy"), "steps": cfg.rloo.steps, "prompt_position": loader.position,
-               "seed": cfg.seed, "resumed_from_step": done or None, "placement": placement}
+    summary = {"policy": str(out / "policy"), "steps": step if done < cfg.rloo.steps else done,
+               "prompt_position": loader.position, "seed": cfg.seed, "resumed_from_step": done or None,
+               "placement": placement, "held_out_curve": curve,
+               "monitor": {"action": action.action, "step": action.step, "reason": action.reason} if action else None}
+    if stopped_at_best:
+        summary["policy_step"] = monitor.best.step
     if held_out:
         summary["held_out"] = policy_change(before, after, len(held_out), cfg.rollout.k, cfg.eval.bootstrap,
                                             cfg.eval.ci_level, cfg.seed)

@@ -34,3 +34,26 @@ def policy_change(before: list[dict], after: list[dict], n_prompts: int, k: int,
             out["gold_win_rate"] = (sum((g > 0) + 0.5 * (g == 0) for g in decided) / len(decided)
                                     if decided else math.nan)
     return out
+
+
+def disagreement(scores: list[dict]) -> float:
+    """Mean over samples of the reward models' standard deviation (population) on the sample; nan with
+    one reward model. `members` of each part is (models, samples)."""
+    import numpy as np
+
+    members = [np.asarray(part["members"], dtype=float) for part in scores]
+    if not members or members[0].shape[0] < 2:
+        return math.nan
+    return float(np.concatenate([m.std(0) for m in members]).mean())
+
+
+def held_out_point(scores: list[dict], n_prompts: int, k: int, step: int, kl: float, bootstrap: int = 1000,
+                   level: float = 0.95, seed: int = 0) -> dict:
+    """One point of the RL over-optimisation curve: held-out gold and proxy (means over prompts, with
+    bootstrap CIs) of the policy after `step` updates, at the learner's KL, and the members' disagreement."""
+    point = {"step": step, "kl": kl, "disagreement": disagreement(scores)}
+    for key in ("gold", "proxy"):
+        per_prompt = per_prompt_means(scores, key, n_prompts, k)
+        low, high = bootstrap_ci(per_prompt, nanmean, bootstrap, level, seed)
+        point.update({key: nanmean(per_prompt), f"{key}_ci_low": low, f"{key}_ci_high": high})
+    return point

@@ -24,6 +24,37 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - (total - rewards) / (k - 1)
 
 
+ESTIMATORS = ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline")
+GRPO_STD_EPS = 1e-4  # TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
+WHITEN_VAR_MIN = 1e-8  # OpenRLHF: (a - mean) * rsqrt(max(var, 1e-8))
+
+
+def group_advantages(rewards: torch.Tensor, estimator: str = "rloo") -> torch.Tensor:
+    """Sequence-level advantages of rewards (num_prompts, k), by name:
+
+    - `rloo`: R_i - mean_{j != i} R_j (leave-one-out baseline);
+    - `grpo`: (R_i - mean) / (sample std + 1e-4) within the prompt, as TRL's GRPOTrainer;
+    - `dr_grpo`: R_i - mean within the prompt (Dr. GRPO: no std division; no length normalisation either,
+      which is the `sequence` loss variant's sum over tokens);
+    - `reinforce_pp_baseline`: R_i - mean within the prompt, then whitened over the whole batch, (a - mean)
+      / sqrt(max(population var, 1e-8)), as OpenRLHF's REINFORCE++-baseline (which whitens per token;
+      per sequence here, the sequence-level part).
+    """
+    if rewards.dim() != 2 or rewards.shape[-1] < 2:
+        raise ValueError(f"group_advantages needs rewards of shape (num_prompts, k >= 2), got {tuple(rewards.shape)}")
+    if estimator == "rloo":
+        return rloo_advantages(rewards)
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    if estimator == "grpo":
+        return centred / (rewards.std(-1, keepdim=True) + GRPO_STD_EPS)
+    if estimator == "dr_grpo":
+        return centred
+    if estimator == "reinforce_pp_baseline":
+        var = (centred - centred.mean()).pow(2).mean()
+        return (centred - centred.mean()) * var.clamp(min=WHITEN_VAR_MIN).rsqrt()
+    raise ValueError(f"unknown advantage estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
+
+
 def kl_k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """Per-token k1 estimator of KL(pi || pi_ref): log pi - log pi_ref (unbiased, can be negative)."""
     return logp - logp_ref
@@ -57,26 +88,32 @@ def token_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.T
     return (baseline_free - beta * kl_to_go) * mask
 
 
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip: float):
+    """PPO's pessimistic surrogate max(-A r, -A clip(r)) elementwise, and where the clip is what it
+    took: the clipped term strictly larger. That is TRL's and OpenRLHF's `clipfrac`: a ratio outside
+    the band whose advantage's sign makes the clip inactive is not counted."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    return torch.max(unclipped, clipped), (clipped > unclipped).float()
+
+
 def sequence_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None):
-    """PPO-clip on the sequence ratio; returns (loss, fraction of sequences clipped). Both are sums over
-    these sequences divided by `denominator` (default: their count), so micro-batches add up."""
+    """PPO-clip on the sequence ratio; returns (loss, fraction of sequences whose loss the clip set).
+    Both are sums over these sequences divided by `denominator` (default: their count), so micro-batches
+    add up."""
     ratio = torch.exp(masked_sum(logp_new - logp_old, mask))
-    clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
+    surrogate, was_clipped = clipped_surrogate(ratio, advantages, clip)
     denominator = denominator or ratio.numel()
-    loss = torch.max(-advantages * ratio, -advantages * clipped).sum() / denominator
-    clip_frac = ((ratio - clipped).abs() > 0).float().sum() / denominator
-    return loss, clip_frac
+    return surrogate.sum() / denominator, was_clipped.sum() / denominator
 
 
 def token_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None):
-    """PPO-clip on the token ratio over real tokens; returns (loss, clipped-token fraction), sums divided
-    by `denominator` (default: these sequences' real-token count)."""
+    """PPO-clip on the token ratio over real tokens; returns (loss, fraction of real tokens whose loss
+    the clip set), sums divided by `denominator` (default: these sequences' real-token count)."""
     ratio = torch.exp(logp_new - logp_old)
-    clipped = torch.clamp(ratio, 1 - clip, 1 + clip)
+    surrogate, was_clipped = clipped_surrogate(ratio, advantages, clip)
     denominator = denominator or mask.sum().clamp(min=1)
-    loss = (torch.max(-advantages * ratio, -advantages * clipped) * mask).sum() / denominator
-    clip_frac = (((ratio - clipped).abs() > 0).float() * mask).sum() / denominator
-    return loss, clip_frac
+    return (surrogate * mask).sum() / denominator, (was_clipped * mask).sum() / denominator
 
 
 def advantages_of(variant: str, scores, logp_old, logp_ref, mask, beta: float, k: int, kl_estimator: str = "k1"):

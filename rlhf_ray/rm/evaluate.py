@@ -19,6 +19,14 @@ from rlhf_ray.rm.theory import optimal_rewards
 from rlhf_ray.scoring.pool import ScorerPool
 
 GOLD_SPLITS = {"val1": "in-domain", "val2": "prompt-disjoint", "val3": "response-disjoint", "val4": "mutual-disjoint"}
+POLICY_SPLIT = {"policy": "policy samples"}  # fresh samples of the policy on held-out prompts, when prepared
+
+
+def scenarios_of(cfg: Config) -> dict[str, str]:
+    """The four scenarios, and the `policy` one when `prepare` sampled the policy (or data.scenarios
+    names a file for it)."""
+    has_policy = "policy" in cfg.data.scenarios or (Path(cfg.data.dir) / "gold" / "policy.parquet").exists()
+    return {**GOLD_SPLITS, **(POLICY_SPLIT if has_policy else {})}
 
 
 def _score(pool: ScorerPool, groups: list[Group]):
@@ -84,7 +92,7 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     resolve_model(model_ref, "--model")
     scenarios = cfg.data.testbed == "gold" or cfg.data.scenarios
     if scenarios:
-        splits = {split: _load(cfg, split) for split in GOLD_SPLITS}
+        splits = {split: _load(cfg, split) for split in scenarios_of(cfg)}
     else:
         splits = {"eval": load_split(cfg, "eval") if cfg.data.eval else load_split(cfg, "train")}
     check_placement({"scorer": cfg.scorer}, cluster_nodes(cfg.ray))
@@ -97,7 +105,7 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     try:
         result["w_norm"] = pool.head_norm()
         if scenarios:
-            for split, scenario in GOLD_SPLITS.items():
+            for split, scenario in scenarios_of(cfg).items():
                 groups = splits[split]
                 rewards, hidden, flat = _score(pool, groups)
                 entry = {"scenario": scenario, "prompts": len(groups), **_hidden_diagnostics(hidden, flat)}

@@ -85,10 +85,16 @@ def global_batch_mean(local_rewards: torch.Tensor, group=None) -> torch.Tensor:
 
 
 def bsr_global_penalty(local_rewards: torch.Tensor, group=None) -> torch.Tensor:
-    """Per-rank BSR term whose data-parallel *average* has the full-batch value and gradient."""
+    """Per-rank BSR term whose data-parallel *average* has the full-batch value and gradient.
+
+    Its gradient is world_size * d(mean**2) (see `global_batch_mean`), but its value is mean**2, the
+    same on every rank: a logged loss averaged over ranks then holds the BSR term once, not
+    world-size times."""
     import torch.distributed as dist
 
-    return dist.get_world_size(group) * global_batch_mean(local_rewards, group) ** 2
+    penalty = global_batch_mean(local_rewards, group) ** 2
+    scaled = dist.get_world_size(group) * penalty
+    return scaled - (scaled - penalty).detach()
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,11 +178,14 @@ def ranking_loss(logits: torch.Tensor, u: Utility) -> torch.Tensor:
 
 
 def prompt_aware_pair_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, is_open: torch.Tensor, u_closed: Utility, u_open: Utility
+    chosen: torch.Tensor, rejected: torch.Tensor, is_open: torch.Tensor, u_closed: Utility, u_open: Utility,
+    closed_weight: float = 1.0, open_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Like `utility_pair_loss`, with U chosen per pair: u_open where is_open, else u_closed."""
+    """Like `utility_pair_loss`, with U chosen per pair: u_open where is_open, else u_closed, each times its
+    weight. A positive weight scales a prompt's utility, so it moves no prompt's optimum; it sets how
+    much of the shared model's gradient each prompt type gets."""
     diff = torch.sigmoid(chosen) - torch.sigmoid(rejected)
-    return -torch.where(is_open, u_open(diff), u_closed(diff)).mean()
+    return -torch.where(is_open, open_weight * u_open(diff), closed_weight * u_closed(diff)).mean()
 
 
 def prompt_aware_ranking_loss(

@@ -61,7 +61,8 @@ def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: tor
         return L.bt_dr_loss(chosen, rejected)
     if cfg.prompt_aware.enabled:
         u_closed, u_open = make_utility(cfg.prompt_aware.closed), make_utility(cfg.prompt_aware.open)
-        return L.prompt_aware_pair_loss(chosen, rejected, pair_open, u_closed, u_open)
+        pa = cfg.prompt_aware
+        return L.prompt_aware_pair_loss(chosen, rejected, pair_open, u_closed, u_open, pa.closed_weight, pa.open_weight)
     return L.utility_pair_loss(chosen, rejected, make_utility(cfg.utility))
 
 

@@ -2,8 +2,8 @@
 
 - ensembles over M reward models (Coste et al.): mean, WCO = min, UWO = mean - lambda * population variance;
 - transforms against a per-prompt reference: LSC = log sigmoid(r - r_ref(x)) (Wang et al.), where
-  r_ref(x) is a quantile of the reference policy's rewards for x; PAR = mean_m sigmoid(r - r(x, y_ref,m))
-  (Fu et al.).
+  r_ref(x) is the 0.85 quantile of a normal fitted to the reference policy's rewards for x;
+  PAR = mean_m sigmoid(r - r(x, y_ref,m)) (Fu et al.).
 """
 from __future__ import annotations
 
@@ -25,10 +25,19 @@ def aggregate(member_rewards: torch.Tensor, how: str = "mean", uwo_lambda: float
     raise ValueError(f"unknown aggregation {how!r}: use one of {AGGREGATIONS}")
 
 
-def lsc_reference(reference_rewards: torch.Tensor, quantile_z: float = 1.0364) -> torch.Tensor:
-    """r_ref(x) from the reference policy's rewards (P, m): mean + z * std, the 0.85 quantile of a
-    normal fitted to them (PAR's reimplementation of LSC)."""
-    return reference_rewards.mean(-1) + quantile_z * reference_rewards.std(-1, unbiased=False)
+LSC_QUANTILE_Z = 1.0364333894937898  # scipy.stats.norm.ppf(0.85)
+LSC_STD_EPS = 1e-5
+
+
+def lsc_reference(reference_rewards: torch.Tensor) -> torch.Tensor:
+    """r_ref(x) from the reference policy's rewards (P, m), m >= 2: the 0.85 quantile of a normal
+    fitted to them, mean + norm.ppf(0.85) * (sample std + 1e-5), as PAR's released reimplementation
+    of LSC computes it (the sample standard deviation, ddof 1, and its 1e-5)."""
+    if reference_rewards.shape[-1] < 2:
+        raise ValueError("LSC's reference reward needs at least 2 reference samples per prompt "
+                         "(reward.reference_samples): it fits a normal to them")
+    std = reference_rewards.std(-1, unbiased=True) + LSC_STD_EPS
+    return reference_rewards.mean(-1) + LSC_QUANTILE_Z * std
 
 
 def lsc(rewards: torch.Tensor, r_ref: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-def _fmt_seconds(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
@@ -77,7 +77,7 @@ class RunLogger:
             self.warm = (step, time.monotonic())
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.keys if k in metrics)
-        eta_text = _fmt_seconds(eta) if eta == eta else "?"
+        eta_text = format_duration(eta) if eta == eta else "?"
         print(
             f"[{self.name}] step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%) "
             f"{rate:.2f} step/s ETA {eta_text} {shown}",

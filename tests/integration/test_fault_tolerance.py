@@ -10,7 +10,8 @@ import pytest
 
 from rlhf_ray.cluster import ActorGroupError
 from rlhf_ray.config import load_config
-from rlhf_ray.rl.loop import PromptLoader, load_prompts, run_rloo
+from rlhf_ray.rl.loop import run_rloo
+from rlhf_ray.rl.prompts import PromptLoader, load_prompts
 from tests.integration.shared import TINY_RLOO
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,9 @@
 """The demo as a user runs it (`rlhf-ray demo` = the pipeline with configs/demo.yaml), with small settings:
-three MiniLM reward models trained 2 steps each on 2 DeepSpeed ranks, evaluated, then one RLOO step of
-tiny-llama against each, on the local Ray instance the command starts; the report and its numbers are
-written, and the terminal shows rlhf-ray's own lines (at least 80%), ending with where the report is."""
+the gold testbed with tiny-llama's samples (the demo samples SmolLM2), the demo's MiniLM reward models
+trained 2 steps each on 2 DeepSpeed ranks, evaluated on the five scenarios, their best-of-n curves, then
+RLOO of tiny-llama against the first, with held-out evaluations along the way, on the local Ray instance
+the command starts; the report and its numbers are written, and the terminal shows rlhf-ray's own lines
+(at least 80%), ending with where the report is."""
 import json
 import os
 import subprocess
@@ -19,14 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_with_small_settings(tmp_path):
     demo = load_config("configs/demo.yaml").pipeline
+    first = next(iter(demo.reward_models))
     rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5"]
-    rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=1", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
-            "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
+    rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=2", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
+            "rloo.eval_every=1", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
     done = subprocess.run(
         [sys.executable, "-m", "rlhf_ray.cli", "demo", f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}",
-         "tensorboard=false", "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=24",
-         "prepare.sizes.gold_valid_prompts=8", f"pipeline.rm_overrides=[{', '.join(rm)}]",
-         f"pipeline.rloo_overrides=[{', '.join(rloo)}]"],
+         "tensorboard=false", "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=16",
+         "prepare.sizes.gold_valid_prompts=6", "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
+         "prepare.policy_samples.max_new_tokens=8", f"pipeline.rm_overrides=[{', '.join(rm)}]",
+         f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]"],
         cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True, text=True,
         timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,18 +40,25 @@ def test_demo_with_small_settings(tmp_path):
     assert last.startswith("[demo] done in ") and last.endswith(f"; report {tmp_path / 'report.md'}")
 
     numbers = json.loads((tmp_path / "pipeline.json").read_text())
-    assert [r["variant"] for r in numbers["reward_models"]] == ["bt", "bsr", "prompt_aware"]
-    assert all(0 <= r["val1_accuracy"] <= 1 for r in numbers["reward_models"])
-    assert [r["reward_model"] for r in numbers["rloo"]] == ["bt", "bsr", "prompt_aware"]
-    for run in numbers["rloo"]:
-        assert [s["step"] for s in run["steps"]] == [1]
-        gold = run["held_out"]["gold"]
-        assert gold["before"] == gold["before"] and gold["gain"] == pytest.approx(gold["after"] - gold["before"])
-        # each RLOO run scored with the reward model the pipeline trained for it
-        run_cfg = (tmp_path / "rloo" / run["reward_model"] / "config.yaml").read_text()
-        assert str(tmp_path / "rm" / run["reward_model"] / "model") in run_cfg
-        assert (tmp_path / "rloo" / run["reward_model"] / "logs" / "rollout-0.log").stat().st_size > 0
+    assert [r["variant"] for r in numbers["reward_models"]] == list(demo.reward_models)
+    for r in numbers["reward_models"]:  # the policy-sample scenario and the best-of-n curve, per reward model
+        assert 0 <= r["val1_accuracy"] <= 1 and -1 <= r["policy_tau"] <= 1
+        assert [p["n"] for p in r["best_of_n"]] == [1, 2, 4]
+        for p in r["best_of_n"]:
+            assert {"n", "kl", "gold", "proxy", "gold_ci_low", "gold_ci_high", "proxy_ci_low"} <= set(p)
+            assert p["gold_ci_low"] <= p["gold"] <= p["gold_ci_high"]
+    assert {"ensemble_mean", "ensemble_wco", "ensemble_uwo", "ensemble_mean+lsc"} <= set(numbers["best_of_n"]["0"])
+    [run] = numbers["rloo"]
+    assert run["reward_model"] == first and [s["step"] for s in run["steps"]] == [1, 2]
+    assert [p["step"] for p in run["held_out_curve"]] == [0, 1, 2]
+    gold = run["held_out"]["gold"]
+    assert gold["before"] == gold["before"] and gold["gain"] == pytest.approx(gold["after"] - gold["before"])
+    # the RLOO run scored with the reward model the pipeline trained for it
+    run_cfg = (tmp_path / "rloo" / first / "config.yaml").read_text()
+    assert str(tmp_path / "rm" / first / "model") in run_cfg
+    assert (tmp_path / "rloo" / first / "logs" / "rollout-0.log").stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
-    assert "+ RLOO (bsr)" in report and "Seed 0" in report
-    for png in ("rloo_curves.png", "held_out_gain.png", "rm/scenarios.png"):
+    assert f"+ RLOO ({first})" in report and "Seed 0" in report and "Best-of-n" in report
+    for png in ("rloo_curves.png", "held_out_gain.png", "rl_over_optimisation.png", "rm/scenarios.png",
+                "bon/best_of_n.png"):
         assert (tmp_path / png).stat().st_size > 1000

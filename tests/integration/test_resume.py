@@ -39,7 +39,7 @@ def _env():
 def _uninterrupted_batches(testbeds, steps: int, per_step: int) -> list[tuple[int, list[str]]]:
     """The prompt ids an uninterrupted run trains on, step by step: its loader, without running it."""
     from rlhf_ray.config import load_config
-    from rlhf_ray.rl.loop import PromptLoader, load_prompts
+    from rlhf_ray.rl.prompts import PromptLoader, load_prompts
 
     cfg = load_config(ROOT / "configs" / "rloo_smollm2.yaml", [f"data.dir={testbeds}", *TINY_RLOO])
     loader = PromptLoader(load_prompts(cfg), per_step, cfg.seed)

@@ -48,3 +48,46 @@ def test_two_rloo_steps_end_to_end(ray_local, testbeds, tmp_path, variant, estim
         assert values["rlhf_rloo_step_seconds"] > 0 and values["rlhf_rloo_tokens_per_second"] > 0
         assert sorted(summary["placement"]) == ["learner-0", "rollout-0", "rollout-1", "scorer-0", "scorer-1"]
     assert len(samples) == 16 and {s["step"] for s in samples} == {1, 2} and all("response" in s for s in samples)
+
+
+class ScriptedMonitor:
+    """Stands in for the monitor's judgement (tests/unit/test_monitor.py tests that on a run built to
+    over-optimise): best at step 1, raise the KL at step 2, keep the best at step 3. What is tested here
+    is that the driver carries each action out."""
+
+    def __init__(self, cfg, beta):
+        self.beta, self.best = beta, None
+
+    def observe(self, ev):
+        from rlhf_ray.rl.monitor import MonitorAction
+
+        if ev.step <= 1:
+            self.best = ev
+            return True, None
+        if ev.step == 2:
+            self.beta *= 4
+            return False, MonitorAction(2, "raise_kl", "gold", "scripted", self.beta)
+        return False, MonitorAction(3, "keep_best", "gold", "scripted")
+
+
+def test_held_out_curve_and_the_monitors_actions(ray_local, testbeds, tmp_path, monkeypatch):
+    monkeypatch.setattr("rlhf_ray.rl.loop.OverOptimisationMonitor", ScriptedMonitor)
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=5",
+        "rloo.prompts_per_step=2", "rloo.eval_prompts=2", "rloo.eval_every=1", "rloo.monitor.action=keep_best",
+        "reward.models=[tiny-llama]", "scorer.num_workers=1", "learner.lr=1e-3", "learner.beta=0.05",
+    ])
+    summary = run_rloo(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # keep_best stopped the run at step 3 of 5
+    assert [r["beta"] for r in rows] == [0.05, 0.05, 0.2]  # raise_kl reached the learner after step 2
+    curve = summary["held_out_curve"]
+    assert [p["step"] for p in curve] == [0, 1, 2, 3] and curve[0]["kl"] == 0.0
+    assert [p["kl"] for p in curve[1:]] == [r["kl"] for r in rows]
+    assert all(p["gold_ci_low"] <= p["gold"] <= p["gold_ci_high"] for p in curve)
+    assert summary["policy_step"] == 1 and summary["monitor"]["action"] == "keep_best"
+    # the final policy is step 1's: its held-out scores are the 'after' of the summary
+    assert summary["held_out"]["gold"]["after"] == pytest.approx(curve[1]["gold"])
+    assert (tmp_path / "policy" / "model.safetensors").exists() and not (tmp_path / "policy_best").exists()
+    logged = [json.loads(x) for x in (tmp_path / "monitor.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["action"]) for x in logged] == [(2, "raise_kl"), (3, "keep_best")]

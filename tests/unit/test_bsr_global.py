@@ -37,6 +37,7 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.all_reduce(p.grad)
         p.grad /= world
     torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"grad{rank}.pt"))
+    torch.save(loss.detach(), os.path.join(out_dir, f"loss{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -57,6 +58,10 @@ def test_global_bsr_gradients_equal_full_batch(tmp_path):
         got = torch.load(tmp_path / f"grad{rank}.pt")
         for g, e in zip(got, expected):
             torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    # the logged loss (the mean of the ranks' values) holds the BSR term once, as the full batch's does
+    logged = sum(torch.load(tmp_path / f"loss{rank}.pt") for rank in range(2)) / 2
+    assert LAMBDA * L.bsr_penalty(c, r).item() > 1e-3  # the term is large enough to be seen twice
+    torch.testing.assert_close(logged, full.detach(), rtol=1e-10, atol=1e-12)
 
     # and the local scope differs: it regularises each rank's own mean
     model = _model()

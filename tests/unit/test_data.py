@@ -104,8 +104,11 @@ def test_gold_testbed_scenarios(tmp_path):
 def test_gold_reward_properties():
     assert gold.gold_reward("closed", "Richard Nixon", "It was Richard Nixon.") == pytest.approx(1.0)
     assert gold.gold_reward("closed", "Richard Nixon", "Abraham Lincoln") == pytest.approx(0.0)
+    assert gold.gold_reward("closed", "the capital is Paris in France", "Paris") == pytest.approx(2 / 3)  # partial
+    concise = gold.gold_reward("closed", "Richard Nixon", "Richard Nixon was the president then, I think.")
     padded = gold.gold_reward("closed", "Richard Nixon", "Richard Nixon " + "and so on " * 40)
-    assert 0.8 <= padded < 1.0  # correct but padded: nearly binary
+    assert concise == pytest.approx(1.0)  # 8 words: within twice the answer's length + 5
+    assert padded == pytest.approx(1.0 - 0.3 - 0.1 * (1 - 5 / 122))  # correct but padded: the full 0.3 off
     ref = "I love hiking in the mountains with my dog on weekends"
     full = gold.gold_reward("open", ref, ref)
     half = gold.gold_reward("open", ref, "I love hiking")

@@ -14,7 +14,7 @@ from rlhf_ray.config import ActorGroupConfig, load_config
 from rlhf_ray.data.schema import DataError, load_groups
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.vllm_ext import RELOAD_LOGGER, DerivedBufferFilter
-from rlhf_ray.rl.loop import load_prompts
+from rlhf_ray.rl.prompts import load_prompts
 from rlhf_ray.utils.runlog import steady_rate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,8 @@ import pytest
 from rlhf_ray.cli import main
 from rlhf_ray.config import load_config
 from rlhf_ray.models.architectures import KNOWN, architecture
-from rlhf_ray.plan import GIB, PlanError, check_fits, learner_plan, plan_groups, training_terms
+from rlhf_ray.plan import (GIB, PROCESS_HOST, Machine, PlanError, check_fits, host_per_node, learner_plan, plan_groups,
+                           training_terms)
 
 QWEN = KNOWN["Qwen/Qwen2.5-1.5B-Instruct"]
 
@@ -37,14 +38,14 @@ def test_checkpointing_and_token_budgets_shrink_activations_and_chunks_bound_the
                                          ("configs/paper_bsr_rm.yaml", "train-rm")])
 def test_the_gpu_recipes_fit_80_gb(recipe, job):
     groups = plan_groups(load_config(recipe), job)
-    check_fits(groups, 80)
+    check_fits(groups, Machine(80))
     assert all(g.on_gpu for g in groups if g.group != "scorer" or job == "rloo")
 
 
 def test_a_recipe_without_checkpointing_does_not_fit_and_says_why(capsys):
     with pytest.raises(PlanError, match=r"rm needs .* GB per GPU, over 80 GB; its largest term is activations"):
         check_fits(plan_groups(load_config("configs/paper_bsr_rm.yaml", ["model.gradient_checkpointing=false"]),
-                               "train-rm"), 80)
+                               "train-rm"), Machine(80))
     assert main(["plan", "--config", "configs/paper_bsr_rm.yaml", "model.gradient_checkpointing=false"]) == 2
     out = capsys.readouterr()
     assert "DOES NOT FIT" in out.out and "largest term is activations" in out.err
@@ -57,3 +58,22 @@ def test_a_model_of_unknown_shape_is_an_error_naming_the_key():
         architecture("someone/unknown", "policy.name")
     assert architecture("runs/paper_bsr_rm_qwen25_3b/model", "reward.models") == KNOWN["Qwen/Qwen2.5-3B-Instruct"]
     assert GIB == 2**30
+
+
+def test_host_memory_per_node_counts_the_actors_a_node_holds_and_rank_0s_published_weights_once(capsys):
+    cfg = load_config("configs/paper_rloo_gpu.yaml", ["learner.num_workers=4", "learner.num_gpus=1"])
+    groups = {g.group: g for g in plan_groups(cfg, "rloo")}
+    learner, whole = groups["learner"], QWEN.params() * 2
+    assert learner.once == {"published weights (rank 0)": whole}  # one copy in the object store, not one per rank
+    assert learner.actors_per_node(8) == 4 and learner.actors_per_node(2) == 2
+    assert learner.host_on_node(2) == 2 * learner.host_per_actor + whole
+    assert learner.host["process"] == PROCESS_HOST
+    # a group without a GPU holds its device terms on the host
+    cpu = {g.group: g for g in plan_groups(load_config("configs/rloo_smollm2.yaml"), "rloo")}["learner"]
+    assert not cpu.on_gpu and cpu.host_per_actor == cpu.total + sum(cpu.host.values())
+    per_node = host_per_node(list(groups.values()), 8)
+    with pytest.raises(PlanError, match=r"host memory of a node needs .* GB, over 10 GB; the largest share is"):
+        check_fits(list(groups.values()), Machine(80, 8, 10))
+    check_fits(list(groups.values()), Machine(80, 8, sum(per_node.values()) / GIB + 1))
+    assert main(["plan", "--config", "configs/paper_rloo_gpu.yaml", "--host-memory-gb", "10"]) == 2
+    assert "host memory per node" in capsys.readouterr().out

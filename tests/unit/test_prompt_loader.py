@@ -4,7 +4,7 @@ import pytest
 
 from rlhf_ray.config import load_config
 from rlhf_ray.data.schema import DataError
-from rlhf_ray.rl.loop import PromptLoader, load_prompts
+from rlhf_ray.rl.prompts import PromptLoader, load_prompts
 
 
 def test_prompt_loader_is_deterministic_and_resumable():

@@ -1,0 +1,111 @@
+"""`rlhf-ray bon`: best-of-n over-optimisation curves (Gao et al. 2023) of reward models, on the policy's
+samples for held-out prompts (the gold testbed's `policy` scenario: `prepare.policy_samples.eval_k` = N
+samples per prompt, each with its gold reward).
+
+Reward sources: each of `reward.models` (named by `bon.names`), with two or more the ensembles mean,
+WCO and UWO (`reward.uwo_lambda`), and the LSC and PAR transforms of the first source that is an
+ensemble, else of the one model. The transforms' per-prompt reference rewards are the source's rewards
+of the prompt's N samples: they are the reference policy's samples, since the policy sampled is the
+initial one. LSC and PAR are increasing in the reward within a prompt, so their best-of-n picks, and
+its gold, equal their base source's; only the proxy axis differs. Per source: the curve (`best_of_n`:
+n, KL_bon, gold, proxy and the gold gain over n = 1, each with a bootstrap CI over prompts) and its
+per-prompt Kendall tau against gold on the same samples. Writes bon.json and best_of_n.png.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlhf_ray.cluster import check_placement, cluster_nodes, connect
+from rlhf_ray.config import Config, ConfigError
+from rlhf_ray.data.schema import Group, load_groups
+from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.rm import eval_metrics as M
+from rlhf_ray.rm.best_of_n import best_of_n_curve
+from rlhf_ray.scoring.aggregate import aggregate, transform
+
+
+def policy_scenario(cfg: Config) -> Path:
+    return Path(cfg.data.scenarios.get("policy", Path(cfg.data.dir) / "gold" / "policy.parquet"))
+
+
+def source_names(cfg: Config) -> list[str]:
+    names = cfg.bon.names or [Path(m).parent.name if Path(m).name == "model" else Path(m).name
+                              for m in cfg.reward.models]
+    if len(names) != len(cfg.reward.models) or len(set(names)) != len(names):
+        raise ConfigError(f"config key 'bon.names': {len(cfg.reward.models)} distinct names, one per reward.models "
+                          f"entry, got {names}")
+    return names
+
+
+def reward_sources(members: dict[str, torch.Tensor], cfg: Config, k: int) -> dict[str, torch.Tensor]:
+    """Every source's rewards (prompts * k,) from the members' (name -> rewards); prompt-major samples."""
+    sources = dict(members)
+    stacked = torch.stack(list(members.values()))
+    if len(members) >= 2:
+        for how in ("mean", "wco", "uwo"):
+            sources[f"ensemble_{how}"] = aggregate(stacked, how, cfg.reward.uwo_lambda)
+    base_name = "ensemble_mean" if len(members) >= 2 else next(iter(members))
+    base = sources[base_name]
+    reference = base.view(-1, k).repeat_interleave(k, dim=0)  # each sample's prompt's k rewards
+    for how in ("lsc", "par"):
+        sources[f"{base_name}+{how}"] = transform(base, how, reference)
+    return sources
+
+
+def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config) -> dict:
+    k = len(groups[0].completions)
+    gold = [g.scores for g in groups]
+    out = {}
+    for name, rewards in sources.items():
+        per_prompt = rewards.view(len(groups), k).tolist()
+        taus = M.kendall_taus(groups, per_prompt)
+        low, high = M.bootstrap_ci(taus, M.nanmean, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seed)
+        out[name] = {"policy_tau": {"value": M.nanmean(taus), "ci_low": low, "ci_high": high},
+                     "best_of_n": best_of_n_curve(per_prompt, gold, bootstrap=cfg.eval.bootstrap,
+                                                  level=cfg.eval.ci_level, seed=cfg.seed)}
+    return out
+
+
+def run_bon(cfg: Config, check_only: bool = False) -> dict:
+    """Score the policy scenario's samples with every reward model on scorer actors; the curves of every
+    source. Models, data and placement are checked before any actor starts."""
+    from rlhf_ray.scoring.pool import ScorerPool
+
+    names = source_names(cfg)
+    for i, ref in enumerate(cfg.reward.models):
+        resolve_model(ref, f"reward.models[{i}]")
+    path = policy_scenario(cfg)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no policy samples; run `rlhf-ray prepare --config C` with "
+                                "prepare.policy_samples.enabled=true first")
+    groups = load_groups(path, max_row_mb=cfg.data.max_row_mb)
+    k = len(groups[0].completions)
+    if any(len(g.completions) != k for g in groups):
+        raise ValueError(f"{path}: every prompt needs the same number of samples for best-of-n")
+    check_placement({"scorer": cfg.scorer}, cluster_nodes(cfg.ray))
+    out_dir = Path(cfg.output_dir) / "bon"
+    if check_only:
+        return {"checked": "bon", "sources": names, "prompts": len(groups), "N": k, "out_dir": str(out_dir)}
+    connect(cfg.ray, Path(cfg.output_dir) / "logs")
+    prompts = [g.prompt for g in groups for _ in g.completions]
+    responses = [c for g in groups for c in g.completions]
+    members = {}
+    for name, ref in zip(names, cfg.reward.models):
+        pool = ScorerPool(ref, cfg.scorer, cfg.reward.max_length, timeout_s=cfg.scorer.timeout_s,
+                          dtype=cfg.reward.dtype, tag=name.replace("_", "-"))
+        try:
+            members[name] = pool.score(prompts, responses).double()
+        finally:
+            pool.shutdown()
+    result = {"data": str(path), "prompts": len(groups), "N": k,
+              "sources": curves(groups, reward_sources(members, cfg, k), cfg)}
+    from rlhf_ray.report.bon_plots import plot_best_of_n
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bon.json").write_text(json.dumps(result, indent=1))
+    result["plot"] = plot_best_of_n(result, out_dir / "best_of_n.png")
+    result["bon_json"] = str(out_dir / "bon.json")
+    return result

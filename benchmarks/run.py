@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, machine, measure_isolated, plot_losses, plot_ratios, ratio_spread, spread, table
 
-BENCHES = ("rm", "rloo", "rollout", "efficiency")
+BENCHES = ("rm", "rloo", "rollout", "efficiency", "overlap")
 
 
 def settings(quick: bool, threads: int, data_dir: str) -> dict:
@@ -31,6 +31,10 @@ def settings(quick: bool, threads: int, data_dir: str) -> dict:
         "rollout": {**base, "policy": "tiny-llama" if quick else "smollm2-135m", "k": 4,
                     "max_new_tokens": 8 if quick else 48, "batches": [16] if quick else [16, 64, 256],
                     "repeats": 1, "kv_cache_gb": 0.25 if quick else 4.0},
+        "overlap": {**base, "policy": "tiny-llama" if quick else "smollm2-135m",
+                    "reward_model": "tiny-llama" if quick else "minilm-l6", "prompts": 2 if quick else 4, "k": 4,
+                    "max_new_tokens": 8 if quick else 64, "lr": 1e-5, "steps": 3 if quick else 6,
+                    "warmup": 1 if quick else 2},
         "efficiency": {**base, "policy": "tiny-llama" if quick else "smollm2-135m", "prompts": 2 if quick else 4,
                        "k": 4, "max_new_tokens": 8 if quick else 48, "micro_batch_size": 8, "lr": 1e-5,
                        "steps": 2 if quick else 3, "warmup": 1, "rm_model": "tiny-llama" if quick else "minilm-l6",
@@ -137,6 +141,21 @@ def bench_efficiency(s: dict, repeats: int) -> tuple[dict, list]:
     return out, rows
 
 
+def bench_overlap(s: dict, repeats: int) -> tuple[dict, list]:
+    """Steps/s with overlapped generation against the on-policy loop on a simulated 2-node cluster (a core
+    for the rollout worker, one for the learner), same config and seed, in the same run."""
+    per = [alternate(i, [(name, lambda name=name: measure_isolated("overlap", name, s))
+                         for name in ("sequential", "overlap")]) for i in range(repeats)]
+
+    def step(system: str) -> list[float]:
+        return [p[system]["step_s"] for p in per]
+
+    rows = [_row("RLOO steps/s, overlap / on-policy, 2 simulated nodes", ratio_spread(step("sequential"),
+                                                                                     step("overlap")),
+                 ">= 1.5x", 1.5)]
+    return {"settings": s, "runs": per}, rows
+
+
 def _row(name: str, ratio: dict, target: str, value: float, lower: bool = False) -> dict:
     """A ratio and its target; `met` is None for a reported ratio without a target."""
     met = None if target == "(report)" else ratio["median"] <= value if lower else ratio["median"] >= value
@@ -160,7 +179,8 @@ def main(argv=None) -> dict:
     # a run of some benchmarks (--only) replaces theirs in an existing results.json and keeps the others
     path = out / "results.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": {}, "results": {}, "rows_by_bench": {}}
-    runners = {"rm": bench_rm, "rloo": bench_rloo, "rollout": bench_rollout, "efficiency": bench_efficiency}
+    runners = {"rm": bench_rm, "rloo": bench_rloo, "rollout": bench_rollout, "efficiency": bench_efficiency,
+               "overlap": bench_overlap}
     for name in args.only:
         print(f"[benchmarks] {name} ...", flush=True)
         result, rows = runners[name](cfg[name], args.repeats)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -180,7 +181,8 @@ def _fmt(resources: dict[str, float]) -> str:
 
 
 def bundle_of(cfg: ActorGroupConfig) -> dict[str, float]:
-    return {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})}
+    """What one actor of the group asks for: CPUs, GPUs and its custom resources."""
+    return {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {}), **cfg.resources}
 
 
 def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, float]] | None) -> None:
@@ -201,8 +203,8 @@ def check_placement(groups: dict[str, ActorGroupConfig], nodes: list[dict[str, f
         bundle, n = bundle_of(cfg), cfg.num_workers
         hosts = sum(fits(bundle, node) for node in nodes)
         if hosts == 0:
-            raise PlacementError(f"{section}: one actor needs {_fmt(bundle)} ({section}.num_cpus/num_gpus) and no "
-                                 f"node has that; the cluster has {where}")
+            raise PlacementError(f"{section}: one actor needs {_fmt(bundle)} ({section}.num_cpus/num_gpus/resources) "
+                                 f"and no node has that; the cluster has {where}")
         if cfg.placement_strategy == "STRICT_SPREAD" and n > hosts:
             raise PlacementError(f"{section}.placement_strategy=STRICT_SPREAD puts each of {section}.num_workers={n} "
                                  f"actors on its own node, but only {hosts} node(s) can hold one of {_fmt(bundle)}; "
@@ -238,6 +240,15 @@ def cluster_nodes(cfg: RayConfig) -> list[dict[str, float]] | None:
     return [{"CPU": float(cfg.num_cpus or os.cpu_count() or 1), **({"GPU": float(gpus)} if gpus else {})}]
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """Calls on some actors of a group that run while the caller does other work (`ActorGroup.submit`)."""
+
+    method: str
+    args: dict[int, tuple]
+    refs: dict[int, Any]
+
+
 class ActorGroup:
     """N actors of one class in a placement group, named `<role>-<index>` (`<role>-<tag>-<index>` when
     several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
@@ -248,9 +259,7 @@ class ActorGroup:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role, self.max_restarts = role, cfg.max_restarts
-        bundle = {"CPU": cfg.num_cpus}
-        if cfg.num_gpus:
-            bundle["GPU"] = cfg.num_gpus
+        bundle = bundle_of(cfg)
         self.placement_group = placement_group([bundle] * cfg.num_workers, strategy=cfg.placement_strategy)
         ready, _ = ray.wait([self.placement_group.ready()], timeout=120)
         if not ready:
@@ -274,6 +283,7 @@ class ActorGroup:
                 max_restarts=cfg.max_restarts,
                 runtime_env={"env_vars": env_of(name)},
                 num_gpus=cfg.num_gpus,
+                resources=dict(cfg.resources),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
             ).remote(*args, **kwargs)
             for i, name in enumerate(self.names)
@@ -317,12 +327,18 @@ class ActorGroup:
         self._await(dict(enumerate(refs)), method, timeout_s, names)
         return ray.get(refs)
 
-    def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float, on_restart=None) -> dict[int, Any]:
-        """Call `method` on the actors named by index, each with its args; wait for all; return
-        {index: ObjectRef} of the results (they stay in the object store). An actor that died and that
-        Ray restarts (max_restarts), or that reports `Restarted` (it came back since the last call),
-        gets `on_restart(index)` (e.g. the current weights) and the same call again."""
+    def submit(self, method: str, args_per_actor: dict[int, tuple]) -> "Submitted":
+        """Call `method` on the actors named by index, each with its args, and return at once: the calls run
+        while the caller does something else; `collect` waits for them."""
         refs = {i: getattr(self.actors[i], method).remote(*args) for i, args in args_per_actor.items()}
+        return Submitted(method, dict(args_per_actor), refs)
+
+    def collect(self, submitted: "Submitted", timeout_s: float, on_restart=None) -> dict[int, Any]:
+        """Wait for submitted calls; return {index: ObjectRef} of the results (they stay in the object
+        store). An actor that died and that Ray restarts (max_restarts), or that reports `Restarted` (it came
+        back since the last call), gets `on_restart(index, args)` (e.g. the current weights), which returns
+        the arguments to call it with again (None: the same)."""
+        method, args_per_actor, refs = submitted.method, dict(submitted.args), dict(submitted.refs)
         retries = dict.fromkeys(refs, self.max_restarts)
 
         def retry(index: int, err: Exception, deadline: float):
@@ -332,13 +348,17 @@ class ActorGroup:
             self._wait_restarted(index, method, deadline)
             print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
                   file=sys.stderr, flush=True)
-            if on_restart is not None:
-                on_restart(index)  # submitted before the retry: an actor runs one caller's calls in order
+            if on_restart is not None:  # submitted before the retry: an actor runs one caller's calls in order
+                args_per_actor[index] = on_restart(index, args_per_actor[index]) or args_per_actor[index]
             refs[index] = getattr(self.actors[index], method).remote(*args_per_actor[index])
             return refs[index]
 
         self._await(dict(refs), method, timeout_s, self.names, retry)
         return refs
+
+    def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float, on_restart=None) -> dict[int, Any]:
+        """`submit`, then `collect`: the calls' result refs once all are done (restarted actors retried)."""
+        return self.collect(self.submit(method, args_per_actor), timeout_s, on_restart)
 
     def _await(self, pending: dict[int, Any], method: str, timeout_s: float, names: list[str], retry=None) -> None:
         """Wait for every ref in `pending` ({position: ref}, `names[position]` says whose). A failure raises

@@ -28,6 +28,8 @@ class ActorGroupConfig(Section):
     num_workers: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    # custom Ray resources per actor, e.g. {rollout_node: 1} to keep a group on the nodes that declare it
+    resources: dict[str, float] = {}
     # CPU threads per actor (torch/OpenMP). None: 1. More only pays where the group computes alone,
     # e.g. the RLOO learner, whose phase never overlaps the others'.
     num_threads: Optional[int] = Field(None, ge=1)
@@ -207,6 +209,9 @@ class RolloutConfig(ActorGroupConfig):
     # How weights travel learner -> workers: `object_store` (one put, every worker pulls) or
     # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU).
     sync: Literal["object_store", "collective"] = "object_store"
+    # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner gathers
+    # one bucket at a time, so the sync's extra memory on every rank is one bucket
+    sync_bucket_mb: float = Field(256.0, gt=0)
 
 
 class RewardConfig(Section):
@@ -233,6 +238,13 @@ class LearnerConfig(ActorGroupConfig):
     """The RLOO learner: data-parallel DeepSpeed ranks holding the policy and a frozen reference."""
 
     variant: Literal["sequence", "token"] = "sequence"
+    # the sequence-level advantage (rl/rloo.py group_advantages): rloo, grpo (TRL's), dr_grpo, or
+    # reinforce_pp_baseline (OpenRLHF's: group mean, then whitened over the batch)
+    estimator: Literal["rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"] = "rloo"
+    # reweight the loss by the sampling engine's log-probs (rl/off_policy.py): none, tis (truncated
+    # importance sampling at is_cap) or seq_mask (drop sequences whose mean token ratio is off by is_cap)
+    correction: Literal["none", "tis", "seq_mask"] = "none"
+    is_cap: float = Field(2.0, gt=1)
     kl_estimator: Literal["k1", "k3"] = "k1"
     beta: float = Field(0.05, ge=0)
     clip: float = Field(0.2, gt=0)
@@ -266,6 +278,8 @@ class MonitorConfig(Section):
 class RLOOConfig(Section):
     prompts: str = "gold"  # the gold testbed's prompts (with references for the gold reward), or a file
     prompt_split: str = "train"
+    # the prompt types RLOO trains and evaluates on (a prompt without a type counts as open)
+    prompt_types: list[Literal["open", "closed"]] = Field(["open", "closed"], min_length=1)
     prompts_per_step: int = Field(8, ge=1)
     steps: int = Field(20, ge=1)
     max_prompt_tokens: int = Field(256, ge=8)
@@ -277,6 +291,10 @@ class RLOOConfig(Section):
     # curve) and what the monitor reads. None: before and after only.
     eval_every: Optional[int] = Field(None, ge=1)
     monitor: MonitorConfig = MonitorConfig()
+    # One-step off-policy: while the learner trains on batch t, the rollout workers generate the next
+    # max_staleness batches with the weights they hold (at most that many versions old)
+    overlap: bool = False
+    max_staleness: int = Field(1, ge=0)
     save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
     keep_checkpoints: int = Field(2, ge=1)
 

@@ -7,7 +7,7 @@ from rlhf_ray.cluster import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling
-from rlhf_ray.rl.phases import Generation, Synced
+from rlhf_ray.rl.phases import Generating, Generation, Synced
 from rlhf_ray.rl.learner import RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
 from rlhf_ray.rl.scorer import RLScorerActor
@@ -46,27 +46,38 @@ class RLGroups:
         rc = self.cfg.rollout
         return Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=seed)
 
-    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generation:
-        """Prompts split over the rollout workers; one Rollouts ref per worker that got prompts. A worker
-        that Ray restarted gets the current weights and its share again."""
+    def start_generation(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generating:
+        """Prompts split over the rollout workers, generating with the weights they hold now while the
+        caller goes on (overlap); `finish_generation` waits for them."""
         n, k = len(self.rollout), self.cfg.rollout.k
         shard_index = [i for i in [list(range(len(prompt_ids)))[w::n] for w in range(n)] if i]
         args = {w: ([prompt_ids[i] for i in idx], k, sampling, self.version) for w, idx in enumerate(shard_index)}
-        refs = self.rollout.map("generate", args, self.cfg.rollout.timeout_s, on_restart=self._resync)
-        return Generation([refs[w] for w in range(len(shard_index))], shard_index)
+        return Generating(self.rollout.submit("generate", args), shard_index, self.version)
 
-    def _resync(self, worker: int) -> None:
+    def finish_generation(self, generating: Generating) -> Generation:
+        """One Rollouts ref per worker that got prompts. A worker that Ray restarted gets the current
+        weights and its share again."""
+        refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s, on_restart=self._resync)
+        return Generation([refs[w] for w in range(len(generating.shard_index))], generating.shard_index,
+                          generating.weights_version)
+
+    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generation:
+        return self.finish_generation(self.start_generation(prompt_ids, sampling))
+
+    def _resync(self, worker: int, args: tuple) -> tuple:
         """A restarted rollout worker: the current weights through the object store (the collective
-        group is rebuilt before the next broadcast, since the new process is not in it)."""
-        if self.version == 0:
-            return
-        if self.cfg.rollout.sync == "collective":
-            self.regroup = True
-        self.rollout.actors[worker].load_weights.remote(self.latest_weights or self._publish()[0], self.version)
+        group is rebuilt before the next broadcast, since the new process is not in it); its generate call
+        again, expecting those weights."""
+        if self.version > 0:
+            if self.cfg.rollout.sync == "collective":
+                self.regroup = True
+            buckets = self.latest_weights or self._publish()["refs"]
+            self.rollout.actors[worker].load_weights.remote(self.version, *buckets)
+        return (*args[:-1], self.version)
 
-    def _publish(self) -> tuple:
-        """The learner's current weights in the object store (rank 0's ref; every rank takes part), and
-        rank 0's seconds to gather and put them."""
+    def _publish(self) -> dict:
+        """The learner's current weights in the object store (rank 0's refs, one per bucket; every rank
+        takes part), rank 0's seconds to gather and put them, and the most bytes gathered at once."""
         return self.learner.call("publish_weights", [()] * len(self.learner), self.cfg.rollout.sync_timeout_s)[0]
 
     def score(self, generation: Generation, prompts: list[dict]) -> list:
@@ -80,8 +91,9 @@ class RLGroups:
             refs += [done[j] for j in range(len(batch))]
         return refs
 
-    def generate(self, prompt_ids: list[list[int]], step: int) -> Generation:
-        return self._generate(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "generate", step)))
+    def generate(self, prompt_ids: list[list[int]], step: int) -> Generating:
+        """Step `step`'s samples, started: the workers generate while the driver goes on."""
+        return self.start_generation(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "generate", step)))
 
     def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict]) -> list[dict]:
         """Generate and score held-out prompts with the current weights (no learning): the score dicts of
@@ -114,14 +126,16 @@ class RLGroups:
             receives = [a.receive_weights.remote(version) for a in self.rollout.actors]
             results = self.rollout.wait([*sends, *receives], "weight broadcast", rc.sync_timeout_s,
                                         [*self.learner.names, *self.rollout.names])
-            synced = Synced(results[len(sends):], 0.0)  # sending happens inside the broadcast
+            peak = max(r["gathered_peak_bytes"] for r in results[:len(sends)])
+            synced = Synced(results[len(sends):], 0.0, peak)  # sending happens inside the broadcast
         else:
-            weights, publish_s = self._publish()
-            self.latest_weights = weights
+            published = self._publish()
+            self.latest_weights = published["refs"]
             # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
-            done = self.rollout.map("load_weights", {i: (weights, version) for i in range(len(self.rollout))},
-                                    rc.sync_timeout_s)
-            synced = Synced(ray.get([done[i] for i in range(len(self.rollout))]), publish_s)
+            args = {i: (version, *published["refs"]) for i in range(len(self.rollout))}
+            done = self.rollout.map("load_weights", args, rc.sync_timeout_s)
+            synced = Synced(ray.get([done[i] for i in range(len(self.rollout))]), published["publish_s"],
+                            published["gathered_peak_bytes"])
         self.version = version
         return synced
 

@@ -8,12 +8,15 @@ from typing import Callable, TypeVar
 
 import torch
 
-from rlhf_ray.config import Config
+from rlhf_ray.config import Config, LearnerConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import enable_gradient_checkpointing, load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts, Weights
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
-from rlhf_ray.rl.rloo import CLIP_LOSSES, advantage_stats, advantages_of, loss_denominator
+from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
+from rlhf_ray.rl.weight_sync import bucket_plan, tensor_bytes
+from rlhf_ray.rl.rloo import CLIP_LOSSES, WHITENED, advantage_stats, advantages_of, centring, loss_denominator, \
+    whitening_sums
 from rlhf_ray.utils.actor_shell import actor_shell
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype
@@ -31,14 +34,21 @@ def packed_parts(rollouts: Rollouts, scores: torch.Tensor, micro_batches: list[l
             for idx in micro_batches]
 
 
-def micro_batch_loss(variant: str, logp_new, logp_old, logp_ref, batch: Packed, scores, denominator, beta: float,
-                     clip: float, kl_estimator: str):
-    """One micro-batch's RLOO arithmetic in fp32: advantages (KL against the reference folded in), then
-    the clipped loss. Returns (loss, clip fraction, advantages, per-token KL)."""
-    adv, token_kl = advantages_of(variant, scores.to(logp_old), logp_old, logp_ref, batch.mask, beta, batch.k,
-                                  kl_estimator)
-    loss, clip_frac = CLIP_LOSSES[variant](logp_new, logp_old, batch.mask, adv, clip, denominator)
-    return loss, clip_frac, adv, token_kl
+def micro_batch_loss(lc: LearnerConfig, logp_new, logp_old, logp_ref, batch: Packed, scores, denominator,
+                     batch_sums: torch.Tensor | None = None):
+    """One micro-batch's RLOO arithmetic in fp32: advantages by `learner.estimator` (KL against the
+    reference folded in; a whitened estimator with the whole batch's `batch_sums`), the behaviour
+    correction's weights (`learner.correction`, from the engine's log-probs), then the clipped loss.
+    Returns (loss, clip fraction, advantages, per-token KL, the correction's sums or None)."""
+    adv, token_kl = advantages_of(lc.variant, scores.to(logp_old), logp_old, logp_ref, batch.mask, lc.beta, batch.k,
+                                  lc.kl_estimator, lc.estimator, batch_sums)
+    weights, correction = None, None
+    if batch.behaviour_logp is not None:  # measured always, applied when a correction is on
+        weights, correction = behaviour_weights(logp_old, batch.behaviour_logp, batch.mask, lc.correction, lc.is_cap,
+                                                per_sequence=lc.variant == "sequence")
+    loss, clip_frac = CLIP_LOSSES[lc.variant](logp_new, logp_old, batch.mask, adv, lc.clip, denominator,
+                                              weights if lc.correction != "none" else None)
+    return loss, clip_frac, adv, token_kl, correction
 
 
 class RLOOLearner:
@@ -106,33 +116,51 @@ class RLOOLearner:
         lc, start = self.cfg.learner, time.monotonic()
         parts = packed_parts(rollouts, scores, self.micro_batches(rollouts), self.pad_id, self.device)
         denominator = sum(loss_denominator(lc.variant, batch.mask) for batch, _ in parts)
+        whitened = lc.estimator in WHITENED
         with torch.no_grad(), self._reference_on_device():
             self.engine.eval()
             logp_ref = [self._logprobs(self.reference, batch)[0] for batch, _ in parts]
+            # the policy's log-probs before the update: a pass of their own with several epochs, or when the
+            # whole batch's advantages are needed before the first micro-batch (a whitened estimator)
             before = [self._logprobs(self.engine.module, batch, True) for batch, _ in parts] \
-                if lc.ppo_epochs > 1 else None
+                if lc.ppo_epochs > 1 or whitened else None
+        batch_sums = self._whitening_sums(parts, before, logp_ref) if whitened else None
         self.engine.train()
         for epoch in range(lc.ppo_epochs):
-            loss_sum, clipped, seen = 0.0, 0.0, []
+            loss_sum, clipped, seen, corrections = 0.0, 0.0, [], []
             for i, (batch, part_scores) in enumerate(parts):
                 self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
                 logp_new, entropy = self._logprobs(self.engine.module, batch, with_entropy=before is None)
                 logp_old, entropy = before[i] if before else (logp_new.detach(), entropy)
-                loss, clip_frac, adv, token_kl = micro_batch_loss(lc.variant, logp_new, logp_old, logp_ref[i], batch,
-                                                                  part_scores, denominator, lc.beta, lc.clip,
-                                                                  lc.kl_estimator)
+                loss, clip_frac, adv, token_kl, correction = micro_batch_loss(lc, logp_new, logp_old, logp_ref[i],
+                                                                              batch, part_scores, denominator,
+                                                                              batch_sums)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"learner-{self.rank}: RLOO loss is {float(loss)}; no checkpoint written")
                 self.engine.backward(loss, scale_wrt_gas=False)
                 loss_sum, clipped = loss_sum + float(loss.detach()), clipped + float(clip_frac)
                 seen.append((adv, token_kl, entropy, batch.mask))
+                corrections += [correction] if correction is not None else []
             if epoch == 0:  # the stats of the batch as sampled
-                stats = advantage_stats(*zip(*seen))
+                stats = {**advantage_stats(*zip(*seen)), **(correction_stats(corrections) if corrections else {})}
             grad_norm = self._whole_grad_norm() if lc.zero_stage == 0 else None
             self.engine.step()
             grad_norm = grad_norm if grad_norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
         return {**stats, "clip_frac": clipped, "loss": loss_sum, "lr": self.engine.get_lr()[0], "beta": lc.beta,
                 "grad_norm": grad_norm, "learn_s": time.monotonic() - start}
+
+    def _whitening_sums(self, parts, before, logp_ref) -> torch.Tensor:
+        """The whole batch's (sum, sum of squares, count) of the per-prompt-centred advantages, over every
+        micro-batch of this rank and every rank (a whitened estimator's mean and variance)."""
+        lc = self.cfg.learner
+        sums = sum(whitening_sums(advantages_of(lc.variant, scores.to(logp_old), logp_old, ref, batch.mask, lc.beta,
+                                                batch.k, lc.kl_estimator, centring(lc.estimator))[0], batch.mask)
+                   for (batch, scores), (logp_old, _), ref in zip(parts, before, logp_ref))
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        return sums
 
     def set_beta(self, beta: float) -> None:
         """The KL coefficient from the next update on (the over-optimisation monitor's raise_kl)."""
@@ -144,13 +172,18 @@ class RLOOLearner:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
 
-    def publish_weights(self, send: Callable[[Weights], T]) -> T | None:
-        """Rank 0 hands the policy's weights to `send` (a Ray put, a broadcast) and returns its result;
-        the `Weights` view the parameters, so they are valid only during the call (ZeRO-3 gathers them
-        for it; every rank must call)."""
-        model = self.engine.module
-        with gathered_parameters(model.parameters(), self.cfg.learner.zero_stage):
-            return send(Weights.of(model.state_dict())) if self.rank == 0 else None
+    def publish_weights(self, send: Callable[[Weights], T]) -> tuple[list[T], int]:
+        """Rank 0 hands the policy's weights to `send` bucket by bucket (a Ray put, a broadcast) and gets
+        [its results]; with ZeRO-3 every rank gathers one bucket at a time (every rank must call). Also
+        returns the largest number of parameter bytes held whole at once (the gather's extra memory). The
+        `Weights` view the parameters: valid only during `send`."""
+        results, peak = [], 0
+        for names, params, aliases in bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20)):
+            with gathered_parameters(params, self.cfg.learner.zero_stage):
+                peak = max(peak, sum(tensor_bytes(p) for p in params))
+                if self.rank == 0:
+                    results.append(send(Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases)))
+        return results, peak
 
     def join_sync_group(self, world_size: int, addr: str, port: int, timeout_s: float) -> None:
         """Rank 0 only: become the sender of the collective weight-sync group."""
@@ -158,9 +191,13 @@ class RLOOLearner:
 
         self.channel = BroadcastChannel(0, world_size, addr, port, timeout_s)
 
-    def broadcast_weights(self) -> int:
-        """The collective path (every rank calls; rank 0 sends): bytes sent."""
-        return self.publish_weights(lambda weights: self.channel.send(weights)) or 0
+    def broadcast_weights(self) -> dict:
+        """The collective path (every rank calls; rank 0 sends the bucket count, then each bucket)."""
+        if self.rank == 0:
+            plan = bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20))
+            self.channel.send_count(len(plan))
+        sent, peak = self.publish_weights(self.channel.send if self.rank == 0 else None)
+        return {"bytes": sum(sent), "gathered_peak_bytes": peak}
 
     def save_state(self, path: str) -> None:
         save_engine_state(self.engine, path)
@@ -182,14 +219,14 @@ class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_paralle
         rollouts, scores = merge(parts[:half], parts[half:])
         return self.core.update(*shard(rollouts, scores, rank, world_size))
 
-    def publish_weights(self):
-        """(a ref of the weights in the object store, or None off rank 0; seconds spent gathering and
-        putting them)."""
+    def publish_weights(self) -> dict:
+        """The weights in the object store: a ref per bucket (none off rank 0), the seconds spent gathering
+        and putting them, and the most parameter bytes held whole at once."""
         import ray
 
         start = time.monotonic()
-        ref = self.core.publish_weights(ray.put)
-        return ref, time.monotonic() - start
+        refs, peak = self.core.publish_weights(ray.put)
+        return {"refs": refs, "publish_s": time.monotonic() - start, "gathered_peak_bytes": peak}
 
 
 def merge(rollout_parts, score_parts) -> tuple[Rollouts, torch.Tensor]:

@@ -34,6 +34,7 @@ class Packed:
     response_ids: torch.Tensor  # (G * k, R)
     mask: torch.Tensor  # (G * k, R): 1.0 on real response tokens
     k: int
+    behaviour_logp: torch.Tensor | None = None  # (G * k, R): the sampling engine's log-probs, 0 on padding
 
 
 def pack(rollouts: Rollouts, pad_id: int, device: torch.device | str = "cpu") -> Packed:
@@ -50,10 +51,14 @@ def pack(rollouts: Rollouts, pad_id: int, device: torch.device | str = "cpu") ->
     prompt_attn = [[0] * (width_p - len(p)) + [1] * len(p) for p in prompts]
     response_ids = [list(r) + [pad_id] * (width_r - len(r)) for r in rollouts.response_ids]
     mask = [[1.0] * len(r) + [0.0] * (width_r - len(r)) for r in rollouts.response_ids]
+    sampled = len(rollouts.logprobs) == len(rollouts.response_ids) and all(
+        len(lp) == len(r) for lp, r in zip(rollouts.logprobs, rollouts.response_ids))
+    behaviour = ([list(lp) + [0.0] * (width_r - len(lp)) for lp in rollouts.logprobs] if sampled else None)
     return Packed(torch.tensor(prompt_ids, dtype=torch.long, device=device),
                   torch.tensor(prompt_attn, dtype=torch.long, device=device),
                   torch.tensor(response_ids, dtype=torch.long, device=device),
-                  torch.tensor(mask, dtype=torch.float32, device=device), k)
+                  torch.tensor(mask, dtype=torch.float32, device=device), k,
+                  torch.tensor(behaviour, dtype=torch.float32, device=device) if sampled else None)
 
 
 def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,

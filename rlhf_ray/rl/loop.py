@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 import shutil
 import statistics
 import sys
@@ -58,7 +59,10 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
     gold = [g for g in across(scores, "gold") if not math.isnan(g)]
     compute_s = compute_seconds(scores, learner_stats, synced)
     learner = {key: mean_of(learner_stats, key) for key in
-               ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss", "grad_norm")}
+               ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss", "grad_norm", "mismatch_kl",
+                "is_ratio_mean", "is_cut_frac") if key in learner_stats[0]}
+    if "is_ratio_max" in learner_stats[0]:
+        learner["is_ratio_max"] = max(s["is_ratio_max"] for s in learner_stats)
     return {
         "proxy_reward_mean": statistics.fmean(proxy), "proxy_reward_std": statistics.pstdev(proxy),
         "train_reward_mean": statistics.fmean(across(scores, "train")),
@@ -72,6 +76,8 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
         "overhead_frac": (wall_s - compute_s) / wall_s,
         "tokens_per_s": sum(length) / timings["generate"] if timings.get("generate") else math.nan,
         "sync_bytes": synced.loaded[0]["bytes"] if synced.loaded else 0, "samples": len(proxy), "k": k,
+        "sync_buckets": synced.loaded[0]["buckets"] if synced.loaded else 0,
+        "sync_gathered_peak_mb": synced.gathered_peak_bytes / 2**20,
     }
 
 
@@ -204,17 +210,29 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
         action, last_scores = None, None
+        lag = cfg.rloo.max_staleness if cfg.rloo.overlap else 0  # batches generating ahead of the learner
+        in_flight: deque = deque()  # (batch, Generating), oldest first
+
+        def start_generating(step: int) -> None:  # on the weights the workers hold now
+            batch = loader.next()
+            in_flight.append((batch, rl.generate(encode(batch), step)))
+
         for step in range(done + 1, cfg.rloo.steps + 1):
             began = time.monotonic()
-            batch = loader.next()
-            generation, t_generate = timed(rl.generate, encode(batch), step)
+            if not in_flight:
+                start_generating(step)
+            batch, generating = in_flight.popleft()
+            generation, t_generate = timed(rl.finish_generation, generating)
+            for ahead in range(step + 1 + len(in_flight), min(step + lag, cfg.rloo.steps) + 1):
+                start_generating(ahead)  # overlap: the next batches generate while this one is scored and learned
             score_refs, t_score = timed(rl.score, generation, batch)
             learner_stats, t_learn = timed(rl.learn, generation, score_refs)
-            synced, t_sync = timed(rl.sync, step)
+            synced, t_sync = timed(rl.sync, step)  # the workers load it after the generations queued before it
             scores = ray.get(score_refs)
             write_samples(out / "samples.jsonl", step, batch, scores, generation.shard_index)
             timings = {"generate": t_generate, "score": t_score, "learn": t_learn, "sync": t_sync}
             metrics = step_metrics(scores, learner_stats, timings, synced, cfg.rollout.k, time.monotonic() - began)
+            metrics["staleness"] = step - 1 - generation.weights_version  # versions behind the learner
             log.log(step, {**metrics, "prompt_ids": [p["prompt_id"] for p in batch]})
             last_scores = None
             if held_out and cfg.rloo.eval_every and step % cfg.rloo.eval_every == 0:  # the over-optimisation curve
@@ -226,7 +244,9 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
                 if action is not None:
                     act_on(action, rl, out)
             if cfg.rloo.save_every and step % cfg.rloo.save_every == 0 and step < cfg.rloo.steps:
-                with checkpoints.saving(step, {"position": loader.position, "held_out_before": before,
+                # the batches generating ahead are drawn again on resume (with the checkpoint's weights)
+                position = loader.position - len(in_flight) * cfg.rloo.prompts_per_step
+                with checkpoints.saving(step, {"position": position, "held_out_before": before,
                                                "curve": curve}) as tmp:
                     rl.save_state(str(tmp / "engine"))
             if action is not None and action.stops:

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf_ray.cluster import Submitted
+
+
+@dataclass(frozen=True)
+class Generating:
+    """A step's samples being generated: the workers' calls, which prompts each got, and the weights
+    version they generate with (what the driver had synced when it started them)."""
+
+    submitted: Submitted
+    shard_index: list[list[int]]
+    weights_version: int
+
 
 @dataclass(frozen=True)
 class Generation:
     """One step's samples: a ref of `Rollouts` per rollout worker that got prompts, and which prompts
-    (indices into the batch) each holds; a prompt's k samples are on one worker."""
+    (indices into the batch) each holds; a prompt's k samples are on one worker; the weights version
+    that generated them."""
 
     refs: list
     shard_index: list[list[int]]
+    weights_version: int = 0
 
 
 @dataclass(frozen=True)
 class Synced:
-    """A weight sync: what each worker loaded, and the learner's time to gather and put the weights."""
+    """A weight sync: what each worker loaded, the learner's time to gather and put the weights, and the
+    most parameter bytes a learner rank held whole at once (ZeRO-3: one bucket)."""
 
     loaded: list[dict]
     publish_s: float
+    gathered_peak_bytes: int = 0

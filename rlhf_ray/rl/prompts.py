@@ -39,9 +39,11 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
         if not path.exists():
             prepare(cfg, ["gold"])
         split = split or cfg.rloo.prompt_split
-        rows = [r for _, _, r in read_records(path, cfg.data.max_row_mb) if r["split"] == split]
+        rows = [r for _, _, r in read_records(path, cfg.data.max_row_mb)
+                if r["split"] == split and r["prompt_type"] in cfg.rloo.prompt_types]
         if not rows:
-            raise DataError(f"{path}: no prompts with split {split!r} (rloo.prompt_split / rloo.eval_split)")
+            raise DataError(f"{path}: no prompts with split {split!r} (rloo.prompt_split / rloo.eval_split) and a "
+                            f"prompt_type in rloo.prompt_types {cfg.rloo.prompt_types}")
         return rows
     if cfg.rloo.prompts.startswith("hub:"):
         import datasets
@@ -63,9 +65,10 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
             raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: field 'prompt': missing or empty")
         r.setdefault("prompt_id", f"prompt-{row}")
         r.setdefault("prompt_type", "open")
-        rows.append(r)
+        if r["prompt_type"] in cfg.rloo.prompt_types:
+            rows.append(r)
     if not rows:
-        raise DataError(f"{cfg.rloo.prompts}: holds no prompts")
+        raise DataError(f"{cfg.rloo.prompts}: holds no prompts (of rloo.prompt_types {cfg.rloo.prompt_types})")
     return rows
 
 

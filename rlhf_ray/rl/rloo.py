@@ -73,19 +73,43 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1)
 
 
+WHITENED = ("reinforce_pp_baseline",)  # estimators whose last step whitens over the whole batch
+
+
+def centring(estimator: str) -> str:
+    """The per-prompt part of an estimator: a whitened one is centred per prompt first (dr_grpo)."""
+    return "dr_grpo" if estimator in WHITENED else estimator
+
+
 def sequence_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float,
-                        k: int) -> torch.Tensor:
-    """Sequence variant: (B,) advantages of R = score - beta * sum_t kl_t, leave-one-out within prompts."""
+                        k: int, estimator: str = "rloo") -> torch.Tensor:
+    """Sequence variant: (B,) advantages of R = score - beta * sum_t kl_t, by `estimator` within prompts."""
     rewards = scores - beta * masked_sum(token_kl, mask)
-    return rloo_advantages(rewards.view(-1, k)).view(-1)
+    return group_advantages(rewards.view(-1, k), centring(estimator)).view(-1)
 
 
 def token_advantages(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, beta: float,
-                     k: int) -> torch.Tensor:
-    """Token variant: (B, T) advantages: RLOO on the scores, minus beta times the KL still to come."""
-    baseline_free = rloo_advantages(scores.view(-1, k)).view(-1, 1)
+                     k: int, estimator: str = "rloo") -> torch.Tensor:
+    """Token variant: (B, T) advantages: `estimator` on the scores, minus beta times the KL still to come."""
+    baseline_free = group_advantages(scores.view(-1, k), centring(estimator)).view(-1, 1)
     kl_to_go = torch.flip(torch.cumsum(torch.flip(token_kl * mask, [-1]), -1), [-1])
     return (baseline_free - beta * kl_to_go) * mask
+
+
+def whitening_sums(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(sum, sum of squares, count) of the advantages over sequences (B,) or real tokens (B, T): what
+    micro-batches and ranks add up before `whiten`."""
+    weight = torch.ones_like(advantages) if advantages.dim() == 1 else mask.to(advantages.dtype)
+    return torch.stack([(advantages * weight).sum(), (advantages**2 * weight).sum(), weight.sum()])
+
+
+def whiten(advantages: torch.Tensor, mask: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / sqrt(max(var, 1e-8)) with the batch's mean and population variance from `sums`."""
+    total, squares, count = sums.unbind()
+    mean = total / count
+    var = squares / count - mean**2
+    out = (advantages - mean) * var.clamp(min=WHITEN_VAR_MIN).rsqrt()
+    return out if advantages.dim() == 1 else out * mask
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip: float):
@@ -97,33 +121,45 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip: float
     return torch.max(unclipped, clipped), (clipped > unclipped).float()
 
 
-def sequence_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None):
+def sequence_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None,
+                       weights: torch.Tensor | None = None):
     """PPO-clip on the sequence ratio; returns (loss, fraction of sequences whose loss the clip set).
     Both are sums over these sequences divided by `denominator` (default: their count), so micro-batches
-    add up."""
+    add up. `weights` (B,): each sequence's loss times its weight (the behaviour correction)."""
     ratio = torch.exp(masked_sum(logp_new - logp_old, mask))
     surrogate, was_clipped = clipped_surrogate(ratio, advantages, clip)
+    surrogate = surrogate if weights is None else surrogate * weights
     denominator = denominator or ratio.numel()
     return surrogate.sum() / denominator, was_clipped.sum() / denominator
 
 
-def token_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None):
+def token_clip_loss(logp_new, logp_old, mask, advantages, clip: float = 0.2, denominator: float | None = None,
+                    weights: torch.Tensor | None = None):
     """PPO-clip on the token ratio over real tokens; returns (loss, fraction of real tokens whose loss
-    the clip set), sums divided by `denominator` (default: these sequences' real-token count)."""
+    the clip set), sums divided by `denominator` (default: these sequences' real-token count).
+    `weights` (B, T): each token's loss times its weight (the behaviour correction)."""
     ratio = torch.exp(logp_new - logp_old)
     surrogate, was_clipped = clipped_surrogate(ratio, advantages, clip)
+    surrogate = surrogate if weights is None else surrogate * weights
     denominator = denominator or mask.sum().clamp(min=1)
     return (surrogate * mask).sum() / denominator, (was_clipped * mask).sum() / denominator
 
 
-def advantages_of(variant: str, scores, logp_old, logp_ref, mask, beta: float, k: int, kl_estimator: str = "k1"):
-    """The advantages of a whole batch, (B,) for `sequence` or (B, T) for `token`, and the per-token KL."""
+def advantages_of(variant: str, scores, logp_old, logp_ref, mask, beta: float, k: int, kl_estimator: str = "k1",
+                  estimator: str = "rloo", batch_sums: torch.Tensor | None = None):
+    """The advantages of a batch, (B,) for `sequence` or (B, T) for `token`, and the per-token KL. A
+    whitened estimator whitens with `batch_sums` (`whitening_sums` of the whole batch, every micro-batch
+    and rank added up), or over these sequences when None."""
     token_kl = KL_ESTIMATORS[kl_estimator](logp_old, logp_ref).detach()
     if variant == "sequence":
-        return sequence_advantages(scores, token_kl, mask, beta, k), token_kl
-    if variant == "token":
-        return token_advantages(scores, token_kl, mask, beta, k), token_kl
-    raise ValueError(f"unknown RLOO variant {variant!r}: use 'sequence' or 'token'")
+        adv = sequence_advantages(scores, token_kl, mask, beta, k, estimator)
+    elif variant == "token":
+        adv = token_advantages(scores, token_kl, mask, beta, k, estimator)
+    else:
+        raise ValueError(f"unknown RLOO variant {variant!r}: use 'sequence' or 'token'")
+    if estimator in WHITENED:
+        adv = whiten(adv, mask, batch_sums if batch_sums is not None else whitening_sums(adv, mask))
+    return adv, token_kl
 
 
 CLIP_LOSSES = {"sequence": sequence_clip_loss, "token": token_clip_loss}
@@ -135,9 +171,9 @@ def loss_denominator(variant: str, mask: torch.Tensor) -> float:
 
 
 def rloo_loss(variant: str, logp_new, logp_old, logp_ref, mask, scores, beta: float, k: int, clip: float = 0.2,
-              kl_estimator: str = "k1"):
+              kl_estimator: str = "k1", estimator: str = "rloo"):
     """The policy loss of one RLOO update on a whole batch, and its stats, for `sequence` or `token`."""
-    adv, token_kl = advantages_of(variant, scores, logp_old, logp_ref, mask, beta, k, kl_estimator)
+    adv, token_kl = advantages_of(variant, scores, logp_old, logp_ref, mask, beta, k, kl_estimator, estimator)
     loss, clip_frac = CLIP_LOSSES[variant](logp_new, logp_old, mask, adv, clip)
     return loss, {**advantage_stats([adv], [token_kl], [None], [mask]), "clip_frac": float(clip_frac)}
 

@@ -43,13 +43,17 @@ class RolloutWorker:
         rollouts.compute_s = time.monotonic() - start
         return rollouts
 
-    def load_weights(self, weights: Weights, version: int) -> dict:
+    def load_weights(self, version: int, *buckets: Weights) -> dict:
+        """The buckets of one sync (from the object store, each passed as its own argument so Ray hands
+        over the arrays, or from a broadcast), applied in one reload."""
         start = time.monotonic()
+        weights = Weights.concat(list(buckets))
         try:
             self.engine.load_weights(weights, version)
         except TimeoutError as err:
             raise TimeoutError(f"{self.name}: weight sync to version {version} timed out: {err}") from err
-        return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version}
+        return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version,
+                "buckets": len(buckets)}
 
     def join_sync_group(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float) -> None:
         from rlhf_ray.rl.weight_sync import BroadcastChannel
@@ -59,10 +63,10 @@ class RolloutWorker:
     def receive_weights(self, version: int) -> dict:
         """The collective path: take rank 0's broadcast, then load it as the object-store path does."""
         try:
-            weights = self.channel.receive()
+            buckets = self.channel.receive()
         except RuntimeError as err:  # gloo/nccl timeout or a peer gone
             raise TimeoutError(f"{self.name}: weight broadcast for version {version} failed: {err}") from err
-        return self.load_weights(weights, version)
+        return self.load_weights(version, *buckets)
 
 
 class RolloutActor(actor_shell(RolloutWorker, "RolloutShell")):

@@ -69,13 +69,24 @@ def test_vllm_rollout_workers_generate_k_samples_with_logprobs(vllm_rollouts):
         assert all(lp <= 0 for row in rollouts.logprobs for lp in row)
 
 
+def _buckets(policy, bucket_mb: float) -> list[Weights]:
+    """The policy's weights cut as the learner cuts them for a sync."""
+    from rlhf_ray.rl.weight_sync import bucket_plan
+
+    return [Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases)
+            for names, params, aliases in bucket_plan(policy, int(bucket_mb * 2**20))]
+
+
 def test_after_weight_sync_vllm_logprobs_equal_the_learners(ray_local, vllm_rollouts):
     import ray
 
     policy = _perturbed_policy(seed=1)
-    weights = ray.put(Weights.of(policy.state_dict()))
-    stats = vllm_rollouts.call("load_weights", [(weights, 7)] * 2, timeout_s=120)
-    assert all(s["version"] == 7 and s["bytes"] > 0 for s in stats)
+    buckets = _buckets(policy, 1.0)  # tiny-llama's 9 MB in 1 MB buckets; the tied embedding once
+    assert len(buckets) > 3 and sum(len(b.aliases) for b in buckets) == 1
+    refs = [ray.put(b) for b in buckets]
+    stats = vllm_rollouts.call("load_weights", [(7, *refs)] * 2, timeout_s=120)
+    assert all(s["version"] == 7 and s["bytes"] == sum(b.nbytes for b in buckets) for s in stats)
+    assert all(s["buckets"] == len(buckets) for s in stats)
     prompts = _prompts()
     for rollouts in vllm_rollouts.call("generate", [(prompts, 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):
         assert rollouts.weights_version == 7
@@ -88,14 +99,14 @@ def test_weight_sync_that_does_not_finish_in_time_raises_naming_the_worker(ray_l
 
     weights = ray.put(Weights.of(_perturbed_policy(seed=2).state_dict()))
     with pytest.raises(ActorGroupError, match=r"rollout-test-\d.*load_weights did not finish within"):
-        vllm_rollouts.call("load_weights", [(weights, 8)] * 2, timeout_s=0.001)
+        vllm_rollouts.call("load_weights", [(8, weights)] * 2, timeout_s=0.001)
 
 
 def test_hf_engine_behind_the_same_interface():
     worker = RolloutWorker("rollout-hf", "hf", resolve_model("tiny-llama"))
     prompts = _prompts()
     policy = _perturbed_policy(seed=3)
-    worker.load_weights(Weights.of(policy.state_dict()), version=2)
+    worker.load_weights(2, Weights.of(policy.state_dict()))
     out = worker.generate(prompts, 2, Sampling(max_new_tokens=6, temperature=1.0))
     assert len(out) == 4 and out.weights_version == 2
     _assert_learner_logprobs_equal(policy, out, atol=1e-4)
@@ -122,9 +133,11 @@ def test_collective_sync_broadcasts_weights_whose_logprobs_equal_the_learners(ra
     ray.get(joins, timeout=60)
     policy = _perturbed_policy(seed=4)
     receives = [a.receive_weights.remote(9) for a in vllm_rollouts.actors]
-    sent = sender.send(Weights.of(policy.state_dict()))
+    buckets = _buckets(policy, 2.0)
+    sender.send_count(len(buckets))
+    sent = sum(sender.send(b) for b in buckets)
     stats = vllm_rollouts.wait(receives, "receive_weights", 120)
-    assert all(s["version"] == 9 and s["bytes"] == sent > 0 for s in stats)
+    assert all(s["version"] == 9 and s["bytes"] == sent > 0 and s["buckets"] == len(buckets) > 1 for s in stats)
     for rollouts in vllm_rollouts.call("generate", [(_prompts(), 2, Sampling(max_new_tokens=8, temperature=1.0))] * 2):
         assert rollouts.weights_version == 9
         _assert_learner_logprobs_equal(policy, rollouts, atol=2e-4)

@@ -1,6 +1,7 @@
 """Fault tolerance on a local Ray instance with real actors: a rollout worker and a scorer killed
-mid-run are restarted by Ray and their work retried, so the run completes and every prompt batch is
-consumed exactly once; a killed learner ends the run with a message naming it and the checkpoint to
+mid-run (with overlapped generation) are restarted by Ray and their work retried, so the run
+completes and every prompt batch is consumed exactly once; a killed learner ends the run with a
+message naming it and the checkpoint to
 resume from."""
 import json
 import threading
@@ -52,10 +53,10 @@ def _wait_for_step(out, step, thread, result, timeout_s=300):
 def test_killed_rollout_worker_and_scorer_are_restarted_and_their_batches_retried(ray_local, testbeds, tmp_path):
     import ray
 
-    cfg = _cfg(tmp_path, testbeds)
+    cfg = _cfg(tmp_path, testbeds, "rloo.overlap=true")  # the next batch generating while this one learns
     thread, result = _in_thread(cfg)
     _wait_for_step(tmp_path, 1, thread, result)
-    ray.kill(ray.get_actor("rollout-1"), no_restart=False)
+    ray.kill(ray.get_actor("rollout-1"), no_restart=False)  # mid-generation of step 2's batch
     _wait_for_step(tmp_path, 2, thread, result)
     ray.kill(ray.get_actor("scorer-0"), no_restart=False)
     thread.join(timeout=600)

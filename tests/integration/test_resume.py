@@ -25,7 +25,8 @@ def _rloo(out: Path, testbeds, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rlhf_ray.cli", "rloo", "--config", str(ROOT / "configs" / "rloo_smollm2.yaml"),
             f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=6",
             "rloo.prompts_per_step=2", "rloo.eval_prompts=0", "rloo.save_every=2", "rollout.num_threads=1",
-            "learner.num_threads=1", "scorer.num_workers=1", "reward.models=[tiny-llama]", "ray.num_cpus=2", *extra]
+            "learner.num_threads=1", "scorer.num_workers=1", "reward.models=[tiny-llama]", "ray.num_cpus=2",
+            "rloo.overlap=true", *extra]  # a batch in flight at every checkpoint: drawn again on resume
 
 
 def _rows(out: Path) -> list[dict]:

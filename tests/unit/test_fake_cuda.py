@@ -140,9 +140,12 @@ def _rollouts() -> Rollouts:
                     [True] * 4, [], 2, 0)
 
 
-@pytest.mark.parametrize("variant, estimator", [("sequence", "k1"), ("token", "k3")])
+@pytest.mark.parametrize("variant, kl, correction, estimator", [("sequence", "k1", "none", "rloo"),
+                                                               ("token", "k3", "tis", "reinforce_pp_baseline"),
+                                                               ("sequence", "k1", "seq_mask", "grpo")])
 @pytest.mark.parametrize("shared_prompt", [True, False])
-def test_a_learner_micro_batch_is_packed_and_lost_on_the_gpu(variant, estimator, shared_prompt):
+def test_a_learner_micro_batch_is_packed_and_lost_on_the_gpu(variant, kl, correction, estimator, shared_prompt):
+    from rlhf_ray.config import LearnerConfig
     from rlhf_ray.rl.learner import micro_batch_loss, packed_parts
     from rlhf_ray.rl.logprobs import response_logprobs
 
@@ -153,10 +156,12 @@ def test_a_learner_micro_batch_is_packed_and_lost_on_the_gpu(variant, estimator,
         (batch, part_scores), = packed_parts(_rollouts(), scores, [[0, 1, 2, 3]], 0, CUDA)
         logp, entropy = response_logprobs(policy, batch, 0.7, True, chunk_tokens=3, shared_prompt=shared_prompt)
         logp_ref, _ = response_logprobs(reference, batch, 0.7, chunk_tokens=5, shared_prompt=shared_prompt)
-        loss, clip_frac, adv, token_kl = micro_batch_loss(variant, logp, logp.detach(), logp_ref, batch,
-                                                          part_scores, 4.0, 0.05, 0.2, estimator)
+        lc = LearnerConfig(variant=variant, kl_estimator=kl, correction=correction, estimator=estimator, beta=0.05)
+        loss, clip_frac, adv, token_kl, sums = micro_batch_loss(lc, logp, logp.detach(), logp_ref, batch, part_scores,
+                                                                4.0)
     assert logp.shape == (4, 3) and entropy.shape == (4, 3) and loss.shape == ()
-    assert {t.device for t in (batch.mask, batch.prompt_ids, logp, logp_ref, loss, clip_frac, adv, token_kl)} == {CUDA}
+    tensors = (batch.mask, batch.prompt_ids, batch.behaviour_logp, logp, logp_ref, loss, clip_frac, adv, token_kl)
+    assert {t.device for t in (*tensors, *sums.values())} == {CUDA}
 
 
 def test_an_hf_engine_generation_step_runs_on_the_gpu():

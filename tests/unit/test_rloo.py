@@ -183,3 +183,25 @@ def test_group_advantages_match_their_formulas_and_the_peers_code():
         R.group_advantages(r, "ppo")
     with pytest.raises(ValueError, match="k >= 2"):
         R.group_advantages(r.view(-1, 1))
+
+
+@pytest.mark.parametrize("variant", ["sequence", "token"])
+def test_estimators_in_the_loss_and_whitening_over_micro_batches(variant):
+    new, old, ref, mask, scores = _batch()
+    k = 3
+    rloo, _ = R.advantages_of(variant, scores, old, ref, mask, 0.05, k, "k1")
+    default, _ = R.advantages_of(variant, scores, old, ref, mask, 0.05, k, "k1", "rloo")
+    torch.testing.assert_close(rloo, default)  # rloo: what the learner did before estimators had names
+    if variant == "sequence":  # R = score - beta KL, then the named estimator within prompts
+        rewards = scores - 0.05 * R.masked_sum(R.kl_k1(old, ref), mask)
+        for name in ("grpo", "dr_grpo", "reinforce_pp_baseline"):
+            adv, _ = R.advantages_of(variant, scores, old, ref, mask, 0.05, k, "k1", name)
+            torch.testing.assert_close(adv, R.group_advantages(rewards.view(-1, k), name).view(-1))
+    # whitening with the whole batch's sums, each micro-batch apart, equals whitening the whole batch
+    whole, _ = R.advantages_of(variant, scores, old, ref, mask, 0.05, k, "k1", "reinforce_pp_baseline")
+    raw = [R.advantages_of(variant, scores[s], old[s], ref[s], mask[s], 0.05, k, "k1", "dr_grpo")[0]
+           for s in (slice(0, 3), slice(3, 6))]
+    sums = sum(R.whitening_sums(a, mask[s]) for a, s in zip(raw, (slice(0, 3), slice(3, 6))))
+    parts = [R.advantages_of(variant, scores[s], old[s], ref[s], mask[s], 0.05, k, "k1", "reinforce_pp_baseline",
+                             sums)[0] for s in (slice(0, 3), slice(3, 6))]
+    torch.testing.assert_close(torch.cat(parts), whole)

@@ -62,9 +62,11 @@ class Weights:
         self.names, self.dtypes, self.shapes, self.arrays, self.aliases = names, dtypes, shapes, arrays, aliases
 
     @classmethod
-    def of(cls, state: dict[str, torch.Tensor]) -> "Weights":
-        """Views of the state dict's memory (no copy): valid while those tensors are."""
-        names, dtypes, shapes, arrays, aliases, first_name = [], [], [], [], {}, {}
+    def of(cls, state: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> "Weights":
+        """Views of the state dict's memory (no copy): valid while those tensors are. `aliases`: more names
+        of tensors in `state` (a tie found elsewhere, e.g. by `weight_sync.bucket_plan`)."""
+        names, dtypes, shapes, arrays, first_name = [], [], [], [], {}
+        aliases = dict(aliases or {})
         for name, tensor in state.items():
             tensor = tensor.detach().cpu().contiguous()
             same = (tensor.data_ptr(), tensor.shape, tensor.dtype)  # a tied tensor, not just a view into it
@@ -78,6 +80,15 @@ class Weights:
             raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else numpy.empty(0, numpy.uint8)
             arrays.append(raw)
         return cls(names, dtypes, shapes, arrays, aliases)
+
+    @classmethod
+    def concat(cls, buckets: list["Weights"]) -> "Weights":
+        """The buckets of one sync as one `Weights` (their arrays as they are: no copy)."""
+        if len(buckets) == 1:
+            return buckets[0]
+        return cls([n for b in buckets for n in b.names], [d for b in buckets for d in b.dtypes],
+                   [s for b in buckets for s in b.shapes], [a for b in buckets for a in b.arrays],
+                   {k: v for b in buckets for k, v in b.aliases.items()})
 
     @property
     def nbytes(self) -> int:

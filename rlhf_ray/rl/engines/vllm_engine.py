@@ -22,6 +22,9 @@ class VLLMEngine:
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
             worker_extension_cls="rlhf_ray.rl.engines.vllm_ext.WeightUpdateExtension",
+            # the log-probs of the distribution each token was drawn from (after temperature, top-p): the
+            # behaviour policy's, which the learner's off-policy correction compares with its own
+            logprobs_mode="processed_logprobs",
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = self.tokenizer.eos_token_id

@@ -172,7 +172,7 @@ class RLOOLearner:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
 
-    def publish_weights(self, send: Callable[[Weights], T]) -> tuple[list[T], int]:
+    def publish_weights(self, send: Callable[[Weights], T], on_device: bool = False) -> tuple[list[T], int]:
         """Rank 0 hands the policy's weights to `send` bucket by bucket (a Ray put, a broadcast) and gets
         [its results]; with ZeRO-3 every rank gathers one bucket at a time (every rank must call). Also
         returns the largest number of parameter bytes held whole at once (the gather's extra memory). The
@@ -182,7 +182,8 @@ class RLOOLearner:
             with gathered_parameters(params, self.cfg.learner.zero_stage):
                 peak = max(peak, sum(tensor_bytes(p) for p in params))
                 if self.rank == 0:
-                    results.append(send(Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases)))
+                    results.append(send(Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases,
+                                                   on_device)))
         return results, peak
 
     def join_sync_group(self, world_size: int, addr: str, port: int, timeout_s: float) -> None:
@@ -196,7 +197,8 @@ class RLOOLearner:
         if self.rank == 0:
             plan = bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20))
             self.channel.send_count(len(plan))
-        sent, peak = self.publish_weights(self.channel.send if self.rank == 0 else None)
+        on_gpu = self.rank == 0 and self.channel.on_gpu  # nccl: the buckets never leave the GPU
+        sent, peak = self.publish_weights(self.channel.send if self.rank == 0 else None, on_gpu)
         return {"bytes": sum(sent), "gathered_peak_bytes": peak}
 
     def save_state(self, path: str) -> None:

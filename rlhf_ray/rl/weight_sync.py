@@ -70,39 +70,47 @@ class BroadcastChannel:
             self.device = torch.device("cpu")
             self.group = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Buckets stay on the GPU end to end (nccl): the sender's built from the parameters there, the
+        receivers' handed to vLLM there."""
+        return self.device.type == "cuda"
+
     def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (rank 0's) into every member's, on the group's device; returned there."""
         import torch.distributed as dist
 
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         tensor = tensor.to(self.device)
         self.group.broadcast([tensor], opts).wait(self.timeout)
-        return tensor.cpu()
+        return tensor
 
     def send_count(self, buckets: int) -> None:
         self._broadcast(torch.tensor([buckets], dtype=torch.int64))
 
     def send(self, weights: Weights) -> int:
         """One bucket: its layout, then its tensors' bytes as one flat buffer (one broadcast, not one per
-        tensor)."""
+        tensor), built where the bytes are (the GPU with `Weights.of(..., on_device=True)`)."""
         layout = json.dumps([weights.names, weights.dtypes, weights.shapes, weights.aliases,
-                             [a.nbytes for a in weights.arrays]]).encode()
+                             [int(a.nbytes) for a in weights.arrays]]).encode()
         self._broadcast(torch.tensor([len(layout)], dtype=torch.int64))
         self._broadcast(torch.frombuffer(bytearray(layout), dtype=torch.uint8))
-        flat = numpy.concatenate(weights.arrays) if weights.arrays else numpy.empty(0, numpy.uint8)
-        self._broadcast(torch.from_numpy(flat))
+        pieces = [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in weights.arrays]
+        self._broadcast(torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8))
         return weights.nbytes
 
     def receive(self) -> list[Weights]:
         """Every bucket of one sync, as rank 0 sent them."""
-        count = int(self._broadcast(torch.zeros(1, dtype=torch.int64))[0])
+        count = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
         return [self._receive_bucket() for _ in range(count)]
 
     def _receive_bucket(self) -> Weights:
-        size = int(self._broadcast(torch.zeros(1, dtype=torch.int64))[0])
-        layout = self._broadcast(torch.empty(size, dtype=torch.uint8)).numpy().tobytes()
+        size = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
+        layout = self._broadcast(torch.empty(size, dtype=torch.uint8)).cpu().numpy().tobytes()
         names, dtypes, shapes, aliases, sizes = json.loads(layout)
-        flat = self._broadcast(torch.empty(sum(sizes), dtype=torch.uint8)).numpy()
-        offsets = numpy.cumsum([0, *sizes])
+        flat = self._broadcast(torch.empty(sum(sizes), dtype=torch.uint8))
+        flat = flat if self.on_gpu else flat.numpy()  # on the GPU, vLLM copies from there into its parameters
+        offsets = numpy.cumsum([0, *sizes]).tolist()
         arrays = [flat[a:b] for a, b in zip(offsets, offsets[1:])]  # views into the one buffer
         return Weights(names, dtypes, [tuple(s) for s in shapes], arrays, aliases)

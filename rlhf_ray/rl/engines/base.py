@@ -62,13 +62,16 @@ class Weights:
         self.names, self.dtypes, self.shapes, self.arrays, self.aliases = names, dtypes, shapes, arrays, aliases
 
     @classmethod
-    def of(cls, state: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> "Weights":
+    def of(cls, state: dict[str, torch.Tensor], aliases: dict[str, str] | None = None,
+           on_device: bool = False) -> "Weights":
         """Views of the state dict's memory (no copy): valid while those tensors are. `aliases`: more names
-        of tensors in `state` (a tie found elsewhere, e.g. by `weight_sync.bucket_plan`)."""
+        of tensors in `state` (a tie found elsewhere, e.g. by `weight_sync.bucket_plan`). `on_device`: keep
+        each tensor where it is, as a flat uint8 tensor (a GPU broadcast sends it from there), instead of a
+        numpy array on the host (what the object store takes without copying twice)."""
         names, dtypes, shapes, arrays, first_name = [], [], [], [], {}
         aliases = dict(aliases or {})
         for name, tensor in state.items():
-            tensor = tensor.detach().cpu().contiguous()
+            tensor = tensor.detach().contiguous() if on_device else tensor.detach().cpu().contiguous()
             same = (tensor.data_ptr(), tensor.shape, tensor.dtype)  # a tied tensor, not just a view into it
             if tensor.numel() and same in first_name:
                 aliases[name] = first_name[same]
@@ -77,8 +80,8 @@ class Weights:
             names.append(name)
             dtypes.append(str(tensor.dtype).removeprefix("torch."))
             shapes.append(tuple(tensor.shape))
-            raw = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else numpy.empty(0, numpy.uint8)
-            arrays.append(raw)
+            raw = tensor.reshape(-1).view(torch.uint8)
+            arrays.append(raw if on_device else raw.numpy() if tensor.numel() else numpy.empty(0, numpy.uint8))
         return cls(names, dtypes, shapes, arrays, aliases)
 
     @classmethod
@@ -100,7 +103,9 @@ class Weights:
         loader copies them into its own parameters."""
         by_name = {}
         for name, dtype, shape, array in zip(self.names, self.dtypes, self.shapes, self.arrays):
-            if not array.size:
+            if isinstance(array, torch.Tensor):  # bytes on a device (a GPU broadcast's buffer)
+                tensor = array.view(getattr(torch, dtype)).view(shape)
+            elif not array.size:
                 tensor = torch.empty(shape, dtype=getattr(torch, dtype))
             else:
                 with warnings.catch_warnings():  # arrays mapped from the object store are read-only; only read here

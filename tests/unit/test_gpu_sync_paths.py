@@ -1,0 +1,75 @@
+"""The GPU weight-sync path (nccl) without a GPU: under FakeTensorMode a stand-in process group records
+each broadcast and its wait. A bucket is built from the parameters where they are (cuda), sent as one
+flat cuda buffer after its layout, every wait carries the group's timeout, and the receiver's tensors
+stay on the GPU for vLLM to copy from."""
+from datetime import timedelta
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from rlhf_ray.rl.engines.base import Weights
+from rlhf_ray.rl.weight_sync import BroadcastChannel
+
+CUDA = torch.device("cuda", 0)
+
+
+class RecordingGroup:
+    """Stands in for ProcessGroupNCCL: records (device, dtype, numel) of each broadcast tensor, and the
+    timeout each wait was given; a receiver's buffers are filled from `feed` (what rank 0 sent)."""
+
+    def __init__(self, feed=None):
+        self.calls, self.waits, self.feed = [], [], list(feed or [])
+
+    def broadcast(self, tensors, opts):
+        tensor = tensors[0]
+        self.calls.append((tensor.device, tensor.dtype, tensor.numel()))
+        if self.feed:
+            tensor.copy_(self.feed.pop(0))
+        group = self
+
+        class Work:
+            def wait(self, timeout):
+                group.waits.append(timeout)
+
+        return Work()
+
+
+def _channel(group) -> BroadcastChannel:
+    channel = BroadcastChannel.__new__(BroadcastChannel)
+    channel.rank, channel.timeout, channel.device, channel.group = 0, timedelta(seconds=7), CUDA, group
+    return channel
+
+
+def test_a_bucket_goes_out_as_its_layout_then_one_flat_cuda_buffer_with_the_timeout_on_every_wait():
+    group = RecordingGroup()
+    with FakeTensorMode(allow_non_fake_inputs=True):  # the layout header starts as a host tensor
+        params = {"embed.weight": torch.empty(10, 4, device=CUDA), "norm.weight": torch.empty(4, device=CUDA,
+                                                                                              dtype=torch.bfloat16)}
+        weights = Weights.of(params, {"lm_head.weight": "embed.weight"}, on_device=True)
+        assert all(a.device == CUDA for a in weights.arrays)  # built where the parameters are
+        channel = _channel(group)
+        assert channel.on_gpu
+        channel.send_count(1)
+        sent = channel.send(weights)
+    assert sent == 10 * 4 * 4 + 4 * 2
+    devices = [call[0] for call in group.calls]
+    assert devices == [CUDA] * 4  # count, layout size, layout, the flat bucket: all through nccl on the GPU
+    assert group.calls[-1] == (CUDA, torch.uint8, sent)  # the bucket in one broadcast
+    assert group.waits == [timedelta(seconds=7)] * 4  # no wait without the group's timeout: a lost peer raises
+
+
+def test_the_receiver_keeps_the_bucket_on_the_gpu():
+    import json
+
+    layout = json.dumps([["w"], ["float32"], [[2, 3]], {"v": "w"}, [24]]).encode()
+    feed = [torch.tensor([1]), torch.tensor([len(layout)]), torch.frombuffer(bytearray(layout), dtype=torch.uint8),
+            torch.zeros(24, dtype=torch.uint8)]
+    channel = _channel(RecordingGroup(feed))
+    channel.device = torch.device("cpu")  # FakeTensorMode cannot fill buffers: the path is the cuda one's but here
+    buckets = channel.receive()
+    assert len(buckets) == 1 and dict(buckets[0].tensors())["v"].shape == (2, 3)
+    with FakeTensorMode():
+        flat = torch.empty(24, dtype=torch.uint8, device=CUDA)
+        on_gpu = Weights(["w"], ["float32"], [(2, 3)], [flat], {})
+        (name, tensor), = on_gpu.tensors()
+    assert tensor.device == CUDA and tensor.dtype == torch.float32 and tensor.shape == (2, 3)

@@ -52,7 +52,8 @@ def measure_rlhf_ray(s: dict) -> dict:
     return {
         "step_s": pick("wall_s"), "seconds": [r["wall_s"] for r in rows],
         **{f"{phase}_s": pick(f"time_{phase}_s") for phase in ("generate", "score", "learn", "sync")},
-        **{key: pick(key) for key in ("compute_s", "publish_s", "load_weights_s", "overhead_s", "overhead_frac")},
+        **{key: pick(key) for key in ("compute_s", "publish_s", "load_weights_s", "overhead_s", "overhead_frac",
+                                      "sync_gathered_peak_mb", "sync_buckets")},
         "sync_bytes": rows[-1]["sync_bytes"], "memcpy_s": memcpy_seconds(rows[-1]["sync_bytes"]),
         "response_length": statistics.fmean(r["response_length"] for r in rows),
         "tokens_per_s": pick("tokens_per_s"),

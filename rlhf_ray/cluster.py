@@ -240,6 +240,24 @@ def cluster_nodes(cfg: RayConfig) -> list[dict[str, float]] | None:
     return [{"CPU": float(cfg.num_cpus or os.cpu_count() or 1), **({"GPU": float(gpus)} if gpus else {})}]
 
 
+def reserve_bundles(role: str, bundles: list[dict[str, float]], strategy: str, timeout_s: float):
+    """A placement group of `bundles`, once Ray has placed it: an error naming the role's keys when it
+    cannot within `timeout_s` (a cluster that adds GPU nodes on demand takes minutes: raise the group's
+    placement_timeout_s)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group(bundles, strategy=strategy)
+    ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        raise ActorGroupError(
+            f"{role}: cannot place {len(bundles)} actors of {bundles[0]} with placement_strategy={strategy} "
+            f"within {timeout_s:.0f} s ({role}.placement_timeout_s); the cluster has {ray.available_resources()} "
+            f"free. Lower {role} num_workers/num_cpus/num_gpus or change its placement_strategy.")
+    return group
+
+
 @dataclass(frozen=True)
 class Submitted:
     """Calls on some actors of a group that run while the caller does other work (`ActorGroup.submit`)."""
@@ -253,21 +271,17 @@ class ActorGroup:
     """N actors of one class in a placement group, named `<role>-<index>` (`<role>-<tag>-<index>` when
     several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
 
-    def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, tag: str | None = None, **kwargs):
+    def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, tag: str | None = None,
+                 shared_placement=None, **kwargs):
+        """`shared_placement`: a placement group another group's actors share, bundle i holding actor i of
+        each (colocation); its owner removes it. None: the group's own, one bundle per actor."""
         import ray
-        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role, self.max_restarts = role, cfg.max_restarts
-        bundle = bundle_of(cfg)
-        self.placement_group = placement_group([bundle] * cfg.num_workers, strategy=cfg.placement_strategy)
-        ready, _ = ray.wait([self.placement_group.ready()], timeout=120)
-        if not ready:
-            raise ActorGroupError(
-                f"{role}: cannot place {cfg.num_workers} actors of {bundle} with placement_strategy="
-                f"{cfg.placement_strategy} within 120 s; the cluster has {ray.available_resources()} free. Lower "
-                f"{role} num_workers/num_cpus/num_gpus or change its placement_strategy."
-            )
+        self.owns_placement = shared_placement is None
+        self.placement_group = shared_placement or reserve_bundles(role, [bundle_of(cfg)] * cfg.num_workers,
+                                                                   cfg.placement_strategy, cfg.placement_timeout_s)
         remote_cls = ray.remote(_with_log_file(actor_cls))
         prefix = f"{role}-{tag}" if tag else role
         self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
@@ -413,7 +427,8 @@ class ActorGroup:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(self.placement_group)
+        if self.owns_placement:
+            remove_placement_group(self.placement_group)
 
 
 def _cause(err: Exception) -> str:

@@ -37,6 +37,8 @@ class ActorGroupConfig(Section):
     # rollout workers, scorers). 0 for roles whose state a restart would lose (trainers, learner).
     max_restarts: int = Field(0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # how long to wait for Ray to place the group (an autoscaling cluster brings GPU nodes up in minutes)
+    placement_timeout_s: float = Field(120.0, gt=0)
     timeout_s: float = Field(600.0, gt=0)  # a call to this group's actors that takes longer is an error naming them
     # where the actors compute: auto = cuda when Ray gave the actor a GPU (num_gpus), else cpu
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
@@ -209,6 +211,16 @@ class RolloutConfig(ActorGroupConfig):
     # How weights travel learner -> workers: `object_store` (one put, every worker pulls) or
     # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU).
     sync: Literal["object_store", "collective"] = "object_store"
+    # learner rank i and rollout worker i share one placement-group bundle (and its GPU, when their
+    # num_gpus add up to at most 1): the engine sleeps while the learner trains. Needs as many workers
+    # as learner ranks; not with rloo.overlap (they would compute on one GPU at once)
+    colocate_with_learner: bool = False
+    # vLLM: tensor-parallel GPUs per engine, the share of the GPU it may take (None: kv_cache_gb sizes
+    # the KV cache), CUDA graphs (None: on a GPU, off on the CPU), prefix caching
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
+    enforce_eager: Optional[bool] = None
+    enable_prefix_caching: bool = False
     # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner gathers
     # one bucket at a time, so the sync's extra memory on every rank is one bucket
     sync_bucket_mb: float = Field(256.0, gt=0)
@@ -262,6 +274,9 @@ class LearnerConfig(ActorGroupConfig):
     # the full-vocabulary fp32 logits of a whole micro-batch never exist at once
     logits_chunk_tokens: int = Field(2048, ge=1)
     offload_reference: bool = False  # the frozen reference waits on the CPU, on the device for its forwards only
+    # colocated (rollout.colocate_with_learner) on a GPU: optimizer states and gradients wait on the host
+    # while the engine generates (DeepSpeed's offload_states), back before the update
+    offload_states_while_generating: bool = False
 
 
 class MonitorConfig(Section):
@@ -334,6 +349,9 @@ class BonConfig(Section):
     """`rlhf-ray bon`: best-of-n curves of reward.models on the policy's held-out samples."""
 
     names: list[str] = []  # one per reward.models entry; default: each run's folder name
+    # the held-out prompts' types to draw the curves on (the pipeline passes its RLOO runs', so the
+    # best-of-n and the RL curves are on the same prompts)
+    prompt_types: list[Literal["open", "closed"]] = Field(["open", "closed"], min_length=1)
 
 
 class ExperimentConfig(Section):
@@ -381,6 +399,11 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     bon: BonConfig = BonConfig()
+    # where the run's shared files go (checkpoints, the final model, its config): a folder every node
+    # mounts, or a pyarrow URI (s3://bucket/runs, gs://..., file:///...), as Ray Train's. None: output_dir,
+    # which must then be on a disk every node sees. The driver's own files (metrics, logs, reports) stay
+    # in output_dir.
+    storage_path: Optional[str] = None
     tensorboard: bool = True
     # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when there
     # is none), auto (start fresh when there is none, saying so), false
@@ -393,6 +416,22 @@ class Config(Section):
         if self.rloo.prompts_per_step % self.learner.num_workers:
             raise ValueError(f"rloo.prompts_per_step ({self.rloo.prompts_per_step}) must be divisible by "
                              f"learner.num_workers ({self.learner.num_workers}): each rank takes whole prompt groups")
+        return self
+
+    @model_validator(mode="after")
+    def _colocation_pairs_ranks_and_workers(self):
+        rc, lc = self.rollout, self.learner
+        if not rc.colocate_with_learner:
+            return self
+        if rc.num_workers != lc.num_workers:
+            raise ValueError(f"rollout.colocate_with_learner pairs rollout worker i with learner rank i: rollout."
+                             f"num_workers ({rc.num_workers}) must equal learner.num_workers ({lc.num_workers})")
+        if self.rloo.overlap and self.rloo.max_staleness > 0:
+            raise ValueError("rollout.colocate_with_learner and rloo.overlap: a colocated engine sleeps while its "
+                             "learner rank trains, so nothing would overlap; turn one of them off")
+        if rc.num_gpus + lc.num_gpus > 1 and rc.num_gpus and lc.num_gpus:
+            raise ValueError(f"rollout.colocate_with_learner shares one GPU: rollout.num_gpus + learner.num_gpus "
+                             f"({rc.num_gpus:g} + {lc.num_gpus:g}) must be at most 1, e.g. 0.5 each")
         return self
 
     @model_validator(mode="after")
@@ -412,6 +451,12 @@ class Config(Section):
             raise ValueError("must not be empty")
         return v
 
+    def storage(self) -> str:
+        """The run's folder in storage: <storage_path>/<output_dir's name>, or output_dir."""
+        from rlhf_ray.utils.storage import join
+
+        return join(self.storage_path, Path(self.output_dir).name) if self.storage_path else self.output_dir
+
     def with_absolute_paths(self) -> "Config":
         """Local paths made absolute against the driver's working directory: actors on other nodes,
         and in a Ray job, run in other directories, so a relative path would name another place."""
@@ -419,6 +464,8 @@ class Config(Section):
             return str(Path(path).resolve()) if not Path(path).is_absolute() and Path(path).exists() else path
 
         self.output_dir = str(Path(self.output_dir).resolve())
+        if self.storage_path and "://" not in self.storage_path:
+            self.storage_path = str(Path(self.storage_path).resolve())
         self.data.dir = str(Path(self.data.dir).resolve())
         self.model.name = local(self.model.name)
         self.policy.name = local(self.policy.name)

@@ -23,6 +23,7 @@ from rlhf_ray.rl.policy_samples import add_policy_samples
 from rlhf_ray.rm.bon import run_bon
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
+from rlhf_ray.utils import storage
 
 
 def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path, seed: int) -> Config:
@@ -32,6 +33,9 @@ def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir:
               f"eval.bootstrap={cfg.eval.bootstrap}"]
     if cfg.ray.address:
         shared.append(f"ray.address={cfg.ray.address}")
+    if cfg.storage_path:  # the stage's files under the pipeline's, as its output_dir is under the pipeline's
+        stage_dir = Path(output_dir).relative_to(cfg.output_dir).parent
+        shared.append(f"storage_path={storage.join(cfg.storage(), *stage_dir.parts)}")
     return load_config(find_config(ref) if ref else None, [*shared, *overrides, f"output_dir={output_dir}"])
 
 
@@ -88,12 +92,13 @@ def sample_policy(cfg: Config, rl_cfg: Config) -> None:
     add_policy_samples(cfg.model_copy(update={"policy": rl_cfg.policy, "rollout": rl_cfg.rollout}))
 
 
-def best_of_n(cfg: Config, models: dict[str, str], seed: int) -> dict:
-    """best-of-n curves of every reward model of one seed (and their ensembles)."""
-    bon_cfg = stage_config(cfg, None, [f"reward.models=[{', '.join(models.values())}]",
-                                       f"bon.names=[{', '.join(models)}]"],
-                           Path(cfg.output_dir) / ("bon" if len(seeds_of(cfg)) == 1 else f"bon/s{seed}"), seed)
-    return run_bon(bon_cfg)["sources"]
+def best_of_n(cfg: Config, models: dict[str, str], seed: int, prompt_types: list[str]) -> dict:
+    """best-of-n curves of every reward model of one seed (and their ensembles), on the prompt types the
+    RLOO runs train on; written to <output_dir>/bon (bon-s<seed> with several seeds)."""
+    stage = Path(cfg.output_dir) / ("" if len(seeds_of(cfg)) == 1 else f"bon-s{seed}")
+    overrides = [f"reward.models=[{', '.join(models.values())}]", f"bon.names=[{', '.join(models)}]",
+                 f"bon.prompt_types=[{', '.join(prompt_types)}]"]
+    return run_bon(stage_config(cfg, None, overrides, stage, seed))["sources"]
 
 
 def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) -> dict:
@@ -122,7 +127,8 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
     if cfg.prepare.policy_samples.enabled and pc.best_of_n:
         for seed in seeds_of(cfg):
             say(name, f"best-of-n curves (seed {seed})")
-            bon[seed] = best_of_n(cfg, {v: models[(v, seed)] for v in pc.reward_models}, seed)
+            bon[seed] = best_of_n(cfg, {v: models[(v, seed)] for v in pc.reward_models}, seed,
+                                  rl_cfg.rloo.prompt_types)
 
     rloo_runs = []
     runs = [(target, seed) for seed in seeds_of(cfg) for target in rloo_targets(cfg)]

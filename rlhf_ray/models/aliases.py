@@ -104,13 +104,21 @@ def looks_local(ref: str) -> bool:
     return "/" in ref and Path(ref.split("/", 1)[0]).is_dir()
 
 
-def resolve_model(ref: str, key: str | None = None) -> str:
-    """Alias -> local folder; an existing local path -> itself; a hub id (`org/name`) -> itself. A path
-    that does not exist is an error naming the config key it came from, never a hub lookup."""
+def resolve_model(ref: str, key: str | None = None, fetch: bool = True) -> str:
+    """Alias -> local folder; an existing local path -> itself; a storage URI (`s3://.../model`) -> this
+    node's downloaded copy (`fetch=False`: the URI, once its config.json is there); a hub id
+    (`org/name`) -> itself. A path that does not exist is an error naming the config key it came from,
+    never a hub lookup."""
+    from rlhf_ray.utils import storage
+
     builders = {"minilm-l6": _minilm, "smollm2-135m": _smollm2, "tiny-llama": _tiny_llama}
     if ref in builders:
         return str(builders[ref]())
     named = "" if not key else f"{key}: " if key.startswith("--") else f"config key '{key}': "
+    if storage.is_remote(ref):
+        if not storage.exists(storage.join(ref, "config.json")):
+            raise FileNotFoundError(f"{named}model {ref!r} has no config.json in storage (not a HF model folder)")
+        return str(storage.local_copy(ref, "models")) if fetch else ref
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

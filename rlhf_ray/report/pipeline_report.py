@@ -102,7 +102,7 @@ def _best_of_n_lines(bon: dict, out_dir: Path) -> list[str]:
     lines = ["## Best-of-n on the policy's held-out samples", "",
              "For each reward source, the expected gold reward of the sample it ranks first among n of the N "
              "samples (over all n-subsets), against KL_bon = log n - (n-1)/n; gain = best-of-N minus best-of-1, "
-             "paired by prompt, with its 95% bootstrap CI.", "",
+             "paired by prompt, with its 95% bootstrap CI; on the prompt types the RLOO runs train on.", "",
              "| seed | source | policy-sample tau | gold, n=1 | gold, n=N | gold gain | verdict |",
              "|---|---|---|---|---|---|---|"]
     for seed, sources in bon.items():
@@ -113,7 +113,7 @@ def _best_of_n_lines(bon: dict, out_dir: Path) -> list[str]:
                          f"{first['gold']:.3f} | {last['gold']:.3f} (n={last['n']}) | {last['gold_gain']:+.3f} "
                          f"[{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}] | "
                          f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} |")
-    figures = sorted(out_dir.glob("bon/**/best_of_n.png"))
+    figures = sorted(out_dir.glob("**/bon/best_of_n.png"))
     return lines + [""] + [f"![best-of-n]({f.relative_to(out_dir)})" for f in figures] + [""]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from rlhf_ray.cluster import ActorGroup
 from rlhf_ray.config import Config
-from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import Generating, Generation, Synced
 from rlhf_ray.rl.learner import RLOOLearnerActor
@@ -14,21 +13,55 @@ from rlhf_ray.rl.scorer import RLScorerActor
 from rlhf_ray.utils.seeds import derive_seed
 
 
-def rollout_group(cfg: Config) -> ActorGroup:
+def rollout_group(cfg: Config, shared_placement=None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
     rc = cfg.rollout
-    return ActorGroup(RolloutActor, "rollout", rc, rc.engine, resolve_model(cfg.policy.name), dtype=cfg.policy.dtype,
+    vllm = {"tensor_parallel_size": rc.tensor_parallel_size, "gpu_memory_utilization": rc.gpu_memory_utilization,
+            "enforce_eager": rc.enforce_eager, "enable_prefix_caching": rc.enable_prefix_caching}
+    return ActorGroup(RolloutActor, "rollout", rc, rc.engine, cfg.policy.name, dtype=cfg.policy.dtype,
                       kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len, sync_timeout_s=rc.sync_timeout_s,
-                      seed=cfg.seed, device=rc.device, trust_remote_code=cfg.policy.trust_remote_code)
+                      seed=cfg.seed, device=rc.device, trust_remote_code=cfg.policy.trust_remote_code,
+                      shared_placement=shared_placement, **(vllm if rc.engine == "vllm" else {}))
+
+
+def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
+    """One bundle per (learner rank i, rollout worker i): their CPUs, GPUs and custom resources added up,
+    so Ray puts both on one node and, with num_gpus 0.5 each, on one GPU."""
+    from rlhf_ray.cluster import bundle_of
+
+    learner, rollout = bundle_of(cfg.learner), bundle_of(cfg.rollout)
+    return [{k: learner.get(k, 0.0) + rollout.get(k, 0.0) for k in {*learner, *rollout}}] * cfg.learner.num_workers
+
+
+def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
+    """Prompt indices per worker, each prompt (and so its k samples) on one worker: longest first, each to
+    the worker with the fewest prompt tokens so far (ties: the lowest index), each shard in prompt order."""
+    shards, load = [[] for _ in range(workers)], [0] * workers
+
+    def longest_first(i: int) -> tuple:
+        return -prompt_tokens[i], i
+
+    def least_loaded(w: int) -> tuple:
+        return load[w], w
+
+    for i in sorted(range(len(prompt_tokens)), key=longest_first):
+        w = min(range(workers), key=least_loaded)
+        shards[w].append(i)
+        load[w] += prompt_tokens[i]
+    return [sorted(s) for s in shards]
 
 
 class RLGroups:
     def __init__(self, cfg: Config, total_steps: int):
+        from rlhf_ray.cluster import reserve_bundles
+
         self.cfg = cfg
         rc = cfg.rollout
-        self.rollout = rollout_group(cfg)
+        self.shared = (reserve_bundles("learner", colocated_bundles(cfg), cfg.learner.placement_strategy,
+                                       cfg.learner.placement_timeout_s) if rc.colocate_with_learner else None)
+        self.rollout = rollout_group(cfg, self.shared)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump(), cfg.scorer.device)
-        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner)
+        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
         if rc.sync == "collective":
             self._join_sync_group()
@@ -50,7 +83,7 @@ class RLGroups:
         """Prompts split over the rollout workers, generating with the weights they hold now while the
         caller goes on (overlap); `finish_generation` waits for them."""
         n, k = len(self.rollout), self.cfg.rollout.k
-        shard_index = [i for i in [list(range(len(prompt_ids)))[w::n] for w in range(n)] if i]
+        shard_index = [i for i in shards_by_load([len(p) for p in prompt_ids], n) if i]
         args = {w: ([prompt_ids[i] for i in idx], k, sampling, self.version) for w, idx in enumerate(shard_index)}
         return Generating(self.rollout.submit("generate", args), shard_index, self.version)
 
@@ -109,6 +142,10 @@ class RLGroups:
         refs would arrive as refs), so each rank gets the rollouts and then their scores as one flat
         argument list, rollouts first, and takes its own prompt groups."""
         n = len(self.learner)
+        if self.shared is not None:  # colocated: the engines free the GPU for the learner's update
+            self.rollout.call("sleep", timeout_s=self.cfg.rollout.timeout_s)
+            if self.cfg.learner.offload_states_while_generating:
+                self.learner.call("reload_states", timeout_s=self.cfg.learner.timeout_s)
         refs = [a.update.remote(r, n, *generation.refs, *score_refs) for r, a in enumerate(self.learner.actors)]
         return self.learner.wait(refs, "update", self.cfg.learner.timeout_s)
 
@@ -118,6 +155,8 @@ class RLGroups:
         import ray
 
         rc = self.cfg.rollout
+        if self.shared is not None:  # colocated: the engines take the GPU back before the new weights arrive
+            self.rollout.call("wake_up", timeout_s=rc.timeout_s)
         if rc.sync == "collective":  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
             if self.regroup:
                 self._join_sync_group()
@@ -137,6 +176,8 @@ class RLGroups:
             synced = Synced(ray.get([done[i] for i in range(len(self.rollout))]), published["publish_s"],
                             published["gathered_peak_bytes"])
         self.version = version
+        if self.shared is not None and self.cfg.learner.offload_states_while_generating:
+            self.learner.call("offload_states", timeout_s=self.cfg.learner.timeout_s)  # until the next update
         return synced
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
@@ -163,8 +204,9 @@ class RLGroups:
     def placement(self) -> dict[str, str]:
         return {**self.rollout.placement(), **self.scorer.placement(), **self.learner.placement()}
 
-    def save_state(self, path: str) -> None:
-        self.learner.call("save_state", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)
+    def save_state(self, path: str) -> list[list[str]]:
+        """Every learner rank's files of the checkpoint, once in storage."""
+        return self.learner.call("save_state", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)
 
     def load_state(self, path: str, version: int) -> None:
         """The learner continues from a checkpoint; the rollout workers get its weights."""
@@ -175,5 +217,9 @@ class RLGroups:
         self.learner.call("save", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)
 
     def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
         for group in (self.rollout, self.scorer, self.learner):
             group.shutdown()
+        if self.shared is not None:
+            remove_placement_group(self.shared)

@@ -162,6 +162,19 @@ class RLOOLearner:
             dist.all_reduce(sums)
         return sums
 
+    def offload_states(self) -> str:
+        """Optimizer states and gradients to the host while a colocated engine generates (GPU only)."""
+        if self.device.type != "cuda":
+            return "skipped: the learner's states are on the host already"
+        self.engine.offload_states()
+        return "offloaded"
+
+    def reload_states(self) -> str:
+        if self.device.type != "cuda":
+            return "skipped: the learner's states are on the host already"
+        self.engine.reload_states()
+        return "reloaded"
+
     def set_beta(self, beta: float) -> None:
         """The KL coefficient from the next update on (the over-optimisation monitor's raise_kl)."""
         self.cfg.learner.beta = beta
@@ -201,8 +214,8 @@ class RLOOLearner:
         sent, peak = self.publish_weights(self.channel.send if self.rank == 0 else None, on_gpu)
         return {"bytes": sum(sent), "gathered_peak_bytes": peak}
 
-    def save_state(self, path: str) -> None:
-        save_engine_state(self.engine, path)
+    def save_state(self, path: str) -> list[str]:
+        return save_engine_state(self.engine, path)
 
     def load_state(self, path: str) -> None:
         load_engine_state(self.engine, path)

@@ -4,19 +4,18 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from rlhf_ray.cluster import ActorGroupError, check_placement, cluster_nodes, connect
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.models.aliases import resolve_model
-from rlhf_ray.rl.monitor import HeldOutEval, MonitorAction, OverOptimisationMonitor
+from rlhf_ray.rl.held_out import act_on, as_eval, final_policy, held_out_point_of, keep_best, replayed_monitor
 from rlhf_ray.rl.phases import Synced
-from rlhf_ray.rl.policy_eval import held_out_point, policy_change
+from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
+from rlhf_ray.utils import storage
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
 from rlhf_ray.utils.train_state import Checkpoints
 
@@ -102,66 +101,17 @@ def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dic
         before = evaluate_held_out() if held_out else None
         return 0, before, [held_out_point_of(cfg, before, held_out, 0, 0.0)] if before else []
     path, state = resume_from
-    rl.load_state(str(path / "engine"), version=state["step"])
+    rl.load_state(storage.join(path, "engine"), version=state["step"])
     loader.position = state["position"]
     return state["step"], state["held_out_before"], state.get("curve", [])
 
 
-def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int, kl: float) -> dict:
-    return held_out_point(scores, len(held_out), cfg.rollout.k, step, kl, cfg.eval.bootstrap, cfg.eval.ci_level,
-                          cfg.seed)
-
-
-def replayed_monitor(cfg: Config, curve: list[dict]) -> OverOptimisationMonitor:
-    """The monitor as it stood after `curve` (a resumed run reads its evaluations again; same beta)."""
-    monitor = OverOptimisationMonitor(cfg.rloo.monitor, cfg.learner.beta)
-    for point in curve:
-        monitor.observe(as_eval(point))
-    return monitor
-
-
-def as_eval(point: dict) -> HeldOutEval:
-    return HeldOutEval(point["step"], point["kl"], point["gold"], point["proxy"], point["disagreement"])
-
-
-def act_on(action: MonitorAction, rl, out: Path) -> None:
-    """Carry out what the monitor said (raise_kl sets the learner's beta; stop and keep_best end the
-    loop) and log it with its reason: on the terminal and in monitor.jsonl."""
-    if action.action == "raise_kl":
-        rl.set_beta(action.beta)
-    then = (f": learner.beta is now {action.beta:g}" if action.action == "raise_kl" else
-            {"log": "", "stop": ": stopping", "keep_best": ": stopping, keeping the best policy"}[action.action])
-    print(f"[rloo] over-optimisation monitor at step {action.step} ({action.signal}): {action.reason}{then}",
-          file=sys.stderr, flush=True)
-    with (out / "monitor.jsonl").open("a") as f:
-        f.write(json.dumps({"step": action.step, "action": action.action, "signal": action.signal,
-                            "reason": action.reason, "beta": action.beta}) + "\n")
-
-
-def keep_best(rl, out: Path, scores: list[dict], step: int) -> None:
-    """The policy of the best held-out evaluation so far, with its scores, in <output_dir>/policy_best."""
-    rl.save_policy(str(out / "policy_best"))
-    (out / "policy_best" / "held_out.json").write_text(json.dumps({"step": step, "scores": scores}))
-
-
-def final_policy(rl, out: Path, stopped_at_best: bool, last_scores, eval_final) -> list[dict] | None:
-    """Write <output_dir>/policy (the best one when keep_best stopped the run) and return its held-out
-    scores: the best evaluation's, the last step's when it was evaluated, else a fresh evaluation."""
-    if stopped_at_best:
-        best = json.loads((out / "policy_best" / "held_out.json").read_text())
-        shutil.rmtree(out / "policy", ignore_errors=True)
-        (out / "policy_best").rename(out / "policy")
-        return best["scores"]
-    rl.save_policy(str(out / "policy"))
-    return last_scores if last_scores is not None or eval_final is None else eval_final()
-
-
 def check_models(cfg: Config) -> None:
     """The policy and every reward model resolve before an actor starts (a missing path names its key)."""
-    resolve_model(cfg.policy.name, "policy.name")
+    resolve_model(cfg.policy.name, "policy.name", fetch=False)
     for i, model in enumerate(cfg.reward.models):
         try:
-            resolve_model(model, f"reward.models[{i}]")
+            resolve_model(model, f"reward.models[{i}]", fetch=False)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err}; a reward model from `rlhf-ray train-rm --config C` is written to "
                                     "C's output_dir/model: train it first, or name another") from None
@@ -179,7 +129,8 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     prompts, held_out = load_prompts(cfg), held_out_prompts(cfg)
     loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
     check_models(cfg)
-    checkpoints = Checkpoints(out / "checkpoints", cfg.rloo.keep_checkpoints)
+    stored = cfg.storage()  # checkpoints and policies: where every node reaches them
+    checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rloo.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
     check_placement({"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner}, cluster_nodes(cfg.ray))
     if check_only:
@@ -206,10 +157,10 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         if monitor.beta != cfg.learner.beta:
             rl.set_beta(monitor.beta)
         if cfg.rloo.monitor.action == "keep_best" and not done:  # the initial policy may stay the best
-            keep_best(rl, out, before, 0)
+            keep_best(rl, stored, before, 0)
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
-        action, last_scores = None, None
+        action, last_scores, kls = None, None, []
         lag = cfg.rloo.max_staleness if cfg.rloo.overlap else 0  # batches generating ahead of the learner
         in_flight: deque = deque()  # (batch, Generating), oldest first
 
@@ -234,25 +185,28 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             metrics = step_metrics(scores, learner_stats, timings, synced, cfg.rollout.k, time.monotonic() - began)
             metrics["staleness"] = step - 1 - generation.weights_version  # versions behind the learner
             log.log(step, {**metrics, "prompt_ids": [p["prompt_id"] for p in batch]})
-            last_scores = None
+            kls, last_scores = [*kls, metrics["kl"]], None
             if held_out and cfg.rloo.eval_every and step % cfg.rloo.eval_every == 0:  # the over-optimisation curve
                 last_scores = evaluate_held_out()
-                curve.append(held_out_point_of(cfg, last_scores, held_out, step, metrics["kl"]))
+                # the KL of the training batches since the last evaluation: one batch's alone is noisy
+                curve.append(held_out_point_of(cfg, last_scores, held_out, step, statistics.fmean(kls)))
+                kls = []
                 is_best, action = monitor.observe(as_eval(curve[-1]))
                 if is_best and cfg.rloo.monitor.action == "keep_best":
-                    keep_best(rl, out, last_scores, step)
+                    keep_best(rl, stored, last_scores, step)
                 if action is not None:
                     act_on(action, rl, out)
             if cfg.rloo.save_every and step % cfg.rloo.save_every == 0 and step < cfg.rloo.steps:
                 # the batches generating ahead are drawn again on resume (with the checkpoint's weights)
                 position = loader.position - len(in_flight) * cfg.rloo.prompts_per_step
                 with checkpoints.saving(step, {"position": position, "held_out_before": before,
-                                               "curve": curve}) as tmp:
-                    rl.save_state(str(tmp / "engine"))
+                                               "curve": curve}) as (folder, shards):
+                    shards.arrived(rl.save_state(storage.join(folder, "engine")))
             if action is not None and action.stops:
                 break
         stopped_at_best = action is not None and action.action == "keep_best"
-        after = final_policy(rl, out, stopped_at_best, last_scores, evaluate_held_out if held_out else None)
+        policy, after = final_policy(rl, stored, stopped_at_best, last_scores,
+                                     evaluate_held_out if held_out else None)
         placement = rl.placement()
     except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
         latest = checkpoints.latest()
@@ -263,7 +217,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         if log is not None:
             log.close()
         rl.shutdown()
-    summary = {"policy": str(out / "policy"), "steps": step if done < cfg.rloo.steps else done,
+    summary = {"policy": policy, "steps": step if done < cfg.rloo.steps else done,
                "prompt_position": loader.position, "seed": cfg.seed, "resumed_from_step": done or None,
                "placement": placement, "held_out_curve": curve,
                "monitor": {"action": action.action, "step": action.step, "reason": action.reason} if action else None}

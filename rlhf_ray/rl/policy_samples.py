@@ -29,7 +29,7 @@ CACHE = "policy_samples.json"
 def cache_key(cfg: Config, prompts: list[dict]) -> str:
     """What the samples depend on: the policy (its files' names and sizes), the prompts, the sampling
     settings, the seed. A cache with another key is sampled again."""
-    ps, policy = cfg.prepare.policy_samples, Path(resolve_model(cfg.policy.name))
+    ps, policy = cfg.prepare.policy_samples, Path(resolve_model(cfg.policy.name, fetch=False))
     files = sorted((f.name, f.stat().st_size) for f in policy.iterdir()) if policy.is_dir() else str(policy)
     what = {"policy": [cfg.policy.name, cfg.policy.dtype, files], "seed": cfg.seed,
             "prompts": [(p["prompt_id"], p["prompt"], p["split"]) for p in prompts],

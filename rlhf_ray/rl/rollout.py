@@ -9,14 +9,14 @@ from rlhf_ray.utils.actor_shell import actor_shell
 
 def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
                 max_model_len: int = 1024, sync_timeout_s: float = 120.0, seed: int = 0, device: str = "auto",
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, **vllm_keys):
     """vLLM picks its device itself (the GPU Ray gave the actor, else the CPU build); HF generate runs on
-    `device` (rollout.device)."""
+    `device` (rollout.device). `vllm_keys`: tensor parallelism, GPU memory share, CUDA graphs, prefix caching."""
     if kind == "vllm":
         from rlhf_ray.rl.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, dtype, kv_cache_gb, max_model_len, sync_timeout_s=sync_timeout_s, seed=seed,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, **vllm_keys)
     if kind == "hf":
         from rlhf_ray.rl.engines.hf import HFEngine
 
@@ -25,9 +25,13 @@ def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb:
 
 
 class RolloutWorker:
-    def __init__(self, name: str, engine_kind: str, model_path: str, **engine_kwargs):
+    def __init__(self, name: str, engine_kind: str, model_ref: str, **engine_kwargs):
+        """`model_ref`: an alias, a path, a storage URI or a hub id, resolved on this worker's node."""
+        from rlhf_ray.models.aliases import resolve_model
+
         self.name = name
-        self.engine = make_engine(engine_kind, model_path, **engine_kwargs)
+        self.engine = make_engine(engine_kind, resolve_model(model_ref), **engine_kwargs)
+        self.said_skipped = False
 
     def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling,
                  expected_version: int | None = None) -> Rollouts:
@@ -55,6 +59,19 @@ class RolloutWorker:
         return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version,
                 "buckets": len(buckets)}
 
+    def sleep(self) -> str:
+        """While a colocated learner rank trains (rollout.colocate_with_learner)."""
+        return self._say_once(self.engine.sleep())
+
+    def wake_up(self) -> str:
+        return self._say_once(self.engine.wake_up())
+
+    def _say_once(self, what: str) -> str:
+        if what.startswith("skipped") and not self.said_skipped:
+            print(f"[{self.name}] sleep/wake {what}", flush=True)  # one line in logs/rollout-<i>.log
+            self.said_skipped = True
+        return what
+
     def join_sync_group(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float) -> None:
         from rlhf_ray.rl.weight_sync import BroadcastChannel
 
@@ -72,8 +89,8 @@ class RolloutWorker:
 class RolloutActor(actor_shell(RolloutWorker, "RolloutShell")):
     """`rollout-<i>`: the generic shell, and the worker named as Ray named the actor."""
 
-    def __init__(self, engine_kind: str, model_path: str, **engine_kwargs):
+    def __init__(self, engine_kind: str, model_ref: str, **engine_kwargs):
         import ray
 
         name = ray.get_runtime_context().get_actor_name() or "rollout"
-        self.core = RolloutWorker(name, engine_kind, model_path, **engine_kwargs)
+        self.core = RolloutWorker(name, engine_kind, model_ref, **engine_kwargs)

@@ -37,8 +37,9 @@ class RMTrainerGroup:
     def save(self, path: str) -> str:
         return self.group.call("save", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)[0]
 
-    def save_state(self, path: str) -> None:
-        self.group.call("save_state", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)
+    def save_state(self, path: str) -> list[list[str]]:
+        """Every rank's files of the checkpoint, once in storage."""
+        return self.group.call("save_state", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)
 
     def load_state(self, path: str, step: int) -> None:
         self.group.call("load_state", [(path, step)] * len(self.group), self.cfg.rm.sync_timeout_s)

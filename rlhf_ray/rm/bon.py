@@ -1,6 +1,6 @@
 """`rlhf-ray bon`: best-of-n over-optimisation curves (Gao et al. 2023) of reward models, on the policy's
 samples for held-out prompts (the gold testbed's `policy` scenario: `prepare.policy_samples.eval_k` = N
-samples per prompt, each with its gold reward).
+samples per prompt, each with its gold reward), those of `bon.prompt_types`.
 
 Reward sources: each of `reward.models` (named by `bon.names`), with two or more the ensembles mean,
 WCO and UWO (`reward.uwo_lambda`), and the LSC and PAR transforms of the first source that is an
@@ -76,12 +76,14 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
 
     names = source_names(cfg)
     for i, ref in enumerate(cfg.reward.models):
-        resolve_model(ref, f"reward.models[{i}]")
+        resolve_model(ref, f"reward.models[{i}]", fetch=False)
     path = policy_scenario(cfg)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no policy samples; run `rlhf-ray prepare --config C` with "
                                 "prepare.policy_samples.enabled=true first")
-    groups = load_groups(path, max_row_mb=cfg.data.max_row_mb)
+    groups = [g for g in load_groups(path, max_row_mb=cfg.data.max_row_mb) if g.prompt_type in cfg.bon.prompt_types]
+    if not groups:
+        raise ValueError(f"{path}: no prompts of bon.prompt_types {cfg.bon.prompt_types}")
     k = len(groups[0].completions)
     if any(len(g.completions) != k for g in groups):
         raise ValueError(f"{path}: every prompt needs the same number of samples for best-of-n")
@@ -100,7 +102,7 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
             members[name] = pool.score(prompts, responses).double()
         finally:
             pool.shutdown()
-    result = {"data": str(path), "prompts": len(groups), "N": k,
+    result = {"data": str(path), "prompts": len(groups), "prompt_types": cfg.bon.prompt_types, "N": k,
               "sources": curves(groups, reward_sources(members, cfg, k), cfg)}
     from rlhf_ray.report.bon_plots import plot_best_of_n
 

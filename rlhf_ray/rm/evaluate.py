@@ -17,6 +17,7 @@ from rlhf_ray.rm import eval_metrics as M
 from rlhf_ray.rm.objective import flatten_groups
 from rlhf_ray.rm.theory import optimal_rewards
 from rlhf_ray.scoring.pool import ScorerPool
+from rlhf_ray.utils import storage
 
 GOLD_SPLITS = {"val1": "in-domain", "val2": "prompt-disjoint", "val3": "response-disjoint", "val4": "mutual-disjoint"}
 POLICY_SPLIT = {"policy": "policy samples"}  # fresh samples of the policy on held-out prompts, when prepared
@@ -59,10 +60,11 @@ def trained_utilities(model_ref: str, cfg: Config) -> dict[str, UtilityConfig] |
     the training config saved beside an rlhf-ray checkpoint (<run>/config.yaml), else None."""
     if cfg.eval.utility is not None:
         return {"open": cfg.eval.utility, "closed": cfg.eval.utility}
-    run_config = Path(resolve_model(model_ref)).parent / "config.yaml"
-    if not run_config.exists():
+    folder = resolve_model(model_ref, fetch=False)
+    run_config = storage.join(folder.rstrip("/").rsplit("/", 1)[0], "config.yaml")  # the run's, beside model/
+    if not storage.exists(run_config):
         return None
-    loss = Config.model_validate(yaml.safe_load(run_config.read_text())).loss
+    loss = Config.model_validate(yaml.safe_load(storage.read_text(run_config))).loss
     if loss.name != "ranking":
         return None
     if loss.prompt_aware.enabled:
@@ -89,7 +91,7 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     """Score the testbed named by cfg.data with `model_ref`; return and write every number. The data, the
     model and the scorers' placement are checked before any actor starts; `check_only` stops there."""
     out_dir = Path(cfg.eval.out_dir or Path(cfg.output_dir) / "eval")
-    resolve_model(model_ref, "--model")
+    resolve_model(model_ref, "--model", fetch=False)
     scenarios = cfg.data.testbed == "gold" or cfg.data.scenarios
     if scenarios:
         splits = {split: _load(cfg, split) for split in scenarios_of(cfg)}

@@ -13,6 +13,7 @@ from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rm.actor import RMTrainerGroup
 from rlhf_ray.utils.runlog import RunLogger
+from rlhf_ray.utils import storage
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")
@@ -27,8 +28,10 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     train = load_split(cfg, "train")
     evaluation = load_split(cfg, "eval")
     total = num_steps(len(train), cfg.rm.batch_size, cfg.rm.epochs, cfg.rm.max_steps)
-    resolve_model(cfg.model.name, "model.name")  # a missing path fails here; alias caches are built once, here
-    checkpoints = Checkpoints(out / "checkpoints", cfg.rm.keep_checkpoints)
+    # a missing path fails here; alias caches are built once, here
+    resolve_model(cfg.model.name, "model.name", fetch=False)
+    stored = cfg.storage()  # checkpoints and the model: where every node reaches them
+    checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rm.keep_checkpoints)
     resumed = checkpoints.resume_point(cfg.resume)
     check_placement({"rm": cfg.rm}, cluster_nodes(cfg.ray))
     if check_only:
@@ -36,12 +39,14 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
 
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
+    if stored != cfg.output_dir:  # beside the model, where eval-rm looks for the utility it was trained with
+        storage.write_text(storage.join(stored, "config.yaml"), (out / "config.yaml").read_text())
     connect(cfg.ray, out / "logs")
     group = RMTrainerGroup(cfg, total, tag)
     done = 0
     if resumed:
         done = resumed[1]["step"]
-        group.load_state(str(resumed[0] / "engine"), done)
+        group.load_state(storage.join(resumed[0], "engine"), done)
     log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS, tag=tag,
                     resume_step=done if resumed else None)
     try:
@@ -55,9 +60,9 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
                 continue
             log.log(step, group.train_step(batch))
             if cfg.rm.save_every and step % cfg.rm.save_every == 0 and step < total:
-                with checkpoints.saving(step, {"batches_done": step}) as tmp:
-                    group.save_state(str(tmp / "engine"))
-        model_dir = group.save(str(out / "model"))
+                with checkpoints.saving(step, {"batches_done": step}) as (folder, shards):
+                    shards.arrived(group.save_state(storage.join(folder, "engine")))
+        model_dir = group.save(storage.join(stored, "model"))
         summary = {"model": model_dir, "steps": total, "train_rows": len(train), "placement": group.group.placement()}
         if evaluation:
             summary["eval"] = group.evaluate(evaluation)

@@ -136,8 +136,8 @@ class RewardModelTrainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def save_state(self, path: str) -> None:
-        save_engine_state(self.engine, path)
+    def save_state(self, path: str) -> list[str]:
+        return save_engine_state(self.engine, path)
 
     def load_state(self, path: str, step: int) -> None:
         load_engine_state(self.engine, path)

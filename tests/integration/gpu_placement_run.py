@@ -23,6 +23,28 @@ class DeviceProbe:
                 "device": auto_device_type(ray_gpu_ids(), torch.cuda.is_available())}
 
 
+def colocated() -> dict:
+    """rollout.colocate_with_learner: 4 learner ranks and 4 rollout workers of half a GPU each, pair i
+    in bundle i of one placement group, as RLGroups places them."""
+    from ray.util.placement_group import remove_placement_group
+
+    from rlhf_ray.cluster import reserve_bundles
+    from rlhf_ray.config import load_config
+    from rlhf_ray.rl.groups import colocated_bundles
+
+    cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_workers=4", "rollout.num_gpus=0.5",
+                             "rollout.num_cpus=0.25", "learner.num_workers=4", "learner.num_gpus=0.5",
+                             "learner.num_cpus=0.25", "learner.placement_strategy=SPREAD", "rloo.prompts_per_step=8"])
+    shared = reserve_bundles("learner", colocated_bundles(cfg), "SPREAD", 60)
+    learner = ActorGroup(DeviceProbe, "learner", cfg.learner, shared_placement=shared)
+    rollout = ActorGroup(DeviceProbe, "rollout", cfg.rollout, shared_placement=shared)
+    out = {"bundles": colocated_bundles(cfg), "learner": learner.call("report"), "rollout": rollout.call("report")}
+    learner.shutdown()
+    rollout.shutdown()
+    remove_placement_group(shared)
+    return out
+
+
 def main() -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(2):
@@ -32,7 +54,11 @@ def main() -> None:
     gpu = ActorGroup(DeviceProbe, "learner", ActorGroupConfig(num_workers=4, num_cpus=0.25, num_gpus=1,
                                                               placement_strategy="SPREAD"))
     cpu = ActorGroup(DeviceProbe, "scorer", ActorGroupConfig(num_workers=2, num_cpus=0.25))
-    print("REPORT " + json.dumps({"gpu": gpu.call("report"), "cpu": cpu.call("report")}))
+    report = {"gpu": gpu.call("report"), "cpu": cpu.call("report")}
+    gpu.shutdown()
+    cpu.shutdown()
+    report["colocated"] = colocated()
+    print("REPORT " + json.dumps(report))
     ray.shutdown()
     cluster.shutdown()
 

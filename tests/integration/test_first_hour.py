@@ -130,7 +130,7 @@ def test_every_readme_command_passes_its_checks_as_written_or_names_the_step_it_
     """Each `rlhf-ray ...` command the README shows in backticks, as written, with `--check` (everything
     but starting actors) on a fresh folder. One that needs another command's output first fails naming
     the key, and the README says which step it needs. The cluster lines (`ray job submit -- rlhf-ray ...`)
-    are run by test_ray_jobs.py and test_multinode.py."""
+    are run by test_ray_jobs.py and test_storage.py."""
     import shlex
 
     from rlhf_ray.cli import main

@@ -1,5 +1,6 @@
 """Ray with fake GPUs (a simulated 2-node cluster declaring 2 GPUs per node): every GPU actor sees
-exactly the CUDA_VISIBLE_DEVICES Ray assigned it and picks `cuda`; CPU actors pick `cpu`."""
+exactly the CUDA_VISIBLE_DEVICES Ray assigned it and picks `cuda`; CPU actors pick `cpu`; colocated,
+learner rank i and rollout worker i share one node and one GPU, and the 4 pairs use all 4 GPUs."""
 import json
 import os
 import subprocess
@@ -28,3 +29,12 @@ def test_gpu_actors_see_their_own_gpu_and_pick_cuda_cpu_actors_pick_cpu():
     assert len(per_node) == 2 and all(sorted(ids) == ["0", "1"] for ids in per_node.values()), per_node
     for actor in report["cpu"]:
         assert actor["gpu_ids"] == [] and actor["device"] == "cpu" and not actor["visible"], actor
+
+    colocated = report["colocated"]
+    assert colocated["bundles"] == [{"CPU": 0.5, "GPU": 1.0}] * 4
+    pairs = set()
+    for learner, rollout in zip(colocated["learner"], colocated["rollout"]):
+        assert learner["node"] == rollout["node"] and learner["gpu_ids"] == rollout["gpu_ids"], (learner, rollout)
+        assert learner["device"] == rollout["device"] == "cuda" and len(learner["gpu_ids"]) == 1
+        pairs.add((learner["node"], learner["gpu_ids"][0]))
+    assert len(pairs) == 4  # a GPU per pair: two pairs on each node

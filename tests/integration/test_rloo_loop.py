@@ -71,7 +71,7 @@ class ScriptedMonitor:
 
 
 def test_held_out_curve_and_the_monitors_actions(ray_local, testbeds, tmp_path, monkeypatch):
-    monkeypatch.setattr("rlhf_ray.rl.loop.OverOptimisationMonitor", ScriptedMonitor)
+    monkeypatch.setattr("rlhf_ray.rl.held_out.OverOptimisationMonitor", ScriptedMonitor)
     cfg = load_config(None, [
         f"output_dir={tmp_path}", f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=5",
         "rloo.prompts_per_step=2", "rloo.eval_prompts=2", "rloo.eval_every=1", "rloo.monitor.action=keep_best",
@@ -86,8 +86,9 @@ def test_held_out_curve_and_the_monitors_actions(ray_local, testbeds, tmp_path, 
     assert [p["kl"] for p in curve[1:]] == [r["kl"] for r in rows]
     assert all(p["gold_ci_low"] <= p["gold"] <= p["gold_ci_high"] for p in curve)
     assert summary["policy_step"] == 1 and summary["monitor"]["action"] == "keep_best"
-    # the final policy is step 1's: its held-out scores are the 'after' of the summary
+    # the run's policy is step 1's, kept in policy_best/: its held-out scores are the 'after' of the summary
     assert summary["held_out"]["gold"]["after"] == pytest.approx(curve[1]["gold"])
-    assert (tmp_path / "policy" / "model.safetensors").exists() and not (tmp_path / "policy_best").exists()
+    assert summary["policy"] == str(tmp_path / "policy_best") and not (tmp_path / "policy").exists()
+    assert (tmp_path / "policy_best" / "model.safetensors").exists()
     logged = [json.loads(x) for x in (tmp_path / "monitor.jsonl").read_text().splitlines()]
     assert [(x["step"], x["action"]) for x in logged] == [(2, "raise_kl"), (3, "keep_best")]

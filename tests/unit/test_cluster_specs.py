@@ -84,3 +84,20 @@ def test_readme_cluster_commands_name_real_commands_and_configs():
     assert submits
     for entrypoint in submits:
         _check_entrypoint(entrypoint.strip())
+
+
+def test_specs_give_run_storage_and_zero3_groups_that_fit_a_node_pack_on_it():
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    assert "storage_path=s3://" in job["spec"]["entrypoint"] and "placement_timeout_s" in job["spec"]["entrypoint"]
+    assert "NCCL_SOCKET_IFNAME" in job["spec"]["runtimeEnvYAML"]
+    cluster = yaml.safe_load((CLUSTER / "kuberay-raycluster.yaml").read_text())
+    pods = [cluster["spec"]["headGroupSpec"]["template"]["spec"],
+            *[g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]]]
+    for pod in pods:  # one ReadWriteMany volume at /shared in every pod: storage every node sees
+        assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
+        assert any(m["mountPath"] == "/shared" for c in pod["containers"] for m in c["volumeMounts"])
+    for recipe in ("rm_gpu_cluster.yaml", "paper_bsr_rm.yaml", "paper_rloo_gpu.yaml"):
+        cfg = load_config(ROOT / "configs" / recipe)
+        for group in (cfg.rm, cfg.learner):
+            if group.zero_stage == 3 and group.num_workers * group.num_gpus <= 8:
+                assert group.placement_strategy in ("PACK", "STRICT_PACK"), recipe

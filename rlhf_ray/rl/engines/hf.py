@@ -66,6 +66,12 @@ class HFEngine:
         logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)
         return new, logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
 
+    def sleep(self) -> str:
+        return "skipped: the HF engine keeps its weights"
+
+    def wake_up(self) -> str:
+        return "skipped: the HF engine keeps its weights"
+
     def load_weights(self, weights: Weights, version: int) -> None:
         state = dict(weights.tensors())
         self.model.load_state_dict(state, strict=False)

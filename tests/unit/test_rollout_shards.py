@@ -1,0 +1,29 @@
+"""Prompts go to rollout workers by load (prompt tokens), a prompt's k samples on one worker; the
+colocation keys are checked at load."""
+import pytest
+
+from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.rl.groups import colocated_bundles, shards_by_load
+
+
+def test_prompts_go_to_the_least_loaded_worker_longest_first():
+    lengths = [10, 90, 20, 30, 80, 15]
+    shards = shards_by_load(lengths, 2)
+    assert sorted(i for s in shards for i in s) == list(range(6))  # each prompt on exactly one worker
+    loads = [sum(lengths[i] for i in s) for s in shards]
+    assert abs(loads[0] - loads[1]) <= 10 and all(s == sorted(s) for s in shards)
+    # round robin would give 10 + 20 + 80 = 110 against 135: by load it is 125 against 120
+    assert shards_by_load([5], 3) == [[0], [], []]
+
+
+def test_colocation_needs_a_rank_per_worker_one_gpu_per_pair_and_no_overlap():
+    base = ["rollout.colocate_with_learner=true", "rollout.num_gpus=0.5", "learner.num_gpus=0.5"]
+    cfg = load_config(None, [*base, "rollout.num_workers=2", "learner.num_workers=2", "rollout.num_cpus=0.5",
+                             "learner.num_cpus=1"])
+    assert colocated_bundles(cfg) == [{"CPU": 1.5, "GPU": 1.0}] * 2
+    with pytest.raises(ConfigError, match="rollout.num_workers \\(1\\) must equal learner.num_workers \\(2\\)"):
+        load_config(None, [*base, "learner.num_workers=2"])
+    with pytest.raises(ConfigError, match="must be at most 1"):
+        load_config(None, [*base, "rollout.num_gpus=1"])
+    with pytest.raises(ConfigError, match="turn one of them off"):
+        load_config(None, [*base, "rloo.overlap=true"])

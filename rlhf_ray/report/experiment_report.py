@@ -15,6 +15,8 @@ GOLD_COLUMNS = [
     ("val3_tau", "Response-disjoint tau (Val3)"),
     ("val4_tau", "Mutual-disjoint tau (Val4)"),
     ("policy_tau", "Policy-sample tau"),
+    ("policy_tau_open", "Policy-sample tau, open"),
+    ("policy_tau_closed", "Policy-sample tau, closed"),
     ("policy_accuracy", "Policy-sample acc"),
     ("h_norm_std", "||h|| std (mean over scenarios)"),
     ("h_norm_p99", "||h|| 99th pct"),
@@ -42,7 +44,9 @@ def headline(result: dict) -> dict:
             "effective_rank": float(np.mean([s["effective_rank"] for s in splits])),
             "w_norm": result["w_norm"],
             **({"policy_tau": result["policy"]["kendall_tau"]["value"],
-                "policy_accuracy": result["policy"]["accuracy"]["value"]} if "policy" in result else {}),
+                "policy_accuracy": result["policy"]["accuracy"]["value"],
+                **{f"policy_tau_{kind}": v["value"] for kind, v in
+                   result["policy"].get("kendall_tau_by_type", {}).items()}} if "policy" in result else {}),
         }
     ev = result["eval"]
     out = {k: ev[k] for k in ("accuracy", "open_closed_gap", "open_l1_to_theory", "closed_l1_to_theory") if k in ev}

@@ -86,10 +86,12 @@ def _reward_model_lines(rm_results: list[dict], several_seeds: bool) -> list[str
     lines = ["## Reward models", "", "Kendall tau against gold, mean over prompts (policy samples: the policy's own "
              "samples for held-out prompts, what RLOO asks the reward model to rank).", "",
              "| reward model | in-domain acc (Val1) | prompt-disj. tau | response-disj. tau | mutual-disj. tau | "
-             "policy-sample tau | policy-sample acc |", "|---|---|---|---|---|---|---|"]
+             "policy-sample tau (open / closed) | policy-sample acc |", "|---|---|---|---|---|---|---|"]
     for r in evaluated:
         h = headline(r["eval"])
-        policy = (f"{h['policy_tau']:.3f} | {h['policy_accuracy']:.3f}" if "policy_tau" in h else "– | –")
+        by_type = (f" ({h.get('policy_tau_open', float('nan')):.3f} / {h.get('policy_tau_closed', float('nan')):.3f})"
+                   if "policy_tau" in h else "")
+        policy = (f"{h['policy_tau']:.3f}{by_type} | {h['policy_accuracy']:.3f}" if "policy_tau" in h else "– | –")
         lines.append(f"| {label({'reward_model': r['variant'], 'seed': r['seed']}, several_seeds)} | "
                      f"{h['val1_accuracy']:.3f} | {h['val2_tau']:.3f} | {h['val3_tau']:.3f} | {h['val4_tau']:.3f} | "
                      f"{policy} |")

@@ -113,7 +113,11 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
                 entry = {"scenario": scenario, "prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
                 entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(groups, rewards), M.accuracy_of_rows)
                 if split != "val1":
-                    entry["kendall_tau"] = _with_ci(cfg, M.kendall_taus(groups, rewards), M.nanmean)
+                    taus = M.kendall_taus(groups, rewards)
+                    entry["kendall_tau"] = _with_ci(cfg, taus, M.nanmean)
+                    entry["kendall_tau_by_type"] = {
+                        kind: _with_ci(cfg, [t for t, g in zip(taus, groups) if g.prompt_type == kind], M.nanmean)
+                        for kind in sorted({g.prompt_type for g in groups})}
                 result[split] = entry
         else:
             groups = splits["eval"]

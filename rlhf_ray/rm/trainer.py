@@ -5,7 +5,6 @@ The Ray actor (`rm/actor.py`) is a thin shell around this class; tests drive it 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
@@ -147,4 +146,4 @@ class RewardModelTrainer:
         """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes it
         into a temporary folder and renames it into place. Every rank must call this (ZeRO-3 gathers)."""
         save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.rm.zero_stage)
-        return str(Path(path)) if self.rank == 0 else None
+        return path if self.rank == 0 else None

@@ -40,8 +40,8 @@ def test_a_run_without_a_shared_disk_checkpoints_and_resumes_through_storage(tes
     # RLOO: each group spread over the nodes, loading the model and the checkpoint from storage
     first, resumed = result["first"], result["resumed"]
     for role, count in (("rollout", 3), ("scorer", 3), ("learner", 2)):
-        nodes = [node for name, node in first["placement"].items() if name.startswith(f"{role}-")]
-        assert len(nodes) == count and len(set(nodes)) == count and set(nodes) <= workers, (role, first)
+        placed = [node for name, node in first["placement"].items() if name.startswith(f"{role}-")]
+        assert len(placed) == count and len(set(placed)) == count and set(placed) <= workers, (role, first)
     assert resumed["resumed_from_step"] == 1 and resumed["policy"] == f"file://{store}/rloo/policy"
     assert (store / "rloo" / "policy" / "model.safetensors").exists() and not (out / "rloo" / "policy").exists()
     committed = sorted(p.name for p in (store / "rloo" / "checkpoints").iterdir())

@@ -31,13 +31,15 @@ def main(testbeds: str, out: str, store: str) -> None:
     def rloo(steps: int, *extra: str) -> dict:
         return run_rloo(load_config(None, [
             *common, *TINY_RLOO, f"output_dir={out}/rloo", f"rloo.steps={steps}", "rloo.prompts_per_step=6",
-            "rloo.save_every=1", f"reward.models=[{rm['model']}]", "scorer.num_workers=3", "scorer.num_cpus=0.5",
+            "rloo.save_every=1", f"reward.models=[{rm['model']}]", "scorer.num_cpus=0.5",
             "scorer.placement_strategy=STRICT_SPREAD", "learner.num_workers=2", "learner.num_cpus=0.5",
-            "learner.placement_strategy=STRICT_SPREAD", "rollout.num_workers=3", "rollout.num_cpus=0.5",
+            "learner.placement_strategy=STRICT_SPREAD", "rollout.num_cpus=0.5",
             "rollout.placement_strategy=STRICT_SPREAD", *extra]))
 
-    first = rloo(2)  # checkpoints step 1 (a step is saved when more follow)
-    resumed = rloo(3, "resume=true")  # from storage's step-000001: steps 2 and 3
+    # every group spread over the three nodes; step 1 is checkpointed (a step is saved when more follow)
+    first = rloo(2, "rollout.num_workers=3", "scorer.num_workers=3")
+    # from storage's step-000001: steps 2 and 3, the learner ranks loading their state on their nodes
+    resumed = rloo(3, "resume=true", "rollout.num_workers=1", "scorer.num_workers=1")
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
     print("RESULT " + json.dumps({"worker_nodes": nodes, "rm": rm, "first": first, "resumed": resumed}))
     ray.shutdown()

@@ -159,7 +159,7 @@ COMMANDS = {
     "bon": Command(_cmd_bon, "best-of-n over-optimisation curves of reward models on the policy's samples", None,
                    ("output_dir", "reward.models", "bon.names", "reward.uwo_lambda", "scorer.num_workers",
                     "eval.bootstrap"),
-                   "rlhf-ray bon --config configs/demo.yaml reward.models=[runs/demo/rm/bt/model]"),
+                   "rlhf-ray bon --config configs/rloo_smollm2.yaml reward.models=[runs/demo/rm/bt/model]"),
     "plan": Command(_cmd_plan, "estimated peak memory per device of every actor group; starts nothing", None,
                     ("learner.micro_batch_tokens", "learner.logits_chunk_tokens", "rm.micro_batch_tokens",
                      "policy.gradient_checkpointing", "model.gradient_checkpointing"),

@@ -476,11 +476,28 @@ class Config(Section):
 # ------------------------------------------------------------------------------------------------
 
 
+def _top_level_items(text: str) -> list[str]:
+    """`a=[x, y], b=2` -> ['a=[x, y]', 'b=2']: split on the commas outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    tail = text[start:].strip()
+    return [*items, tail] if tail or items else []
+
+
 def _parse_scalar(text: str) -> Any:
-    """An override value is read as YAML, so `4`, `1e-3`, `true`, `null`, `[a, b]` get their types."""
+    """An override value is read as YAML, so `4`, `1e-3`, `true`, `null`, `[a, b]` get their types. A list of
+    overrides (`pipeline.rloo_overrides=[rloo.prompt_types=[open], rloo.steps=8]`) is not valid YAML because
+    of the brackets inside its items, so a bracketed value YAML refuses is split on its top-level commas."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
+        stripped = text.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            return _top_level_items(stripped[1:-1])
         return text
 
 

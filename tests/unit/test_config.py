@@ -63,6 +63,17 @@ def test_malformed_override_and_missing_file(tmp_path):
         load_config(bad)
 
 
+def test_a_list_of_overrides_with_brackets_inside_its_items_is_one_list():
+    """`pipeline.rloo_overrides=[rloo.prompt_types=[open], rloo.steps=8]` is not valid YAML (a bracket inside a
+    plain flow item) but is what a user types: the top-level commas split it, the inner brackets stay."""
+    tree = apply_overrides({}, ["pipeline.rloo_overrides=[rloo.prompt_types=[open, closed], rloo.steps=8]",
+                                "pipeline.rm_overrides=[rm.lr=1e-4]"])
+    assert tree["pipeline"]["rloo_overrides"] == ["rloo.prompt_types=[open, closed]", "rloo.steps=8"]
+    assert tree["pipeline"]["rm_overrides"] == ["rm.lr=1e-4"]
+    cfg = load_config("configs/demo.yaml", ["pipeline.rloo_overrides=[rloo.prompt_types=[open], rloo.steps=3]"])
+    assert cfg.pipeline.rloo_overrides == ["rloo.prompt_types=[open]", "rloo.steps=3"]
+
+
 def _model_ref_ok(ref: str) -> bool:
     from rlhf_ray.models.aliases import ALIASES
 

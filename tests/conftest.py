@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray instance per test session, and small testbeds built once."""
 import os
+import sys
 
 import pytest
 
@@ -39,9 +40,23 @@ def ray_local(tmp_path_factory):
                 _temp_dir=None,
             )
 
+    if ray.is_initialized():  # a test that ran a command in-process left its own instance connected
+        ray.shutdown()
     start_local_instance(start)  # one start-up at a time, also beside another pytest-xdist worker's
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_ray(request):
+    """The fast tier (`-m "not slow"`) is the tests that need no Ray cluster: one that starts Ray (say, a
+    command run in-process whose config turns on a Ray stage) fails here instead of slowing the tier down and
+    leaving an instance connected for the next test."""
+    yield
+    ray = sys.modules.get("ray")
+    if request.node.get_closest_marker("slow") is None and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("a fast-tier test started Ray: mark it slow or turn the Ray stage off")
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,9 @@ def test_missing_config_file(capsys):
 def test_prepare_writes_the_testbeds(tmp_path, capsys):
     overrides = [f"data.dir={tmp_path}", "prepare.sizes.gold_train_prompts=8", "prepare.sizes.gold_valid_prompts=4",
                  "prepare.sizes.collapse_train_prompts=4", "prepare.sizes.collapse_eval_prompts=2"]
+    # without the policy's samples (tests/integration/test_policy_samples.py): no Ray, no policy in the fast tier
     assert main(["prepare", "--config", str(ROOT / "configs/demo.yaml"), "prepare.testbeds=[gold, collapse]",
-                 *overrides]) == 0
+                 "prepare.policy_samples.enabled=false", *overrides]) == 0
     for name in ("gold/train.parquet", "gold/val4.parquet", "gold/prompts.parquet", "collapse/eval.parquet"):
         assert (tmp_path / name).exists()
 

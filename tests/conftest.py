@@ -52,9 +52,12 @@ def fast_tests_start_no_ray(request):
     """The fast tier (`-m "not slow"`) is the tests that need no Ray cluster: one that starts Ray (say, a
     command run in-process whose config turns on a Ray stage) fails here instead of slowing the tier down and
     leaving an instance connected for the next test."""
+    ray = sys.modules.get("ray")
+    connected_before = ray is not None and ray.is_initialized()  # the session's instance, from a slow test
     yield
     ray = sys.modules.get("ray")
-    if request.node.get_closest_marker("slow") is None and ray is not None and ray.is_initialized():
+    started_here = ray is not None and ray.is_initialized() and not connected_before
+    if request.node.get_closest_marker("slow") is None and started_here:
         ray.shutdown()
         pytest.fail("a fast-tier test started Ray: mark it slow or turn the Ray stage off")
 

@@ -54,8 +54,9 @@ def build_model_folder(shape: str, folder: Path) -> None:
 
 
 def matmul_peak_tflops(device: str) -> float:
-    """This device's bf16 matmul throughput, measured now (the MFU denominator)."""
-    n = 8192 if device == "cuda" else 1024
+    """This device's bf16 matmul throughput, measured now (the MFU denominator). On the CPU (the tiny-shape
+    smoke run) a small matrix: without bf16 units one 1024-square product takes seconds."""
+    n = 8192 if device == "cuda" else 256
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b

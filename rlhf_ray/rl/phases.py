@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhf_ray.cluster import Submitted
+from rlhf_ray.actor_group import Submitted
 
 
 @dataclass(frozen=True)

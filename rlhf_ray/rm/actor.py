@@ -2,7 +2,7 @@
 each in a generic Ray shell."""
 from __future__ import annotations
 
-from rlhf_ray.cluster import ActorGroup
+from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.data.schema import Group
 from rlhf_ray.rm.metrics import add_sums, summarise

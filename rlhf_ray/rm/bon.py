@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray.cluster import check_placement, cluster_nodes, connect
+from rlhf_ray.cluster import connect
+
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, ConfigError
 from rlhf_ray.data.schema import Group, load_groups
 from rlhf_ray.models.aliases import resolve_model

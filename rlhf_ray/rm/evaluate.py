@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rlhf_ray.cluster import check_placement, cluster_nodes, connect
+from rlhf_ray.cluster import connect
+
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, UtilityConfig
 from rlhf_ray.data.loaders import load_split
 from rlhf_ray.data.schema import Group

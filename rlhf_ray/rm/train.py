@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_ray.cluster import check_placement, cluster_nodes, connect
+from rlhf_ray.cluster import connect
+
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
 from rlhf_ray.models.aliases import resolve_model

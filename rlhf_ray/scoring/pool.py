@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_ray.cluster import ActorGroup
+from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import ActorGroupConfig
 from rlhf_ray.scoring.scorer import RewardScorer
 from rlhf_ray.utils.actor_shell import actor_shell

@@ -6,7 +6,9 @@ import json
 import ray
 from ray.cluster_utils import Cluster
 
-from rlhf_ray.cluster import ACTOR_ENV, ActorGroup
+from rlhf_ray.cluster import ACTOR_ENV
+
+from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import ActorGroupConfig
 
 
@@ -28,7 +30,7 @@ def colocated() -> dict:
     in bundle i of one placement group, as RLGroups places them."""
     from ray.util.placement_group import remove_placement_group
 
-    from rlhf_ray.cluster import reserve_bundles
+    from rlhf_ray.placement import reserve_bundles
     from rlhf_ray.config import load_config
     from rlhf_ray.rl.groups import colocated_bundles
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.cli import build_parser, main
-from rlhf_ray.cluster import PlacementError, check_placement
+from rlhf_ray.placement import PlacementError, check_placement
 from rlhf_ray.config import ActorGroupConfig, load_config
 from rlhf_ray.data.schema import DataError, load_groups
 from rlhf_ray.models.aliases import resolve_model
@@ -127,7 +127,7 @@ def ray_not_started(monkeypatch):
 
 
 def test_an_autoscaling_cluster_is_not_checked_against_todays_nodes(ray_not_started):
-    from rlhf_ray.cluster import cluster_nodes
+    from rlhf_ray.placement import cluster_nodes
     from rlhf_ray.config import RayConfig
 
     assert cluster_nodes(RayConfig(autoscaling=True)) is None

@@ -1,0 +1,196 @@
+"""Actor groups placed by config, named by role and index.
+
+Every remote call goes through `ActorGroup.call`, which waits with a timeout and turns a dead actor or
+a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the cause.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rlhf_ray.cluster import ActorGroupError, Restarted, actor_env, actor_log_path, _with_log_file
+from rlhf_ray.config import ActorGroupConfig
+from rlhf_ray.placement import bundle_of, reserve_bundles
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Calls on some actors of a group that run while the caller does other work (`ActorGroup.submit`)."""
+
+    method: str
+    args: dict[int, tuple]
+    refs: dict[int, Any]
+
+
+class ActorGroup:
+    """N actors of one class in a placement group, named `<role>-<index>` (`<role>-<tag>-<index>` when
+    several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
+
+    def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, tag: str | None = None,
+                 shared_placement=None, **kwargs):
+        """`shared_placement`: a placement group another group's actors share, bundle i holding actor i of
+        each (colocation); its owner removes it. None: the group's own, one bundle per actor."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.role, self.max_restarts = role, cfg.max_restarts
+        self.owns_placement = shared_placement is None
+        self.placement_group = shared_placement or reserve_bundles(role, [bundle_of(cfg)] * cfg.num_workers,
+                                                                   cfg.placement_strategy, cfg.placement_timeout_s)
+        remote_cls = ray.remote(_with_log_file(actor_cls))
+        prefix = f"{role}-{tag}" if tag else role
+        self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
+        env = actor_env(cfg.num_threads)
+
+        def env_of(name: str) -> dict[str, str]:
+            path = actor_log_path(name)
+            return {**env, "RLHF_RAY_ACTOR_LOG": path} if path else env
+
+        self.actors = [
+            remote_cls.options(
+                name=name,
+                num_cpus=cfg.num_cpus,
+                max_restarts=cfg.max_restarts,
+                runtime_env={"env_vars": env_of(name)},
+                num_gpus=cfg.num_gpus,
+                resources=dict(cfg.resources),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
+            ).remote(*args, **kwargs)
+            for i, name in enumerate(self.names)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def placement(self) -> dict[str, str]:
+        """The node each actor runs on ({name: node id}), as its placement group placed it."""
+        from ray.util import placement_group_table
+
+        nodes = placement_group_table(self.placement_group)["bundles_to_node_id"]
+        return {name: nodes[i] for i, name in enumerate(self.names)}
+
+    def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600,
+             **kwargs) -> list[Any]:
+        """Call `method` on every actor (with its own args) and wait for all, with a timeout."""
+
+        args_per_actor = args_per_actor or [()] * len(self.actors)
+        refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_actor)]
+        return self.wait(refs, method, timeout_s)
+
+    def setup_data_parallel(self, cfg: dict, total_steps: int, timeout_s: float) -> None:
+        """The rank-0 handshake of a data-parallel group (RM trainers, the learner): rank 0 reserves the
+        rendezvous on its node, then every rank joins the process group through `setup(cfg, rank,
+        world_size, addr, port, total_steps)`."""
+        addr, port = self.call_one(0, "reserve_address")
+        n = len(self.actors)
+        self.call("setup", [(cfg, rank, n, addr, port, total_steps) for rank in range(n)], timeout_s)
+
+    def call_one(self, index: int, method: str, *args, timeout_s: float = 600, **kwargs) -> Any:
+        ref = getattr(self.actors[index], method).remote(*args, **kwargs)
+        return self.wait([ref], method, timeout_s, names=[self.names[index]])[0]
+
+    def wait(self, refs: list, method: str, timeout_s: float, names: list[str] | None = None) -> list[Any]:
+        """Results in order; the first failure raises at once (its peers may be blocked on it)."""
+        import ray
+
+        names = names or self.names
+        self._await(dict(enumerate(refs)), method, timeout_s, names)
+        return ray.get(refs)
+
+    def submit(self, method: str, args_per_actor: dict[int, tuple]) -> "Submitted":
+        """Call `method` on the actors named by index, each with its args, and return at once: the calls run
+        while the caller does something else; `collect` waits for them."""
+        refs = {i: getattr(self.actors[i], method).remote(*args) for i, args in args_per_actor.items()}
+        return Submitted(method, dict(args_per_actor), refs)
+
+    def collect(self, submitted: "Submitted", timeout_s: float, on_restart=None) -> dict[int, Any]:
+        """Wait for submitted calls; return {index: ObjectRef} of the results (they stay in the object
+        store). An actor that died and that Ray restarts (max_restarts), or that reports `Restarted` (it came
+        back since the last call), gets `on_restart(index, args)` (e.g. the current weights), which returns
+        the arguments to call it with again (None: the same)."""
+        method, args_per_actor, refs = submitted.method, dict(submitted.args), dict(submitted.refs)
+        retries = dict.fromkeys(refs, self.max_restarts)
+
+        def retry(index: int, err: Exception, deadline: float):
+            if retries[index] == 0:
+                return None
+            retries[index] -= 1
+            self._wait_restarted(index, method, deadline)
+            print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
+                  file=sys.stderr, flush=True)
+            if on_restart is not None:  # submitted before the retry: an actor runs one caller's calls in order
+                args_per_actor[index] = on_restart(index, args_per_actor[index]) or args_per_actor[index]
+            refs[index] = getattr(self.actors[index], method).remote(*args_per_actor[index])
+            return refs[index]
+
+        self._await(dict(refs), method, timeout_s, self.names, retry)
+        return refs
+
+    def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float, on_restart=None) -> dict[int, Any]:
+        """`submit`, then `collect`: the calls' result refs once all are done (restarted actors retried)."""
+        return self.collect(self.submit(method, args_per_actor), timeout_s, on_restart)
+
+    def _await(self, pending: dict[int, Any], method: str, timeout_s: float, names: list[str], retry=None) -> None:
+        """Wait for every ref in `pending` ({position: ref}, `names[position]` says whose). A failure raises
+        an ActorGroupError naming the actor, unless the actor was restarted and `retry(position, error,
+        deadline)` returns a new ref to wait for instead."""
+        import time
+
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = ", ".join(names[i] for i in pending)
+                raise ActorGroupError(f"{late}: {method} did not finish within {timeout_s:.0f} s")
+            position = next(i for i, r in pending.items() if r == ready[0])
+            try:
+                ray.get(ready[0])
+                del pending[position]
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+                died = isinstance(err, ray.exceptions.RayActorError)
+                restarted = died or isinstance(getattr(err, "cause", None), Restarted)
+                new_ref = retry(position, err, deadline) if retry is not None and restarted else None
+                if new_ref is None:
+                    verb = "died during" if died else "failed in"
+                    raise ActorGroupError(f"{names[position]} {verb} {method}: {_cause(err)}") from err
+                pending[position] = new_ref
+
+    def _wait_restarted(self, index: int, method: str, deadline: float) -> None:
+        """Until Ray has the actor back (calls in between fail as 'unavailable'); an error if it is dead
+        for good or not back by the deadline."""
+        import time
+
+        import ray
+
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError as err:
+                raise ActorGroupError(f"{self.names[index]} died during {method} and was not restarted: "
+                                      f"{_cause(err)}") from err
+            except ray.exceptions.GetTimeoutError:
+                break
+        raise ActorGroupError(f"{self.names[index]}: not back from a restart before {method}'s deadline")
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        if self.owns_placement:
+            remove_placement_group(self.placement_group)
+
+
+def _cause(err: Exception) -> str:
+    cause = getattr(err, "cause", None)
+    if cause is not None and not isinstance(cause, type(err)):
+        return f"{type(cause).__name__}: {cause}"
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__

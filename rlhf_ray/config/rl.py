@@ -1,0 +1,140 @@
+"""RLOO sections: the policy, the rollout workers, the scorers and what they score with, the learner,
+the over-optimisation monitor and the loop."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from rlhf_ray.config.base import ActorGroupConfig, PretrainedConfig, Section
+
+
+class PolicyConfig(PretrainedConfig):
+    """The RLOO policy (the learner's trained copy, its frozen reference, the rollout engines' copy)."""
+
+    name: str = "smollm2-135m"
+
+
+class ScorerConfig(ActorGroupConfig):
+    """The reward-scoring pool: stateless, so Ray restarts a dead scorer and its batch is scored again."""
+
+    num_workers: int = Field(2, ge=1)
+    max_restarts: int = Field(2, ge=0)
+
+
+class RolloutConfig(ActorGroupConfig):
+    """Rollout workers: one generation engine each."""
+
+    max_restarts: int = Field(2, ge=0)
+    engine: Literal["vllm", "hf"] = "vllm"
+    k: int = Field(4, ge=2)  # samples per prompt
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    kv_cache_gb: float = Field(1.0, gt=0)
+    max_model_len: int = Field(1024, ge=16)
+    sync_timeout_s: float = Field(120.0, gt=0)  # a weight sync slower than this is an error
+    # How weights travel learner -> workers: `object_store` (one put, every worker pulls) or
+    # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU).
+    sync: Literal["object_store", "collective"] = "object_store"
+    # learner rank i and rollout worker i share one placement-group bundle (and its GPU, when their
+    # num_gpus add up to at most 1): the engine sleeps while the learner trains. Needs as many workers
+    # as learner ranks; not with rloo.overlap (they would compute on one GPU at once)
+    colocate_with_learner: bool = False
+    # vLLM: tensor-parallel GPUs per engine, the share of the GPU it may take (None: kv_cache_gb sizes
+    # the KV cache), CUDA graphs (None: on a GPU, off on the CPU), prefix caching
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
+    enforce_eager: Optional[bool] = None
+    enable_prefix_caching: bool = False
+    # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner gathers
+    # one bucket at a time, so the sync's extra memory on every rank is one bucket
+    sync_bucket_mb: float = Field(256.0, gt=0)
+
+
+class RewardConfig(Section):
+    """What the policy is optimised against: reward models (ensemble + transform) and the gold reward."""
+
+    models: list[str] = ["minilm-l6"]  # checkpoints, aliases or hub ids
+    dtype: Literal["float32", "bfloat16"] = "float32"  # of the reward models on the scorers
+    aggregate: Literal["mean", "wco", "uwo"] = "mean"
+    uwo_lambda: float = Field(0.5, ge=0)
+    transform: Literal["none", "lsc", "par"] = "none"
+    reference_samples: int = Field(2, ge=1)  # reference-policy responses per prompt for LSC / PAR
+    train_on_gold: bool = False  # the gold reward is tracked always, trained on only if set
+    max_length: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _lsc_fits_a_normal(self):
+        if self.transform == "lsc" and self.reference_samples < 2:
+            raise ValueError("reward.transform=lsc fits a normal to each prompt's reference rewards: "
+                             "reward.reference_samples must be at least 2")
+        return self
+
+
+class LearnerConfig(ActorGroupConfig):
+    """The RLOO learner: data-parallel DeepSpeed ranks holding the policy and a frozen reference."""
+
+    variant: Literal["sequence", "token"] = "sequence"
+    # the sequence-level advantage (rl/rloo.py group_advantages): rloo, grpo (TRL's), dr_grpo, or
+    # reinforce_pp_baseline (OpenRLHF's: group mean, then whitened over the batch)
+    estimator: Literal["rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"] = "rloo"
+    # reweight the loss by the sampling engine's log-probs (rl/off_policy.py): none, tis (truncated
+    # importance sampling at is_cap) or seq_mask (drop sequences whose mean token ratio is off by is_cap)
+    correction: Literal["none", "tis", "seq_mask"] = "none"
+    is_cap: float = Field(2.0, gt=1)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    beta: float = Field(0.05, ge=0)
+    clip: float = Field(0.2, gt=0)
+    lr: float = Field(2e-6, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = Field(1.0, ge=0)
+    ppo_epochs: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    # sequences per forward/backward, in whole prompt groups (>= k); gradients add up to the batch's
+    micro_batch_size: int = Field(8, ge=1)
+    # or by tokens: whole prompt groups while their padded prompt + response tokens fit this budget
+    micro_batch_tokens: Optional[int] = Field(None, ge=16)
+    # log-probs and entropy from this many positions' logits at a time (recomputed in the backward), so
+    # the full-vocabulary fp32 logits of a whole micro-batch never exist at once
+    logits_chunk_tokens: int = Field(2048, ge=1)
+    offload_reference: bool = False  # the frozen reference waits on the CPU, on the device for its forwards only
+    # colocated (rollout.colocate_with_learner) on a GPU: optimizer states and gradients wait on the host
+    # while the engine generates (DeepSpeed's offload_states), back before the update
+    offload_states_while_generating: bool = False
+
+
+class MonitorConfig(Section):
+    """The over-optimisation monitor (rl/monitor.py), read at every held-out evaluation."""
+
+    action: Literal["off", "log", "stop", "keep_best", "raise_kl"] = "off"
+    signal: Literal["auto", "gold", "disagreement"] = "auto"  # auto: gold when the prompts have one
+    tolerance: float = Field(0.02, ge=0)  # gold below its best by more than this, while the proxy rose
+    disagreement_ratio: float = Field(1.5, gt=1)  # members' disagreement over the initial policy's
+    patience: int = Field(1, ge=1)  # consecutive held-out evaluations the signal must hold
+    kl_factor: float = Field(2.0, gt=1)  # raise_kl multiplies learner.beta by this
+
+
+class RLOOConfig(Section):
+    prompts: str = "gold"  # the gold testbed's prompts (with references for the gold reward), or a file
+    prompt_split: str = "train"
+    # the prompt types RLOO trains and evaluates on (a prompt without a type counts as open)
+    prompt_types: list[Literal["open", "closed"]] = Field(["open", "closed"], min_length=1)
+    prompts_per_step: int = Field(8, ge=1)
+    steps: int = Field(20, ge=1)
+    max_prompt_tokens: int = Field(256, ge=8)
+    # Held-out check: this many prompts of `eval_split` (gold prompts) generated and scored before the
+    # first step and after the last; the report's gold-reward gain is paired over them. 0: off.
+    eval_prompts: int = Field(0, ge=0)
+    eval_split: str = "valid"
+    # ... and every this many steps too: held-out gold and proxy against the KL (the RL over-optimisation
+    # curve) and what the monitor reads. None: before and after only.
+    eval_every: Optional[int] = Field(None, ge=1)
+    monitor: MonitorConfig = MonitorConfig()
+    # One-step off-policy: while the learner trains on batch t, the rollout workers generate the next
+    # max_staleness batches with the weights they hold (at most that many versions old)
+    overlap: bool = False
+    max_staleness: int = Field(1, ge=0)
+    save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
+    keep_checkpoints: int = Field(2, ge=1)

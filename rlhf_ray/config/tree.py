@@ -1,0 +1,105 @@
+"""The whole config: one section per role, and the checks that span sections."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import field_validator, model_validator
+
+from rlhf_ray.config.base import RayConfig, Section
+from rlhf_ray.config.rl import LearnerConfig, PolicyConfig, RewardConfig, RLOOConfig, RolloutConfig, ScorerConfig
+from rlhf_ray.config.rm import DataConfig, EvalConfig, LossConfig, ModelConfig, RMConfig
+from rlhf_ray.config.stages import BonConfig, ExperimentConfig, PipelineConfig, PrepareConfig
+
+
+class Config(Section):
+    seed: int = 0
+    output_dir: str = "runs/default"
+    ray: RayConfig = RayConfig()
+    model: ModelConfig = ModelConfig()
+    policy: PolicyConfig = PolicyConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    rm: RMConfig = RMConfig()
+    scorer: ScorerConfig = ScorerConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    learner: LearnerConfig = LearnerConfig()
+    rloo: RLOOConfig = RLOOConfig()
+    eval: EvalConfig = EvalConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    experiment: ExperimentConfig = ExperimentConfig()
+    bon: BonConfig = BonConfig()
+    # where the run's shared files go (checkpoints, the final model, its config): a folder every node
+    # mounts, or a pyarrow URI (s3://bucket/runs, gs://..., file:///...), as Ray Train's. None: output_dir,
+    # which must then be on a disk every node sees. The driver's own files (metrics, logs, reports) stay
+    # in output_dir.
+    storage_path: Optional[str] = None
+    tensorboard: bool = True
+    # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when there
+    # is none), auto (start fresh when there is none, saying so), false
+    resume: Union[bool, Literal["auto"]] = False
+
+    @model_validator(mode="after")
+    def _prompt_groups_split_evenly(self):
+        # unequal shares would give the learner ranks unequal micro-batch counts, and ZeRO's collectives
+        # would wait on the rank that has none left until the timeout
+        if self.rloo.prompts_per_step % self.learner.num_workers:
+            raise ValueError(f"rloo.prompts_per_step ({self.rloo.prompts_per_step}) must be divisible by "
+                             f"learner.num_workers ({self.learner.num_workers}): each rank takes whole prompt groups")
+        return self
+
+    @model_validator(mode="after")
+    def _colocation_pairs_ranks_and_workers(self):
+        rc, lc = self.rollout, self.learner
+        if not rc.colocate_with_learner:
+            return self
+        if rc.num_workers != lc.num_workers:
+            raise ValueError(f"rollout.colocate_with_learner pairs rollout worker i with learner rank i: rollout."
+                             f"num_workers ({rc.num_workers}) must equal learner.num_workers ({lc.num_workers})")
+        if self.rloo.overlap and self.rloo.max_staleness > 0:
+            raise ValueError("rollout.colocate_with_learner and rloo.overlap: a colocated engine sleeps while its "
+                             "learner rank trains, so nothing would overlap; turn one of them off")
+        if rc.num_gpus + lc.num_gpus > 1 and rc.num_gpus and lc.num_gpus:
+            raise ValueError(f"rollout.colocate_with_learner shares one GPU: rollout.num_gpus + learner.num_gpus "
+                             f"({rc.num_gpus:g} + {lc.num_gpus:g}) must be at most 1, e.g. 0.5 each")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_has_what_it_reads(self):
+        monitor, rloo = self.rloo.monitor, self.rloo
+        if monitor.action != "off" and not (rloo.eval_prompts and rloo.eval_every):
+            raise ValueError("rloo.monitor.action reads held-out evaluations: set rloo.eval_prompts and "
+                             "rloo.eval_every")
+        if monitor.action != "off" and monitor.signal == "disagreement" and len(self.reward.models) < 2:
+            raise ValueError("rloo.monitor.signal=disagreement compares reward models: reward.models needs two or more")
+        return self
+
+    @field_validator("output_dir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def storage(self) -> str:
+        """The run's folder in storage: <storage_path>/<output_dir's name>, or output_dir."""
+        from rlhf_ray.utils.storage import join
+
+        return join(self.storage_path, Path(self.output_dir).name) if self.storage_path else self.output_dir
+
+    def with_absolute_paths(self) -> "Config":
+        """Local paths made absolute against the driver's working directory: actors on other nodes,
+        and in a Ray job, run in other directories, so a relative path would name another place."""
+        def local(path: str) -> str:
+            return str(Path(path).resolve()) if not Path(path).is_absolute() and Path(path).exists() else path
+
+        self.output_dir = str(Path(self.output_dir).resolve())
+        if self.storage_path and "://" not in self.storage_path:
+            self.storage_path = str(Path(self.storage_path).resolve())
+        self.data.dir = str(Path(self.data.dir).resolve())
+        self.model.name = local(self.model.name)
+        self.policy.name = local(self.policy.name)
+        self.reward.models = [local(m) for m in self.reward.models]
+        return self

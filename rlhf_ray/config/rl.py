@@ -34,9 +34,10 @@ class RolloutConfig(ActorGroupConfig):
     kv_cache_gb: float = Field(1.0, gt=0)
     max_model_len: int = Field(1024, ge=16)
     sync_timeout_s: float = Field(120.0, gt=0)  # a weight sync slower than this is an error
-    # How weights travel learner -> workers: `object_store` (one put, every worker pulls) or
-    # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU).
-    sync: Literal["object_store", "collective"] = "object_store"
+    # How weights travel learner -> workers: `object_store` (one put, every worker pulls),
+    # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU), or `ipc`
+    # (colocated only: worker i maps learner rank i's buckets, CUDA IPC on a GPU, shared memory on the CPU)
+    sync: Literal["object_store", "collective", "ipc"] = "object_store"
     # learner rank i and rollout worker i share one placement-group bundle (and its GPU, when their
     # num_gpus add up to at most 1): the engine sleeps while the learner trains. Needs as many workers
     # as learner ranks; not with rloo.overlap (they would compute on one GPU at once)

@@ -53,6 +53,10 @@ class Config(Section):
     @model_validator(mode="after")
     def _colocation_pairs_ranks_and_workers(self):
         rc, lc = self.rollout, self.learner
+        if rc.sync == "ipc" and not rc.colocate_with_learner:
+            raise ValueError("rollout.sync=ipc maps learner rank i's memory into rollout worker i, so the two must "
+                             "share a machine: set rollout.colocate_with_learner=true (or use object_store / "
+                             "collective)")
         if not rc.colocate_with_learner:
             return self
         if rc.num_workers != lc.num_workers:

@@ -99,8 +99,8 @@ class RLGroups:
 
     def _resync(self, worker: int, args: tuple) -> tuple:
         """A restarted rollout worker: the current weights through the object store (the collective
-        group is rebuilt before the next broadcast, since the new process is not in it); its generate call
-        again, expecting those weights."""
+        group is rebuilt before the next broadcast, since the new process is not in it; with ipc every
+        rank would have to gather for one worker); its generate call again, expecting those weights."""
         if self.version > 0:
             if self.cfg.rollout.sync == "collective":
                 self.regroup = True
@@ -151,7 +151,8 @@ class RLGroups:
 
     def sync(self, version: int) -> Synced:
         """Publish the learner's weights (raw tensor bytes) to every worker: one object-store put that
-        each worker maps without copying, or a broadcast in the collective group."""
+        each worker maps without copying, a broadcast in the collective group, or (ipc) each worker mapping
+        its colocated learner rank's buckets."""
         import ray
 
         rc = self.cfg.rollout
@@ -167,6 +168,11 @@ class RLGroups:
                                         [*self.learner.names, *self.rollout.names])
             peak = max(r["gathered_peak_bytes"] for r in results[:len(sends)])
             synced = Synced(results[len(sends):], 0.0, peak)  # sending happens inside the broadcast
+        elif rc.sync == "ipc":  # each worker pulls from its colocated rank (every rank gathers each bucket)
+            args = {i: (version, self.learner.actors[i], rc.sync_timeout_s) for i in range(len(self.rollout))}
+            done = self.rollout.map("pull_weights", args, rc.sync_timeout_s)
+            loaded = ray.get([done[i] for i in range(len(self.rollout))])
+            synced = Synced(loaded, 0.0, max(r["gathered_peak_bytes"] for r in loaded))
         else:
             published = self._publish()
             self.latest_weights = published["refs"]

@@ -214,6 +214,25 @@ class RLOOLearner:
         sent, peak = self.publish_weights(self.channel.send if self.rank == 0 else None, on_gpu)
         return {"bytes": sum(sent), "gathered_peak_bytes": peak}
 
+    def share_bucket(self, index: int) -> dict:
+        """rollout.sync=ipc: bucket `index` of the policy for this rank's colocated rollout worker, as a
+        handle to memory on this machine (`weight_sync.share`). Each worker asks its own rank for every
+        bucket in turn, so with ZeRO-3 every rank gathers bucket i together. The buffer lives until the
+        next call (or `release_shared`): the worker has mapped it by then."""
+        from rlhf_ray.rl.weight_sync import share
+
+        if index == 0:
+            self._share_plan = bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20))
+        names, params, aliases = self._share_plan[index]
+        self._shared_buffer = None  # the previous bucket's, mapped by the worker already
+        with gathered_parameters(params, self.cfg.learner.zero_stage):
+            weights = Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases, on_device=True)
+            self._shared_buffer, shared = share(weights)
+        return {**shared, "count": len(self._share_plan), "gathered_bytes": sum(tensor_bytes(p) for p in params)}
+
+    def release_shared(self) -> None:
+        self._shared_buffer = None
+
     def save_state(self, path: str) -> list[str]:
         return save_engine_state(self.engine, path)
 

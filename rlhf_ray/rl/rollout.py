@@ -50,14 +50,35 @@ class RolloutWorker:
     def load_weights(self, version: int, *buckets: Weights) -> dict:
         """The buckets of one sync (from the object store, each passed as its own argument so Ray hands
         over the arrays, or from a broadcast), applied in one reload."""
+        return {**self._load(version, Weights.concat(list(buckets))), "buckets": len(buckets)}
+
+    def _load(self, version: int, weights) -> dict:
+        """`weights`: a `Weights`, or `SharedBuckets` that pull theirs while the engine reads them."""
         start = time.monotonic()
-        weights = Weights.concat(list(buckets))
         try:
             self.engine.load_weights(weights, version)
         except TimeoutError as err:
             raise TimeoutError(f"{self.name}: weight sync to version {version} timed out: {err}") from err
-        return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version,
-                "buckets": len(buckets)}
+        return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version}
+
+    def pull_weights(self, version: int, learner, timeout_s: float) -> dict:
+        """rollout.sync=ipc: the colocated learner rank's buckets (`learner`: its actor), each mapped from
+        that rank's memory as vLLM's reload reaches it, then released there."""
+        import ray
+
+        from rlhf_ray.rl.weight_sync import SharedBuckets
+
+        def fetch(index: int) -> dict:
+            try:
+                return ray.get(learner.share_bucket.remote(index), timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError as err:
+                raise TimeoutError(f"{self.name}: bucket {index} of version {version} was not shared by its "
+                                   f"learner rank within {timeout_s:.0f} s (rollout.sync_timeout_s)") from err
+
+        stream = SharedBuckets(fetch)
+        result = self._load(version, stream)
+        ray.get(learner.release_shared.remote(), timeout=timeout_s)
+        return {**result, "buckets": stream.count, "gathered_peak_bytes": stream.gathered_peak_bytes}
 
     def sleep(self) -> str:
         """While a colocated learner rank trains (rollout.colocate_with_learner)."""

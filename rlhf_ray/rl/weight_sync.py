@@ -12,11 +12,18 @@ shapes, aliases) and its tensors as one flat buffer. Engines see no difference: 
 The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group),
 so it lives beside the learner's DeepSpeed group. Every collective has the group's timeout: a peer that
 never arrives raises in every member instead of hanging.
+
+The shared-memory transport (`rollout.sync: ipc`, learner rank i and rollout worker i colocated on one
+machine): rank i copies a gathered bucket into one flat buffer where the bytes are and hands its worker
+a handle (`share`) that the worker maps without a copy (`rebuild`): CUDA IPC on a GPU, a shared-memory
+file on the CPU (torch's own tensor sharing, the same code on both). The worker pulls bucket after
+bucket while vLLM reloads (`SharedBuckets`), so each side holds about one bucket beyond the model.
 """
 from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Callable, Iterator
 
 import numpy
 import torch
@@ -53,6 +60,42 @@ def bucket_plan(model: torch.nn.Module, bucket_bytes: int) -> list[tuple[list[st
     for alias, source in aliases.items():
         next(b for b in buckets if source in b[0])[2][alias] = source
     return buckets
+
+
+ALIGN = 64  # bytes: every tensor starts at a multiple of this in a flat bucket, so it can be viewed as any dtype
+
+
+def _layout(weights: Weights) -> list:
+    """What a receiver needs to cut a flat bucket back into tensors: names, dtypes, shapes, aliases, each
+    tensor's size and offset in bytes, and the bucket's size."""
+    sizes = [int(a.nbytes) for a in weights.arrays]
+    offsets = numpy.cumsum([0, *(-(-n // ALIGN) * ALIGN for n in sizes)]).tolist()
+    return [weights.names, weights.dtypes, [list(x) for x in weights.shapes], weights.aliases, sizes, offsets[:-1],
+            offsets[-1]]
+
+
+def _device_of(weights: Weights) -> torch.device:
+    first = next((a for a in weights.arrays if isinstance(a, torch.Tensor)), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _pack(weights: Weights, layout: list, device: torch.device, into: torch.Tensor | None = None) -> torch.Tensor:
+    """The bucket's bytes in one flat uint8 buffer on `device` (`into`, or a new one), as `layout` places them."""
+    parts = []
+    for array, size, start, end in zip(weights.arrays, layout[4], layout[5], [*layout[5][1:], layout[-1]]):
+        parts.append(array if isinstance(array, torch.Tensor) else torch.from_numpy(array))
+        if end - start > size:
+            parts.append(torch.zeros(end - start - size, dtype=torch.uint8, device=device))
+    if not parts:
+        return torch.empty(0, dtype=torch.uint8, device=device) if into is None else into
+    return torch.cat(parts) if into is None else torch.cat(parts, out=into)  # one copy, straight into place
+
+
+def _split(flat, layout: list) -> Weights:
+    """A flat bucket (a tensor, or a numpy array) and its layout back into a `Weights` viewing it."""
+    names, dtypes, shapes, aliases, sizes, offsets, _ = layout
+    return Weights(names, dtypes, [tuple(x) for x in shapes], [flat[o : o + n] for n, o in zip(sizes, offsets)],
+                   aliases)
 
 
 class BroadcastChannel:
@@ -92,12 +135,11 @@ class BroadcastChannel:
     def send(self, weights: Weights) -> int:
         """One bucket: its layout, then its tensors' bytes as one flat buffer (one broadcast, not one per
         tensor), built where the bytes are (the GPU with `Weights.of(..., on_device=True)`)."""
-        layout = json.dumps([weights.names, weights.dtypes, weights.shapes, weights.aliases,
-                             [int(a.nbytes) for a in weights.arrays]]).encode()
-        self._broadcast(torch.tensor([len(layout)], dtype=torch.int64))
-        self._broadcast(torch.frombuffer(bytearray(layout), dtype=torch.uint8))
-        pieces = [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in weights.arrays]
-        self._broadcast(torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8))
+        layout = _layout(weights)
+        header = json.dumps(layout).encode()
+        self._broadcast(torch.tensor([len(header)], dtype=torch.int64))
+        self._broadcast(torch.frombuffer(bytearray(header), dtype=torch.uint8))
+        self._broadcast(_pack(weights, layout, _device_of(weights)))
         return weights.nbytes
 
     def receive(self) -> list[Weights]:
@@ -107,10 +149,56 @@ class BroadcastChannel:
 
     def _receive_bucket(self) -> Weights:
         size = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
-        layout = self._broadcast(torch.empty(size, dtype=torch.uint8)).cpu().numpy().tobytes()
-        names, dtypes, shapes, aliases, sizes = json.loads(layout)
-        flat = self._broadcast(torch.empty(sum(sizes), dtype=torch.uint8))
-        flat = flat if self.on_gpu else flat.numpy()  # on the GPU, vLLM copies from there into its parameters
-        offsets = numpy.cumsum([0, *sizes]).tolist()
-        arrays = [flat[a:b] for a, b in zip(offsets, offsets[1:])]  # views into the one buffer
-        return Weights(names, dtypes, [tuple(s) for s in shapes], arrays, aliases)
+        layout = json.loads(self._broadcast(torch.empty(size, dtype=torch.uint8)).cpu().numpy().tobytes())
+        flat = self._broadcast(torch.empty(layout[-1], dtype=torch.uint8))
+        return _split(flat if self.on_gpu else flat.numpy(), layout)  # on the GPU, vLLM copies from there
+
+
+
+
+def share(weights: Weights) -> tuple[torch.Tensor, dict]:
+    """One bucket for a process on this machine: its bytes copied into one flat buffer on their device (in
+    shared memory on the CPU) and {handle, layout}, picklable, for `rebuild`. The sender keeps the
+    buffer (returned first) alive until the receiver has rebuilt it."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 - registers torch's sharing reductions with ForkingPickler
+
+    layout, device = _layout(weights), _device_of(weights)
+    flat = torch.empty(layout[-1], dtype=torch.uint8, device=device)
+    if device.type == "cpu":
+        torch.multiprocessing.set_sharing_strategy("file_system")  # a file name travels, not a descriptor
+        flat.share_memory_()
+    flat = _pack(weights, layout, device, into=flat)
+    # pickled as multiprocessing does it: the storage travels as a shared-memory file name or a CUDA IPC
+    # handle (plain pickle, as Ray's, would copy the bytes in)
+    return flat, {"handle": bytes(ForkingPickler.dumps(flat)), "layout": layout}
+
+
+def rebuild(shared: dict) -> Weights:
+    """The bucket `share` handed over, viewing the sender's memory (CUDA IPC / the shared-memory file)."""
+    import pickle
+
+    import torch.multiprocessing  # noqa: F401 - the rebuild functions the handle names
+
+    return _split(pickle.loads(shared["handle"]), shared["layout"])
+
+
+class SharedBuckets:
+    """The buckets of one sync, pulled one at a time while a loader iterates `tensors()`: `fetch(i)` returns
+    bucket i's `share` dict (with `count`, the number of buckets), or raises TimeoutError. What vLLM's reload
+    or the HF engine's `load_state_dict` reads in place of a `Weights`."""
+
+    def __init__(self, fetch: Callable[[int], dict]):
+        self.fetch, self.nbytes, self.count, self.gathered_peak_bytes = fetch, 0, 0, 0
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        index, self.count = 0, 1
+        while index < self.count:
+            shared = self.fetch(index)
+            self.count = shared["count"]
+            self.gathered_peak_bytes = max(self.gathered_peak_bytes, shared["gathered_bytes"])
+            bucket = rebuild(shared)
+            self.nbytes += bucket.nbytes
+            yield from bucket.tensors()
+            index += 1

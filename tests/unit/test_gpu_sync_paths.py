@@ -54,16 +54,16 @@ def test_a_bucket_goes_out_as_its_layout_then_one_flat_cuda_buffer_with_the_time
     assert sent == 10 * 4 * 4 + 4 * 2
     devices = [call[0] for call in group.calls]
     assert devices == [CUDA] * 4  # count, layout size, layout, the flat bucket: all through nccl on the GPU
-    assert group.calls[-1] == (CUDA, torch.uint8, sent)  # the bucket in one broadcast
+    assert group.calls[-1] == (CUDA, torch.uint8, 192 + 64)  # one broadcast: 160 + 8 bytes, each on 64 bytes
     assert group.waits == [timedelta(seconds=7)] * 4  # no wait without the group's timeout: a lost peer raises
 
 
 def test_the_receiver_keeps_the_bucket_on_the_gpu():
     import json
 
-    layout = json.dumps([["w"], ["float32"], [[2, 3]], {"v": "w"}, [24]]).encode()
+    layout = json.dumps([["w"], ["float32"], [[2, 3]], {"v": "w"}, [24], [0], 64]).encode()
     feed = [torch.tensor([1]), torch.tensor([len(layout)]), torch.frombuffer(bytearray(layout), dtype=torch.uint8),
-            torch.zeros(24, dtype=torch.uint8)]
+            torch.zeros(64, dtype=torch.uint8)]
     channel = _channel(RecordingGroup(feed))
     channel.device = torch.device("cpu")  # FakeTensorMode cannot fill buffers: the path is the cuda one's but here
     buckets = channel.receive()

@@ -98,13 +98,15 @@ def _assert_the_policys_samples_are_in_the_gold_testbed(gold, train_k: int, eval
 
 
 def _assert_a_second_sampling_reuses_the_cache(cfg, capsys):
-    """The pipeline's sampling stage again, in this process: the cache's key matches, so no actor starts
-    and the testbed is written from the same samples."""
+    """The pipeline's first two stages again, in this process (the testbeds, then the policy's samples):
+    the cache's key matches, so no actor starts, and the train split is the same mix of the same groups."""
+    from rlhf_ray.data.loaders import prepare
     from rlhf_ray.pipeline import check_stages, sample_policy
 
     train = Path(cfg.data.dir) / "gold" / "train.parquet"
     before = [(g.prompt_id, g.completions, g.scores) for g in load_groups(train)]
     capsys.readouterr()
+    prepare(cfg)
     sample_policy(cfg, check_stages(cfg)[1])
     assert "policy samples: reusing" in capsys.readouterr().err
     assert [(g.prompt_id, g.completions, g.scores) for g in load_groups(train)] == before

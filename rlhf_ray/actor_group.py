@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from rlhf_ray.cluster import ActorGroupError, Restarted, actor_env, actor_log_path, _with_log_file
+from rlhf_ray.cluster import ActorGroupError, Restarted, actor_env, actor_log_path, with_log_file
 from rlhf_ray.config import ActorGroupConfig
 from rlhf_ray.placement import bundle_of, reserve_bundles
 
@@ -38,7 +38,7 @@ class ActorGroup:
         self.owns_placement = shared_placement is None
         self.placement_group = shared_placement or reserve_bundles(role, [bundle_of(cfg)] * cfg.num_workers,
                                                                    cfg.placement_strategy, cfg.placement_timeout_s)
-        remote_cls = ray.remote(_with_log_file(actor_cls))
+        remote_cls = ray.remote(with_log_file(actor_cls))
         prefix = f"{role}-{tag}" if tag else role
         self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
         env = actor_env(cfg.num_threads)

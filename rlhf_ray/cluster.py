@@ -147,7 +147,7 @@ def loopback_instance():
             os.environ[LOOPBACK_ENV] = saved_env
 
 
-def _with_log_file(actor_cls):
+def with_log_file(actor_cls):
     """`actor_cls` whose actors first send their stdout and stderr (the file descriptors, so native
     libraries and child processes too) to the file named by $RLHF_RAY_ACTOR_LOG, when it is set."""
 

@@ -153,8 +153,6 @@ class RLGroups:
         """Publish the learner's weights (raw tensor bytes) to every worker: one object-store put that
         each worker maps without copying, a broadcast in the collective group, or (ipc) each worker mapping
         its colocated learner rank's buckets."""
-        import ray
-
         rc = self.cfg.rollout
         if self.shared is not None:  # colocated: the engines take the GPU back before the new weights arrive
             self.rollout.call("wake_up", timeout_s=rc.timeout_s)
@@ -170,21 +168,26 @@ class RLGroups:
             synced = Synced(results[len(sends):], 0.0, peak)  # sending happens inside the broadcast
         elif rc.sync == "ipc":  # each worker pulls from its colocated rank (every rank gathers each bucket)
             args = {i: (version, self.learner.actors[i], rc.sync_timeout_s) for i in range(len(self.rollout))}
-            done = self.rollout.map("pull_weights", args, rc.sync_timeout_s)
-            loaded = ray.get([done[i] for i in range(len(self.rollout))])
+            loaded = self._on_every_worker("pull_weights", args, rc.sync_timeout_s)
             synced = Synced(loaded, 0.0, max(r["gathered_peak_bytes"] for r in loaded))
         else:
             published = self._publish()
             self.latest_weights = published["refs"]
             # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
             args = {i: (version, *published["refs"]) for i in range(len(self.rollout))}
-            done = self.rollout.map("load_weights", args, rc.sync_timeout_s)
-            synced = Synced(ray.get([done[i] for i in range(len(self.rollout))]), published["publish_s"],
+            synced = Synced(self._on_every_worker("load_weights", args, rc.sync_timeout_s), published["publish_s"],
                             published["gathered_peak_bytes"])
         self.version = version
         if self.shared is not None and self.cfg.learner.offload_states_while_generating:
             self.learner.call("offload_states", timeout_s=self.cfg.learner.timeout_s)  # until the next update
         return synced
+
+    def _on_every_worker(self, method: str, args: dict[int, tuple], timeout_s: float) -> list:
+        """`method` on every rollout worker (a restarted one retried); their results in worker order."""
+        import ray
+
+        done = self.rollout.map(method, args, timeout_s)
+        return ray.get([done[i] for i in range(len(self.rollout))])
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
         """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record.

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
 import statistics
 import time
+from collections import deque
 from pathlib import Path
 
 from rlhf_ray.cluster import ActorGroupError, connect
-
-from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rl.held_out import act_on, as_eval, final_policy, held_out_point_of, keep_best, replayed_monitor
 from rlhf_ray.rl.phases import Synced
 from rlhf_ray.rl.policy_eval import policy_change

@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.cluster import connect
-
-from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, ConfigError
 from rlhf_ray.data.schema import Group, load_groups
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm import eval_metrics as M
 from rlhf_ray.rm.best_of_n import best_of_n_curve
 from rlhf_ray.scoring.aggregate import aggregate, transform

@@ -9,12 +9,11 @@ import numpy as np
 import yaml
 
 from rlhf_ray.cluster import connect
-
-from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, UtilityConfig
 from rlhf_ray.data.loaders import load_split
 from rlhf_ray.data.schema import Group
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm import eval_metrics as M
 from rlhf_ray.rm.objective import flatten_groups
 from rlhf_ray.rm.theory import optimal_rewards

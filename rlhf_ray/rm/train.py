@@ -8,14 +8,13 @@ import json
 from pathlib import Path
 
 from rlhf_ray.cluster import connect
-
-from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
 from rlhf_ray.models.aliases import resolve_model
+from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm.actor import RMTrainerGroup
-from rlhf_ray.utils.runlog import RunLogger
 from rlhf_ray.utils import storage
+from rlhf_ray.utils.runlog import RunLogger
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")

@@ -6,9 +6,8 @@ import json
 import ray
 from ray.cluster_utils import Cluster
 
-from rlhf_ray.cluster import ACTOR_ENV
-
 from rlhf_ray.actor_group import ActorGroup
+from rlhf_ray.cluster import ACTOR_ENV
 from rlhf_ray.config import ActorGroupConfig
 
 
@@ -30,8 +29,8 @@ def colocated() -> dict:
     in bundle i of one placement group, as RLGroups places them."""
     from ray.util.placement_group import remove_placement_group
 
-    from rlhf_ray.placement import reserve_bundles
     from rlhf_ray.config import load_config
+    from rlhf_ray.placement import reserve_bundles
     from rlhf_ray.rl.groups import colocated_bundles
 
     cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_workers=4", "rollout.num_gpus=0.5",

@@ -3,9 +3,8 @@ logprobs, live weight sync whose logprobs then equal the learner's, and a sync t
 import pytest
 import torch
 
-from rlhf_ray.cluster import ActorGroupError
-
 from rlhf_ray.actor_group import ActorGroup
+from rlhf_ray.cluster import ActorGroupError
 from rlhf_ray.config import ActorGroupConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling, Weights

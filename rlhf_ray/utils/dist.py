@@ -74,6 +74,7 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     )
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    clear_stale_build_lock(extensions_dir())
     import deepspeed
 
     timeout = timedelta(seconds=timeout_s)
@@ -89,6 +90,35 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
     if not torch.cuda.is_available():
         torch.distributed.barrier()  # every rank has mapped the others' segment: the names can go
         shm_segment(master_addr, master_port, rank).unlink(missing_ok=True)
+
+
+def extensions_dir() -> Path:
+    """Where torch builds DeepSpeed's JIT ops (the CPU shm allreduce): inside this environment, so two
+    environments on one machine (a checkout and a fresh clone) do not rebuild one shared copy in turn."""
+    import sys
+
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
+    default = Path.home() / ".cache" / "torch_extensions"  # torch's own, used as torch would use it
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"]) if "TORCH_EXTENSIONS_DIR" in os.environ else default
+
+
+STALE_BUILD_LOCK_S = 900  # a build of the shm op takes about a minute on 2 cores
+
+
+def clear_stale_build_lock(root: Path, max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove build locks older than any build takes. torch's JIT build holds `<op>/lock` while it
+    compiles and waits forever while the file exists; a process killed mid-build leaves it behind, and
+    every later DeepSpeed start-up would hang on it. Returns the locks removed."""
+    import time
+
+    removed = []
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:  # <dir>/<op>/lock or torch's <dir>/py311_cpu/<op>/lock
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+    return removed
 
 
 def shm_segment(master_addr: str, master_port: int, rank: int) -> Path:

@@ -139,3 +139,9 @@ class RLOOConfig(Section):
     max_staleness: int = Field(1, ge=0)
     save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
     keep_checkpoints: int = Field(2, ge=1)
+
+    @property
+    def generation_lag(self) -> int:
+        """Batches generating ahead of the learner: all the driver's loop reads of `overlap`, so a run with
+        max_staleness 0 is the on-policy run."""
+        return self.max_staleness if self.overlap else 0

@@ -162,7 +162,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
         action, last_scores, kls = None, None, []
-        lag = cfg.rloo.max_staleness if cfg.rloo.overlap else 0  # batches generating ahead of the learner
+        lag = cfg.rloo.generation_lag  # batches generating ahead of the learner
         in_flight: deque = deque()  # (batch, Generating), oldest first
 
         def start_generating(step: int) -> None:  # on the weights the workers hold now

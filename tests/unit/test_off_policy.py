@@ -61,3 +61,13 @@ def test_off_leaves_the_loss_as_it_was_and_a_weight_scales_it():
     assert halved.item() == pytest.approx(plain.item() / 2)
     with pytest.raises(ValueError, match="unknown behaviour correction"):
         O.behaviour_weights(old, behaviour, mask, "ppo", 2.0, per_sequence=True)
+
+
+@pytest.mark.parametrize("overlap, max_staleness, lag", [(False, 1, 0), (False, 3, 0), (True, 0, 0), (True, 1, 1),
+                                                         (True, 2, 2)])
+def test_generation_lag_is_zero_unless_overlap_lets_batches_run_ahead(overlap, max_staleness, lag):
+    """The driver's loop reads `overlap` only through this lag, so overlap with max_staleness 0 is the on-policy
+    loop itself (the integration test runs only the lagged case)."""
+    from rlhf_ray.config.rl import RLOOConfig
+
+    assert RLOOConfig(overlap=overlap, max_staleness=max_staleness).generation_lag == lag

@@ -18,7 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-METRICS_PORT = _free_port()  # Ray's Prometheus endpoint for this session (test_dashboard_metrics reads it)
+METRICS_PORT = _free_port()  # Ray's Prometheus endpoint for this session (shared.scrape_metrics reads it)
 os.environ["RLHF_RAY_TEST_METRICS_PORT"] = str(METRICS_PORT)
 
 

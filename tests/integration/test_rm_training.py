@@ -8,7 +8,7 @@ import torch
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rm.train import train_reward_model
-from tests.integration.shared import LOSSES
+from tests.integration.shared import LOSSES, scrape_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -102,19 +102,26 @@ def test_two_workers_lower_the_loss_and_write_a_loadable_checkpoint(ray_local, t
 
 def test_global_bsr_over_two_ranks_pulls_the_batch_mean_to_zero(ray_local, testbeds, tmp_path):
     """The same 12 steps (seed, batches) with and without global BSR, from a model whose rewards start
-    near 1: with BSR the batch reward mean (what it pushes to 0 across both ranks) ends much closer to 0."""
+    near 1: with BSR the batch reward mean (what it pushes to 0 across both ranks) ends much closer to 0.
+    The BSR run's metrics reach Ray's metrics endpoint (the dashboard's), tagged with the run."""
     def batch_means(coef):
         out = tmp_path / f"coef{coef}"
         cfg = _config(testbeds, out, "model.name=tiny-llama", "data.testbed=collapse", "data.eval=eval",
                       "rm.batch_size=4", "rm.epochs=3", "rm.lr=1e-4", "rm.warmup_ratio=0",
                       f"loss.bsr.coef={coef}", "loss.bsr.scope=global")
-        train_reward_model(cfg)
+        summary = train_reward_model(cfg)
+        assert sorted(summary["placement"]) == ["rm-trainer-0", "rm-trainer-1"]  # actors named by role and rank
         _, rows = _train_losses(out / "run")
-        return [abs(r["batch_reward_mean"]) for r in rows if r["split"] == "train"]
+        return [r["batch_reward_mean"] for r in rows if r["split"] == "train"], str(out / "run")
 
-    without, with_bsr = batch_means(0.0), batch_means(1.0)
+    (signed_without, _), (signed_with_bsr, bsr_run) = batch_means(0.0), batch_means(1.0)
+    without, with_bsr = [abs(x) for x in signed_without], [abs(x) for x in signed_with_bsr]
     assert len(without) == len(with_bsr) == 12 and with_bsr[0] == pytest.approx(without[0])  # the same start
     assert sum(with_bsr[-4:]) < 0.5 * sum(without[-4:]), (with_bsr, without)
+    values = scrape_metrics(["rlhf_rm_loss", "rlhf_rm_accuracy", "rlhf_rm_bsr_batch_reward_mean",
+                             "rlhf_rm_step_seconds"], bsr_run,
+                            expect={"rlhf_rm_bsr_batch_reward_mean": signed_with_bsr[-1]})  # the last step's value
+    assert 0 <= values["rlhf_rm_accuracy"] <= 1 and values["rlhf_rm_step_seconds"] > 0
 
 
 def test_two_zero3_ranks_on_ray_score_the_first_batch_as_one_rank_and_gather_the_checkpoint(ray_local, testbeds,

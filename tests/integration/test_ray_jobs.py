@@ -79,7 +79,7 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
 
     out = tmp_path / "job"
     entrypoint = (f"rlhf-ray train-rm --config {ROOT / 'configs' / 'rm_bt_gold.yaml'} model.name=tiny-llama "
-                  f"rm.max_steps=2 rm.batch_size=4 rm.num_cpus=0.5 data.dir={testbeds} output_dir={out} "
+                  f"rm.max_steps=2 rm.batch_size=4 rm.num_workers=1 data.dir={testbeds} output_dir={out} "
                   "tensorboard=false")
     deadline = time.monotonic() + 120
     while True:  # the dashboard answers before the head's job agent is ready: "No available agent ..."

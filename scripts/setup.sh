@@ -47,4 +47,17 @@ if [ ! -f "$TCMALLOC" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg
   fi
   rm -rf "$tmp"
 fi
+# DeepSpeed's CPU shared-memory allreduce is a C++ op that torch builds on first use (about 40 s on 2 cores):
+# built here once, into the venv (rlhf_ray.utils.dist.extensions_dir), instead of in the first training run.
+if [ "$DEVICE" = cpu ] && [ ! -f .venv/torch_extensions/deepspeed_shm_comm/deepspeed_shm_comm.so ]; then
+  if DS_ACCELERATOR=cpu .venv/bin/python -c "
+from rlhf_ray.utils.dist import extensions_dir
+extensions_dir()
+from deepspeed.accelerator import get_accelerator
+get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >.venv/.ds-op-build.log 2>&1; then
+    echo "[setup] DeepSpeed's CPU allreduce op built into .venv/torch_extensions"
+  else
+    echo "[setup] DeepSpeed's CPU allreduce op not built (.venv/.ds-op-build.log): the first training builds it"
+  fi
+fi
 echo "[setup] .venv ready ($DEVICE)"

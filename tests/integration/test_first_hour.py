@@ -39,7 +39,7 @@ def _listening(pids: set[int]) -> set[str]:
 
 def _cli_listening(cwd: Path, *argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     """`_cli`, and every TCP address that the command and all it started (its local Ray instance: GCS,
-    raylet, agents, workers; the actors' rendezvous) listened on while it ran, polled twice a second."""
+    raylet, agents, workers; the actors' rendezvous) listened on while it ran, polled every second (a server lives as long as its run)."""
     import tempfile
 
     import psutil
@@ -55,7 +55,7 @@ def _cli_listening(cwd: Path, *argv: str) -> tuple[subprocess.CompletedProcess, 
             except psutil.NoSuchProcess:
                 break
             seen |= _listening(tree)
-            time.sleep(0.5)
+            time.sleep(1.0)
         proc.wait()
         out.seek(0), err.seek(0)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()), seen

@@ -39,7 +39,7 @@ def _listening(pids: set[int]) -> set[str]:
 
 def _cli_listening(cwd: Path, *argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     """`_cli`, and every TCP address that the command and all it started (its local Ray instance: GCS,
-    raylet, agents, workers; the actors' rendezvous) listened on while it ran, polled every second (a server lives as long as its run)."""
+    raylet, agents, workers; the actors' rendezvous) listened on while it ran, polled every second."""
     import tempfile
 
     import psutil

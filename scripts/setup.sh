@@ -53,8 +53,8 @@ if [ "$DEVICE" = cpu ] && [ ! -f .venv/torch_extensions/deepspeed_shm_comm/deeps
   if DS_ACCELERATOR=cpu .venv/bin/python -c "
 from rlhf_ray.utils.dist import extensions_dir
 extensions_dir()
-from deepspeed.accelerator import get_accelerator
-get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >.venv/.ds-op-build.log 2>&1; then
+from deepspeed.comm.torch import build_shm_op  # what DeepSpeed calls on its first CPU start-up
+assert build_shm_op() is not None" >.venv/.ds-op-build.log 2>&1; then
     echo "[setup] DeepSpeed's CPU allreduce op built into .venv/torch_extensions"
   else
     echo "[setup] DeepSpeed's CPU allreduce op not built (.venv/.ds-op-build.log): the first training builds it"

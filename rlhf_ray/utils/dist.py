@@ -93,14 +93,14 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
 
 
 def extensions_dir() -> Path:
-    """Where torch builds DeepSpeed's JIT ops (the CPU shm allreduce): inside this environment, so two
-    environments on one machine (a checkout and a fresh clone) do not rebuild one shared copy in turn."""
+    """Where torch builds DeepSpeed's JIT ops (the CPU shm allreduce), set for this process: inside this
+    environment, so two environments on one machine (a checkout and a fresh clone) do not rebuild one shared
+    copy in turn."""
     import sys
 
     if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
         os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
-    default = Path.home() / ".cache" / "torch_extensions"  # torch's own, used as torch would use it
-    return Path(os.environ["TORCH_EXTENSIONS_DIR"]) if "TORCH_EXTENSIONS_DIR" in os.environ else default
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))  # else torch's
 
 
 STALE_BUILD_LOCK_S = 900  # a build of the shm op takes about a minute on 2 cores

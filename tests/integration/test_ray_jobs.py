@@ -82,8 +82,10 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
                   f"rm.max_steps=2 rm.batch_size=4 rm.num_workers=1 data.dir={testbeds} output_dir={out} "
                   "tensorboard=false")
     deadline = time.monotonic() + 120
-    while True:  # the dashboard answers before the head's job agent is ready: "No available agent ..." (or, on
-        try:     # busy cores, a dropped connection), as a user submitting to a head that just came up sees
+    # the dashboard answers before the head's job agent is ready: "No available agent ..." or, on busy cores, a
+    # dropped connection, as a user submitting to a head that just came up sees
+    while True:
+        try:
             response = requests.post(f"{url}/api/jobs/", json={"entrypoint": entrypoint}, headers=_auth_headers(),
                                      timeout=30)
         except requests.ConnectionError:

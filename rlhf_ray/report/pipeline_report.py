@@ -116,7 +116,35 @@ def _best_of_n_lines(bon: dict, out_dir: Path) -> list[str]:
                          f"[{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}] | "
                          f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} |")
     figures = sorted(out_dir.glob("**/bon/best_of_n.png"))
-    return lines + [""] + [f"![best-of-n]({f.relative_to(out_dir)})" for f in figures] + [""]
+    return [*lines, "", *_best_of_n_seed_lines(bon), *(f"![best-of-n]({f.relative_to(out_dir)})" for f in figures), ""]
+
+
+def best_of_n_over_seeds(bon: dict) -> dict:
+    """Per reward source, the mean and (population) std over seeds of its policy-sample tau and of its
+    best-of-N gold gain (N: the largest n of each curve). bon: {seed: {source: curve}}."""
+    by_source: dict[str, list[dict]] = {}
+    for sources in bon.values():
+        for name, source in sources.items():
+            by_source.setdefault(name, []).append(source)
+    summary = {}
+    for name, curves in by_source.items():
+        tau = np.array([c["policy_tau"]["value"] for c in curves])
+        gain = np.array([c["best_of_n"][-1]["gold_gain"] for c in curves])
+        summary[name] = {"seeds": len(curves), "policy_tau_mean": float(tau.mean()),
+                         "policy_tau_std": float(tau.std()), "gold_gain_mean": float(gain.mean()),
+                         "gold_gain_std": float(gain.std())}
+    return summary
+
+
+def _best_of_n_seed_lines(bon: dict) -> list[str]:
+    if len(bon) < 2:
+        return []
+    lines = ["Mean ± std over seeds (gold gain: best-of-N minus best-of-1):", "",
+             "| source | seeds | policy-sample tau | gold gain |", "|---|---|---|---|"]
+    for name, s in best_of_n_over_seeds(bon).items():
+        lines.append(f"| {name} | {s['seeds']} | {s['policy_tau_mean']:.3f} ± {s['policy_tau_std']:.3f} | "
+                     f"{s['gold_gain_mean']:+.3f} ± {s['gold_gain_std']:.3f} |")
+    return lines + [""]
 
 
 def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[str]:
@@ -174,6 +202,7 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
 
     numbers = {"seeds": seeds, "minutes": minutes, "reward_models": [rm_numbers(r) for r in rm_results],
                "best_of_n": {str(seed): sources for seed, sources in bon.items()},
+               "best_of_n_over_seeds": best_of_n_over_seeds(bon),
                "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"], "run_dir": str(r["run_dir"]),
                          "held_out": r["held_out"], "held_out_curve": r["held_out_curve"], "steps": r["steps"]}
                         for r in runs]}

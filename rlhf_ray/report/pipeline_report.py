@@ -98,7 +98,7 @@ def _reward_model_lines(rm_results: list[dict], several_seeds: bool) -> list[str
     return lines + ["", "Details, plots and confidence intervals: [rm/report.md](rm/report.md).", ""]
 
 
-def _best_of_n_lines(bon: dict, out_dir: Path) -> list[str]:
+def _best_of_n_lines(bon: dict, over_seeds: dict, out_dir: Path) -> list[str]:
     if not bon:
         return []
     lines = ["## Best-of-n on the policy's held-out samples", "",
@@ -115,8 +115,8 @@ def _best_of_n_lines(bon: dict, out_dir: Path) -> list[str]:
                          f"{first['gold']:.3f} | {last['gold']:.3f} (n={last['n']}) | {last['gold_gain']:+.3f} "
                          f"[{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}] | "
                          f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} |")
-    figures = sorted(out_dir.glob("**/bon/best_of_n.png"))
-    return [*lines, "", *_best_of_n_seed_lines(bon), *(f"![best-of-n]({f.relative_to(out_dir)})" for f in figures), ""]
+    figures = [f"![best-of-n]({f.relative_to(out_dir)})" for f in sorted(out_dir.glob("**/bon/best_of_n.png"))]
+    return [*lines, "", *_best_of_n_seed_lines(over_seeds), *figures, ""]
 
 
 def best_of_n_over_seeds(bon: dict) -> dict:
@@ -136,12 +136,12 @@ def best_of_n_over_seeds(bon: dict) -> dict:
     return summary
 
 
-def _best_of_n_seed_lines(bon: dict) -> list[str]:
-    if len(bon) < 2:
+def _best_of_n_seed_lines(over_seeds: dict) -> list[str]:
+    if max((s["seeds"] for s in over_seeds.values()), default=0) < 2:
         return []
     lines = ["Mean ± std over seeds (gold gain: best-of-N minus best-of-1):", "",
              "| source | seeds | policy-sample tau | gold gain |", "|---|---|---|---|"]
-    for name, s in best_of_n_over_seeds(bon).items():
+    for name, s in over_seeds.items():
         lines.append(f"| {name} | {s['seeds']} | {s['policy_tau_mean']:.3f} ± {s['policy_tau_std']:.3f} | "
                      f"{s['gold_gain_mean']:+.3f} ± {s['gold_gain_std']:.3f} |")
     return lines + [""]
@@ -191,7 +191,8 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
     lines = [f"# {title}", "", f"Seed{'s' if several_seeds else ''} {', '.join(map(str, seeds))}; "
              f"{minutes:.1f} min end to end. Numbers: `pipeline.json`.", ""]
     lines += _reward_model_lines(rm_results, several_seeds)
-    lines += _best_of_n_lines(bon, out_dir)
+    bon_over_seeds = best_of_n_over_seeds(bon)
+    lines += _best_of_n_lines(bon, bon_over_seeds, out_dir)
     lines += _rloo_lines(runs, several_seeds, out_dir)
 
     def rm_numbers(r: dict) -> dict:
@@ -202,7 +203,7 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
 
     numbers = {"seeds": seeds, "minutes": minutes, "reward_models": [rm_numbers(r) for r in rm_results],
                "best_of_n": {str(seed): sources for seed, sources in bon.items()},
-               "best_of_n_over_seeds": best_of_n_over_seeds(bon),
+               "best_of_n_over_seeds": bon_over_seeds,
                "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"], "run_dir": str(r["run_dir"]),
                          "held_out": r["held_out"], "held_out_curve": r["held_out_curve"], "steps": r["steps"]}
                         for r in runs]}

@@ -6,16 +6,19 @@
 Every stage is the command of the same name, run with its own config file plus the pipeline's
 overrides; its outputs land under `<output_dir>/rm/<name>`, `<output_dir>/bon/<seed>` and
 `<output_dir>/rloo/<name>`, where a name is the variant (`bt`), with `-s<seed>` when there are several
-seeds. An ensemble (`pipeline.ensembles`) is the mean of its variants' models of the same seed.
+seeds. An ensemble (`pipeline.ensembles`) is the mean of its variants' models of the same seed. A stage
+that already finished with the same config and inputs is reused, not run again (`finished_stages.py`).
 """
 from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from rlhf_ray.config import Config, ConfigError, find_config, load_config
 from rlhf_ray.data.loaders import prepare
+from rlhf_ray.finished_stages import FinishedStages, data_fingerprint
 from rlhf_ray.report.experiment_report import write_experiment_report
 from rlhf_ray.report.pipeline_report import write_pipeline_report
 from rlhf_ray.rl.loop import run_rloo
@@ -92,13 +95,16 @@ def sample_policy(cfg: Config, rl_cfg: Config) -> None:
     add_policy_samples(cfg.model_copy(update={"policy": rl_cfg.policy, "rollout": rl_cfg.rollout}))
 
 
-def best_of_n(cfg: Config, models: dict[str, str], seed: int, prompt_types: list[str]) -> dict:
+def best_of_n(cfg: Config, stages: FinishedStages, models: dict[str, str], summaries: list[Path], seed: int,
+              prompt_types: list[str]) -> dict:
     """best-of-n curves of every reward model of one seed (and their ensembles), on the prompt types the
-    RLOO runs train on; written to <output_dir>/bon (bon-s<seed> with several seeds)."""
+    RLOO runs train on; written to <output_dir>/bon (bon-s<seed> with several seeds). `summaries`: the
+    reward models' training summaries (what the stage's result depends on)."""
     stage = Path(cfg.output_dir) / ("" if len(seeds_of(cfg)) == 1 else f"bon-s{seed}")
     overrides = [f"reward.models=[{', '.join(models.values())}]", f"bon.names=[{', '.join(models)}]",
                  f"bon.prompt_types=[{', '.join(prompt_types)}]"]
-    return run_bon(stage_config(cfg, None, overrides, stage, seed))["sources"]
+    bon_cfg = stage_config(cfg, None, overrides, stage, seed)
+    return stages.reuse_or_run(bon_cfg, stage / "bon" / "bon.json", summaries, partial(run_bon, bon_cfg))["sources"]
 
 
 def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) -> dict:
@@ -112,34 +118,44 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
         say(name, f"sampling the policy ({rl_cfg.policy.name}) for the reward models' data")
         sample_policy(cfg, rl_cfg)
 
+    stages = FinishedStages(name, pc.reuse_finished, data_fingerprint(cfg.data.dir))
+
     reward_models = []
     for i, ((variant, seed), rm_cfg) in enumerate(rm_cfgs.items(), start=1):
         say(name, f"reward model {i}/{len(rm_cfgs)}: {run_name(variant, seed, cfg)} ({pc.reward_models[variant]})")
-        model = train_reward_model(rm_cfg)["model"]
-        result = evaluate_reward_model(rm_cfg, model) if pc.evaluate_rm else None
+        rm_summary = Path(rm_cfg.output_dir) / "summary.json"
+        model = stages.reuse_or_run(rm_cfg, rm_summary, [], partial(train_reward_model, rm_cfg))["model"]
+        eval_json = Path(rm_cfg.eval.out_dir or Path(rm_cfg.output_dir) / "eval") / "eval.json"
+        evaluate = partial(evaluate_reward_model, rm_cfg, model)
+        result = stages.reuse_or_run(rm_cfg, eval_json, [rm_summary], evaluate) if pc.evaluate_rm else None
         reward_models.append({"variant": variant, "seed": seed, "model": model, "run_dir": rm_cfg.output_dir,
                               "eval": result})
     if pc.evaluate_rm:
         write_experiment_report(out / "rm", reward_models, cfg, title=f"rlhf-ray {name}: reward models")
 
     models = {(r["variant"], r["seed"]): r["model"] for r in reward_models}
+    # a reward model's training summary: what every stage scoring with it depends on
+    summaries = {key: Path(rm_cfg.output_dir) / "summary.json" for key, rm_cfg in rm_cfgs.items()}
     bon = {}
     if cfg.prepare.policy_samples.enabled and pc.best_of_n:
         for seed in seeds_of(cfg):
             say(name, f"best-of-n curves (seed {seed})")
-            bon[seed] = best_of_n(cfg, {v: models[(v, seed)] for v in pc.reward_models}, seed,
-                                  rl_cfg.rloo.prompt_types)
+            bon[seed] = best_of_n(cfg, stages, {v: models[(v, seed)] for v in pc.reward_models},
+                                  [summaries[(v, seed)] for v in pc.reward_models], seed, rl_cfg.rloo.prompt_types)
 
     rloo_runs = []
     runs = [(target, seed) for seed in seeds_of(cfg) for target in rloo_targets(cfg)]
     for i, (target, seed) in enumerate(runs, start=1):
-        members = [models[(m, seed)] for m in pc.ensembles.get(target, [target])]
+        members = [(m, seed) for m in pc.ensembles.get(target, [target])]
         say(name, f"RLOO {i}/{len(runs)} against {run_name(target, seed, cfg)} ({pc.rloo})")
-        rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{', '.join(members)}]"],
+        rl_cfg = stage_config(cfg, pc.rloo,
+                              [*pc.rloo_overrides, f"reward.models=[{', '.join(models[m] for m in members)}]"],
                               out / "rloo" / run_name(target, seed, cfg), seed)
-        rloo_runs.append({"reward_model": target, "seed": seed, "run_dir": rl_cfg.output_dir,
-                          "summary": run_rloo(rl_cfg)})
+        summary = stages.reuse_or_run(rl_cfg, Path(rl_cfg.output_dir) / "summary.json",
+                                      [summaries[m] for m in members], partial(run_rloo, rl_cfg))
+        rloo_runs.append({"reward_model": target, "seed": seed, "run_dir": rl_cfg.output_dir, "summary": summary})
 
     minutes = (time.monotonic() - start) / 60
-    report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes, f"rlhf-ray {name}")
+    report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes, f"rlhf-ray {name}",
+                                   reused=len(stages.reused))
     return {"report": str(report), "minutes": minutes}

@@ -73,3 +73,4 @@ class PipelineConfig(Section):
     ensembles: dict[str, list[str]] = {}  # name -> reward_models whose models (same seed) it averages
     rloo_against: Optional[list[str]] = None  # reward models / ensembles RLOO runs against; None: all
     best_of_n: bool = True  # best-of-n curves of every reward model (needs prepare.policy_samples)
+    reuse_finished: bool = True  # a stage that finished with the same config and inputs is not run again

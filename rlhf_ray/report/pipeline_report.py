@@ -180,16 +180,19 @@ def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[st
 
 
 def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo_runs: list[dict], cfg,
-                          minutes: float, title: str) -> Path:
+                          minutes: float, title: str, reused: int = 0) -> Path:
     """rm_results: [{"variant", "seed", "model", "eval" (or None)}]; bon: {seed: {source: curve}};
-    rloo_runs: [{"reward_model", "seed", "run_dir", "summary"}]."""
+    rloo_runs: [{"reward_model", "seed", "run_dir", "summary"}]; reused: how many stages finished in an
+    earlier invocation (`minutes` is this one's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     several_seeds = len({r["seed"] for r in rm_results}) > 1
     runs = [{**r, "steps": read_steps(r["run_dir"]), "held_out": r["summary"].get("held_out"),
              "held_out_curve": r["summary"].get("held_out_curve", [])} for r in rloo_runs]
     seeds = sorted({r["seed"] for r in rm_results})
     lines = [f"# {title}", "", f"Seed{'s' if several_seeds else ''} {', '.join(map(str, seeds))}; "
-             f"{minutes:.1f} min end to end. Numbers: `pipeline.json`.", ""]
+             f"{minutes:.1f} min end to end"
+             f"{f' (this invocation; {reused} stages reused from an earlier one)' if reused else ''}. "
+             "Numbers: `pipeline.json`.", ""]
     lines += _reward_model_lines(rm_results, several_seeds)
     bon_over_seeds = best_of_n_over_seeds(bon)
     lines += _best_of_n_lines(bon, bon_over_seeds, out_dir)
@@ -201,7 +204,8 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
                 **(headline(r["eval"]) if r.get("eval") else {}),
                 **({"best_of_n": source["best_of_n"], "bon_policy_tau": source["policy_tau"]} if source else {})}
 
-    numbers = {"seeds": seeds, "minutes": minutes, "reward_models": [rm_numbers(r) for r in rm_results],
+    numbers = {"seeds": seeds, "minutes": minutes, "stages_reused": reused,
+               "reward_models": [rm_numbers(r) for r in rm_results],
                "best_of_n": {str(seed): sources for seed, sources in bon.items()},
                "best_of_n_over_seeds": bon_over_seeds,
                "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"], "run_dir": str(r["run_dir"]),

@@ -34,9 +34,7 @@ def test_demo_with_small_settings(tmp_path, capsys):
                  "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
                  "prepare.policy_samples.max_new_tokens=8", f"pipeline.rm_overrides=[{', '.join(rm)}]",
                  f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]"]
-    done = subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "demo", *overrides], cwd=ROOT,
-                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True,
-                          text=True, timeout=1200)
+    done = _demo(overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     shown = done.stderr + done.stdout
     assert own_fraction(shown) >= 0.8, shown
@@ -70,6 +68,32 @@ def test_demo_with_small_settings(tmp_path, capsys):
     for png in ("rloo_curves.png", "held_out_gain.png", "rl_over_optimisation.png", "rm/scenarios.png",
                 "bon/best_of_n.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    _assert_a_second_run_reuses_every_finished_stage(overrides, tmp_path, numbers)
+
+
+def _demo(overrides: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_ray.cli", "demo", *overrides], cwd=ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, capture_output=True,
+                          text=True, timeout=1200)
+
+
+def _assert_a_second_run_reuses_every_finished_stage(overrides: list[str], out: Path, numbers: dict):
+    """The same command again (as after a crash, or with a stage added): every stage finished with the same
+    config and inputs, so none runs (no actor, no training line) and the report holds the same numbers."""
+    stages = [out / "rm" / rm / result for rm in ("bt", "bsr") for result in ("summary.json", "eval/eval.json")]
+    stages += [out / "bon" / "bon.json", out / "rloo" / "bt" / "summary.json"]
+    written = {stage: stage.stat().st_mtime_ns for stage in stages}
+    again = _demo(overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in stages:
+        assert f"reused {stage} (finished with the same config and inputs)" in again.stderr
+        assert stage.stat().st_mtime_ns == written[stage]
+    assert "[train-rm]" not in again.stderr and "[rloo]" not in again.stderr, again.stderr
+    renumbered = json.loads((out / "pipeline.json").read_text())
+    for key in ("reward_models", "best_of_n", "rloo"):
+        assert renumbered[key] == numbers[key]
+    assert numbers["stages_reused"] == 0 and renumbered["stages_reused"] == len(stages)
+    assert f"(this invocation; {len(stages)} stages reused from an earlier one)" in (out / "report.md").read_text()
 
 
 def _assert_the_policys_samples_are_in_the_gold_testbed(gold, train_k: int, eval_k: int, valid_prompts: int):

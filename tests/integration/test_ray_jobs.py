@@ -2,11 +2,13 @@
 through the Jobs REST API, polled until SUCCEEDED; the command joined that cluster (no local instance)."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,24 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are picked (one closed early can be handed
+    out again to the next bind)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _head_logs(head_log: Path, temp_dir: Path) -> str:
+    """What a failure shows: `ray start`'s output and the end of the head's dashboard log."""
+    dashboard = sorted(temp_dir.glob("session_*/logs/dashboard.log"))
+    return (f"ray start: {head_log.read_text()[-2000:]}\n"
+            f"dashboard.log: {dashboard[-1].read_text()[-3000:] if dashboard else '(none)'}")
 
 
 def _auth_headers() -> dict:
@@ -35,15 +51,18 @@ def ray_head(tmp_path):
     """`ray start --head --block` in its own process group: stopping it stops this head only. Every port
     is free-picked: another Ray instance on the machine (the session's) holds the agent's default 52365,
     and an agent that cannot bind leaves the Jobs API with "No available agent"."""
-    port, dashboard = _free_port(), _free_port()
-    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    port, dashboard, *agents = _free_ports(6)
+    agent_ports = [f"--dashboard-agent-listen-port={agents[0]}", f"--dashboard-agent-grpc-port={agents[1]}",
+                   f"--runtime-env-agent-port={agents[2]}", f"--metrics-export-port={agents[3]}"]
+    # this head's own session folder (short: Ray's socket paths must stay under 108 characters), for its logs
+    temp_dir = Path(f"/tmp/ray-job-test-{port}")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [f"{bin_dir}/ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats", *agent_ports],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}", *agent_ports],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{dashboard}"
@@ -57,22 +76,23 @@ def ray_head(tmp_path):
         except requests.ConnectionError:
             pass
         if time.monotonic() > deadline or head.poll() is not None:
-            raise RuntimeError(f"the Ray head did not come up: {(tmp_path / 'head.log').read_text()[-2000:]}")
+            raise RuntimeError(f"the Ray head did not come up: {_head_logs(tmp_path / 'head.log', temp_dir)}")
         time.sleep(1)
-    yield url, dashboard
+    yield url, dashboard, head, partial(_head_logs, tmp_path / "head.log", temp_dir)
     os.killpg(head.pid, signal.SIGTERM)
     try:  # a graceful stop of a head takes half a minute on 2 cores; this one's state is not needed after
         head.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
     import psutil
     import requests
 
-    url, dashboard = ray_head
+    url, dashboard, head, head_logs = ray_head
     listening = {c.laddr.ip for c in psutil.net_connections("tcp")
                  if c.status == "LISTEN" and c.laddr.port == dashboard}
     assert listening == {"127.0.0.1"}  # the dashboard (and the Jobs API) is not reachable from outside
@@ -88,14 +108,14 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
         try:
             response = requests.post(f"{url}/api/jobs/", json={"entrypoint": entrypoint}, headers=_auth_headers(),
                                      timeout=30)
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
+        except requests.ConnectionError as err:
+            if time.monotonic() > deadline or head.poll() is not None:
+                raise AssertionError(f"the head's Jobs API did not answer ({err}); {head_logs()}") from err
         else:
             if response.ok or "No available agent" not in response.text or time.monotonic() > deadline:
                 break
         time.sleep(2)
-    assert response.ok, response.text
+    assert response.ok, f"{response.text}; {head_logs()}"
     job_id = response.json()["submission_id"]
 
     status, deadline = None, time.monotonic() + 600

@@ -35,16 +35,31 @@ def label(run: dict, several_seeds: bool) -> str:
     return f"{run['reward_model']} s{run['seed']}" if several_seeds else run["reward_model"]
 
 
+def _line_styles(runs: list[dict]) -> list[dict]:
+    """Per run, its plot style: one colour per reward model, one line style per seed (a dozen runs stay
+    readable; matplotlib's ten colours in turn would repeat)."""
+    colours = {target: f"C{i}" for i, target in enumerate(dict.fromkeys(r["reward_model"] for r in runs))}
+    dashes = dict(zip(sorted({r["seed"] for r in runs}), ["-", "--", ":", "-."] * len(runs)))
+    return [{"color": colours[r["reward_model"]], "ls": dashes[r["seed"]]} for r in runs]
+
+
+def _legend(axes, runs: list[dict]) -> None:
+    if len(runs) <= 4:
+        axes[0].legend(fontsize=7)
+    else:  # beside the plots, where it hides no curve; long handles show the seeds' line styles
+        axes[-1].legend(fontsize=7, handlelength=3.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+
+
 def _curves_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> str:
     plt = _plt()
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.0 * len(CURVES), 3.3))
-    for run in runs:
+    for run, style in zip(runs, _line_styles(runs)):
         steps = run["steps"]
         for ax, (key, title) in zip(axes, CURVES):
             ax.plot([s["step"] for s in steps], [s[key] for s in steps], marker="o", ms=3,
-                    label=label(run, several_seeds))
+                    label=label(run, several_seeds), **style)
             ax.set(title=title, xlabel="RLOO step")
-    axes[0].legend(fontsize=7)
+    _legend(axes, runs)
     return save_figure(plt, fig, out_dir / "rloo_curves.png")
 
 
@@ -52,17 +67,17 @@ def _over_optimisation_figure(out_dir: Path, runs: list[dict], several_seeds: bo
     """Held-out gold and proxy against the KL, every `rloo.eval_every` steps (step 0: the initial policy)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for run in runs:
+    for run, style in zip(runs, _line_styles(runs)):
         curve = run["held_out_curve"]
         kl = [p["kl"] for p in curve]
         for ax, key in zip(axes, ("gold", "proxy")):
-            line, = ax.plot(kl, [p[key] for p in curve], marker="o", ms=3, label=label(run, several_seeds))
+            ax.plot(kl, [p[key] for p in curve], marker="o", ms=3, label=label(run, several_seeds), **style)
             ax.fill_between(kl, [p[f"{key}_ci_low"] for p in curve], [p[f"{key}_ci_high"] for p in curve],
-                            color=line.get_color(), alpha=0.12)
+                            color=style["color"], alpha=0.12 if len(runs) <= 4 else 0.05)
     axes[0].set(title="held-out gold reward vs KL (95% CI over prompts)", xlabel="KL(policy || reference)",
                 ylabel="gold reward")
     axes[1].set(title="held-out proxy reward vs KL", xlabel="KL(policy || reference)", ylabel="proxy reward")
-    axes[0].legend(fontsize=7)
+    _legend(axes, runs)
     return save_figure(plt, fig, out_dir / "rl_over_optimisation.png")
 
 

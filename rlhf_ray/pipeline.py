@@ -119,11 +119,13 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
         sample_policy(cfg, rl_cfg)
 
     stages = FinishedStages(name, pc.reuse_finished, data_fingerprint(cfg.data.dir))
+    # a reward model's training summary: what every stage scoring with it depends on
+    summaries = {key: Path(rm_cfg.output_dir) / "summary.json" for key, rm_cfg in rm_cfgs.items()}
 
     reward_models = []
     for i, ((variant, seed), rm_cfg) in enumerate(rm_cfgs.items(), start=1):
         say(name, f"reward model {i}/{len(rm_cfgs)}: {run_name(variant, seed, cfg)} ({pc.reward_models[variant]})")
-        rm_summary = Path(rm_cfg.output_dir) / "summary.json"
+        rm_summary = summaries[(variant, seed)]
         model = stages.reuse_or_run(rm_cfg, rm_summary, [], partial(train_reward_model, rm_cfg))["model"]
         eval_json = Path(rm_cfg.eval.out_dir or Path(rm_cfg.output_dir) / "eval") / "eval.json"
         evaluate = partial(evaluate_reward_model, rm_cfg, model)
@@ -134,8 +136,6 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
         write_experiment_report(out / "rm", reward_models, cfg, title=f"rlhf-ray {name}: reward models")
 
     models = {(r["variant"], r["seed"]): r["model"] for r in reward_models}
-    # a reward model's training summary: what every stage scoring with it depends on
-    summaries = {key: Path(rm_cfg.output_dir) / "summary.json" for key, rm_cfg in rm_cfgs.items()}
     bon = {}
     if cfg.prepare.policy_samples.enabled and pc.best_of_n:
         for seed in seeds_of(cfg):

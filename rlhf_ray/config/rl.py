@@ -81,11 +81,17 @@ class LearnerConfig(ActorGroupConfig):
     # reinforce_pp_baseline (OpenRLHF's: group mean, then whitened over the batch)
     estimator: Literal["rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"] = "rloo"
     # reweight the loss by the sampling engine's log-probs (rl/off_policy.py): none, tis (truncated
-    # importance sampling at is_cap) or seq_mask (drop sequences whose mean token ratio is off by is_cap)
+    # importance sampling: the ratio clamped to [is_floor, is_cap], OpenRLHF's default floor) or seq_mask
+    # (drop sequences whose mean token ratio is off by is_cap; the loss averaged over the kept, as veRL)
     correction: Literal["none", "tis", "seq_mask"] = "none"
     is_cap: float = Field(2.0, gt=1)
+    is_floor: float = Field(0.5, ge=0, lt=1)
     kl_estimator: Literal["k1", "k3"] = "k1"
     beta: float = Field(0.05, ge=0)
+    # where beta x KL goes: `reward` (folded into the reward before the advantage: the RLOO paper's, TRL's
+    # RLOO and OpenRLHF's) or `loss` (the advantage from the score alone, beta x the per-token KL of the
+    # policy being trained added to the loss: TRL's GRPO, with kl_estimator k3). Default `reward`: RLOO's.
+    kl_penalty: Literal["reward", "loss"] = "reward"
     clip: float = Field(0.2, gt=0)
     lr: float = Field(2e-6, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)

@@ -15,8 +15,8 @@ from rlhf_ray.rl.engines.base import Rollouts, Weights
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
 from rlhf_ray.rl.weight_sync import bucket_plan, tensor_bytes
-from rlhf_ray.rl.rloo import CLIP_LOSSES, WHITENED, advantage_stats, advantages_of, centring, loss_denominator, \
-    whitening_sums
+from rlhf_ray.rl.rloo import CLIP_LOSSES, WHITENED, advantage_stats, advantages_of, centring, kl_loss, \
+    loss_denominator, whitening_sums
 from rlhf_ray.utils.actor_shell import actor_shell
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype
@@ -40,15 +40,33 @@ def micro_batch_loss(lc: LearnerConfig, logp_new, logp_old, logp_ref, batch: Pac
     reference folded in; a whitened estimator with the whole batch's `batch_sums`), the behaviour
     correction's weights (`learner.correction`, from the engine's log-probs), then the clipped loss.
     Returns (loss, clip fraction, advantages, per-token KL, the correction's sums or None)."""
-    adv, token_kl = advantages_of(lc.variant, scores.to(logp_old), logp_old, logp_ref, batch.mask, lc.beta, batch.k,
-                                  lc.kl_estimator, lc.estimator, batch_sums)
+    adv, token_kl = advantages_of(lc.variant, scores.to(logp_old), logp_old, logp_ref, batch.mask, reward_beta(lc),
+                                  batch.k, lc.kl_estimator, lc.estimator, batch_sums)
     weights, correction = None, None
     if batch.behaviour_logp is not None:  # measured always, applied when a correction is on
         weights, correction = behaviour_weights(logp_old, batch.behaviour_logp, batch.mask, lc.correction, lc.is_cap,
-                                                per_sequence=lc.variant == "sequence")
+                                                per_sequence=lc.variant == "sequence", is_floor=lc.is_floor)
     loss, clip_frac = CLIP_LOSSES[lc.variant](logp_new, logp_old, batch.mask, adv, lc.clip, denominator,
                                               weights if lc.correction != "none" else None)
+    if lc.kl_penalty == "loss" and lc.beta > 0:
+        loss = loss + lc.beta * kl_loss(logp_new, logp_ref, batch.mask, lc.kl_estimator, denominator)
     return loss, clip_frac, adv, token_kl, correction
+
+
+def reward_beta(lc: LearnerConfig) -> float:
+    """The KL coefficient inside the reward: beta, or 0 when the KL is a term of the loss instead."""
+    return lc.beta if lc.kl_penalty == "reward" else 0.0
+
+
+def batch_denominator(lc: LearnerConfig, parts, before) -> float:
+    """What this rank's loss is averaged over: its sequences or real tokens, or with seq_mask the kept
+    ones (veRL's), known before the first backward from the policy's log-probs before the update."""
+    if lc.correction != "seq_mask" or before is None:
+        return sum(loss_denominator(lc.variant, batch.mask) for batch, _ in parts)
+    kept = [behaviour_weights(logp_old, batch.behaviour_logp, batch.mask, "seq_mask", lc.is_cap,
+                              lc.variant == "sequence")[0] if batch.behaviour_logp is not None else None
+            for (batch, _), (logp_old, _) in zip(parts, before)]
+    return max(sum(loss_denominator(lc.variant, batch.mask, k) for (batch, _), k in zip(parts, kept)), 1.0)
 
 
 class RLOOLearner:
@@ -115,15 +133,16 @@ class RLOOLearner:
         the update are the update's own forward (detached): no separate pass for them."""
         lc, start = self.cfg.learner, time.monotonic()
         parts = packed_parts(rollouts, scores, self.micro_batches(rollouts), self.pad_id, self.device)
-        denominator = sum(loss_denominator(lc.variant, batch.mask) for batch, _ in parts)
         whitened = lc.estimator in WHITENED
         with torch.no_grad(), self._reference_on_device():
             self.engine.eval()
             logp_ref = [self._logprobs(self.reference, batch)[0] for batch, _ in parts]
             # the policy's log-probs before the update: a pass of their own with several epochs, or when the
-            # whole batch's advantages are needed before the first micro-batch (a whitened estimator)
+            # whole batch's advantages are needed before the first micro-batch (a whitened estimator), or the
+            # kept sequences are (seq_mask: the loss is averaged over them)
             before = [self._logprobs(self.engine.module, batch, True) for batch, _ in parts] \
-                if lc.ppo_epochs > 1 or whitened else None
+                if lc.ppo_epochs > 1 or whitened or lc.correction == "seq_mask" else None
+        denominator = batch_denominator(lc, parts, before)
         batch_sums = self._whitening_sums(parts, before, logp_ref) if whitened else None
         self.engine.train()
         for epoch in range(lc.ppo_epochs):
@@ -153,8 +172,12 @@ class RLOOLearner:
         """The whole batch's (sum, sum of squares, count) of the per-prompt-centred advantages, over every
         micro-batch of this rank and every rank (a whitened estimator's mean and variance)."""
         lc = self.cfg.learner
-        sums = sum(whitening_sums(advantages_of(lc.variant, scores.to(logp_old), logp_old, ref, batch.mask, lc.beta,
-                                                batch.k, lc.kl_estimator, centring(lc.estimator))[0], batch.mask)
+
+        def centred(batch, scores, logp_old, ref):
+            return advantages_of(lc.variant, scores.to(logp_old), logp_old, ref, batch.mask, reward_beta(lc), batch.k,
+                                 lc.kl_estimator, centring(lc.estimator))[0]
+
+        sums = sum(whitening_sums(centred(batch, scores, logp_old, ref), batch.mask)
                    for (batch, scores), (logp_old, _), ref in zip(parts, before, logp_ref))
         if self.world_size > 1:
             import torch.distributed as dist

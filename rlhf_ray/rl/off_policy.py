@@ -8,10 +8,12 @@ log-probs vLLM returned with each sample (`Rollouts.logprobs`, the temperature-s
 drew from), reweights the loss (`learner.correction`):
 
 - `tis`: truncated importance sampling, as OpenRLHF's vLLM correction: the loss of each token
-  (`token` variant) or sequence (`sequence`: the product over its tokens) times min(ratio, `is_cap`),
-  detached;
+  (`token` variant) or sequence (`sequence`: the product over its tokens) times the ratio clamped to
+  [`is_floor`, `is_cap`], detached (OpenRLHF's `vllm_is_truncated_threshold` is [0.5, 5] by default;
+  `is_floor` 0 caps from above only);
 - `seq_mask`: a sequence whose geometric-mean token ratio lies outside [1 / is_cap, is_cap] is left out
-  of the loss, as veRL's sequence-level rejection; the others count fully;
+  of the loss, as veRL's sequence-level rejection; the others count fully, and the loss is averaged over
+  the kept ones only, as veRL's (`rloo.loss_denominator` with `kept`);
 - `none`: weight 1 (the ratios are still measured).
 
 Statistics per step: the mismatch KL(mu || pi_old) per token (k3 estimate on mu's samples, >= 0), the
@@ -25,7 +27,7 @@ CORRECTIONS = ("none", "tis", "seq_mask")
 
 
 def behaviour_weights(logp_old: torch.Tensor, logp_behaviour: torch.Tensor, mask: torch.Tensor, how: str,
-                      is_cap: float, per_sequence: bool) -> tuple[torch.Tensor, dict]:
+                      is_cap: float, per_sequence: bool, is_floor: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The loss weights, detached: (B,) per sequence (the `sequence` variant) or (B, T) per token, and the
     sums behind the step's statistics (added over micro-batches and ranks, see `correction_stats`). The
     units the weights are counted in are sequences for `seq_mask` and per-sequence weights, else tokens."""
@@ -42,9 +44,10 @@ def behaviour_weights(logp_old: torch.Tensor, logp_behaviour: torch.Tensor, mask
     else:
         raw = torch.exp(log_ratio.sum(-1)) if per_sequence else torch.exp(log_ratio)
         unit_mask = torch.ones_like(raw) if per_sequence else mask
-        units = (raw.clamp(max=is_cap) if how == "tis" else torch.ones_like(raw)) * unit_mask
+        units = (raw.clamp(min=is_floor, max=is_cap) if how == "tis" else torch.ones_like(raw)) * unit_mask
         weights = units
-        cut = ((raw > is_cap).to(mask.dtype) * unit_mask).sum() if how == "tis" else raw.new_zeros(())
+        outside = (raw > is_cap) | (raw < is_floor)
+        cut = (outside.to(mask.dtype) * unit_mask).sum() if how == "tis" else raw.new_zeros(())
     return weights, {"mismatch_kl_sum": mismatch, "tokens": mask.sum(), "ratio_sum": (raw * unit_mask).sum(),
                      "ratio_max": (raw * unit_mask).max(), "cut": cut, "units": unit_mask.sum()}
 

@@ -165,9 +165,22 @@ def advantages_of(variant: str, scores, logp_old, logp_ref, mask, beta: float, k
 CLIP_LOSSES = {"sequence": sequence_clip_loss, "token": token_clip_loss}
 
 
-def loss_denominator(variant: str, mask: torch.Tensor) -> float:
-    """What a whole batch's loss is averaged over: sequences (`sequence`) or real tokens (`token`)."""
+def loss_denominator(variant: str, mask: torch.Tensor, kept: torch.Tensor | None = None) -> float:
+    """What a whole batch's loss is averaged over: sequences (`sequence`) or real tokens (`token`); with
+    `kept` (a rejection's 0/1 weights, (B,) or (B, T)), the kept ones only, as veRL's token-mean over its
+    masked response (the caller keeps the whole batch's total at least 1)."""
+    if kept is not None:  # `behaviour_weights` of seq_mask: (B,) per sequence, or (B, T) times the mask
+        return float(kept.sum())
     return float(mask.shape[0]) if variant == "sequence" else float(mask.sum().clamp(min=1))
+
+
+def kl_loss(logp_new, logp_ref, mask, kl_estimator: str = "k3", denominator: float | None = None):
+    """The KL term of a loss that carries it (`learner.kl_penalty` loss, TRL's GRPO): the per-token KL of
+    the policy being trained (its gradient flows through logp_new) over real tokens, summed and divided
+    by the clip loss's `denominator` (default: the real tokens), so that loss + beta x this is TRL's
+    token-mean objective for `token` and its per-sequence sum for `sequence`."""
+    kl = KL_ESTIMATORS[kl_estimator](logp_new, logp_ref) * mask
+    return kl.sum() / (denominator or mask.sum().clamp(min=1))
 
 
 def rloo_loss(variant: str, logp_new, logp_old, logp_ref, mask, scores, beta: float, k: int, clip: float = 0.2,

@@ -14,6 +14,9 @@ class CorpusSizes(Section):
     collapse_eval_prompts: int = Field(32, ge=2)
     gold_train_prompts: int = Field(256, ge=4)
     gold_valid_prompts: int = Field(64, ge=4)
+    # the test split (half open, half closed): held-out prompts for reported RLOO results only, drawn apart
+    # from train, valid and the gold's attack sets; no preference data is built from them. 0: none
+    gold_test_prompts: int = Field(0, ge=0)
 
 
 class PolicySamplesConfig(Section):

@@ -30,7 +30,9 @@ Files under gold/ (ranked-group schema, completions best first by gold, `scores`
   val2.parquet   prompt-disjoint: P_valid x M_train (4 responses)
   val3.parquet   response-disjoint: P_train x M_valid (4 responses)
   val4.parquet   mutual-disjoint: P_valid x M_valid (4 responses)
-  prompts.parquet  every prompt with its type, reference and split (for gold scoring in RL)
+  prompts.parquet  every prompt with its type, reference and split (for gold scoring in RL): train,
+                 valid (the dev split: RLOO's held-out checks while tuning), and with
+                 `prepare.sizes.gold_test_prompts` test (reported results only; no preference data)
 
 With `prepare.policy_samples.enabled` (`rl/policy_samples.py`), responses sampled from the policy join it
 (generator `policy`, labelled by the same gold reward, the samples cached in policy_samples.json):
@@ -181,10 +183,31 @@ def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]]) -> G
     )
 
 
-def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int) -> dict:
+def test_prompts(n: int, seed: int, exclude: set[str]) -> list[dict]:
+    """The test split: n prompts (half closed, half open) drawn with their own seed from the corpora's
+    prompts that are not in `exclude` (the train and valid prompts, the gold's attack sets)."""
+    if n == 0:
+        return []
+    pool = gold_prompts(min(2 * len(chatterbot_qa()) - 2, 4 * n + 2 * len(exclude)), seed + 7919)
+    picked, seen = [], set(exclude)
+    for ptype, want in (("closed", n // 2), ("open", n - n // 2)):
+        fresh = []
+        for p in pool:  # two chats can open alike: each prompt text once
+            if p["prompt_type"] == ptype and p["prompt"] not in seen and len(fresh) < want:
+                fresh.append(p)
+                seen.add(p["prompt"])
+        if len(fresh) < want:
+            raise ValueError(f"gold testbed: only {len(fresh)} unused {ptype} prompts for a test split of {n}")
+        picked += fresh
+    return [dict(p, prompt_id=f"gold-test-{k}") for k, p in enumerate(picked)]
+
+
+def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int, test_size: int = 0,
+               exclude: set[str] = frozenset()) -> dict:
     rng = random.Random(seed + 1)
     prompts = gold_prompts(train_prompts + valid_prompts, seed)
     p_train, p_valid = prompts[:train_prompts], prompts[train_prompts:]
+    p_test = test_prompts(test_size, seed, {p["prompt"] for p in prompts} | set(exclude))
     by_type = {t: [p for p in prompts if p["prompt_type"] == t] for t in ("open", "closed")}
 
     def responses(p: dict, generators) -> dict[str, str]:
@@ -207,8 +230,8 @@ def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed
     out = Path(out_dir) / "gold"
     for split, groups in files.items():
         write_groups(groups, out / f"{split}.parquet")
-    _write_prompts(p_train, p_valid, out / "prompts.parquet")
-    return {split: len(groups) for split, groups in files.items()}
+    _write_prompts(p_train, p_valid, p_test, out / "prompts.parquet")
+    return {**{split: len(groups) for split, groups in files.items()}, "test_prompts": len(p_test)}
 
 
 def policy_group(prompt: dict, responses: list[str], distinct_gold: bool) -> Group | None:
@@ -231,13 +254,14 @@ def mix_train(rule_groups: list[Group], policy_groups: list[Group], policy_share
     return rules + policy_groups
 
 
-def _write_prompts(p_train: list[dict], p_valid: list[dict], path: Path) -> None:
+def _write_prompts(p_train: list[dict], p_valid: list[dict], p_test: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rlhf_ray.utils.atomic import atomic_write_bytes
 
     rows = [dict(p, split="train") for p in p_train] + [dict(p, split="valid") for p in p_valid]
+    rows += [dict(p, split="test") for p in p_test]
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows), sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

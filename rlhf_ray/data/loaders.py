@@ -13,6 +13,13 @@ from rlhf_ray.utils.seeds import derive_seed
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
+def attack_prompt_texts() -> set[str]:
+    """The prompts gold v2 was shaped or checked on (`data/gold_v2.py` ATTACK_SETS): never in a test split."""
+    from rlhf_ray.data.gold_v2 import ATTACK_SETS, attack_prompts
+
+    return {p["prompt"] for name in ATTACK_SETS for p in attack_prompts(name)}
+
+
 def prepare(cfg: Config, testbeds=None) -> dict:
     """Write the testbeds (parquet) under cfg.data.dir; deterministic for cfg.seed."""
     from rlhf_ray.data.collapse import build_collapse
@@ -22,7 +29,8 @@ def prepare(cfg: Config, testbeds=None) -> dict:
     written = {}
     for name in testbeds or cfg.prepare.testbeds:
         if name == "gold":
-            written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts, sizes.gold_valid_prompts, cfg.seed)
+            written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts, sizes.gold_valid_prompts, cfg.seed,
+                                         sizes.gold_test_prompts, exclude=attack_prompt_texts())
         elif name == "collapse":
             written["collapse"] = build_collapse(
                 cfg.data.dir, sizes.collapse_train_prompts, sizes.collapse_eval_prompts, cfg.seed,

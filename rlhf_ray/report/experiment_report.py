@@ -61,7 +61,8 @@ def _table(rows: dict[str, list[dict]], columns) -> list[str]:
         cells = []
         for key, _ in present:
             values = np.array([r[key] for r in runs if key in r], dtype=float)
-            cells.append(f"{values.mean():.4f} ± {values.std():.4f}" if len(values) > 1 else f"{values.mean():.4f}")
+            spread = f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""  # sample SD over the runs
+            cells.append(f"{values.mean():.4f}{spread}")
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -106,10 +107,10 @@ def _gold_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> list[st
     width = 0.8 / len(variants)
     for k, (variant, runs) in enumerate(variants.items()):
         means = [np.mean([r[key] for r in runs]) for key in keys]
-        stds = [np.std([r[key] for r in runs]) for key in keys]
+        stds = [np.std([r[key] for r in runs], ddof=1) if len(runs) > 1 else 0.0 for key in keys]
         ax.bar(np.arange(len(keys)) + k * width, means, width, yerr=stds, capsize=3, label=variant)
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [names[key] for key in keys])
-    ax.set(title="generalisation by scenario (mean ± std over seeds)")
+    ax.set(title="generalisation by scenario (mean ± sample SD over seeds)")
     ax.legend(fontsize=7)
     save_figure(plt, fig, out_dir / "scenarios.png")
 

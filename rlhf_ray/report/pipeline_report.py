@@ -146,15 +146,21 @@ def best_of_n_over_seeds(bon: dict) -> dict:
         tau = np.array([c["policy_tau"]["value"] for c in curves])
         gain = np.array([c["best_of_n"][-1]["gold_gain"] for c in curves])
         summary[name] = {"seeds": len(curves), "policy_tau_mean": float(tau.mean()),
-                         "policy_tau_std": float(tau.std()), "gold_gain_mean": float(gain.mean()),
-                         "gold_gain_std": float(gain.std())}
+                         "policy_tau_std": sample_sd(tau), "gold_gain_mean": float(gain.mean()),
+                         "gold_gain_std": sample_sd(gain)}
     return summary
+
+
+def sample_sd(values) -> float:
+    """The sample standard deviation (n - 1); nan with one value."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
 
 
 def _best_of_n_seed_lines(over_seeds: dict) -> list[str]:
     if max((s["seeds"] for s in over_seeds.values()), default=0) < 2:
         return []
-    lines = ["Mean ± std over seeds (gold gain: best-of-N minus best-of-1):", "",
+    lines = ["Mean ± sample SD over seeds, n seeds as the table says (gold gain: best-of-N minus best-of-1):", "",
              "| source | seeds | policy-sample tau | gold gain |", "|---|---|---|---|"]
     for name, s in over_seeds.items():
         lines.append(f"| {name} | {s['seeds']} | {s['policy_tau_mean']:.3f} ± {s['policy_tau_std']:.3f} | "
@@ -174,16 +180,18 @@ def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[st
         lines.append(f"| initial policy | {first['gold']['before']:.3f} | – | – | – | "
                      f"{first['length']['before']:.1f} | 0 |")
     for r in with_eval:
-        h, kl = r["held_out"], r["steps"][-1]["kl"] if r["steps"] else float("nan")
+        h = r["held_out"]
+        # the final policy's own KL on its held-out samples; a run from before it was measured: nan
+        kl = h["kl"]["after"] if "kl" in h else float("nan")
         lines.append(f"| + RLOO ({label(r, several_seeds)}) | {_fmt_change(h['gold'])} | "
                      f"{verdict(h['gold']['ci_low'], h['gold']['ci_high'])} | {h['gold_win_rate']:.2f} | "
                      f"{_fmt_change(h['proxy'])} | {h['length']['after']:.1f} | {kl:.3f} |")
     if several_seeds and with_eval:
-        lines += ["", "Mean ± std over seeds of the held-out gold gain:", "", "| reward model | seeds | gold gain |",
-                  "|---|---|---|"]
+        lines += ["", "Mean ± sample SD over seeds of the held-out gold gain:", "",
+                  "| reward model | seeds | gold gain |", "|---|---|---|"]
         for target in dict.fromkeys(r["reward_model"] for r in with_eval):
             gains = np.array([r["held_out"]["gold"]["gain"] for r in with_eval if r["reward_model"] == target])
-            lines.append(f"| {target} | {len(gains)} | {gains.mean():+.3f} ± {gains.std():.3f} |")
+            lines.append(f"| {target} | {len(gains)} | {gains.mean():+.3f} ± {sample_sd(gains):.3f} |")
     lines += ["", f"![RLOO curves]({Path(_curves_figure(out_dir, runs, several_seeds)).name})", ""]
     if with_eval:
         lines += [f"![held-out gold gain]({Path(_held_out_figure(out_dir, with_eval, several_seeds)).name})", ""]

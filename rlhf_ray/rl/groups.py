@@ -135,7 +135,23 @@ class RLGroups:
 
         generation = self._generate(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "evaluate")))
         refs = self.score(generation, prompts)
-        return [ray.get(r) | {"prompt_index": idx} for r, idx in zip(refs, generation.shard_index)]
+        kl = self._sequence_kl(generation)
+        parts, at = [], 0
+        for ref, idx in zip(refs, generation.shard_index):  # each worker's share: its samples' KLs in order
+            n = len(idx) * self.cfg.rollout.k
+            parts.append(ray.get(ref) | {"prompt_index": idx, "kl": kl[at : at + n]})
+            at += n
+        return parts
+
+    def _sequence_kl(self, generation: Generation) -> list[float]:
+        """The evaluated policy's own KL to the reference, per sample of `generation` (in the order of its
+        refs): every learner rank computes its prompt groups' (`RLOOLearner.sequence_kl`)."""
+        n = len(self.learner)
+        refs = [a.sequence_kl.remote(r, n, *generation.refs) for r, a in enumerate(self.learner.actors)]
+        out = {}
+        for part in self.learner.wait(refs, "sequence_kl", self.cfg.learner.timeout_s):
+            out.update(zip(part["positions"], part["kl"]))
+        return [out[i] for i in range(len(out))]
 
     def learn(self, generation: Generation, score_refs: list) -> list[dict]:
         """One update on every learner rank. Ray resolves only top-level ObjectRef arguments (a list of

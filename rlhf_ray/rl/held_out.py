@@ -12,8 +12,8 @@ from rlhf_ray.rl.policy_eval import held_out_point
 from rlhf_ray.utils import storage
 
 
-def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int, kl: float) -> dict:
-    return held_out_point(scores, len(held_out), cfg.rollout.k, step, kl, cfg.eval.bootstrap, cfg.eval.ci_level,
+def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int) -> dict:
+    return held_out_point(scores, len(held_out), cfg.rollout.k, step, cfg.eval.bootstrap, cfg.eval.ci_level,
                           cfg.seed)
 
 

@@ -168,6 +168,20 @@ class RLOOLearner:
         return {**stats, "clip_frac": clipped, "loss": loss_sum, "lr": self.engine.get_lr()[0], "beta": lc.beta,
                 "grad_norm": grad_norm, "learn_s": time.monotonic() - start}
 
+    def sequence_kl(self, rollouts: Rollouts) -> list[float]:
+        """Each sequence's KL from the policy as it is now to the reference, in `rollouts`' order: the sum
+        over its tokens of log pi - log pi_ref (k1 on the policy's own samples: an unbiased estimate of
+        the sequence-level KL(pi || pi_ref), in nats). The held-out curve's KL axis. Every rank calls."""
+        out = [0.0] * len(rollouts)
+        with torch.no_grad(), self._reference_on_device():
+            self.engine.eval()
+            for idx in self.micro_batches(rollouts):
+                batch = pack(rollouts.select(idx), self.pad_id, self.device)
+                logp, logp_ref = self._logprobs(self.engine.module, batch)[0], self._logprobs(self.reference, batch)[0]
+                for i, kl in zip(idx, ((logp - logp_ref) * batch.mask).sum(-1).tolist()):
+                    out[i] = kl
+        return out
+
     def _whitening_sums(self, parts, before, logp_ref) -> torch.Tensor:
         """The whole batch's (sum, sum of squares, count) of the per-prompt-centred advantages, over every
         micro-batch of this rank and every rank (a whitened estimator's mean and variance)."""
@@ -276,6 +290,13 @@ class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_paralle
         rollouts, scores = merge(parts[:half], parts[half:])
         return self.core.update(*shard(rollouts, scores, rank, world_size))
 
+    def sequence_kl(self, rank: int, world_size: int, *rollout_parts) -> dict:
+        """parts = every rollout worker's held-out rollouts; this rank's prompt groups' sequence KLs and
+        their positions in the merged order (see `RLOOLearner.sequence_kl`)."""
+        rollouts = merge_rollouts(rollout_parts)
+        positions = shard_positions(len(rollouts), rollouts.k, rank, world_size)
+        return {"positions": positions, "kl": self.core.sequence_kl(rollouts.select(positions))}
+
     def publish_weights(self) -> dict:
         """The weights in the object store: a ref per bucket (none off rank 0), the seconds spent gathering
         and putting them, and the most parameter bytes held whole at once."""
@@ -288,6 +309,11 @@ class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_paralle
 
 def merge(rollout_parts, score_parts) -> tuple[Rollouts, torch.Tensor]:
     """Concatenate the rollouts (and their scores) of several workers, keeping prompt groups whole."""
+    return merge_rollouts(rollout_parts), torch.cat([torch.as_tensor(s["train"], dtype=torch.float32)
+                                                     for s in score_parts])
+
+
+def merge_rollouts(rollout_parts) -> Rollouts:
     first = rollout_parts[0]
     merged = Rollouts([], [], [], [], [], first.k, first.weights_version)
     for part in rollout_parts:
@@ -296,12 +322,15 @@ def merge(rollout_parts, score_parts) -> tuple[Rollouts, torch.Tensor]:
         merged.logprobs += part.logprobs
         merged.finished += part.finished
         merged.texts += part.texts
-    return merged, torch.cat([torch.as_tensor(s["train"], dtype=torch.float32) for s in score_parts])
+    return merged
+
+
+def shard_positions(n: int, k: int, rank: int, world_size: int) -> list[int]:
+    """Positions of prompt groups rank::world_size among n sequences (a prompt's k samples together)."""
+    return [g * k + j for g in range(n // k)[rank::world_size] for j in range(k)]
 
 
 def shard(rollouts: Rollouts, scores: torch.Tensor, rank: int, world_size: int) -> tuple[Rollouts, torch.Tensor]:
     """Prompt groups rank::world_size (a prompt's k samples stay together for the RLOO baseline)."""
-    k = rollouts.k
-    groups = list(range(len(rollouts) // k))[rank::world_size]
-    idx = [g * k + j for g in groups for j in range(k)]
+    idx = shard_positions(len(rollouts), rollouts.k, rank, world_size)
     return rollouts.select(idx), scores[idx]

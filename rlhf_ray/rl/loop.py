@@ -18,6 +18,7 @@ from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
 from rlhf_ray.utils import storage
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
+from rlhf_ray.utils.stats import nanmean
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
@@ -64,9 +65,11 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
     if "is_ratio_max" in learner_stats[0]:
         learner["is_ratio_max"] = max(s["is_ratio_max"] for s in learner_stats)
     return {
-        "proxy_reward_mean": statistics.fmean(proxy), "proxy_reward_std": statistics.pstdev(proxy),
+        "proxy_reward_mean": statistics.fmean(proxy),
+        "proxy_reward_std": statistics.stdev(proxy) if len(proxy) > 1 else 0.0,
         "train_reward_mean": statistics.fmean(across(scores, "train")),
         "gold_reward_mean": statistics.fmean(gold) if gold else math.nan,
+        "gold_v2_reward_mean": nanmean(across(scores, "gold_v2")) if "gold_v2" in scores[0] else math.nan,
         "response_length": statistics.fmean(length),
         "truncation_rate": 1 - statistics.fmean(across(scores, "finished")),
         **learner, "lr": learner_stats[0]["lr"], "beta": learner_stats[0]["beta"],
@@ -100,7 +103,7 @@ def start(cfg: Config, rl, resume_from, loader: PromptLoader, held_out: list[dic
     and curve."""
     if resume_from is None:
         before = evaluate_held_out() if held_out else None
-        return 0, before, [held_out_point_of(cfg, before, held_out, 0, 0.0)] if before else []
+        return 0, before, [held_out_point_of(cfg, before, held_out, 0)] if before else []
     path, state = resume_from
     rl.load_state(storage.join(path, "engine"), version=state["step"])
     loader.position = state["position"]
@@ -161,7 +164,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             keep_best(rl, stored, before, 0)
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
-        action, last_scores, kls = None, None, []
+        action, last_scores = None, None
         lag = cfg.rloo.generation_lag  # batches generating ahead of the learner
         in_flight: deque = deque()  # (batch, Generating), oldest first
 
@@ -186,12 +189,10 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             metrics = step_metrics(scores, learner_stats, timings, synced, cfg.rollout.k, time.monotonic() - began)
             metrics["staleness"] = step - 1 - generation.weights_version  # versions behind the learner
             log.log(step, {**metrics, "prompt_ids": [p["prompt_id"] for p in batch]})
-            kls, last_scores = [*kls, metrics["kl"]], None
+            last_scores = None
             if held_out and cfg.rloo.eval_every and step % cfg.rloo.eval_every == 0:  # the over-optimisation curve
                 last_scores = evaluate_held_out()
-                # the KL of the training batches since the last evaluation: one batch's alone is noisy
-                curve.append(held_out_point_of(cfg, last_scores, held_out, step, statistics.fmean(kls)))
-                kls = []
+                curve.append(held_out_point_of(cfg, last_scores, held_out, step))  # at the evaluated policy's KL
                 is_best, action = monitor.observe(as_eval(curve[-1]))
                 if is_best and cfg.rloo.monitor.action == "keep_best":
                     keep_best(rl, stored, last_scores, step)

@@ -7,14 +7,21 @@ import math
 
 from rlhf_ray.utils.stats import bootstrap_ci, nanmean
 
-KEYS = ("gold", "proxy", "length")
+KEYS = ("gold", "gold_v2", "proxy", "length", "cut", "kl")
+
+
+def _values(part: dict, key: str) -> list:
+    """Per sample: a score dict's `key`; `cut` is 1 where the token cap cut the reply (not finished)."""
+    if key == "cut":
+        return [0.0 if finished else 1.0 for finished in part["finished"]]
+    return part[key] if key in part else [math.nan] * len(part["finished"])
 
 
 def per_prompt_means(scores: list[dict], key: str, n_prompts: int, k: int) -> list[float]:
     """Mean of `key` over each prompt's k samples, in prompt order (scores carry their prompt_index)."""
     out = [math.nan] * n_prompts
     for part in scores:
-        values = part[key]
+        values = _values(part, key)
         for j, index in enumerate(part["prompt_index"]):
             out[index] = nanmean(values[j * k : (j + 1) * k])
     return out
@@ -22,13 +29,15 @@ def per_prompt_means(scores: list[dict], key: str, n_prompts: int, k: int) -> li
 
 def policy_change(before: list[dict], after: list[dict], n_prompts: int, k: int, bootstrap: int = 1000,
                   level: float = 0.95, seed: int = 0) -> dict:
-    """Per key: mean before, mean after, the mean per-prompt gain and its bootstrap CI over prompts."""
+    """Per key: mean before, mean after, the mean per-prompt gain and its bootstrap CI over prompts, and
+    the per-prompt values themselves (`per_prompt`, in prompt order), so anyone can re-derive the CI."""
     out = {"prompts": n_prompts, "k": k}
     for key in KEYS:
         b, a = per_prompt_means(before, key, n_prompts, k), per_prompt_means(after, key, n_prompts, k)
         gains = [y - x for x, y in zip(b, a)]
         low, high = bootstrap_ci(gains, nanmean, bootstrap, level, seed)
-        out[key] = {"before": nanmean(b), "after": nanmean(a), "gain": nanmean(gains), "ci_low": low, "ci_high": high}
+        out[key] = {"before": nanmean(b), "after": nanmean(a), "gain": nanmean(gains), "ci_low": low, "ci_high": high,
+                    "per_prompt": {"before": b, "after": a}}
         if key == "gold":  # a prompt counts as won when its gold reward rose (a tie counts half)
             decided = [g for g in gains if not math.isnan(g)]
             out["gold_win_rate"] = (sum((g > 0) + 0.5 * (g == 0) for g in decided) / len(decided)
@@ -47,12 +56,15 @@ def disagreement(scores: list[dict]) -> float:
     return float(np.concatenate([m.std(0) for m in members]).mean())
 
 
-def held_out_point(scores: list[dict], n_prompts: int, k: int, step: int, kl: float, bootstrap: int = 1000,
+def held_out_point(scores: list[dict], n_prompts: int, k: int, step: int, bootstrap: int = 1000,
                    level: float = 0.95, seed: int = 0) -> dict:
-    """One point of the RL over-optimisation curve: held-out gold and proxy (means over prompts, with
-    bootstrap CIs) of the policy after `step` updates, at the learner's KL, and the members' disagreement."""
-    point = {"step": step, "kl": kl, "disagreement": disagreement(scores)}
-    for key in ("gold", "proxy"):
+    """One point of the RL over-optimisation curve: held-out gold (v1 and v2) and proxy (means over
+    prompts, with bootstrap CIs) of the policy after `step` updates, at that policy's own KL to the
+    reference on these samples (`kl`: the mean over prompts of its samples' sequence KL, nats), the share
+    of replies the token cap cut, and the members' disagreement."""
+    point = {"step": step, "kl": nanmean(per_prompt_means(scores, "kl", n_prompts, k)),
+             "cut_rate": nanmean(per_prompt_means(scores, "cut", n_prompts, k)), "disagreement": disagreement(scores)}
+    for key in ("gold", "gold_v2", "proxy"):
         per_prompt = per_prompt_means(scores, key, n_prompts, k)
         low, high = bootstrap_ci(per_prompt, nanmean, bootstrap, level, seed)
         point.update({key: nanmean(per_prompt), f"{key}_ci_low": low, f"{key}_ci_high": high})

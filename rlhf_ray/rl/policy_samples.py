@@ -101,7 +101,8 @@ def add_policy_samples(cfg: Config) -> dict:
     """Add the policy's samples to the gold testbed under data.dir (built first by `prepare`): the mixed
     train split and the `policy` scenario. Returns the rows written per file."""
     ps, gold_dir = cfg.prepare.policy_samples, Path(cfg.data.dir) / "gold"
-    prompts = [r for _, _, r in read_records(gold_dir / "prompts.parquet", cfg.data.max_row_mb)]
+    # the test split is for reported RLOO results only: no reward model or best-of-n curve sees it
+    prompts = [r for _, _, r in read_records(gold_dir / "prompts.parquet", cfg.data.max_row_mb) if r["split"] != "test"]
     samples = cached_samples(cfg, prompts, gold_dir)
     train = [g for p in prompts if p["split"] == "train"
              if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=True)) is not None]

@@ -1,7 +1,8 @@
 """The RL reward-scoring actor: several reward models (an ensemble), a transform, and the gold reward.
 
 `score` returns small lists only: the reward to train on, the proxy reward before the transform, each
-member's reward, the gold reward (always computed, for tracking), and the response lengths.
+member's reward, the gold reward v1 and v2 (always computed, for tracking; `data/gold_v2.py`), the
+response lengths and whether the token cap cut each.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import torch
 
 from rlhf_ray.data.gold import gold_reward
+from rlhf_ray.data.gold_v2 import gold_reward_v2
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.scoring.aggregate import aggregate, transform
 from rlhf_ray.scoring.scorer import RewardScorer
@@ -44,6 +46,8 @@ class RLScorer:
             gold_reward(p["prompt_type"], p["reference"], text) if p.get("reference") else math.nan
             for p, text in zip(per_sample, rollouts.texts)
         ]
+        gold_v2 = [gold_reward_v2(p, text) if p.get("reference") else math.nan
+                   for p, text in zip(per_sample, rollouts.texts)]
         train = torch.tensor(gold) if cfg["train_on_gold"] else shaped
         if not torch.isfinite(train).all():
             bad = [i for i, v in enumerate(train.tolist()) if not math.isfinite(v)]
@@ -54,6 +58,7 @@ class RLScorer:
             "proxy": proxy.tolist(),
             "members": members.tolist(),
             "gold": gold,
+            "gold_v2": gold_v2,
             "length": [len(r) for r in rollouts.response_ids],
             "finished": list(rollouts.finished),
             "texts": list(rollouts.texts),

@@ -39,14 +39,15 @@ def accuracy_of_rows(rows: list[list[int]]) -> float:
 
 
 def collapse_curves(groups: list[Group], rewards: list[list[float]]) -> dict:
-    """Mean and std of R = sigmoid(f) by completion index (1 = shortest) per prompt type, and the
+    """Mean and sample SD of R = sigmoid(f) by completion index (1 = shortest) per prompt type, and the
     mean absolute gap between the open and closed mean curves (0 = collapse)."""
     out: dict = {}
     for kind in ("open", "closed"):
         rows = [[1 / (1 + math.exp(-x)) for x in reversed(r)] for g, r in zip(groups, rewards) if g.prompt_type == kind]
         if rows:
             arr = np.array(rows)
-            out[kind] = {"mean": arr.mean(0).tolist(), "std": arr.std(0).tolist(), "prompts": len(rows)}
+            sd = arr.std(0, ddof=1).tolist() if len(arr) > 1 else [0.0] * arr.shape[1]  # sample SD over prompts
+            out[kind] = {"mean": arr.mean(0).tolist(), "std": sd, "prompts": len(rows)}
     if "open" in out and "closed" in out:
         out["open_closed_gap"] = float(np.abs(np.array(out["open"]["mean"]) - np.array(out["closed"]["mean"])).mean())
     return out

@@ -93,3 +93,25 @@ def test_packed_batch_logprobs_equal_one_sequence_at_a_time():
             n = len(rollouts.response_ids[row])
             torch.testing.assert_close(batch[row, :n], alone[0, :n], atol=1e-5, rtol=0)
             assert (pack(rollouts, 0).mask[row].sum() == n).item()
+
+
+def test_sequence_kl_is_the_evaluated_policys_own_kl_to_the_reference():
+    """The held-out curve's KL axis: after an update, each sample's sum over its tokens of log pi - log pi_ref
+    under the policy as it is now, computed one prompt group at a time by hand; zero before any update."""
+    cfg = load_config(None, ["policy.name=tiny-llama", "learner.micro_batch_size=2", "learner.lr=1e-2",
+                             "learner.warmup_ratio=0", "rollout.temperature=1.0"])
+    torch.manual_seed(0)
+    addr, port = reserve_address()
+    learner = RLOOLearner(cfg, 0, 1, addr, port, total_steps=1)
+    rollouts = _rollouts()
+    assert learner.sequence_kl(rollouts) == pytest.approx([0.0] * len(rollouts), abs=1e-6)
+    learner.update(rollouts, torch.tensor([1.0, -0.5, 0.3, 0.2, -1.0, 0.7]))
+    kl = learner.sequence_kl(rollouts)
+    policy, reference = learner.engine.module.eval(), learner.reference
+    k = rollouts.k
+    for g in range(len(rollouts) // k):  # one prompt group at a time, the learner's micro-batches aside
+        one = pack(rollouts.select(list(range(g * k, g * k + k))), learner.pad_id)
+        with torch.no_grad():
+            mine = response_logprobs(policy, one, 1.0)[0] - response_logprobs(reference, one, 1.0)[0]
+        assert kl[g * k : g * k + k] == pytest.approx(((mine * one.mask).sum(-1)).tolist(), abs=1e-4)
+    assert any(abs(x) > 1e-4 for x in kl)  # the update moved the policy

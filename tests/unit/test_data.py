@@ -114,3 +114,25 @@ def test_gold_reward_properties():
     half = gold.gold_reward("open", ref, "I love hiking")
     noise = gold.gold_reward("open", ref, "zzqx blorf qwv")
     assert full > half > noise
+
+
+def test_the_test_split_is_apart_from_every_other_prompt_and_the_same_testbed_without_it(tmp_path):
+    """prepare.sizes.gold_test_prompts: half open, half closed, none of them a train or valid prompt or an
+    excluded one (the gold's attack sets), no preference data built from them; the rest of the testbed is
+    byte for byte what it is without a test split."""
+    plain = gold.build_gold(tmp_path / "plain", 40, 12, seed=0)
+    excluded = {p["prompt"] for p in gold.gold_prompts(64, 3)}
+    counts = gold.build_gold(tmp_path / "with", 40, 12, seed=0, test_size=32, exclude=excluded)
+    rows = pq.read_table(tmp_path / "with" / "gold" / "prompts.parquet").to_pylist()
+    test = [r for r in rows if r["split"] == "test"]
+    others = {r["prompt"] for r in rows if r["split"] != "test"}
+    assert counts["test_prompts"] == 32 and len(test) == 32
+    assert sorted(r["prompt_type"] for r in test).count("open") == 16
+    assert not {r["prompt"] for r in test} & (others | excluded) and len({r["prompt"] for r in test}) == 32
+    for name in ("train", "val1", "val2", "val3", "val4"):
+        assert (tmp_path / "with" / "gold" / f"{name}.parquet").read_bytes() == \
+            (tmp_path / "plain" / "gold" / f"{name}.parquet").read_bytes()
+    assert {k: v for k, v in counts.items() if k != "test_prompts"} == {k: v for k, v in plain.items()
+                                                                       if k != "test_prompts"}
+    plain_rows = pq.read_table(tmp_path / "plain" / "gold" / "prompts.parquet").to_pylist()
+    assert "test" not in {r["split"] for r in plain_rows}

@@ -15,7 +15,8 @@ def plot_best_of_n(result: dict, path: Path) -> str:
     for name, source in result["sources"].items():
         points = source["best_of_n"]
         kl = [p["kl"] for p in points]
-        style = "--" if "+" in name else "-"  # transforms dashed: their picks, and gold, are their base's
+        # transforms dashed (their picks, and gold, are their base's); the oracle and length baselines dotted
+        style = ":" if name in ("oracle", "longest") else "--" if "+" in name else "-"
         for ax, key in zip(axes, ("gold_gain", "proxy")):
             line, = ax.plot(kl, [p[key] for p in points], style, marker="o", ms=3, label=name)
             ax.fill_between(kl, [p[f"{key}_ci_low"] for p in points], [p[f"{key}_ci_high"] for p in points],

@@ -119,14 +119,19 @@ def _best_of_n_lines(bon: dict, over_seeds: dict, out_dir: Path) -> list[str]:
     lines = ["## Best-of-n on the policy's held-out samples", "",
              "For each reward source, the expected gold reward of the sample it ranks first among n of the N "
              "samples (over all n-subsets), against KL_bon = log n - (n-1)/n; gain = best-of-N minus best-of-1, "
-             "paired by prompt, with its 95% bootstrap CI; on the prompt types the RLOO runs train on.", "",
-             "| seed | source | policy-sample tau | gold, n=1 | gold, n=N | gold gain | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             "paired by prompt, with its 95% bootstrap CI; on the prompt types the RLOO runs train on. `oracle` "
+             "picks by gold (the ceiling), `longest` by word count (what length alone buys); tau with length "
+             "partialled out says how much of a source's ranking is more than length.", "",
+             "| seed | source | policy-sample tau | tau, length partialled | gold, n=1 | gold, n=N | gold gain "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for seed, sources in bon.items():
         for name, source in sources.items():
             first, last = source["best_of_n"][0], source["best_of_n"][-1]
             tau = source["policy_tau"]
+            partial = source.get("policy_tau_length_partialled", {"value": float("nan")})["value"]
             lines.append(f"| {seed} | {name} | {tau['value']:.3f} [{tau['ci_low']:.3f}, {tau['ci_high']:.3f}] | "
+                         f"{partial:.3f} | "
                          f"{first['gold']:.3f} | {last['gold']:.3f} (n={last['n']}) | {last['gold_gain']:+.3f} "
                          f"[{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}] | "
                          f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} |")
@@ -135,7 +140,7 @@ def _best_of_n_lines(bon: dict, over_seeds: dict, out_dir: Path) -> list[str]:
 
 
 def best_of_n_over_seeds(bon: dict) -> dict:
-    """Per reward source, the mean and (population) std over seeds of its policy-sample tau and of its
+    """Per reward source, the mean and sample SD over seeds of its policy-sample tau and of its
     best-of-N gold gain (N: the largest n of each curve). bon: {seed: {source: curve}}."""
     by_source: dict[str, list[dict]] = {}
     for sources in bon.values():

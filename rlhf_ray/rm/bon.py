@@ -7,9 +7,11 @@ WCO and UWO (`reward.uwo_lambda`), and the LSC and PAR transforms of the first s
 ensemble, else of the one model. The transforms' per-prompt reference rewards are the source's rewards
 of the prompt's N samples: they are the reference policy's samples, since the policy sampled is the
 initial one. LSC and PAR are increasing in the reward within a prompt, so their best-of-n picks, and
-its gold, equal their base source's; only the proxy axis differs. Per source: the curve (`best_of_n`:
-n, KL_bon, gold, proxy and the gold gain over n = 1, each with a bootstrap CI over prompts) and its
-per-prompt Kendall tau against gold on the same samples. Writes bon.json and best_of_n.png.
+its gold, equal their base source's; only the proxy axis differs. Beside them, two baselines: `oracle`
+(best-of-n by the gold itself: the ceiling) and `longest` (by word count: what length alone buys).
+Per source: the curve (`best_of_n`: n, KL_bon, gold, proxy and the gold gain over n = 1, each with a
+bootstrap CI over prompts), its per-prompt Kendall tau against gold on the same samples, and that tau
+with length partialled out. Writes bon.json and best_of_n.png.
 """
 from __future__ import annotations
 
@@ -56,17 +58,30 @@ def reward_sources(members: dict[str, torch.Tensor], cfg: Config, k: int) -> dic
     return sources
 
 
+def baseline_sources(groups: list[Group]) -> dict[str, torch.Tensor]:
+    """What every reward model is read against: `oracle` picks by the gold itself (the most best-of-n can
+    gain) and `longest` by word count alone (what a length-only reward would gain)."""
+    return {"oracle": torch.tensor([s for g in groups for s in g.scores], dtype=torch.float64),
+            "longest": torch.tensor([float(len(c.split())) for g in groups for c in g.completions],
+                                    dtype=torch.float64)}
+
+
 def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config) -> dict:
+    """Per source: its best-of-n curve, its per-prompt Kendall tau with gold (mean, bootstrap CI) and the
+    same tau with length partialled out (how much of its ranking is more than length)."""
     k = len(groups[0].completions)
     gold = [g.scores for g in groups]
+    lengths = [[float(len(c.split())) for c in g.completions] for g in groups]
     out = {}
-    for name, rewards in sources.items():
+    for name, rewards in {**sources, **baseline_sources(groups)}.items():
         per_prompt = rewards.view(len(groups), k).tolist()
-        taus = M.kendall_taus(groups, per_prompt)
-        low, high = M.bootstrap_ci(taus, M.nanmean, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seed)
-        out[name] = {"policy_tau": {"value": M.nanmean(taus), "ci_low": low, "ci_high": high},
-                     "best_of_n": best_of_n_curve(per_prompt, gold, bootstrap=cfg.eval.bootstrap,
-                                                  level=cfg.eval.ci_level, seed=cfg.seed)}
+        out[name] = {}
+        for key, taus in (("policy_tau", M.kendall_taus(groups, per_prompt)),
+                          ("policy_tau_length_partialled", M.partial_taus(groups, per_prompt, lengths))):
+            low, high = M.bootstrap_ci(taus, M.nanmean, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seed)
+            out[name][key] = {"value": M.nanmean(taus), "ci_low": low, "ci_high": high}
+        out[name]["best_of_n"] = best_of_n_curve(per_prompt, gold, bootstrap=cfg.eval.bootstrap,
+                                                 level=cfg.eval.ci_level, seed=cfg.seed)
     return out
 
 

@@ -33,6 +33,20 @@ def kendall_taus(groups: list[Group], rewards: list[list[float]]) -> list[float]
     return [float(kendalltau(g.scores, r).statistic) for g, r in zip(groups, rewards)]
 
 
+def partial_taus(groups: list[Group], rewards: list[list[float]], control: list[list[float]]) -> list[float]:
+    """Per-prompt partial Kendall tau of rewards with gold, `control` (e.g. length) held fixed:
+    (t_rg - t_rc t_gc) / sqrt((1 - t_rc^2)(1 - t_gc^2)); nan where undefined (a control that orders a
+    prompt's samples exactly as either does)."""
+    from scipy.stats import kendalltau
+
+    out = []
+    for g, r, c in zip(groups, rewards, control):
+        t_rg, t_rc, t_gc = (float(kendalltau(a, b).statistic) for a, b in ((r, g.scores), (r, c), (g.scores, c)))
+        denominator = math.sqrt(max(0.0, (1 - t_rc**2) * (1 - t_gc**2)))
+        out.append((t_rg - t_rc * t_gc) / denominator if denominator > 1e-12 else math.nan)
+    return out
+
+
 def accuracy_of_rows(rows: list[list[int]]) -> float:
     flat = [x for row in rows for x in row]
     return sum(flat) / len(flat) if flat else float("nan")

@@ -123,8 +123,8 @@ def _best_of_n_lines(bon: dict, over_seeds: dict, out_dir: Path) -> list[str]:
              "picks by gold (the ceiling), `longest` by word count (what length alone buys); tau with length "
              "partialled out says how much of a source's ranking is more than length.", "",
              "| seed | source | policy-sample tau | tau, length partialled | gold, n=1 | gold, n=N | gold gain "
-             "| verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| verdict | gold v2 gain |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for seed, sources in bon.items():
         for name, source in sources.items():
             first, last = source["best_of_n"][0], source["best_of_n"][-1]
@@ -134,9 +134,17 @@ def _best_of_n_lines(bon: dict, over_seeds: dict, out_dir: Path) -> list[str]:
                          f"{partial:.3f} | "
                          f"{first['gold']:.3f} | {last['gold']:.3f} (n={last['n']}) | {last['gold_gain']:+.3f} "
                          f"[{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}] | "
-                         f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} |")
+                         f"{verdict(last['gold_gain_ci_low'], last['gold_gain_ci_high'])} | {_v2_gain(source)} |")
     figures = [f"![best-of-n]({f.relative_to(out_dir)})" for f in sorted(out_dir.glob("**/bon/best_of_n.png"))]
     return [*lines, "", *_best_of_n_seed_lines(over_seeds), *figures, ""]
+
+
+def _v2_gain(source: dict) -> str:
+    """Best-of-N's gold v2 gain with its CI, or a dash for a curve from before gold v2."""
+    if "best_of_n_gold_v2" not in source:
+        return "–"
+    last = source["best_of_n_gold_v2"][-1]
+    return f"{last['gold_gain']:+.3f} [{last['gold_gain_ci_low']:+.3f}, {last['gold_gain_ci_high']:+.3f}]"
 
 
 def best_of_n_over_seeds(bon: dict) -> dict:

@@ -11,7 +11,8 @@ its gold, equal their base source's; only the proxy axis differs. Beside them, t
 (best-of-n by the gold itself: the ceiling) and `longest` (by word count: what length alone buys).
 Per source: the curve (`best_of_n`: n, KL_bon, gold, proxy and the gold gain over n = 1, each with a
 bootstrap CI over prompts), its per-prompt Kendall tau against gold on the same samples, and that tau
-with length partialled out. Writes bon.json and best_of_n.png.
+with length partialled out; where the gold testbed's prompt records are there, the same picks' curve on
+gold v2 (`best_of_n_gold_v2`). Writes bon.json and best_of_n.png.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import torch
 
 from rlhf_ray.cluster import connect
 from rlhf_ray.config import Config, ConfigError
-from rlhf_ray.data.schema import Group, load_groups
+from rlhf_ray.data.gold_v2 import gold_reward_v2
+from rlhf_ray.data.schema import Group, load_groups, read_records
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm import eval_metrics as M
@@ -66,9 +68,16 @@ def baseline_sources(groups: list[Group]) -> dict[str, torch.Tensor]:
                                     dtype=torch.float64)}
 
 
-def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config) -> dict:
-    """Per source: its best-of-n curve, its per-prompt Kendall tau with gold (mean, bootstrap CI) and the
-    same tau with length partialled out (how much of its ranking is more than length)."""
+def gold_v2_of(groups: list[Group], prompts: dict[str, dict]) -> list[list[float]]:
+    """Gold v2 of every sample, (prompts, N), from the testbed's prompt records (their references)."""
+    return [[gold_reward_v2(prompts[g.prompt_id], c) for c in g.completions] for g in groups]
+
+
+def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config,
+           gold_v2: list[list[float]] | None = None) -> dict:
+    """Per source: its best-of-n curve on the testbed's gold (v1), with `gold_v2` the same picks' curve on
+    gold v2 (`best_of_n_gold_v2`), its per-prompt Kendall tau with gold (mean, bootstrap CI) and the same
+    tau with length partialled out (how much of its ranking is more than length)."""
     k = len(groups[0].completions)
     gold = [g.scores for g in groups]
     lengths = [[float(len(c.split())) for c in g.completions] for g in groups]
@@ -82,6 +91,9 @@ def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config) -
             out[name][key] = {"value": M.nanmean(taus), "ci_low": low, "ci_high": high}
         out[name]["best_of_n"] = best_of_n_curve(per_prompt, gold, bootstrap=cfg.eval.bootstrap,
                                                  level=cfg.eval.ci_level, seed=cfg.seed)
+        if gold_v2 is not None:
+            out[name]["best_of_n_gold_v2"] = best_of_n_curve(per_prompt, gold_v2, bootstrap=cfg.eval.bootstrap,
+                                                             level=cfg.eval.ci_level, seed=cfg.seed)
     return out
 
 
@@ -118,8 +130,13 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
             members[name] = pool.score(prompts, responses).double()
         finally:
             pool.shutdown()
+    records = Path(cfg.data.dir) / "gold" / "prompts.parquet"
+    gold_v2 = None
+    if records.exists():  # the gold testbed's references: gold v2 beside the labels' v1
+        by_id = {r["prompt_id"]: r for _, _, r in read_records(records, cfg.data.max_row_mb)}
+        gold_v2 = gold_v2_of(groups, by_id) if all(g.prompt_id in by_id for g in groups) else None
     result = {"data": str(path), "prompts": len(groups), "prompt_types": cfg.bon.prompt_types, "N": k,
-              "sources": curves(groups, reward_sources(members, cfg, k), cfg)}
+              "sources": curves(groups, reward_sources(members, cfg, k), cfg, gold_v2)}
     from rlhf_ray.report.bon_plots import plot_best_of_n
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,18 @@ def test_the_oracle_and_longest_of_n_sit_beside_every_reward_model():
     own = [kendalltau(g.scores, n).statistic for g, n in zip(groups, lengths)]
     assert out["longest"]["policy_tau"]["value"] == pytest.approx(sum(own) / 3)  # length's own tau with gold
     assert math.isnan(out["longest"]["policy_tau_length_partialled"]["value"])  # nothing is left of it
+    assert "best_of_n_gold_v2" not in out["rm"]
+
+
+def test_the_same_picks_are_scored_on_gold_v2_too():
+    groups = _groups()
+    cfg = load_config(None, ["eval.bootstrap=20"])
+    rm = torch.tensor([0.0, 1.0, 2.0, 3.0] * 3, dtype=torch.float64)
+    v2 = [[0.0, 0.1, 0.2, 0.9], [0.5, 0.5, 0.5, 0.1], [0.3, 0.3, 0.3, 0.3]]
+    out = curves(groups, {"rm": rm}, cfg, gold_v2=v2)
+    assert out["rm"]["best_of_n_gold_v2"][-1]["gold"] == pytest.approx((0.9 + 0.1 + 0.3) / 3)  # its last picks
+    assert out["rm"]["best_of_n_gold_v2"][0]["gold"] == pytest.approx(sum(map(sum, v2)) / 12)  # n = 1: the mean
+    assert out["oracle"]["best_of_n_gold_v2"][-1]["gold"] == pytest.approx((0.1 + 0.5 + 0.3) / 3)  # v1 picks
 
 
 def test_partial_tau_is_the_textbook_formula():

@@ -52,7 +52,11 @@ def init_value_head(model: nn.Module, generator: torch.Generator | None = None) 
     head = value_head(model)
     params = [p for p in (head.weight, head.bias) if p is not None]
     with gathered_parameters(params, zero_stage=3, modifier_rank=0), torch.no_grad():  # whole when ZeRO-3-built
-        head.weight.normal_(0.0, head_init_std(head.in_features), generator=generator)
+        # drawn on the CPU, where the seeded generator lives, then copied: a ZeRO-3 head is gathered on
+        # cuda:<rank>, and torch refuses a CPU generator for a CUDA tensor (the same numbers on the CPU)
+        values = torch.empty(head.weight.shape, dtype=head.weight.dtype)
+        values.normal_(0.0, head_init_std(head.in_features), generator=generator)
+        head.weight.zero_().add_(values.to(head.weight.device))  # copy_ (same result) has no fake-CUDA kernel here
         if head.bias is not None:
             head.bias.zero_()
 

@@ -196,3 +196,41 @@ def test_every_role_takes_its_device_from_its_own_section():
     assert resolve_device("auto", "rm.device") == torch.device("cpu")  # this machine
     with pytest.raises(DeviceError, match=r"learner\.device=cuda: .*torch sees no GPU"):
         resolve_device("cuda", "learner.device")
+
+
+class GeneratorDeviceCheck(torch.overrides.TorchFunctionMode):
+    """What a real GPU checks and FakeTensorMode does not: a random op's generator must be on its tensor's
+    device (torch raises 'Expected a cuda device type for generator' on a GPU)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        generator = kwargs.get("generator")
+        if generator is not None and args and isinstance(args[0], torch.Tensor):
+            if generator.device.type != args[0].device.type:
+                raise RuntimeError(f"{func.__name__}: a {generator.device.type} generator for a "
+                                   f"{args[0].device.type} tensor")
+        return func(*args, **kwargs)
+
+
+def test_a_fresh_value_head_is_drawn_where_the_seeded_generator_lives():
+    """Issue 26 (1): under ZeRO-3 the gathered head is on cuda:<rank>; its seeded CPU generator must not
+    touch it. The head gets the same numbers it gets on the CPU."""
+    from rlhf_ray.models.reward_model import head_init_std, init_value_head
+
+    class WithHead(nn.Module):
+        def __init__(self, device):
+            super().__init__()
+            self.score = nn.Linear(8, 1, bias=False, device="meta")
+            self.score.weight = nn.Parameter(torch.zeros(1, 8, device=device))
+
+    on_cpu = WithHead("cpu")
+    init_value_head(on_cpu, torch.Generator().manual_seed(3))
+    expected = torch.empty(1, 8).normal_(0.0, head_init_std(8), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(on_cpu.score.weight.detach(), expected)
+    with FakeTensorMode(allow_non_fake_inputs=True), GeneratorDeviceCheck():
+        on_gpu = WithHead(CUDA)
+        init_value_head(on_gpu, torch.Generator().manual_seed(3))
+        assert on_gpu.score.weight.device == CUDA
+    with pytest.raises(RuntimeError, match="a cpu generator for a cuda tensor"):
+        with FakeTensorMode(allow_non_fake_inputs=True), GeneratorDeviceCheck():
+            torch.zeros(1, 8, device=CUDA).normal_(0.0, 1.0, generator=torch.Generator())

@@ -17,7 +17,8 @@ def rollout_group(cfg: Config, shared_placement=None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
     rc = cfg.rollout
     vllm = {"tensor_parallel_size": rc.tensor_parallel_size, "gpu_memory_utilization": rc.gpu_memory_utilization,
-            "enforce_eager": rc.enforce_eager, "enable_prefix_caching": rc.enable_prefix_caching}
+            "enforce_eager": rc.enforce_eager, "enable_prefix_caching": rc.enable_prefix_caching,
+            "sleeps": rc.colocate_with_learner}
     return ActorGroup(RolloutActor, "rollout", rc, rc.engine, cfg.policy.name, dtype=cfg.policy.dtype,
                       kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len, sync_timeout_s=rc.sync_timeout_s,
                       seed=cfg.seed, device=rc.device, trust_remote_code=cfg.policy.trust_remote_code,
@@ -170,8 +171,8 @@ class RLGroups:
         each worker maps without copying, a broadcast in the collective group, or (ipc) each worker mapping
         its colocated learner rank's buckets."""
         rc = self.cfg.rollout
-        if self.shared is not None:  # colocated: the engines take the GPU back before the new weights arrive
-            self.rollout.call("wake_up", timeout_s=rc.timeout_s)
+        if self.shared is not None:  # colocated: the engines take back memory for the new weights first
+            self.rollout.call("wake_up", [("weights",)] * len(self.rollout), rc.timeout_s)
         if rc.sync == "collective":  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
             if self.regroup:
                 self._join_sync_group()
@@ -194,6 +195,8 @@ class RLGroups:
             synced = Synced(self._on_every_worker("load_weights", args, rc.sync_timeout_s), published["publish_s"],
                             published["gathered_peak_bytes"])
         self.version = version
+        if self.shared is not None:  # ... and their KV cache once the weights are in
+            self.rollout.call("wake_up", [("kv_cache",)] * len(self.rollout), rc.timeout_s)
         if self.shared is not None and self.cfg.learner.offload_states_while_generating:
             self.learner.call("offload_states", timeout_s=self.cfg.learner.timeout_s)  # until the next update
         return synced

@@ -84,8 +84,8 @@ class RolloutWorker:
         """While a colocated learner rank trains (rollout.colocate_with_learner)."""
         return self._say_once(self.engine.sleep())
 
-    def wake_up(self) -> str:
-        return self._say_once(self.engine.wake_up())
+    def wake_up(self, part: str) -> str:
+        return self._say_once(self.engine.wake_up(part))
 
     def _say_once(self, what: str) -> str:
         if what.startswith("skipped") and not self.said_skipped:

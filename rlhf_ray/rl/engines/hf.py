@@ -69,7 +69,7 @@ class HFEngine:
     def sleep(self) -> str:
         return "skipped: the HF engine keeps its weights"
 
-    def wake_up(self) -> str:
+    def wake_up(self, part: str) -> str:
         return "skipped: the HF engine keeps its weights"
 
     def load_weights(self, weights: Weights, version: int) -> None:

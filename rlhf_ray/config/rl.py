@@ -52,6 +52,16 @@ class RolloutConfig(ActorGroupConfig):
     # one bucket at a time, so the sync's extra memory on every rank is one bucket
     sync_bucket_mb: float = Field(256.0, gt=0)
 
+    @model_validator(mode="after")
+    def _one_gpu_per_engine_until_tp_is_built(self):
+        # vLLM 0.32 refuses a Ray bundle with several GPUs, its TP workers wait forever for GPUs this actor
+        # holds, and every weight-sync path receives in this process only: refused until built and tested
+        if self.tensor_parallel_size > 1:
+            raise ValueError(f"rollout.tensor_parallel_size={self.tensor_parallel_size}: tensor-parallel rollout "
+                             "engines are not supported yet (vLLM's TP workers would need their own one-GPU bundles "
+                             "and a weight receiver each); use 1, and more rollout.num_workers")
+        return self
+
 
 class RewardConfig(Section):
     """What the policy is optimised against: reward models (ensemble + transform) and the gold reward."""
@@ -110,6 +120,16 @@ class LearnerConfig(ActorGroupConfig):
     # colocated (rollout.colocate_with_learner) on a GPU: optimizer states and gradients wait on the host
     # while the engine generates (DeepSpeed's offload_states), back before the update
     offload_states_while_generating: bool = False
+
+    @model_validator(mode="after")
+    def _offload_states_has_a_stage_that_offers_it(self):
+        # DeepSpeed 0.19.8: stage 3's offload_states asserts its own FusedAdam (the learner uses torch's
+        # AdamW) and stage 0's optimizer has no offload_states: only stages 1 and 2 can do it
+        if self.offload_states_while_generating and self.zero_stage not in (1, 2):
+            raise ValueError(f"learner.offload_states_while_generating needs learner.zero_stage 1 or 2 (got "
+                             f"{self.zero_stage}): DeepSpeed's offload_states asserts its FusedAdam at stage 3 "
+                             "and does not exist at stage 0")
+        return self
 
 
 class MonitorConfig(Section):

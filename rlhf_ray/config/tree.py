@@ -59,6 +59,10 @@ class Config(Section):
                              "collective)")
         if not rc.colocate_with_learner:
             return self
+        if rc.sync == "collective" and rc.num_gpus and lc.num_gpus:
+            raise ValueError("rollout.sync=collective with rollout.colocate_with_learner on GPUs puts learner rank 0 "
+                             "and rollout worker 0 on one GPU as two NCCL ranks, which NCCL refuses: use "
+                             "rollout.sync=ipc (or object_store)")
         if rc.num_workers != lc.num_workers:
             raise ValueError(f"rollout.colocate_with_learner pairs rollout worker i with learner rank i: rollout."
                              f"num_workers ({rc.num_workers}) must equal learner.num_workers ({lc.num_workers})")

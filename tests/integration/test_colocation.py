@@ -15,7 +15,7 @@ def test_a_colocated_run_places_the_pair_together_and_skips_sleep_on_the_cpu(ray
     cfg = load_config(None, [f"output_dir={tmp_path}", f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO,
                              "rloo.steps=2", "rloo.prompts_per_step=2", "reward.models=[tiny-llama]",
                              "scorer.num_workers=1", "rollout.colocate_with_learner=true", "learner.lr=1e-3",
-                             "learner.offload_states_while_generating=true"])
+                             "learner.offload_states_while_generating=true", "learner.zero_stage=1"])
     summary = run_rloo(cfg)
     assert summary["placement"]["learner-0"] == summary["placement"]["rollout-0"]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -112,3 +112,22 @@ def test_rloo_configs_name_a_policy_and_prompts_that_resolve(path):
     assert prompts == "gold" or _data_ref_ok(prompts, "custom")
     for model in cfg.reward.models:  # a trained checkpoint under runs/ (made by a documented command) or a ref
         assert model.startswith("runs/") or _model_ref_ok(model)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["learner.offload_states_while_generating=true", "learner.zero_stage=3"], "zero_stage 1 or 2"),
+    (["learner.offload_states_while_generating=true"], "zero_stage 1 or 2"),
+    (["rollout.colocate_with_learner=true", "rollout.sync=collective", "rollout.num_gpus=0.5",
+      "learner.num_gpus=0.5"], "two NCCL ranks"),
+    (["rollout.tensor_parallel_size=2"], "tensor-parallel rollout engines are not supported yet"),
+])
+def test_gpu_settings_that_would_fail_on_a_cluster_are_refused_at_load(overrides, message):
+    """Issue 26 (4, 5, 6): each refused with an error naming its keys, never a hang or a silent no-op."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    fine = {"learner.zero_stage=3": "learner.zero_stage=2", "rollout.sync=collective": "rollout.sync=ipc",
+            "rollout.tensor_parallel_size=2": "rollout.tensor_parallel_size=1"}
+    fixed = [fine.get(o, o) for o in overrides]
+    if "learner.offload_states_while_generating=true" in fixed and "learner.zero_stage=2" not in fixed:
+        fixed.append("learner.zero_stage=1")
+    load_config(None, fixed)

@@ -6,7 +6,7 @@ from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.data.schema import Group
 from rlhf_ray.rm.metrics import add_sums, summarise
-from rlhf_ray.rm.trainer import RewardModelTrainer
+from rlhf_ray.rm.trainer import EVAL_BATCH, RewardModelTrainer
 from rlhf_ray.utils.actor_shell import actor_shell
 
 
@@ -32,7 +32,14 @@ class RMTrainerGroup:
         return _combine(sums_per_rank)
 
     def evaluate(self, groups: list[Group]) -> dict:
-        return _combine(self.group.call("evaluate", self._shards(groups), self.cfg.rm.sync_timeout_s))
+        """Each rank scores its share; under ZeRO-3 the ranks with fewer forward batches then run filler
+        forwards (discarded) up to the most any rank has, since every forward gathers on every rank."""
+        shards = self._shards(groups)
+        counts = [-(-len(groups[r :: len(self.group)]) // EVAL_BATCH) for r in range(len(self.group))]
+        most = max(counts) if self.cfg.rm.zero_stage == 3 else 0
+        args = [(*shard, EVAL_BATCH, max(0, most - n), groups[0] if groups else None)
+                for shard, n in zip(shards, counts)]
+        return _combine(self.group.call("evaluate", args, self.cfg.rm.sync_timeout_s))
 
     def save(self, path: str) -> str:
         return self.group.call("save", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)[0]

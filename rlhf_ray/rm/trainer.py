@@ -36,6 +36,9 @@ def score_groups(model, capture: HiddenCapture, tokenizer, groups: list[Group], 
     return flat, rewards, hidden
 
 
+EVAL_BATCH = 16  # groups per evaluation forward
+
+
 class RewardModelTrainer:
     def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str, master_port: int, total_steps: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
@@ -119,12 +122,18 @@ class RewardModelTrainer:
         return sums
 
     @torch.no_grad()
-    def evaluate(self, groups: list[Group], batch_size: int = 16) -> dict:
+    def evaluate(self, groups: list[Group], batch_size: int = EVAL_BATCH, extra_forwards: int = 0,
+                 filler: Group | None = None) -> dict:
+        """This rank's share's metric sums; then `extra_forwards` forwards of `filler`, discarded, so that
+        every ZeRO-3 rank runs as many forwards as the rank with the most (each forward's per-layer
+        all-gathers wait for every rank)."""
         self.engine.eval()
         sums: dict = {}
         for start in range(0, len(groups), batch_size):
             flat, rewards, hidden = self._forward(groups[start : start + batch_size])
             sums = add_sums(sums, batch_sums(rewards, flat.hi, flat.lo, hidden, 0.0))
+        for _ in range(extra_forwards):
+            self._forward([filler])
         return sums
 
     def head_norm(self) -> float:

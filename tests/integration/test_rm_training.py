@@ -141,3 +141,23 @@ def test_two_zero3_ranks_on_ray_score_the_first_batch_as_one_rank_and_gather_the
     assert summary["steps"] == 2
     model = AutoModelForSequenceClassification.from_pretrained(summary["model"])
     assert all(p.numel() > 0 for p in model.parameters())  # whole tensors, not ZeRO-3 shards
+
+
+def test_zero3_ranks_with_unequal_eval_shares_finish_the_evaluation(ray_local, testbeds, tmp_path):
+    """Issue 26 (7): 33 eval groups over 2 ZeRO-3 ranks are 17 and 16, two forward batches against one; every
+    forward all-gathers each layer on every rank, so the rank with one batch must run a filler forward or
+    the other waits until rm.sync_timeout_s. The metrics count every group once."""
+    from rlhf_ray.data.schema import load_groups
+    from rlhf_ray.rm.actor import RMTrainerGroup
+
+    cfg = _config(testbeds, tmp_path, "model.name=tiny-llama", "rm.zero_stage=3", "rm.sync_timeout_s=90")
+    groups = load_groups(testbeds / "gold" / "val3.parquet")[:33]
+    assert len(groups) == 33
+    trainers = RMTrainerGroup(cfg, total_steps=1)
+    try:
+        metrics = trainers.evaluate(groups)
+    finally:
+        trainers.shutdown()
+    pairs = sum(len(g.completions) * (len(g.completions) - 1) // 2 for g in groups)
+    correct = metrics["accuracy"] * pairs  # a whole number only over exactly these pairs (no filler counted)
+    assert 0 <= metrics["accuracy"] <= 1 and abs(correct - round(correct)) < 1e-6, metrics

@@ -108,7 +108,9 @@ class BroadcastChannel:
         store = tcp_store(addr, port, world_size, rank, self.timeout)
         if torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())
-            self.group = dist.ProcessGroupNCCL(store, rank, world_size)
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = self.timeout  # rollout.sync_timeout_s, not NCCL's 10-minute watchdog default
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
         else:
             self.device = torch.device("cpu")
             self.group = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
@@ -201,4 +203,7 @@ class SharedBuckets:
             bucket = rebuild(shared)
             self.nbytes += bucket.nbytes
             yield from bucket.tensors()
+            device = _device_of(bucket)
+            if device.type == "cuda":  # vLLM's copies out of this bucket may still be queued on the stream:
+                torch.cuda.synchronize(device)  # finish them before the next fetch lets the sender reuse it
             index += 1

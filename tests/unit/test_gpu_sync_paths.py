@@ -73,3 +73,57 @@ def test_the_receiver_keeps_the_bucket_on_the_gpu():
         on_gpu = Weights(["w"], ["float32"], [(2, 3)], [flat], {})
         (name, tensor), = on_gpu.tensors()
     assert tensor.device == CUDA and tensor.dtype == torch.float32 and tensor.shape == (2, 3)
+
+
+def test_the_nccl_group_waits_as_long_as_rollout_sync_timeout_s(monkeypatch):
+    """Issue 26 (11): ProcessGroupNCCL(store, rank, size) alone keeps NCCL's 10-minute watchdog."""
+    import torch.distributed as dist
+
+    made = {}
+
+    class NCCLOptions:
+        _timeout = timedelta(minutes=10)
+
+    class RecordingNCCL:
+        Options = NCCLOptions
+
+        def __init__(self, store, rank, size, options=None):
+            made.update(rank=rank, size=size, timeout=getattr(options, "_timeout", None))
+
+    monkeypatch.setattr(dist, "ProcessGroupNCCL", RecordingNCCL, raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.current_device", lambda: 0)
+    monkeypatch.setattr("rlhf_ray.rl.weight_sync.tcp_store", lambda *args: "store")
+    BroadcastChannel(1, 3, "127.0.0.1", 1, timeout_s=42)
+    assert made == {"rank": 1, "size": 3, "timeout": timedelta(seconds=42)}
+
+
+def test_an_ipc_bucket_on_the_gpu_is_settled_before_the_next_is_fetched(monkeypatch):
+    """Issue 26 (13): vLLM's copies out of CUDA bucket i may still be queued when the loader asks for bucket
+    i + 1, which lets the sender reuse bucket i's memory: the receiver synchronises its device first."""
+    from rlhf_ray.rl import weight_sync as W
+
+    events = []
+
+    class CudaBucket:
+        nbytes, arrays = 4, []
+
+        def __init__(self, index):
+            self.index = index
+
+        def tensors(self):
+            events.append(("read", self.index))
+            yield f"w{self.index}", None
+
+    monkeypatch.setattr(W, "rebuild", lambda shared: CudaBucket(shared["index"]))
+    monkeypatch.setattr(W, "_device_of", lambda bucket: CUDA)
+    monkeypatch.setattr("torch.cuda.synchronize", lambda device=None: events.append(("synchronize", device)))
+
+    def fetch(index):
+        events.append(("fetch", index))
+        return {"index": index, "count": 2, "gathered_bytes": 4}
+
+    names = [name for name, _ in W.SharedBuckets(fetch).tensors()]
+    assert names == ["w0", "w1"]
+    assert events == [("fetch", 0), ("read", 0), ("synchronize", CUDA), ("fetch", 1), ("read", 1),
+                      ("synchronize", CUDA)]

@@ -45,8 +45,11 @@ def tcmalloc_library(setting: str = "auto") -> str | None:
 
 
 def actor_env(threads: int | None) -> dict[str, str]:
-    """An actor's environment: ACTOR_ENV with its thread count, and tcmalloc preloaded when found."""
-    env = {**ACTOR_ENV, "OMP_NUM_THREADS": str(threads or 1), "MKL_NUM_THREADS": str(threads or 1)}
+    """An actor's environment: ACTOR_ENV with its thread count, tcmalloc preloaded when found, and NCCL's
+    NVLS off unless the driver's environment says otherwise (its all-gather misorders slices when ranks
+    and GPUs are permuted, NCCL issue #1906, and Ray does not order GPUs by rank)."""
+    env = {**ACTOR_ENV, "OMP_NUM_THREADS": str(threads or 1), "MKL_NUM_THREADS": str(threads or 1),
+           "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
     library = tcmalloc_library(_tcmalloc)
     if library:
         env["LD_PRELOAD"] = ":".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))

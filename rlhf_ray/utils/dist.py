@@ -87,9 +87,28 @@ def init_distributed(rank: int, world_size: int, master_addr: str, master_port: 
         torch.distributed.init_process_group(backend(), store=store, rank=rank, world_size=world_size, timeout=timeout)
     deepspeed.init_distributed(dist_backend=backend(), timeout=timeout, rank=rank, world_size=world_size,
                                auto_mpi_discovery=False)
+    check_rank_order(gathered_ranks(world_size, rank), world_size)
     if not torch.cuda.is_available():
         torch.distributed.barrier()  # every rank has mapped the others' segment: the names can go
         shm_segment(master_addr, master_port, rank).unlink(missing_ok=True)
+
+
+def gathered_ranks(world_size: int, rank: int) -> list[int]:
+    """Every rank's id through one flat all-gather, the collective ZeRO-3 gathers parameters with."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    out = torch.empty(world_size * 4, device=device)
+    torch.distributed.all_gather_into_tensor(out, torch.full((4,), float(rank), device=device))
+    return [int(x) for x in out.view(world_size, 4)[:, 0].tolist()]
+
+
+def check_rank_order(gathered: list[int], world_size: int) -> None:
+    """Slice i of an all-gather must be rank i's. NCCL's NVLS all-gather writes slices in device order when
+    ranks and GPUs are permuted (NCCL issue #1906; Ray does not order GPUs by rank): every ZeRO-3 gather
+    would be silently wrong. Fail at start-up instead; the actors also start with NCCL_NVLS_ENABLE=0."""
+    if gathered != list(range(world_size)):
+        raise RuntimeError(f"all-gather of the rank ids returned {gathered}, not {list(range(world_size))}: the "
+                           "collective transport reorders slices (NCCL NVLS with permuted GPUs?); set "
+                           "NCCL_NVLS_ENABLE=0")
 
 
 def extensions_dir() -> Path:

@@ -28,3 +28,16 @@ def test_auto_finds_the_venv_copy_and_a_missing_path_names_the_key(tmp_path, mon
     with pytest.raises(FileNotFoundError, match=r"ray\.tcmalloc: no file '/nowhere/libtcmalloc.so'"):
         cluster.tcmalloc_library("/nowhere/libtcmalloc.so")
     assert load_config(None, []).ray.tcmalloc == "auto"
+
+
+def test_nvls_is_off_in_the_actors_unless_the_driver_says_otherwise_and_a_reordered_gather_fails(monkeypatch):
+    """Issue 26 (8): the NVLS guard, and the start-up check every data-parallel rank runs."""
+    from rlhf_ray.utils.dist import check_rank_order
+
+    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
+    assert cluster.actor_env(1)["NCCL_NVLS_ENABLE"] == "0"
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
+    assert cluster.actor_env(1)["NCCL_NVLS_ENABLE"] == "1"
+    check_rank_order([0, 1, 2], 3)
+    with pytest.raises(RuntimeError, match=r"returned \[1, 0, 2\], not \[0, 1, 2\].*NCCL_NVLS_ENABLE=0"):
+        check_rank_order([1, 0, 2], 3)

@@ -61,12 +61,18 @@ class RLGroups:
         self.shared = (reserve_bundles("learner", colocated_bundles(cfg), cfg.learner.placement_strategy,
                                        cfg.learner.placement_timeout_s) if rc.colocate_with_learner else None)
         self.rollout = rollout_group(cfg, self.shared)
+        if self.shared is not None:
+            # colocated: the engines take their memory (vLLM checks the GPU's free memory as it starts) and
+            # sleep before the learner rank loads beside them; they wake with the learner's weights below
+            self.rollout.call("sleep", timeout_s=rc.timeout_s)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump(), cfg.scorer.device)
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
         if rc.sync == "collective":
             self._join_sync_group()
         self.version, self.latest_weights, self.regroup = 0, None, False  # the weights the workers hold
+        if self.shared is not None:
+            self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own
 
     def _join_sync_group(self) -> None:
         """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""

@@ -165,6 +165,8 @@ class RLOOLearner:
             grad_norm = self._whole_grad_norm() if lc.zero_stage == 0 else None
             self.engine.step()
             grad_norm = grad_norm if grad_norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
+        if self.device.type == "cuda":  # the update's peak back to the GPU, for a colocated engine to wake into
+            torch.cuda.empty_cache()
         return {**stats, "clip_frac": clipped, "loss": loss_sum, "lr": self.engine.get_lr()[0], "beta": lc.beta,
                 "grad_norm": grad_norm, "learn_s": time.monotonic() - start}
 

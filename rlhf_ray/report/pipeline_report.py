@@ -31,6 +31,28 @@ def _fmt_change(change: dict, digits: int = 3) -> str:
             f"({change['gain']:+.{digits}f} [{change['ci_low']:+.{digits}f}, {change['ci_high']:+.{digits}f}])")
 
 
+def _gold_v2_lines(runs: list[dict], several_seeds: bool) -> list[str]:
+    """Gold v2 beside v1's table (runs from before gold v2 have none): its change, the change a line
+    through (length change, gain) gives at no length change (the length-only baseline beside it), and
+    the share of replies the token cap cut."""
+    runs = [r for r in runs if "gold_v2" in r["held_out"]]
+    if not runs:
+        return []
+    lines = ["", "Gold v2 (`data/gold_v2.py`) on the same samples; at no length change: the intercept of a "
+             "least-squares line through each prompt's (length change, gain), 95% bootstrap CI:", "",
+             "| policy | gold v2 | gold v2: verdict | gold v2 at no length change | gold v1 at no length change "
+             "| cut by the token cap | own KL to the reference |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        h = r["held_out"]
+        v2, adjusted = h["gold_v2"], [h[key].get("length_adjusted") for key in ("gold_v2", "gold")]
+        at_zero = [f"{a['intercept']:+.3f} [{a['ci_low']:+.3f}, {a['ci_high']:+.3f}]" if a else "–"
+                   for a in adjusted]
+        lines.append(f"| {label(r, several_seeds)} | {_fmt_change(v2)} | {verdict(v2['ci_low'], v2['ci_high'])} | "
+                     f"{at_zero[0]} | {at_zero[1]} | {h['cut']['before']:.2f} → {h['cut']['after']:.2f} | "
+                     f"{h['kl']['before']:.2f} → {h['kl']['after']:.2f} |")
+    return lines + [""]
+
+
 def label(run: dict, several_seeds: bool) -> str:
     return f"{run['reward_model']} s{run['seed']}" if several_seeds else run["reward_model"]
 
@@ -199,6 +221,7 @@ def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[st
         lines.append(f"| + RLOO ({label(r, several_seeds)}) | {_fmt_change(h['gold'])} | "
                      f"{verdict(h['gold']['ci_low'], h['gold']['ci_high'])} | {h['gold_win_rate']:.2f} | "
                      f"{_fmt_change(h['proxy'])} | {h['length']['after']:.1f} | {kl:.3f} |")
+    lines += _gold_v2_lines(with_eval, several_seeds)
     if several_seeds and with_eval:
         lines += ["", "Mean ± sample SD over seeds of the held-out gold gain:", "",
                   "| reward model | seeds | gold gain |", "|---|---|---|"]

@@ -38,11 +38,41 @@ def policy_change(before: list[dict], after: list[dict], n_prompts: int, k: int,
         low, high = bootstrap_ci(gains, nanmean, bootstrap, level, seed)
         out[key] = {"before": nanmean(b), "after": nanmean(a), "gain": nanmean(gains), "ci_low": low, "ci_high": high,
                     "per_prompt": {"before": b, "after": a}}
+        if key in ("gold", "gold_v2"):  # the gain at no change in length: a length-only baseline beside it
+            length_gain = [y - x for x, y in zip(per_prompt_means(before, "length", n_prompts, k),
+                                                 per_prompt_means(after, "length", n_prompts, k))]
+            out[key]["length_adjusted"] = length_adjusted_gain(gains, length_gain, bootstrap, level, seed)
         if key == "gold":  # a prompt counts as won when its gold reward rose (a tie counts half)
             decided = [g for g in gains if not math.isnan(g)]
             out["gold_win_rate"] = (sum((g > 0) + 0.5 * (g == 0) for g in decided) / len(decided)
                                     if decided else math.nan)
     return out
+
+
+def length_adjusted_gain(gains: list[float], length_gains: list[float], bootstrap: int = 1000,
+                         level: float = 0.95, seed: int = 0) -> dict:
+    """The per-prompt gain a least-squares line through (length change, gain) gives at no length change
+    (its intercept), with a bootstrap CI over prompts, and the slope (gain per token of length): how much
+    of a gain is more than what the length change alone predicts."""
+    import numpy as np
+
+    pairs = [(x, y) for x, y in zip(length_gains, gains) if not (math.isnan(x) or math.isnan(y))]
+    if len(pairs) < 3:
+        return {"intercept": math.nan, "ci_low": math.nan, "ci_high": math.nan, "slope": math.nan}
+    x, y = np.array(pairs).T
+
+    def fit(idx) -> tuple[float, float]:
+        if np.ptp(x[idx]) == 0:  # no spread in length: the mean gain is all there is
+            return float(y[idx].mean()), 0.0
+        slope, intercept = np.polyfit(x[idx], y[idx], 1)
+        return float(intercept), float(slope)
+
+    intercept, slope = fit(np.arange(len(x)))
+    rng = np.random.default_rng(seed)
+    draws = [fit(rng.integers(0, len(x), len(x)))[0] for _ in range(bootstrap)]
+    alpha = (1 - level) / 2
+    return {"intercept": intercept, "ci_low": float(np.quantile(draws, alpha)),
+            "ci_high": float(np.quantile(draws, 1 - alpha)), "slope": slope}
 
 
 def disagreement(scores: list[dict]) -> float:

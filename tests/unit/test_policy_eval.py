@@ -31,3 +31,15 @@ def test_the_change_ships_its_per_prompt_values():
     gains = [a - b for a, b in zip(gold["per_prompt"]["after"], gold["per_prompt"]["before"])]
     assert gains == pytest.approx([0.05] * 3) and gold["gain"] == pytest.approx(0.05)
     assert change["kl"]["after"] == pytest.approx((1 + 1 + 2) / 3) and change["cut"]["after"] == pytest.approx(1 / 3)
+
+
+def test_the_length_adjusted_gain_is_the_intercept_at_no_length_change():
+    from rlhf_ray.rl.policy_eval import length_adjusted_gain
+
+    length = [0.0, 5.0, 10.0, 15.0, 20.0]
+    pure_length = [0.002 * x for x in length]  # all of it length: nothing is left at no length change
+    fit = length_adjusted_gain(pure_length, length, bootstrap=200)
+    assert fit["intercept"] == pytest.approx(0.0, abs=1e-9) and fit["slope"] == pytest.approx(0.002)
+    more = [g + 0.03 for g in pure_length]  # 0.03 beyond what length predicts
+    fit = length_adjusted_gain(more, length, bootstrap=200)
+    assert fit["intercept"] == pytest.approx(0.03) and fit["ci_low"] <= 0.03 <= fit["ci_high"]

@@ -164,7 +164,7 @@ COMMANDS = {
                     ("learner.micro_batch_tokens", "learner.logits_chunk_tokens", "rm.micro_batch_tokens",
                      "policy.gradient_checkpointing", "model.gradient_checkpointing"),
                     "rlhf-ray plan --config configs/paper_rloo_gpu.yaml --gpu-memory-gb 80"),
-    "demo": Command(_cmd_pipeline, "a short pipeline on the embedded default (~21 min on 2 cores)", "configs/demo.yaml",
+    "demo": Command(_cmd_pipeline, "a short pipeline on the embedded default (~24 min on 2 cores)", "configs/demo.yaml",
                     ("output_dir", "pipeline.reward_models", "pipeline.rloo_overrides"), "rlhf-ray demo"),
 }
 

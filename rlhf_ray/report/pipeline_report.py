@@ -86,19 +86,23 @@ def _curves_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> str:
 
 
 def _over_optimisation_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> str:
-    """Held-out gold and proxy against the KL, every `rloo.eval_every` steps (step 0: the initial policy)."""
+    """Held-out gold (v1, and v2 where measured) and proxy against the evaluated policy's KL, every
+    `rloo.eval_every` steps (step 0: the initial policy)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    keys = [k for k in ("gold", "gold_v2") if all(k in p for r in runs for p in r["held_out_curve"])] + ["proxy"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
     for run, style in zip(runs, _line_styles(runs)):
         curve = run["held_out_curve"]
         kl = [p["kl"] for p in curve]
-        for ax, key in zip(axes, ("gold", "proxy")):
+        for ax, key in zip(axes, keys):
             ax.plot(kl, [p[key] for p in curve], marker="o", ms=3, label=label(run, several_seeds), **style)
             ax.fill_between(kl, [p[f"{key}_ci_low"] for p in curve], [p[f"{key}_ci_high"] for p in curve],
                             color=style["color"], alpha=0.12 if len(runs) <= 4 else 0.05)
-    axes[0].set(title="held-out gold reward vs KL (95% CI over prompts)", xlabel="KL(policy || reference)",
-                ylabel="gold reward")
-    axes[1].set(title="held-out proxy reward vs KL", xlabel="KL(policy || reference)", ylabel="proxy reward")
+    titles = {"gold": "held-out gold v1 vs KL (95% CI over prompts)", "gold_v2": "held-out gold v2 vs KL",
+              "proxy": "held-out proxy reward vs KL"}
+    for ax, key in zip(axes, keys):
+        ax.set(title=titles[key], xlabel="KL(policy || reference), its own samples",
+               ylabel="proxy reward" if key == "proxy" else "gold reward")
     _legend(axes, runs)
     return save_figure(plt, fig, out_dir / "rl_over_optimisation.png")
 

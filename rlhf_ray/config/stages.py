@@ -41,6 +41,9 @@ class PrepareConfig(Section):
     collapse_source: str = "chitchat"
     testbeds: list[Literal["gold", "collapse"]] = ["gold", "collapse"]
     policy_samples: PolicySamplesConfig = PolicySamplesConfig()
+    # which gold ranks and scores the gold testbed's groups (its rule-made and policy samples): v1
+    # (`data/gold.py`, what every shipped result used) or v2 (`data/gold_v2.py`, issue 24)
+    gold_labels: Literal["v1", "v2"] = "v1"
 
 
 class BonConfig(Section):

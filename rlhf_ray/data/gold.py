@@ -46,6 +46,7 @@ import functools
 import random
 import re
 from pathlib import Path
+from typing import Callable
 
 from rlhf_ray.data.corpora import chatterbot_qa, chitchat
 from rlhf_ray.data.schema import Group, write_groups
@@ -168,11 +169,18 @@ def _by_gold(scored: tuple) -> tuple:
     return -gold, generator, text
 
 
-def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]]) -> Group:
-    """The prompt's responses ((generator, text) pairs, or generator -> text) ranked by gold."""
+def gold_v1(prompt: dict, response: str) -> float:
+    """Gold v1 of `response` to a gold prompt record: what labels the testbed unless told otherwise."""
+    return gold_reward(prompt["prompt_type"], prompt["reference"], response)
+
+
+Gold = Callable[[dict, str], float]  # (gold prompt record, response) -> gold reward
+
+
+def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]], gold: Gold = gold_v1) -> Group:
+    """The prompt's responses ((generator, text) pairs, or generator -> text) ranked by `gold`."""
     pairs = responses.items() if isinstance(responses, dict) else responses
-    scored = sorted(((gold_reward(prompt["prompt_type"], prompt["reference"], text), gen, text) for gen, text in pairs),
-                    key=_by_gold)
+    scored = sorted(((gold(prompt, text), gen, text) for gen, text in pairs), key=_by_gold)
     return Group(
         prompt_id=prompt["prompt_id"],
         prompt=prompt["prompt"],
@@ -203,7 +211,9 @@ def test_prompts(n: int, seed: int, exclude: set[str]) -> list[dict]:
 
 
 def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int, test_size: int = 0,
-               exclude: set[str] = frozenset()) -> dict:
+               exclude: set[str] = frozenset(), gold: Gold = gold_v1) -> dict:
+    """The gold testbed's files under out_dir/gold, every group ranked and scored by `gold` (v1 by
+    default; `prepare.gold_labels`)."""
     rng = random.Random(seed + 1)
     prompts = gold_prompts(train_prompts + valid_prompts, seed)
     p_train, p_valid = prompts[:train_prompts], prompts[train_prompts:]
@@ -219,13 +229,13 @@ def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed
         pool = responses(p, M_TRAIN)
         picked = rng.sample(M_TRAIN, 2)
         for split, names in (("train", picked), ("val1", [g for g in M_TRAIN if g not in picked])):
-            group = _group(p, {g: pool[g] for g in names})
+            group = _group(p, {g: pool[g] for g in names}, gold)
             if group.scores[0] > group.scores[1]:  # a tie teaches nothing: drop it
                 files[split].append(group)
-        files["val3"].append(_group(p, responses(p, M_VALID)))
+        files["val3"].append(_group(p, responses(p, M_VALID), gold))
     for p in p_valid:
-        files["val2"].append(_group(p, responses(p, M_TRAIN)))
-        files["val4"].append(_group(p, responses(p, M_VALID)))
+        files["val2"].append(_group(p, responses(p, M_TRAIN), gold))
+        files["val4"].append(_group(p, responses(p, M_VALID), gold))
 
     out = Path(out_dir) / "gold"
     for split, groups in files.items():
@@ -234,11 +244,11 @@ def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed
     return {**{split: len(groups) for split, groups in files.items()}, "test_prompts": len(p_test)}
 
 
-def policy_group(prompt: dict, responses: list[str], distinct_gold: bool) -> Group | None:
+def policy_group(prompt: dict, responses: list[str], distinct_gold: bool, gold: Gold = gold_v1) -> Group | None:
     """The policy's responses to `prompt` as a ranked group (generator `policy`), best first by gold. For
     training, `distinct_gold` keeps one response per gold value (a tie teaches no preference); None when
     fewer than two are left."""
-    group = _group(prompt, [("policy", text) for text in responses])
+    group = _group(prompt, [("policy", text) for text in responses], gold)
     if distinct_gold:
         keep = [i for i, score in enumerate(group.scores) if i == 0 or round(score, 6) != round(group.scores[i - 1], 6)]
         group = Group(group.prompt_id, group.prompt, group.prompt_type, [group.completions[i] for i in keep],

@@ -13,6 +13,14 @@ from rlhf_ray.utils.seeds import derive_seed
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
+def labelling_gold(version: str):
+    """The gold that labels the gold testbed (`prepare.gold_labels`): (prompt record, response) -> score."""
+    from rlhf_ray.data.gold import gold_v1
+    from rlhf_ray.data.gold_v2 import gold_reward_v2
+
+    return {"v1": gold_v1, "v2": gold_reward_v2}[version]
+
+
 def attack_prompt_texts() -> set[str]:
     """The prompts gold v2 was shaped or checked on (`data/gold_v2.py` ATTACK_SETS): never in a test split."""
     from rlhf_ray.data.gold_v2 import ATTACK_SETS, attack_prompts
@@ -30,7 +38,8 @@ def prepare(cfg: Config, testbeds=None) -> dict:
     for name in testbeds or cfg.prepare.testbeds:
         if name == "gold":
             written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts, sizes.gold_valid_prompts, cfg.seed,
-                                         sizes.gold_test_prompts, exclude=attack_prompt_texts())
+                                         sizes.gold_test_prompts, exclude=attack_prompt_texts(),
+                                         gold=labelling_gold(cfg.prepare.gold_labels))
         elif name == "collapse":
             written["collapse"] = build_collapse(
                 cfg.data.dir, sizes.collapse_train_prompts, sizes.collapse_eval_prompts, cfg.seed,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlhf_ray.config import Config
 from rlhf_ray.data.gold import mix_train, policy_group
+from rlhf_ray.data.loaders import labelling_gold
 from rlhf_ray.data.schema import load_groups, read_records, write_groups
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling
@@ -104,10 +105,11 @@ def add_policy_samples(cfg: Config) -> dict:
     # the test split is for reported RLOO results only: no reward model or best-of-n curve sees it
     prompts = [r for _, _, r in read_records(gold_dir / "prompts.parquet", cfg.data.max_row_mb) if r["split"] != "test"]
     samples = cached_samples(cfg, prompts, gold_dir)
+    gold = labelling_gold(cfg.prepare.gold_labels)
     train = [g for p in prompts if p["split"] == "train"
-             if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=True)) is not None]
+             if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=True, gold=gold)) is not None]
     held_out = [g for p in prompts if p["split"] != "train"
-                if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=False)) is not None]
+                if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=False, gold=gold)) is not None]
     rules = [g for g in load_groups(gold_dir / "train.parquet") if "policy" not in g.generators]
     mixed = mix_train(rules, train, ps.train_share, derive_seed(cfg.seed, "policy_mix"))
     write_groups(mixed, gold_dir / "train.parquet")

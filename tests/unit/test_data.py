@@ -136,3 +136,24 @@ def test_the_test_split_is_apart_from_every_other_prompt_and_the_same_testbed_wi
                                                                        if k != "test_prompts"}
     plain_rows = pq.read_table(tmp_path / "plain" / "gold" / "prompts.parquet").to_pylist()
     assert "test" not in {r["split"] for r in plain_rows}
+
+
+def test_the_gold_testbed_can_be_labelled_by_gold_v2(tmp_path):
+    """prepare.gold_labels=v2: every group ranked and scored by gold v2 (best first); v1 stays the default."""
+    from rlhf_ray.config import load_config
+    from rlhf_ray.data.gold_v2 import gold_reward_v2
+    from rlhf_ray.data.loaders import labelling_gold
+
+    assert load_config(None, []).prepare.gold_labels == "v1"
+    gold.build_gold(tmp_path, 16, 8, seed=0, gold=labelling_gold("v2"))
+    prompts = {r["prompt_id"]: r for r in pq.read_table(tmp_path / "gold" / "prompts.parquet").to_pylist()}
+    checked = 0
+    for name in ("val2", "val3"):
+        for g in load_groups(tmp_path / "gold" / f"{name}.parquet"):
+            expected = [round(gold_reward_v2(prompts[g.prompt_id], c), 6) for c in g.completions]
+            assert g.scores == expected and g.scores == sorted(g.scores, reverse=True)
+            checked += 1
+    assert checked == 24
+    v1 = gold.build_gold(tmp_path / "v1", 16, 8, seed=0)
+    assert load_groups(tmp_path / "v1" / "gold" / "val3.parquet")[0].scores != \
+        load_groups(tmp_path / "gold" / "val3.parquet")[0].scores and v1["val3"] == 16

@@ -52,9 +52,10 @@ def attacks(prompt: dict, others: list[dict], rng: random.Random) -> dict[str, s
     """Every attack's reply to `prompt`; `others` are prompts of the same type (the off-topic source)."""
     ref = as_reply(prompt["reference"])
     n_ref = len(words(ref))
-    other = rng.choice([o for o in others if topic_of(o) != topic_of(prompt) or o["prompt_type"] == "closed"])
+    topic = topic_of(prompt)
+    other = rng.choice([o for o in others if topic_of(o) != topic or o["prompt_type"] == "closed"])
     other_words = " ".join(" ".join([other["reference"]] * 3).split()[:n_ref])
-    topical = sorted(topic_words().get(topic_of(prompt), ())) or list(frequent_content_words())
+    topical = sorted(topic_words().get(topic, ())) or list(frequent_content_words())
     out = {
         "word_salad": _salad(list(frequent_content_words()), rng),
         "topic_salad": _salad(topical, rng),
@@ -68,7 +69,8 @@ def attacks(prompt: dict, others: list[dict], rng: random.Random) -> dict[str, s
         "template_plus_prompt": f"{prompt['prompt']} {TEMPLATE}",
     }
     if prompt["prompt_type"] == "closed":
-        out["answer_buried"] = f"{_padded('', 2 * n_ref + 10).strip()} {ref} {_padded('', 2 * n_ref + 10).strip()}"
+        padding = _padded("", 2 * n_ref + 10).strip()
+        out["answer_buried"] = f"{padding} {ref} {padding}"
     return out
 
 

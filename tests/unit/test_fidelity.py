@@ -35,6 +35,14 @@ def test_tis_clamps_to_openrlhfs_default_thresholds_from_both_sides():
     assert LearnerConfig().is_floor == 0.5
 
 
+def _assert_same_loss_and_gradient(loss, reference, new) -> None:
+    """The learner's loss equals the reference expression, and so does its gradient in the new log-probs."""
+    torch.testing.assert_close(loss, reference)
+    (grad,) = torch.autograd.grad(loss, new)
+    (expected,) = torch.autograd.grad(reference, new)
+    torch.testing.assert_close(grad, expected)
+
+
 def _learner(**over) -> LearnerConfig:
     return LearnerConfig(**{"beta": 0.0, "clip": 0.2, **over})
 
@@ -63,10 +71,7 @@ def test_seq_mask_loss_is_averaged_over_the_kept_as_verl(variant):
         ratio = torch.exp(((new - old) * mask).sum(-1))
         surrogate = torch.max(-adv * ratio, -adv * ratio.clamp(0.8, 1.2))
         verl = (surrogate * keep).sum() / keep.sum()
-    torch.testing.assert_close(loss, verl)
-    (grad,) = torch.autograd.grad(loss, new)
-    (expected,) = torch.autograd.grad(verl, new)
-    torch.testing.assert_close(grad, expected)
+    _assert_same_loss_and_gradient(loss, verl, new)
 
 
 def test_grpo_with_the_kl_in_the_loss_is_trls_grpo():
@@ -88,10 +93,7 @@ def test_grpo_with_the_kl_in_the_loss_is_trls_grpo():
     per_token = torch.max(-trl_adv * ratio, -trl_adv * ratio.clamp(0.8, 1.2))
     per_token = per_token + beta * (torch.exp(ref - new) - (ref - new) - 1)
     trl = (per_token * mask).sum() / mask.sum()
-    torch.testing.assert_close(loss, trl)
-    (grad,) = torch.autograd.grad(loss, new)
-    (expected,) = torch.autograd.grad(trl, new)
-    torch.testing.assert_close(grad, expected)
+    _assert_same_loss_and_gradient(loss, trl, new)
 
 
 def test_kl_in_the_reward_stays_the_default_and_differs_from_the_loss_placement():

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from rlhf_ray.cluster import ActorGroupError, Restarted, actor_env, actor_log_path, with_log_file
+from rlhf_ray.cluster import ActorGroupError, ActorSetup, Restarted, with_log_file
 from rlhf_ray.config import ActorGroupConfig
 from rlhf_ray.placement import bundle_of, reserve_bundles
 
@@ -28,9 +28,10 @@ class ActorGroup:
     several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
 
     def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, tag: str | None = None,
-                 shared_placement=None, **kwargs):
+                 shared_placement=None, setup: ActorSetup | None = None, **kwargs):
         """`shared_placement`: a placement group another group's actors share, bundle i holding actor i of
-        each (colocation); its owner removes it. None: the group's own, one bundle per actor."""
+        each (colocation); its owner removes it. None: the group's own, one bundle per actor. `setup`:
+        the run's, from `connect` (None: output to the driver, tcmalloc found automatically)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -41,18 +42,13 @@ class ActorGroup:
         remote_cls = ray.remote(with_log_file(actor_cls))
         prefix = f"{role}-{tag}" if tag else role
         self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
-        env = actor_env(cfg.num_threads)
-
-        def env_of(name: str) -> dict[str, str]:
-            path = actor_log_path(name)
-            return {**env, "RLHF_RAY_ACTOR_LOG": path} if path else env
-
+        setup = setup or ActorSetup()
         self.actors = [
             remote_cls.options(
                 name=name,
                 num_cpus=cfg.num_cpus,
                 max_restarts=cfg.max_restarts,
-                runtime_env={"env_vars": env_of(name)},
+                runtime_env={"env_vars": setup.env(name, cfg.num_threads)},
                 num_gpus=cfg.num_gpus,
                 resources=dict(cfg.resources),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 
@@ -26,8 +27,6 @@ TCMALLOC_PATHS = ("{prefix}/lib/tcmalloc/libtcmalloc_minimal.so.4",  # scripts/s
                   "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_tcmalloc = "auto"  # ray.tcmalloc of the last connect()
-_actor_log_dir: Path | None = None  # where actors' output goes (connect's log_dir), None: to the driver
 
 
 def tcmalloc_library(setting: str = "auto") -> str | None:
@@ -44,13 +43,13 @@ def tcmalloc_library(setting: str = "auto") -> str | None:
     return next((p for p in found if Path(p).is_file()), None)
 
 
-def actor_env(threads: int | None) -> dict[str, str]:
-    """An actor's environment: ACTOR_ENV with its thread count, tcmalloc preloaded when found, and NCCL's
-    NVLS off unless the driver's environment says otherwise (its all-gather misorders slices when ranks
-    and GPUs are permuted, NCCL issue #1906, and Ray does not order GPUs by rank)."""
+def actor_env(threads: int | None, tcmalloc: str = "auto") -> dict[str, str]:
+    """An actor's environment: ACTOR_ENV with its thread count, tcmalloc preloaded when found (`ray.tcmalloc`),
+    and NCCL's NVLS off unless the driver's environment says otherwise (its all-gather misorders slices when
+    ranks and GPUs are permuted, NCCL issue #1906, and Ray does not order GPUs by rank)."""
     env = {**ACTOR_ENV, "OMP_NUM_THREADS": str(threads or 1), "MKL_NUM_THREADS": str(threads or 1),
            "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
-    library = tcmalloc_library(_tcmalloc)
+    library = tcmalloc_library(tcmalloc)
     if library:
         env["LD_PRELOAD"] = ":".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
     return env
@@ -64,9 +63,25 @@ class Restarted(RuntimeError):
     """Raised by an actor that notices it was restarted since its last call (its state is gone)."""
 
 
-def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> None:
+@dataclass(frozen=True)
+class ActorSetup:
+    """How one run's actors start, from `connect`: where their output goes (`<log_dir>/<actor>.log`;
+    None: the driver's terminal) and the tcmalloc setting (`ray.tcmalloc`). Each run holds its own, so
+    runs side by side in one driver (`experiment.parallel`) keep their own log folders."""
+
+    log_dir: Path | None = None
+    tcmalloc: str = "auto"
+
+    def env(self, name: str, threads: int | None) -> dict[str, str]:
+        """Actor `name`'s environment (`actor_env`), with its log file when there is a log folder."""
+        env = actor_env(threads, self.tcmalloc)
+        return {**env, "RLHF_RAY_ACTOR_LOG": str(self.log_dir / f"{name}.log")} if self.log_dir else env
+
+
+def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
     """Join the cluster at cfg.address / $RAY_ADDRESS, or start a local instance that listens on
-    127.0.0.1 only (`ray.local_loopback`). A no-op when Ray is already initialised (tests, Ray jobs).
+    127.0.0.1 only (`ray.local_loopback`); joining is a no-op when Ray is already initialised (tests,
+    Ray jobs). Returns how this run's actors start (pass it to each `ActorGroup`).
 
     Unless `ray.log_to_driver`, what actors print (Ray, vLLM, DeepSpeed, transformers) goes to
     `<log_dir>/<actor>.log` instead of this terminal, and Ray's own driver messages below errors are
@@ -75,12 +90,10 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> None:
 
     import ray
 
-    global _tcmalloc, _actor_log_dir
     tcmalloc_library(cfg.tcmalloc)  # a bad path fails here, naming the key
-    _tcmalloc = cfg.tcmalloc
-    _actor_log_dir = None if cfg.log_to_driver or log_dir is None else Path(log_dir)
+    setup = ActorSetup(None if cfg.log_to_driver or log_dir is None else Path(log_dir), cfg.tcmalloc)
     if ray.is_initialized():
-        return
+        return setup
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
     quiet = {} if cfg.log_to_driver else {"logging_level": logging.ERROR, "log_to_driver": False}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -88,7 +101,8 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> None:
         # no runtime_env here: a Ray job brings its own (working_dir, env_vars) and Ray refuses to merge
         # a second one into it; the actors get ACTOR_ENV through their own options (ActorGroup)
         ray.init(address=address, namespace=cfg.namespace, **quiet)
-        return
+        return setup
+
     def start() -> None:
         with loopback_instance() if cfg.local_loopback else contextlib.nullcontext():
             ray.init(
@@ -102,6 +116,7 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> None:
             )
 
     start_local_instance(start)
+    return setup
 
 
 def start_local_instance(start, attempts: int = 2) -> None:
@@ -169,8 +184,3 @@ def with_log_file(actor_cls):
     # the role's class name in Ray's dashboard; the module stays this one, so the class travels by value
     Logged.__name__ = Logged.__qualname__ = actor_cls.__name__
     return Logged
-
-
-def actor_log_path(name: str) -> str | None:
-    """The file actor `name`'s output goes to (`connect`'s log_dir), None: to the driver's terminal."""
-    return str(_actor_log_dir / f"{name}.log") if _actor_log_dir else None

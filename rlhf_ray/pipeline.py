@@ -16,7 +16,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from rlhf_ray.config import Config, ConfigError, find_config, load_config
+from rlhf_ray.child_config import child_config
+from rlhf_ray.config import Config, ConfigError
 from rlhf_ray.data.loaders import prepare
 from rlhf_ray.finished_stages import FinishedStages, data_fingerprint
 from rlhf_ray.report.experiment_report import write_experiment_report
@@ -26,20 +27,11 @@ from rlhf_ray.rl.policy_samples import add_policy_samples
 from rlhf_ray.rm.bon import run_bon
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
-from rlhf_ray.utils import storage
 
 
 def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path, seed: int) -> Config:
-    """A stage's config file (None: the pipeline's own), with what the pipeline shares (data, seed,
-    logging) and its overrides."""
-    shared = [f"data.dir={cfg.data.dir}", f"seed={seed}", f"tensorboard={str(cfg.tensorboard).lower()}",
-              f"eval.bootstrap={cfg.eval.bootstrap}"]
-    if cfg.ray.address:
-        shared.append(f"ray.address={cfg.ray.address}")
-    if cfg.storage_path:  # the stage's files under the pipeline's, as its output_dir is under the pipeline's
-        stage_dir = Path(output_dir).relative_to(cfg.output_dir).parent
-        shared.append(f"storage_path={storage.join(cfg.storage(), *stage_dir.parts)}")
-    return load_config(find_config(ref) if ref else None, [*shared, *overrides, f"output_dir={output_dir}"])
+    """A stage's config file (None: the pipeline's own), with what the pipeline shares and its overrides."""
+    return child_config(cfg, ref, overrides, output_dir, seed)
 
 
 def say(name: str, text: str) -> None:

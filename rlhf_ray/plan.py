@@ -104,11 +104,11 @@ def training_terms(arch: Architecture, dtype: str, ranks: int, zero_stage: int, 
 
 
 def _rm_tokens(cfg: Config) -> int:
-    rc = cfg.rm
-    if rc.micro_batch_tokens is not None:
-        return rc.micro_batch_tokens
+    tc = cfg.rm
+    if tc.micro_batch_tokens is not None:
+        return tc.micro_batch_tokens
     completions = 8 if cfg.data.testbed == "collapse" else 2  # the collapse testbed ranks 8 per prompt
-    groups = rc.batch_size // (rc.num_workers * rc.grad_accum_steps)
+    groups = tc.batch_size // (tc.num_workers * tc.grad_accum_steps)
     return groups * completions * cfg.model.max_length
 
 
@@ -121,14 +121,14 @@ def _learner_tokens(cfg: Config) -> int:
 
 
 def rm_trainer_plan(cfg: Config) -> GroupPlan:
-    mc, rc = cfg.model, cfg.rm
+    mc, tc = cfg.model, cfg.rm
     arch = architecture(mc.name, "model.name")
-    terms = training_terms(arch, mc.dtype, rc.num_workers, rc.zero_stage, _rm_tokens(cfg), mc.gradient_checkpointing,
+    terms = training_terms(arch, mc.dtype, tc.num_workers, tc.zero_stage, _rm_tokens(cfg), mc.gradient_checkpointing,
                            with_lm_head=False)
-    on_gpu = rc.num_gpus > 0
-    plan = GroupPlan("rm", f"reward-model trainer ({mc.name}, {rc.num_workers} ranks, ZeRO-{rc.zero_stage})",
+    on_gpu = tc.num_gpus > 0
+    plan = GroupPlan("rm", f"reward-model trainer ({mc.name}, {tc.num_workers} ranks, ZeRO-{tc.zero_stage})",
                      {**terms, **({"CUDA context": CUDA_CONTEXT} if on_gpu else {})}, on_gpu=on_gpu)
-    return with_host(plan, rc, loading_weights=terms["weights"] if on_gpu else 0)
+    return with_host(plan, tc, loading_weights=terms["weights"] if on_gpu else 0)
 
 
 def scorer_plan(ref: str, key: str, dtype: str, max_length: int, scorer_section, count: int = 1) -> GroupPlan:
@@ -157,7 +157,14 @@ def learner_plan(cfg: Config) -> GroupPlan:
     whole = arch.params() * _bytes(pc.dtype)
     return with_host(plan, lc, loading_weights=terms["weights"] if on_gpu else 0,
                      offloaded_reference=whole if lc.offload_reference else 0,
-                     once={"published weights (rank 0)": whole if cfg.rollout.sync == "object_store" else 0})
+                     once={"published weights (rank 0)": whole if staged_copy(cfg.rollout.sync) else 0})
+
+
+def staged_copy(transport: str) -> bool:
+    """Whether weight delivery by `transport` (`rollout.sync`) stages a whole host copy on the way."""
+    from rlhf_ray.rl.sync import transport_class
+
+    return transport_class(transport).stages_host_copy
 
 
 def rollout_plan(cfg: Config) -> GroupPlan:
@@ -168,7 +175,7 @@ def rollout_plan(cfg: Config) -> GroupPlan:
              "sampler logits": SAMPLER_ROWS * arch.vocab * 4, **({"CUDA context": CUDA_CONTEXT} if rc.num_gpus else {})}
     plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=rc.num_gpus > 0)
     return with_host(plan, rc, process=VLLM_PROCESS_HOST if rc.engine == "vllm" else PROCESS_HOST,
-                     received_weights=whole if rc.sync == "object_store" else 0,
+                     received_weights=whole if staged_copy(rc.sync) else 0,
                      loading_weights=whole if rc.num_gpus else 0)
 
 

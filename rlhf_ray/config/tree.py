@@ -91,12 +91,6 @@ class Config(Section):
             raise ValueError("must not be empty")
         return v
 
-    def storage(self) -> str:
-        """The run's folder in storage: <storage_path>/<output_dir's name>, or output_dir."""
-        from rlhf_ray.utils.storage import join
-
-        return join(self.storage_path, Path(self.output_dir).name) if self.storage_path else self.output_dir
-
     def with_absolute_paths(self) -> "Config":
         """Local paths made absolute against the driver's working directory: actors on other nodes,
         and in a Ray job, run in other directories, so a relative path would name another place."""

@@ -4,25 +4,28 @@ the actor; the driver never copies a batch."""
 from __future__ import annotations
 
 from rlhf_ray.actor_group import ActorGroup
+from rlhf_ray.cluster import ActorSetup
 from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Sampling
-from rlhf_ray.rl.phases import Generating, Generation, Synced
+from rlhf_ray.rl.phases import Generating, Generation
 from rlhf_ray.rl.learner import RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
 from rlhf_ray.rl.scorer import RLScorerActor
+from rlhf_ray.rl.sync import Colocated, Delivery, transport_class
 from rlhf_ray.utils.seeds import derive_seed
 
 
-def rollout_group(cfg: Config, shared_placement=None) -> ActorGroup:
+def rollout_group(cfg: Config, shared_placement=None, setup: ActorSetup | None = None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
     rc = cfg.rollout
     vllm = {"tensor_parallel_size": rc.tensor_parallel_size, "gpu_memory_utilization": rc.gpu_memory_utilization,
             "enforce_eager": rc.enforce_eager, "enable_prefix_caching": rc.enable_prefix_caching,
             "sleeps": rc.colocate_with_learner}
-    return ActorGroup(RolloutActor, "rollout", rc, rc.engine, cfg.policy.name, dtype=cfg.policy.dtype,
-                      kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len, sync_timeout_s=rc.sync_timeout_s,
-                      seed=cfg.seed, device=rc.device, trust_remote_code=cfg.policy.trust_remote_code,
-                      shared_placement=shared_placement, **(vllm if rc.engine == "vllm" else {}))
+    return ActorGroup(RolloutActor, "rollout", rc, rc.engine, cfg.policy.name, transport=rc.sync,
+                      dtype=cfg.policy.dtype, kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len,
+                      sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed, device=rc.device,
+                      trust_remote_code=cfg.policy.trust_remote_code,
+                      shared_placement=shared_placement, setup=setup, **(vllm if rc.engine == "vllm" else {}))
 
 
 def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
@@ -53,34 +56,29 @@ def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
 
 
 class RLGroups:
-    def __init__(self, cfg: Config, total_steps: int):
+    def __init__(self, cfg: Config, total_steps: int, setup: ActorSetup | None = None):
+        """`setup`: how the run's actors start (`cluster.connect`)."""
         from rlhf_ray.placement import reserve_bundles
 
         self.cfg = cfg
         rc = cfg.rollout
         self.shared = (reserve_bundles("learner", colocated_bundles(cfg), cfg.learner.placement_strategy,
                                        cfg.learner.placement_timeout_s) if rc.colocate_with_learner else None)
-        self.rollout = rollout_group(cfg, self.shared)
+        self.rollout = rollout_group(cfg, self.shared, setup)
         if self.shared is not None:
             # colocated: the engines take their memory (vLLM checks the GPU's free memory as it starts) and
             # sleep before the learner rank loads beside them; they wake with the learner's weights below
             self.rollout.call("sleep", timeout_s=rc.timeout_s)
-        self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward.model_dump(), cfg.scorer.device)
-        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared)
+        self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
+                                 setup=setup)
+        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared, setup=setup)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
-        if rc.sync == "collective":
-            self._join_sync_group()
-        self.version, self.latest_weights, self.regroup = 0, None, False  # the weights the workers hold
+        transport = transport_class(rc.sync)(self.learner, self.rollout, rc.sync_timeout_s)
+        self.delivery = transport if self.shared is None else Colocated(
+            transport, cfg.learner.offload_states_while_generating, rc.timeout_s, cfg.learner.timeout_s)
+        self.delivery.connect()
         if self.shared is not None:
             self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own
-
-    def _join_sync_group(self) -> None:
-        """Learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..) form one group."""
-        addr, port = self.learner.call_one(0, "reserve_address")
-        world, timeout = len(self.rollout) + 1, self.cfg.rollout.sync_timeout_s
-        refs = [self.learner.actors[0].join_sync_group.remote(world, addr, port, timeout)]
-        refs += [a.join_sync_group.remote(i + 1, world, addr, port, timeout) for i, a in enumerate(self.rollout.actors)]
-        self.rollout.wait(refs, "join_sync_group", timeout, [self.learner.names[0], *self.rollout.names])
 
     def _sampling(self, seed: int) -> Sampling:
         rc = self.cfg.rollout
@@ -91,34 +89,25 @@ class RLGroups:
         caller goes on (overlap); `finish_generation` waits for them."""
         n, k = len(self.rollout), self.cfg.rollout.k
         shard_index = [i for i in shards_by_load([len(p) for p in prompt_ids], n) if i]
-        args = {w: ([prompt_ids[i] for i in idx], k, sampling, self.version) for w, idx in enumerate(shard_index)}
-        return Generating(self.rollout.submit("generate", args), shard_index, self.version)
+        version = self.delivery.version
+        args = {w: ([prompt_ids[i] for i in idx], k, sampling, version) for w, idx in enumerate(shard_index)}
+        return Generating(self.rollout.submit("generate", args), shard_index, version)
 
     def finish_generation(self, generating: Generating) -> Generation:
         """One Rollouts ref per worker that got prompts. A worker that Ray restarted gets the current
         weights and its share again."""
-        refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s, on_restart=self._resync)
+        refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s, on_restart=self._replay)
         return Generation([refs[w] for w in range(len(generating.shard_index))], generating.shard_index,
                           generating.weights_version)
 
     def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generation:
         return self.finish_generation(self.start_generation(prompt_ids, sampling))
 
-    def _resync(self, worker: int, args: tuple) -> tuple:
-        """A restarted rollout worker: the current weights through the object store (the collective
-        group is rebuilt before the next broadcast, since the new process is not in it; with ipc every
-        rank would have to gather for one worker); its generate call again, expecting those weights."""
-        if self.version > 0:
-            if self.cfg.rollout.sync == "collective":
-                self.regroup = True
-            buckets = self.latest_weights or self._publish()["refs"]
-            self.rollout.actors[worker].load_weights.remote(self.version, *buckets)
-        return (*args[:-1], self.version)
-
-    def _publish(self) -> dict:
-        """The learner's current weights in the object store (rank 0's refs, one per bucket; every rank
-        takes part), rank 0's seconds to gather and put them, and the most bytes gathered at once."""
-        return self.learner.call("publish_weights", [()] * len(self.learner), self.cfg.rollout.sync_timeout_s)[0]
+    def _replay(self, worker: int, args: tuple) -> tuple:
+        """A restarted rollout worker: the current weights (`Transport.replay`), then its generate call
+        again, expecting those weights."""
+        self.delivery.replay(worker)
+        return (*args[:-1], self.delivery.version)
 
     def score(self, generation: Generation, prompts: list[dict]) -> list:
         """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts, one per
@@ -165,54 +154,14 @@ class RLGroups:
         refs would arrive as refs), so each rank gets the rollouts and then their scores as one flat
         argument list, rollouts first, and takes its own prompt groups."""
         n = len(self.learner)
-        if self.shared is not None:  # colocated: the engines free the GPU for the learner's update
-            self.rollout.call("sleep", timeout_s=self.cfg.rollout.timeout_s)
-            if self.cfg.learner.offload_states_while_generating:
-                self.learner.call("reload_states", timeout_s=self.cfg.learner.timeout_s)
+        self.delivery.before_update()  # colocated: the engines free the GPU for the learner's update
         refs = [a.update.remote(r, n, *generation.refs, *score_refs) for r, a in enumerate(self.learner.actors)]
         return self.learner.wait(refs, "update", self.cfg.learner.timeout_s)
 
-    def sync(self, version: int) -> Synced:
-        """Publish the learner's weights (raw tensor bytes) to every worker: one object-store put that
-        each worker maps without copying, a broadcast in the collective group, or (ipc) each worker mapping
-        its colocated learner rank's buckets."""
-        rc = self.cfg.rollout
-        if self.shared is not None:  # colocated: the engines take back memory for the new weights first
-            self.rollout.call("wake_up", [("weights",)] * len(self.rollout), rc.timeout_s)
-        if rc.sync == "collective":  # a worker lost mid-broadcast fails the broadcast: the run stops, resumable
-            if self.regroup:
-                self._join_sync_group()
-                self.regroup = False
-            sends = [a.broadcast_weights.remote() for a in self.learner.actors]
-            receives = [a.receive_weights.remote(version) for a in self.rollout.actors]
-            results = self.rollout.wait([*sends, *receives], "weight broadcast", rc.sync_timeout_s,
-                                        [*self.learner.names, *self.rollout.names])
-            peak = max(r["gathered_peak_bytes"] for r in results[:len(sends)])
-            synced = Synced(results[len(sends):], 0.0, peak)  # sending happens inside the broadcast
-        elif rc.sync == "ipc":  # each worker pulls from its colocated rank (every rank gathers each bucket)
-            args = {i: (version, self.learner.actors[i], rc.sync_timeout_s) for i in range(len(self.rollout))}
-            loaded = self._on_every_worker("pull_weights", args, rc.sync_timeout_s)
-            synced = Synced(loaded, 0.0, max(r["gathered_peak_bytes"] for r in loaded))
-        else:
-            published = self._publish()
-            self.latest_weights = published["refs"]
-            # a worker that Ray restarts meanwhile loads them once it is back (its call is retried)
-            args = {i: (version, *published["refs"]) for i in range(len(self.rollout))}
-            synced = Synced(self._on_every_worker("load_weights", args, rc.sync_timeout_s), published["publish_s"],
-                            published["gathered_peak_bytes"])
-        self.version = version
-        if self.shared is not None:  # ... and their KV cache once the weights are in
-            self.rollout.call("wake_up", [("kv_cache",)] * len(self.rollout), rc.timeout_s)
-        if self.shared is not None and self.cfg.learner.offload_states_while_generating:
-            self.learner.call("offload_states", timeout_s=self.cfg.learner.timeout_s)  # until the next update
-        return synced
-
-    def _on_every_worker(self, method: str, args: dict[int, tuple], timeout_s: float) -> list:
-        """`method` on every rollout worker (a restarted one retried); their results in worker order."""
-        import ray
-
-        done = self.rollout.map(method, args, timeout_s)
-        return ray.get([done[i] for i in range(len(self.rollout))])
+    def sync(self, version: int) -> Delivery:
+        """The learner's weights to every rollout worker, by the run's transport (`rl/sync/`); the workers
+        load them after the generations queued before it."""
+        return self.delivery.deliver(version)
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
         """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record.

@@ -60,3 +60,55 @@ def final_policy(rl, stored: str, stopped_at_best: bool, last_scores, eval_final
     rl.save_policy(storage.join(stored, "policy"))
     scores = last_scores if last_scores is not None or eval_final is None else eval_final()
     return storage.join(stored, "policy"), scores
+
+
+class HeldOutCurve:
+    """The run's held-out evaluations: the initial policy's scores (`before`), the curve so far (each
+    point at the evaluated policy's own KL), the monitor reading it (replayed on resume), its last
+    action, and the last evaluation's step and scores (the final policy's when it was the last step)."""
+
+    def __init__(self, cfg: Config, rl, prompts: list[dict], encode, stored: str, out: Path,
+                 before: list[dict] | None, curve: list[dict]):
+        self.cfg, self.rl, self.prompts, self.encode, self.stored, self.out = cfg, rl, prompts, encode, stored, out
+        self.before, self.curve = before, curve
+        self.monitor = replayed_monitor(cfg, curve)
+        self.action: MonitorAction | None = None
+        self.last: tuple[int, list[dict]] | None = None
+
+    def evaluate(self) -> list[dict]:
+        """The held-out prompts generated and scored by the current policy (no learning)."""
+        return self.rl.evaluate(self.encode(self.prompts), self.prompts)
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.rloo.eval_every
+        return bool(self.prompts and every and step % every == 0)
+
+    def observe(self, step: int) -> None:
+        """Evaluate now, add the point, and carry out what the monitor says about it."""
+        scores = self.evaluate()
+        self.last = (step, scores)
+        self.curve.append(held_out_point_of(self.cfg, scores, self.prompts, step))
+        is_best, action = self.monitor.observe(as_eval(self.curve[-1]))
+        if is_best and self.cfg.rloo.monitor.action == "keep_best":
+            keep_best(self.rl, self.stored, scores, step)
+        self.action = action  # until the next evaluation
+        if action is not None:
+            act_on(action, self.rl, self.out)
+
+    @property
+    def stops(self) -> bool:
+        return self.action is not None and self.action.stops
+
+    @property
+    def stopped_at_best(self) -> bool:
+        return self.action is not None and self.action.action == "keep_best"
+
+    def final(self, last_step: int) -> tuple[str, list[dict] | None]:
+        """The run's policy and its held-out scores (`final_policy`)."""
+        last_scores = self.last[1] if self.last is not None and self.last[0] == last_step else None
+        return final_policy(self.rl, self.stored, self.stopped_at_best, last_scores,
+                            self.evaluate if self.prompts else None)
+
+    def monitor_summary(self) -> dict | None:
+        a = self.action
+        return {"action": a.action, "step": a.step, "reason": a.reason} if a else None

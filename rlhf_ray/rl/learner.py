@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, TypeVar
 
 import torch
 
 from rlhf_ray.config import Config, LearnerConfig
 from rlhf_ray.models.aliases import resolve_model
-from rlhf_ray.models.loading import enable_gradient_checkpointing, load_causal_lm
-from rlhf_ray.rl.engines.base import Rollouts, Weights
+from rlhf_ray.models.loading import load_causal_lm
+from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
-from rlhf_ray.rl.weight_sync import bucket_plan, tensor_bytes
+from rlhf_ray.rl.sync import transport_class
+from rlhf_ray.training_rank import join_as_rank, training_engine
 from rlhf_ray.rl.rloo import CLIP_LOSSES, WHITENED, advantage_stats, advantages_of, centring, kl_loss, \
     loss_denominator, whitening_sums
 from rlhf_ray.utils.actor_shell import actor_shell
 from rlhf_ray.utils.checkpoint import save_hf_folder
-from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype
 from rlhf_ray.utils.micro_batches import common_count, split_to_count
-from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed, zero3_init
+from rlhf_ray.utils.dist import deepspeed_config, zero3_init
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
-
-T = TypeVar("T")
 
 
 def packed_parts(rollouts: Rollouts, scores: torch.Tensor, micro_batches: list[list[int]], pad_id: int,
@@ -71,14 +68,13 @@ def batch_denominator(lc: LearnerConfig, parts, before) -> float:
 
 class RLOOLearner:
     def __init__(self, cfg: Config, rank: int, world_size: int, addr: str, port: int, total_steps: int):
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        init_distributed(rank, world_size, addr, port, cfg.learner.timeout_s)
         from transformers import AutoTokenizer
 
-        torch.manual_seed(cfg.seed)
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
         pc, lc = cfg.policy, cfg.learner
-        self.device = resolve_device(lc.device, "learner.device")
-        resolve_dtype(pc.dtype, self.device, "policy.dtype")
+        self.beta = lc.beta  # the monitor's raise_kl changes it (`set_beta`)
+        self.device = join_as_rank(rank, world_size, addr, port, lc.timeout_s, cfg.seed, lc.device, "learner.device",
+                                   pc.dtype, "policy.dtype")
         path = resolve_model(pc.name)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=pc.trust_remote_code)
         pad = self.tokenizer.pad_token_id
@@ -91,14 +87,14 @@ class RLOOLearner:
         with zero3_init(ds_cfg):  # ZeRO-3: the trained policy is built partitioned, never whole on a rank
             policy = load()
         self.reference = load().eval().requires_grad_(False)  # whole: it runs outside DeepSpeed
-        if pc.gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
         # an offloaded reference waits on the CPU and visits the device for its forwards (`_reference_on_device`)
         self.reference.to("cpu" if lc.offload_reference else self.device)
-        # DeepSpeed puts the policy on its accelerator's device: cuda:<local rank> on a GPU, the CPU here
-        self.engine = deepspeed_engine(policy, lc.lr, 0.0, lc.schedule, int(lc.warmup_ratio * total_steps),
-                                       total_steps * lc.ppo_epochs, ds_cfg)
-        check_engine_device(self.engine.module, self.device, "learner.device")
+        self.engine = training_engine(policy, ds_cfg, pc.gradient_checkpointing, lc.lr, 0.0, lc.schedule,
+                                      int(lc.warmup_ratio * total_steps), total_steps * lc.ppo_epochs, self.device,
+                                      "learner.device")
+        rc = cfg.rollout
+        self.sender = transport_class(rc.sync).Sender(self.engine.module, int(rc.sync_bucket_mb * 2**20),
+                                                       lc.zero_stage, rank)
 
     def _logprobs(self, model, batch, with_entropy: bool = False):
         lc = self.cfg.learner
@@ -131,7 +127,7 @@ class RLOOLearner:
         """One RLOO update on this rank's share (whole prompt groups), in micro-batches whose gradients
         add up to the whole batch's; returns its stats. With one PPO epoch the policy's logprobs before
         the update are the update's own forward (detached): no separate pass for them."""
-        lc, start = self.cfg.learner, time.monotonic()
+        lc, start = self._settings(), time.monotonic()
         parts = packed_parts(rollouts, scores, self.micro_batches(rollouts), self.pad_id, self.device)
         whitened = lc.estimator in WHITENED
         with torch.no_grad(), self._reference_on_device():
@@ -187,7 +183,7 @@ class RLOOLearner:
     def _whitening_sums(self, parts, before, logp_ref) -> torch.Tensor:
         """The whole batch's (sum, sum of squares, count) of the per-prompt-centred advantages, over every
         micro-batch of this rank and every rank (a whitened estimator's mean and variance)."""
-        lc = self.cfg.learner
+        lc = self._settings()
 
         def centred(batch, scores, logp_old, ref):
             return advantages_of(lc.variant, scores.to(logp_old), logp_old, ref, batch.mask, reward_beta(lc), batch.k,
@@ -216,7 +212,12 @@ class RLOOLearner:
 
     def set_beta(self, beta: float) -> None:
         """The KL coefficient from the next update on (the over-optimisation monitor's raise_kl)."""
-        self.cfg.learner.beta = beta
+        self.beta = beta
+
+    def _settings(self) -> LearnerConfig:
+        """The `learner` section as this update uses it: with the KL coefficient as it stands now (the
+        section itself stays as loaded)."""
+        return self.cfg.learner.model_copy(update={"beta": self.beta})
 
     def _whole_grad_norm(self) -> float:
         """The batch's gradient norm before clipping, for ZeRO stage 0, where DeepSpeed does not track
@@ -224,53 +225,9 @@ class RLOOLearner:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
 
-    def publish_weights(self, send: Callable[[Weights], T], on_device: bool = False) -> tuple[list[T], int]:
-        """Rank 0 hands the policy's weights to `send` bucket by bucket (a Ray put, a broadcast) and gets
-        [its results]; with ZeRO-3 every rank gathers one bucket at a time (every rank must call). Also
-        returns the largest number of parameter bytes held whole at once (the gather's extra memory). The
-        `Weights` view the parameters: valid only during `send`."""
-        results, peak = [], 0
-        for names, params, aliases in bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20)):
-            with gathered_parameters(params, self.cfg.learner.zero_stage):
-                peak = max(peak, sum(tensor_bytes(p) for p in params))
-                if self.rank == 0:
-                    results.append(send(Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases,
-                                                   on_device)))
-        return results, peak
-
-    def join_sync_group(self, world_size: int, addr: str, port: int, timeout_s: float) -> None:
-        """Rank 0 only: become the sender of the collective weight-sync group."""
-        from rlhf_ray.rl.weight_sync import BroadcastChannel
-
-        self.channel = BroadcastChannel(0, world_size, addr, port, timeout_s)
-
-    def broadcast_weights(self) -> dict:
-        """The collective path (every rank calls; rank 0 sends the bucket count, then each bucket)."""
-        if self.rank == 0:
-            plan = bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20))
-            self.channel.send_count(len(plan))
-        on_gpu = self.rank == 0 and self.channel.on_gpu  # nccl: the buckets never leave the GPU
-        sent, peak = self.publish_weights(self.channel.send if self.rank == 0 else None, on_gpu)
-        return {"bytes": sum(sent), "gathered_peak_bytes": peak}
-
-    def share_bucket(self, index: int) -> dict:
-        """rollout.sync=ipc: bucket `index` of the policy for this rank's colocated rollout worker, as a
-        handle to memory on this machine (`weight_sync.share`). Each worker asks its own rank for every
-        bucket in turn, so with ZeRO-3 every rank gathers bucket i together. The buffer lives until the
-        next call (or `release_shared`): the worker has mapped it by then."""
-        from rlhf_ray.rl.weight_sync import share
-
-        if index == 0:
-            self._share_plan = bucket_plan(self.engine.module, int(self.cfg.rollout.sync_bucket_mb * 2**20))
-        names, params, aliases = self._share_plan[index]
-        self._shared_buffer = None  # the previous bucket's, mapped by the worker already
-        with gathered_parameters(params, self.cfg.learner.zero_stage):
-            weights = Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases, on_device=True)
-            self._shared_buffer, shared = share(weights)
-        return {**shared, "count": len(self._share_plan), "gathered_bytes": sum(tensor_bytes(p) for p in params)}
-
-    def release_shared(self) -> None:
-        self._shared_buffer = None
+    def send_weights(self, call: str, *args):
+        """This rank's side of the weight transport (`rl/sync/`): `Sender.<call>(*args)`."""
+        return getattr(self.sender, call)(*args)
 
     def save_state(self, path: str) -> list[str]:
         return save_engine_state(self.engine, path)
@@ -298,15 +255,6 @@ class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_paralle
         rollouts = merge_rollouts(rollout_parts)
         positions = shard_positions(len(rollouts), rollouts.k, rank, world_size)
         return {"positions": positions, "kl": self.core.sequence_kl(rollouts.select(positions))}
-
-    def publish_weights(self) -> dict:
-        """The weights in the object store: a ref per bucket (none off rank 0), the seconds spent gathering
-        and putting them, and the most parameter bytes held whole at once."""
-        import ray
-
-        start = time.monotonic()
-        refs, peak = self.core.publish_weights(ray.put)
-        return {"refs": refs, "publish_s": time.monotonic() - start, "gathered_peak_bytes": peak}
 
 
 def merge(rollout_parts, score_parts) -> tuple[Rollouts, torch.Tensor]:

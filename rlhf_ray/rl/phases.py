@@ -26,13 +26,3 @@ class Generation:
     refs: list
     shard_index: list[list[int]]
     weights_version: int = 0
-
-
-@dataclass(frozen=True)
-class Synced:
-    """A weight sync: what each worker loaded, the learner's time to gather and put the weights, and the
-    most parameter bytes a learner rank held whole at once (ZeRO-3: one bucket)."""
-
-    loaded: list[dict]
-    publish_s: float
-    gathered_peak_bytes: int = 0

@@ -50,8 +50,7 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
     ps = cfg.prepare.policy_samples
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name),
                                               trust_remote_code=cfg.policy.trust_remote_code)
-    connect(cfg.ray, Path(cfg.data.dir) / "logs")
-    group = rollout_group(cfg)
+    group = rollout_group(cfg, setup=connect(cfg.ray, Path(cfg.data.dir) / "logs"))
     samples: dict[str, list[str]] = {}
     start, done = time.monotonic(), 0
     try:

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from rlhf_ray.config import RewardConfig
 from rlhf_ray.data.gold import gold_reward
 from rlhf_ray.data.gold_v2 import gold_reward_v2
 from rlhf_ray.rl.engines.base import Rollouts
@@ -20,10 +21,11 @@ from rlhf_ray.utils.actor_shell import actor_shell
 
 
 class RLScorer:
-    def __init__(self, reward_cfg: dict, device: str = "auto"):
+    def __init__(self, reward_cfg: RewardConfig, device: str = "auto"):
+        """`reward_cfg`: the `reward` section (its own, typed); `device`: `scorer.device`."""
         self.cfg = reward_cfg
-        self.members = [RewardScorer(m, reward_cfg["max_length"], device=device, dtype=reward_cfg["dtype"])
-                        for m in reward_cfg["models"]]
+        self.members = [RewardScorer(m, reward_cfg.max_length, device=device, dtype=reward_cfg.dtype)
+                        for m in reward_cfg.models]
 
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
@@ -37,18 +39,18 @@ class RLScorer:
         except FloatingPointError as err:  # say which prompts, so the data can be inspected
             ids = sorted({p["prompt_id"] for p in per_sample})
             raise FloatingPointError(f"{err} (samples of prompts {ids[:5]}); nothing was trained on them") from err
-        proxy = aggregate(members, cfg["aggregate"], cfg["uwo_lambda"])
+        proxy = aggregate(members, cfg.aggregate, cfg.uwo_lambda)
         reference = None
-        if cfg["transform"] != "none":
+        if cfg.transform != "none":
             reference = torch.tensor([p["reference_rewards"] for p in per_sample], dtype=proxy.dtype)
-        shaped = transform(proxy, cfg["transform"], reference)
+        shaped = transform(proxy, cfg.transform, reference)
         gold = [
             gold_reward(p["prompt_type"], p["reference"], text) if p.get("reference") else math.nan
             for p, text in zip(per_sample, rollouts.texts)
         ]
         gold_v2 = [gold_reward_v2(p, text) if p.get("reference") else math.nan
                    for p, text in zip(per_sample, rollouts.texts)]
-        train = torch.tensor(gold) if cfg["train_on_gold"] else shaped
+        train = torch.tensor(gold) if cfg.train_on_gold else shaped
         if not torch.isfinite(train).all():
             bad = [i for i, v in enumerate(train.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(f"non-finite training rewards for samples {bad[:10]} (prompts "

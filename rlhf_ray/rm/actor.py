@@ -16,9 +16,9 @@ RMTrainerActor = actor_shell(RewardModelTrainer, "RMTrainerActor", data_parallel
 class RMTrainerGroup:
     """The data-parallel group of reward-model trainers, as the driver sees it."""
 
-    def __init__(self, cfg: Config, total_steps: int, tag: str | None = None):
+    def __init__(self, cfg: Config, total_steps: int, tag: str | None = None, setup=None):
         self.cfg = cfg
-        self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag)
+        self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag, setup=setup)
         self.group.setup_data_parallel(cfg.model_dump(), total_steps, cfg.rm.sync_timeout_s)
 
     def _shards(self, groups: list[Group]) -> list[tuple]:

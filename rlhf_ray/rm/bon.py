@@ -119,13 +119,13 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
     out_dir = Path(cfg.output_dir) / "bon"
     if check_only:
         return {"checked": "bon", "sources": names, "prompts": len(groups), "N": k, "out_dir": str(out_dir)}
-    connect(cfg.ray, Path(cfg.output_dir) / "logs")
+    setup = connect(cfg.ray, Path(cfg.output_dir) / "logs")
     prompts = [g.prompt for g in groups for _ in g.completions]
     responses = [c for g in groups for c in g.completions]
     members = {}
     for name, ref in zip(names, cfg.reward.models):
         pool = ScorerPool(ref, cfg.scorer, cfg.reward.max_length, timeout_s=cfg.scorer.timeout_s,
-                          dtype=cfg.reward.dtype, tag=name.replace("_", "-"))
+                          dtype=cfg.reward.dtype, tag=name.replace("_", "-"), setup=setup)
         try:
             members[name] = pool.score(prompts, responses).double()
         finally:

@@ -101,9 +101,9 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     check_placement({"scorer": cfg.scorer}, cluster_nodes(cfg.ray))
     if check_only:
         return {"checked": "eval-rm", "model": model_ref, "prompts": {k: len(v) for k, v in splits.items()}}
-    connect(cfg.ray, Path(cfg.output_dir) / "logs")
+    setup = connect(cfg.ray, Path(cfg.output_dir) / "logs")
     pool = ScorerPool(model_ref, cfg.scorer, cfg.model.max_length, cfg.model.trust_remote_code,
-                      timeout_s=cfg.scorer.timeout_s, dtype=cfg.model.dtype)
+                      timeout_s=cfg.scorer.timeout_s, dtype=cfg.model.dtype, setup=setup)
     result: dict = {"model": model_ref, "testbed": "gold" if cfg.data.scenarios else cfg.data.testbed}
     try:
         result["w_norm"] = pool.head_norm()

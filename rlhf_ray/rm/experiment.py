@@ -6,27 +6,18 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rlhf_ray.config import Config, find_config, load_config
+from rlhf_ray.child_config import child_config
+from rlhf_ray.config import Config
 from rlhf_ray.data.loaders import prepare
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
 
 
 def run_config(cfg: Config, base: str, overrides: list[str], out_dir: Path, seed: int) -> Config:
-    """A run's config: the base file + overrides, sharing the experiment's testbeds and eval settings."""
-    return load_config(
-        find_config(base),
-        [
-            *overrides,
-            f"seed={seed}",
-            f"output_dir={out_dir}",
-            f"data.dir={cfg.data.dir}",
-            f"tensorboard={str(cfg.tensorboard).lower()}",
-            f"eval.bootstrap={cfg.eval.bootstrap}",
-            f"scorer.num_workers={cfg.scorer.num_workers}",
-            f"scorer.num_cpus={cfg.scorer.num_cpus}",
-        ],
-    )
+    """A run's config: the base file + overrides, sharing the experiment's testbeds, eval settings and
+    scorer pool (`child_config`)."""
+    scorer = [f"scorer.num_workers={cfg.scorer.num_workers}", f"scorer.num_cpus={cfg.scorer.num_cpus}"]
+    return child_config(cfg, base, overrides, out_dir, seed, scorer)
 
 
 def run_experiment(cfg: Config, check_only: bool = False) -> dict:

@@ -31,7 +31,7 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     total = num_steps(len(train), cfg.rm.batch_size, cfg.rm.epochs, cfg.rm.max_steps)
     # a missing path fails here; alias caches are built once, here
     resolve_model(cfg.model.name, "model.name", fetch=False)
-    stored = cfg.storage()  # checkpoints and the model: where every node reaches them
+    stored = storage.run_folder(cfg.storage_path, cfg.output_dir)  # checkpoints and the model
     checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rm.keep_checkpoints)
     resumed = checkpoints.resume_point(cfg.resume)
     check_placement({"rm": cfg.rm}, cluster_nodes(cfg.ray))
@@ -42,8 +42,8 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     dump_config(cfg, out / "config.yaml")
     if stored != cfg.output_dir:  # beside the model, where eval-rm looks for the utility it was trained with
         storage.write_text(storage.join(stored, "config.yaml"), (out / "config.yaml").read_text())
-    connect(cfg.ray, out / "logs")
-    group = RMTrainerGroup(cfg, total, tag)
+    setup = connect(cfg.ray, out / "logs")
+    group = RMTrainerGroup(cfg, total, tag, setup)
     done = 0
     if resumed:
         done = resumed[1]["step"]

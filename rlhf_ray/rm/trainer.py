@@ -10,7 +10,6 @@ import torch
 
 from rlhf_ray.config import Config
 from rlhf_ray.data.schema import Group
-from rlhf_ray.models.loading import enable_gradient_checkpointing
 from rlhf_ray.models.reward_model import (
     HiddenCapture,
     encode,
@@ -22,9 +21,10 @@ from rlhf_ray.models.reward_model import (
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_groups, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
-from rlhf_ray.utils.devices import check_engine_device, resolve_device, resolve_dtype, to_device
+from rlhf_ray.utils.devices import to_device
 from rlhf_ray.utils.micro_batches import chunk_by_tokens, common_count, split_to_count
-from rlhf_ray.utils.dist import deepspeed_config, deepspeed_engine, gathered_parameters, init_distributed, zero3_init
+from rlhf_ray.training_rank import join_as_rank, training_engine
+from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, zero3_init
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
@@ -43,12 +43,9 @@ class RewardModelTrainer:
     def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str, master_port: int, total_steps: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.name = f"rm-trainer-{rank}"
-        init_distributed(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s)
-
-        torch.manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.rm.device, "rm.device")
-        resolve_dtype(cfg.model.dtype, self.device, "model.dtype")
         mc = cfg.model
+        self.device = join_as_rank(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s, cfg.seed,
+                                   cfg.rm.device, "rm.device", mc.dtype, "model.dtype")
         self.tokenizer = load_tokenizer(mc.name, mc.trust_remote_code, mc.padding_side)
         micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)
         ds_cfg = deepspeed_config(micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage,
@@ -56,12 +53,9 @@ class RewardModelTrainer:
         with zero3_init(ds_cfg):  # ZeRO-3: built partitioned, never whole on a rank
             model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id,
                                       mc.attn_implementation)
-        if mc.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        # DeepSpeed puts the model on its accelerator's device: cuda:<local rank> on a GPU, the CPU here
-        self.engine = deepspeed_engine(model, cfg.rm.lr, cfg.rm.weight_decay, cfg.rm.schedule,
-                                       int(cfg.rm.warmup_ratio * total_steps), total_steps, ds_cfg)
-        check_engine_device(self.engine.module, self.device, "rm.device")
+        self.engine = training_engine(model, ds_cfg, mc.gradient_checkpointing, cfg.rm.lr, cfg.rm.weight_decay,
+                                      cfg.rm.schedule, int(cfg.rm.warmup_ratio * total_steps), total_steps,
+                                      self.device, "rm.device")
         self.capture = HiddenCapture(self.engine.module)
         self.per_device_batch = cfg.rm.batch_size // world_size  # BSR's scale_by_local_batch, whatever the split
         self.step = 0
@@ -74,9 +68,9 @@ class RewardModelTrainer:
     def micro_batches(self, groups: list[Group]) -> list[list[Group]]:
         """grad_accum_steps equal parts, or whole groups within rm.micro_batch_tokens (split further to
         the count of the rank with the most, so every rank runs as many passes)."""
-        rc = self.cfg.rm
-        if rc.micro_batch_tokens is None:
-            size = math.ceil(len(groups) / rc.grad_accum_steps)
+        tc = self.cfg.rm
+        if tc.micro_batch_tokens is None:
+            size = math.ceil(len(groups) / tc.grad_accum_steps)
             return [groups[start : start + size] for start in range(0, len(groups), size)]
 
         def rows(group: Group) -> int:
@@ -87,7 +81,7 @@ class RewardModelTrainer:
             return int(encode(self.tokenizer, [group.prompt] * n, group.completions,
                               self.cfg.model.max_length)["attention_mask"].sum(-1).max())
 
-        chunks = chunk_by_tokens(groups, rows, width, rc.micro_batch_tokens)
+        chunks = chunk_by_tokens(groups, rows, width, tc.micro_batch_tokens)
         return split_to_count(chunks, common_count(len(chunks), self.world_size))
 
     def train_step(self, groups: list[Group]) -> dict:

@@ -15,8 +15,8 @@ ScorerActor = actor_shell(RewardScorer, "ScorerActor")
 
 class ScorerPool:
     def __init__(self, model_ref: str, cfg: ActorGroupConfig, max_length: int = 256, trust_remote_code: bool = False,
-                 timeout_s: float = 600, tag: str | None = None, dtype: str = "float32"):
-        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, tag=tag,
+                 timeout_s: float = 600, tag: str | None = None, dtype: str = "float32", setup=None):
+        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, tag=tag, setup=setup,
                                 trust_remote_code=trust_remote_code, device=cfg.device, dtype=dtype,
                                 dtype_key="model.dtype")
         self.timeout_s = timeout_s

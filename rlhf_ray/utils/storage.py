@@ -131,3 +131,9 @@ def local_copy(location: str, *cache_parts: str) -> Path:
         download(location, target)
         (target / ".complete").write_text(location)
     return target
+
+
+def run_folder(storage_path: str | None, output_dir: str) -> str:
+    """A run's folder in storage, where checkpoints and models go (every node reaches it):
+    <storage_path>/<output_dir's name>, or output_dir itself without a storage_path."""
+    return join(storage_path, Path(output_dir).name) if storage_path else output_dir

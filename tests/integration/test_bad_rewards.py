@@ -13,7 +13,7 @@ from rlhf_ray.rl.scorer import RLScorer
 def _reward_cfg(**extra):
     from rlhf_ray.config import RewardConfig
 
-    return RewardConfig(models=["tiny-llama"], max_length=64, **extra).model_dump()
+    return RewardConfig(models=["tiny-llama"], max_length=64, **extra)
 
 
 def test_nan_rewards_name_the_samples_and_prompts():

@@ -45,7 +45,8 @@ def _prompts():
 @pytest.fixture(scope="module")
 def vllm_rollouts(ray_local):
     group = ActorGroup(RolloutActor, "rollout", ActorGroupConfig(num_workers=2, num_cpus=0.5), "vllm",
-                       resolve_model("tiny-llama"), kv_cache_gb=0.25, max_model_len=512, tag="test")
+                       resolve_model("tiny-llama"), transport="collective", kv_cache_gb=0.25, max_model_len=512,
+                       tag="test")  # a collective receiver takes the object store's buckets too
     yield group
     group.shutdown()
 
@@ -72,7 +73,7 @@ def test_vllm_rollout_workers_generate_k_samples_with_logprobs(vllm_rollouts):
 
 def _buckets(policy, bucket_mb: float) -> list[Weights]:
     """The policy's weights cut as the learner cuts them for a sync."""
-    from rlhf_ray.rl.weight_sync import bucket_plan
+    from rlhf_ray.rl.sync.buckets import bucket_plan
 
     return [Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases)
             for names, params, aliases in bucket_plan(policy, int(bucket_mb * 2**20))]
@@ -85,7 +86,7 @@ def test_after_weight_sync_vllm_logprobs_equal_the_learners(ray_local, vllm_roll
     buckets = _buckets(policy, 1.0)  # tiny-llama's 9 MB in 1 MB buckets; the tied embedding once
     assert len(buckets) > 3 and sum(len(b.aliases) for b in buckets) == 1
     refs = [ray.put(b) for b in buckets]
-    stats = vllm_rollouts.call("load_weights", [(7, *refs)] * 2, timeout_s=120)
+    stats = vllm_rollouts.call("receive_weights", [("load", 7, *refs)] * 2, timeout_s=120)
     assert all(s["version"] == 7 and s["bytes"] == sum(b.nbytes for b in buckets) for s in stats)
     assert all(s["buckets"] == len(buckets) for s in stats)
     prompts = _prompts()
@@ -99,15 +100,15 @@ def test_weight_sync_that_does_not_finish_in_time_raises_naming_the_worker(ray_l
     import ray
 
     weights = ray.put(Weights.of(_perturbed_policy(seed=2).state_dict()))
-    with pytest.raises(ActorGroupError, match=r"rollout-test-\d.*load_weights did not finish within"):
-        vllm_rollouts.call("load_weights", [(8, weights)] * 2, timeout_s=0.001)
+    with pytest.raises(ActorGroupError, match=r"rollout-test-\d.*receive_weights did not finish within"):
+        vllm_rollouts.call("receive_weights", [("load", 8, weights)] * 2, timeout_s=0.001)
 
 
 def test_hf_engine_behind_the_same_interface():
     worker = RolloutWorker("rollout-hf", "hf", resolve_model("tiny-llama"))
     prompts = _prompts()
     policy = _perturbed_policy(seed=3)
-    worker.load_weights(2, Weights.of(policy.state_dict()))
+    worker.receive_weights("load", 2, Weights.of(policy.state_dict()))
     out = worker.generate(prompts, 2, Sampling(max_new_tokens=6, temperature=1.0))
     assert len(out) == 4 and out.weights_version == 2
     _assert_learner_logprobs_equal(policy, out, atol=1e-4)
@@ -125,15 +126,15 @@ def test_collective_sync_broadcasts_weights_whose_logprobs_equal_the_learners(ra
     """The gloo path: this process is rank 0 (the learner's place), the two vLLM workers ranks 1-2."""
     import ray
 
-    from rlhf_ray.rl.weight_sync import BroadcastChannel
+    from rlhf_ray.rl.sync.collective import BroadcastChannel
     from rlhf_ray.utils.dist import reserve_address
 
     addr, port = reserve_address()
-    joins = [a.join_sync_group.remote(i + 1, 3, addr, port, 60.0) for i, a in enumerate(vllm_rollouts.actors)]
+    joins = [a.receive_weights.remote("join", i + 1, 3, addr, port, 60.0) for i, a in enumerate(vllm_rollouts.actors)]
     sender = BroadcastChannel(0, 3, addr, port, 60.0)
     ray.get(joins, timeout=60)
     policy = _perturbed_policy(seed=4)
-    receives = [a.receive_weights.remote(9) for a in vllm_rollouts.actors]
+    receives = [a.receive_weights.remote("receive", 9) for a in vllm_rollouts.actors]
     buckets = _buckets(policy, 2.0)
     sender.send_count(len(buckets))
     sent = sum(sender.send(b) for b in buckets)
@@ -150,16 +151,16 @@ def test_collective_sync_that_never_comes_fails_in_the_worker_within_its_timeout
 
     import ray
 
-    from rlhf_ray.rl.weight_sync import BroadcastChannel
+    from rlhf_ray.rl.sync.collective import BroadcastChannel
     from rlhf_ray.utils.dist import reserve_address
 
     addr, port = reserve_address()
-    joins = [a.join_sync_group.remote(i + 1, 3, addr, port, 3.0) for i, a in enumerate(vllm_rollouts.actors)]
+    joins = [a.receive_weights.remote("join", i + 1, 3, addr, port, 3.0) for i, a in enumerate(vllm_rollouts.actors)]
     silent = BroadcastChannel(0, 3, addr, port, 3.0)  # joins, never sends
     ray.get(joins, timeout=60)
     start = time.monotonic()
     with pytest.raises(ActorGroupError,
                        match=r"rollout-test-\d failed in receive_weights: .*weight broadcast for version 10 failed"):
-        vllm_rollouts.call("receive_weights", [(10,)] * 2, timeout_s=60)
+        vllm_rollouts.call("receive_weights", [("receive", 10)] * 2, timeout_s=60)
     assert time.monotonic() - start < 30
     del silent

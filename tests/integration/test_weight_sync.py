@@ -1,22 +1,25 @@
-"""Bucketed weight sync from a 2-rank ZeRO-3 learner to 2 vLLM-CPU workers, over gloo (collective) or
-shared memory (ipc: worker i colocated with rank i maps its buckets): every rank holds at most one
-bucket gathered at a time (plus a tensor larger than a bucket), and after the sync vLLM's log-probs
-equal the learner's for the same tokens."""
+"""The one test suite every weight transport passes (`rl/sync/`, `TRANSPORTS`: a new transport is
+tested here by being registered): bucketed delivery from a 2-rank ZeRO-3 learner to 2 vLLM-CPU workers
+(object store; gloo broadcast; shared memory with worker i colocated with rank i): every rank holds at
+most one bucket gathered at a time (plus a tensor larger than a bucket), and after the delivery vLLM's
+log-probs equal the learner's for the same tokens."""
 import pytest
 import torch
 
 from rlhf_ray.config import load_config
+from rlhf_ray.rl.sync import TRANSPORTS
 from tests.integration.shared import TINY_RLOO
 
 pytestmark = pytest.mark.slow
 
 
-COLOCATED_IPC = ["rollout.sync=ipc", "rollout.colocate_with_learner=true"]
+# what a transport needs beside its name: ipc maps rank i's memory, so worker i shares its machine
+NEEDS = {"ipc": ["rollout.colocate_with_learner=true"]}
 
 
-@pytest.mark.parametrize("sync", [["rollout.sync=collective"], COLOCATED_IPC], ids=["collective", "ipc"])
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
 def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_learner(ray_local, testbeds, tmp_path,
-                                                                                   sync):
+                                                                                   transport):
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,7 +30,8 @@ def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_lear
 
     cfg = load_config(None, [
         f"output_dir={tmp_path}", f"data.dir={testbeds}", *TINY_RLOO, "rollout.max_new_tokens=6",
-        "rollout.num_workers=2", *sync, "rollout.sync_bucket_mb=1", "rollout.temperature=0.7",
+        "rollout.num_workers=2", f"rollout.sync={transport}", *NEEDS.get(transport, []),
+        "rollout.sync_bucket_mb=1", "rollout.temperature=0.7",
         "learner.num_workers=2", "learner.zero_stage=3", "learner.lr=1e-3", "rloo.prompts_per_step=2",
         "reward.models=[tiny-llama]", "scorer.num_workers=1"])
     prompts = load_prompts(cfg)[:2]

@@ -8,15 +8,35 @@ from rlhf_ray.config import load_config
 def test_actor_env_sets_threads_and_preloads_the_configured_tcmalloc(tmp_path, monkeypatch):
     library = tmp_path / "libtcmalloc_minimal.so.4"
     library.write_bytes(b"")
-    monkeypatch.setattr(cluster, "_tcmalloc", str(library))
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    env = cluster.actor_env(2)
+    env = cluster.actor_env(2, str(library))
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
     assert env["LD_PRELOAD"] == str(library)
     monkeypatch.setenv("LD_PRELOAD", "/other.so")  # the driver's own preloads are kept, after tcmalloc
-    assert cluster.actor_env(None)["LD_PRELOAD"] == f"{library}:/other.so"
-    monkeypatch.setattr(cluster, "_tcmalloc", "off")
-    assert "LD_PRELOAD" not in cluster.actor_env(1)
+    assert cluster.actor_env(None, str(library))["LD_PRELOAD"] == f"{library}:/other.so"
+    assert "LD_PRELOAD" not in cluster.actor_env(1, "off")
+
+
+def test_runs_side_by_side_keep_their_own_log_folders_and_no_module_state_carries_between_connects(
+        tmp_path, monkeypatch):
+    """Issue 25: `connect` returns each run's actor setup instead of setting module globals, so two
+    runs in one driver (experiment.parallel > 1) each send their actors' output to their own folder."""
+    import ast
+    from pathlib import Path
+
+    import rlhf_ray
+
+    monkeypatch.setattr("ray.is_initialized", lambda: True)  # joined already: connect only describes
+    ray_cfg = load_config(None, []).ray.model_copy(update={"tcmalloc": "off"})
+    first, second = cluster.connect(ray_cfg, tmp_path / "a" / "logs"), cluster.connect(ray_cfg, tmp_path / "b")
+    assert first.env("rm-trainer-0", 1)["RLHF_RAY_ACTOR_LOG"] == str(tmp_path / "a" / "logs" / "rm-trainer-0.log")
+    assert second.env("rm-trainer-0", 1)["RLHF_RAY_ACTOR_LOG"] == str(tmp_path / "b" / "rm-trainer-0.log")
+    assert "LD_PRELOAD" not in first.env("x", 1)
+    assert "RLHF_RAY_ACTOR_LOG" not in cluster.ActorSetup().env("x", 1)  # no folder: to the driver
+    package = Path(rlhf_ray.__file__).parent
+    rebinds = [f"{path.relative_to(package)}:{node.lineno}" for path in sorted(package.rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Global)]
+    assert rebinds == []  # no function rebinds a module global
 
 
 def test_auto_finds_the_venv_copy_and_a_missing_path_names_the_key(tmp_path, monkeypatch):
@@ -35,9 +55,9 @@ def test_nvls_is_off_in_the_actors_unless_the_driver_says_otherwise_and_a_reorde
     from rlhf_ray.utils.dist import check_rank_order
 
     monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
-    assert cluster.actor_env(1)["NCCL_NVLS_ENABLE"] == "0"
+    assert cluster.actor_env(1, "off")["NCCL_NVLS_ENABLE"] == "0"
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
-    assert cluster.actor_env(1)["NCCL_NVLS_ENABLE"] == "1"
+    assert cluster.actor_env(1, "off")["NCCL_NVLS_ENABLE"] == "1"
     check_rank_order([0, 1, 2], 3)
     with pytest.raises(RuntimeError, match=r"returned \[1, 0, 2\], not \[0, 1, 2\].*NCCL_NVLS_ENABLE=0"):
         check_rank_order([1, 0, 2], 3)

@@ -29,7 +29,7 @@ def test_a_colocated_start_sleeps_the_engines_before_the_learner_loads_then_wake
         monkeypatch):
     log = []
     monkeypatch.setattr("rlhf_ray.placement.reserve_bundles", lambda *args: "placement group")
-    monkeypatch.setattr(G, "rollout_group", lambda cfg, shared: RecordingGroup(log, "rollout"))
+    monkeypatch.setattr(G, "rollout_group", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
     monkeypatch.setattr(G, "ActorGroup", lambda cls, name, *args, **kwargs: RecordingGroup(log, name))
     monkeypatch.setattr("ray.get", lambda refs: refs)
     cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_workers=1", "learner.num_workers=1"])
@@ -37,13 +37,13 @@ def test_a_colocated_start_sleeps_the_engines_before_the_learner_loads_then_wake
     order = [entry[:3] if entry[0] == "rollout" else entry for entry in log]
     assert order.index(("rollout", "sleep")) < order.index(("create", "learner"))
     assert order[order.index(("learner", "setup_data_parallel")):] == [
-        ("learner", "setup_data_parallel"), ("rollout", "wake_up", "weights"), ("learner", "publish_weights"),
-        ("rollout", "load_weights"), ("rollout", "wake_up", "kv_cache")]
+        ("learner", "setup_data_parallel"), ("rollout", "wake_up", "weights"),
+        ("learner", "send_weights", "publish"), ("rollout", "receive_weights"), ("rollout", "wake_up", "kv_cache")]
 
 
 def test_a_start_without_colocation_neither_sleeps_nor_syncs(monkeypatch):
     log = []
-    monkeypatch.setattr(G, "rollout_group", lambda cfg, shared: RecordingGroup(log, "rollout"))
+    monkeypatch.setattr(G, "rollout_group", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
     monkeypatch.setattr(G, "ActorGroup", lambda cls, name, *args, **kwargs: RecordingGroup(log, name))
     G.RLGroups(load_config(None, []), total_steps=1)
     assert log == [("create", "rollout"), ("create", "scorer"), ("create", "learner"),

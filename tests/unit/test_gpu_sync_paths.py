@@ -8,7 +8,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from rlhf_ray.rl.engines.base import Weights
-from rlhf_ray.rl.weight_sync import BroadcastChannel
+from rlhf_ray.rl.sync.collective import BroadcastChannel
 
 CUDA = torch.device("cuda", 0)
 
@@ -93,7 +93,7 @@ def test_the_nccl_group_waits_as_long_as_rollout_sync_timeout_s(monkeypatch):
     monkeypatch.setattr(dist, "ProcessGroupNCCL", RecordingNCCL, raising=False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.current_device", lambda: 0)
-    monkeypatch.setattr("rlhf_ray.rl.weight_sync.tcp_store", lambda *args: "store")
+    monkeypatch.setattr("rlhf_ray.rl.sync.collective.tcp_store", lambda *args: "store")
     BroadcastChannel(1, 3, "127.0.0.1", 1, timeout_s=42)
     assert made == {"rank": 1, "size": 3, "timeout": timedelta(seconds=42)}
 
@@ -101,7 +101,7 @@ def test_the_nccl_group_waits_as_long_as_rollout_sync_timeout_s(monkeypatch):
 def test_an_ipc_bucket_on_the_gpu_is_settled_before_the_next_is_fetched(monkeypatch):
     """Issue 26 (13): vLLM's copies out of CUDA bucket i may still be queued when the loader asks for bucket
     i + 1, which lets the sender reuse bucket i's memory: the receiver synchronises its device first."""
-    from rlhf_ray.rl import weight_sync as W
+    from rlhf_ray.rl.sync import ipc as W
 
     events = []
 
@@ -116,7 +116,7 @@ def test_an_ipc_bucket_on_the_gpu_is_settled_before_the_next_is_fetched(monkeypa
             yield f"w{self.index}", None
 
     monkeypatch.setattr(W, "rebuild", lambda shared: CudaBucket(shared["index"]))
-    monkeypatch.setattr(W, "_device_of", lambda bucket: CUDA)
+    monkeypatch.setattr(W, "device_of", lambda bucket: CUDA)
     monkeypatch.setattr("torch.cuda.synchronize", lambda device=None: events.append(("synchronize", device)))
 
     def fetch(index):

@@ -10,11 +10,11 @@ import torch
 
 from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.rl.engines.base import Weights
-from rlhf_ray.rl.weight_sync import SharedBuckets, share
+from rlhf_ray.rl.sync.ipc import SharedBuckets, share
 
 CONSUMER = """
 import pickle, sys, torch
-from rlhf_ray.rl.weight_sync import rebuild
+from rlhf_ray.rl.sync.ipc import rebuild
 weights = rebuild(pickle.load(sys.stdin.buffer))
 out = {name: tensor.float().tolist() for name, tensor in weights.tensors()}
 weights.arrays[0][0] = 255  # write through the mapping: the sender sees it if nothing was copied

@@ -5,8 +5,8 @@ import pickle
 import torch
 
 from rlhf_ray.rl.engines.base import Weights
-from rlhf_ray.rl.loop import compute_seconds
-from rlhf_ray.rl.phases import Synced
+from rlhf_ray.rl.step_metrics import compute_seconds
+from rlhf_ray.rl.sync import Delivery as Synced
 
 
 def test_weights_round_trip_every_dtype_and_send_a_tied_tensor_once():

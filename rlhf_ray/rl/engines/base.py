@@ -65,7 +65,7 @@ class Weights:
     def of(cls, state: dict[str, torch.Tensor], aliases: dict[str, str] | None = None,
            on_device: bool = False) -> "Weights":
         """Views of the state dict's memory (no copy): valid while those tensors are. `aliases`: more names
-        of tensors in `state` (a tie found elsewhere, e.g. by `weight_sync.bucket_plan`). `on_device`: keep
+        of tensors in `state` (a tie found elsewhere, e.g. by `sync.buckets.bucket_plan`). `on_device`: keep
         each tensor where it is, as a flat uint8 tensor (a GPU broadcast sends it from there), instead of a
         numpy array on the host (what the object store takes without copying twice)."""
         names, dtypes, shapes, arrays, first_name = [], [], [], [], {}

@@ -1,0 +1,155 @@
+"""`rollout.sync: collective`: a process group of trainer rank 0 and every receiver (gloo on CPU, nccl on
+GPU), in which rank 0 broadcasts the bucket count, then per bucket its layout (names, dtypes, shapes,
+aliases) and its tensors as one flat buffer. On GPUs the buckets never leave them.
+
+The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group), so
+it lives beside the trainer's DeepSpeed group. Every collective has the group's timeout: a peer that
+never arrives raises in every member instead of hanging. A restarted receiver is not in the group: it
+gets the weights through the object store and the group is formed again before the next broadcast.
+"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import torch
+
+from rlhf_ray.rl.engines.base import Weights
+from rlhf_ray.rl.sync.base import Delivery, Receiver, Sender, Transport
+from rlhf_ray.rl.sync.buckets import device_of, layout_of, pack_flat, split_flat
+from rlhf_ray.utils.dist import tcp_store
+
+
+class BroadcastChannel:
+    """Rank 0 (the learner) sends, ranks 1.. (rollout workers) receive."""
+
+    def __init__(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float):
+        import torch.distributed as dist
+
+        self.rank, self.timeout = rank, timedelta(seconds=timeout_s)
+        store = tcp_store(addr, port, world_size, rank, self.timeout)
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = self.timeout  # rollout.sync_timeout_s, not NCCL's 10-minute watchdog default
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
+        else:
+            self.device = torch.device("cpu")
+            self.group = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Buckets stay on the GPU end to end (nccl): the sender's built from the parameters there, the
+        receivers' handed to vLLM there."""
+        return self.device.type == "cuda"
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (rank 0's) into every member's, on the group's device; returned there."""
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        tensor = tensor.to(self.device)
+        self.group.broadcast([tensor], opts).wait(self.timeout)
+        return tensor
+
+    def send_count(self, buckets: int) -> None:
+        self._broadcast(torch.tensor([buckets], dtype=torch.int64))
+
+    def send(self, weights: Weights) -> int:
+        """One bucket: its layout, then its tensors' bytes as one flat buffer (one broadcast, not one per
+        tensor), built where the bytes are (the GPU with `Weights.of(..., on_device=True)`)."""
+        layout = layout_of(weights)
+        header = json.dumps(layout).encode()
+        self._broadcast(torch.tensor([len(header)], dtype=torch.int64))
+        self._broadcast(torch.frombuffer(bytearray(header), dtype=torch.uint8))
+        self._broadcast(pack_flat(weights, layout, device_of(weights)))
+        return weights.nbytes
+
+    def receive(self) -> list[Weights]:
+        """Every bucket of one sync, as rank 0 sent them."""
+        count = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
+        return [self._receive_bucket() for _ in range(count)]
+
+    def _receive_bucket(self) -> Weights:
+        size = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
+        layout = json.loads(self._broadcast(torch.empty(size, dtype=torch.uint8)).cpu().numpy().tobytes())
+        flat = self._broadcast(torch.empty(layout[-1], dtype=torch.uint8))
+        return split_flat(flat if self.on_gpu else flat.numpy(), layout)  # on the GPU, vLLM copies from there
+
+
+class CollectiveSender(Sender):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.channel: BroadcastChannel | None = None  # rank 0, once joined
+
+    def join(self, world_size: int, addr: str, port: int, timeout_s: float) -> None:
+        """Rank 0 only: become the sender of the group."""
+        self.channel = BroadcastChannel(0, world_size, addr, port, timeout_s)
+
+    def broadcast(self) -> dict:
+        """Every rank calls; rank 0 sends the bucket count, then each bucket (on the GPU with nccl)."""
+        plan = self.source.plan()
+        if self.channel is not None:
+            self.channel.send_count(len(plan))
+        sent = []
+        for bucket in plan:
+            on_gpu = self.channel is not None and self.channel.on_gpu
+            with self.source.gathered(bucket, self.channel is not None, on_gpu) as (weights, _):
+                if weights is not None:
+                    sent.append(self.channel.send(weights))
+        return {"bytes": sum(sent), "gathered_peak_bytes": self.source.peak_bytes}
+
+
+class CollectiveReceiver(Receiver):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.channel: BroadcastChannel | None = None
+
+    def join(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float) -> None:
+        self.channel = BroadcastChannel(rank, world_size, addr, port, timeout_s)
+
+    def receive(self, version: int) -> dict:
+        """Take rank 0's broadcast, then load it as the object-store route does."""
+        try:
+            buckets = self.channel.receive()
+        except RuntimeError as err:  # gloo/nccl timeout or a peer gone
+            raise TimeoutError(f"{self.name}: weight broadcast for version {version} failed: {err}") from err
+        return self.load(version, *buckets)
+
+
+class Collective(Transport):
+    name = "collective"
+    Sender = CollectiveSender
+    Receiver = CollectiveReceiver
+
+    def __init__(self, senders, receivers, timeout_s: float):
+        super().__init__(senders, receivers, timeout_s)
+        self.regroup = False  # a receiver was restarted: form the group again before the next broadcast
+
+    def connect(self) -> None:
+        """Trainer rank 0 (rank 0 of the group) and every receiver (ranks 1..) form one group."""
+        addr, port = self.senders.call_one(0, "reserve_address")
+        world = len(self.receivers) + 1
+        refs = [self.senders.actors[0].send_weights.remote("join", world, addr, port, self.timeout_s)]
+        refs += [a.receive_weights.remote("join", i + 1, world, addr, port, self.timeout_s)
+                 for i, a in enumerate(self.receivers.actors)]
+        self.receivers.wait(refs, "join", self.timeout_s, [self.senders.names[0], *self.receivers.names])
+
+    def deliver(self, version: int) -> Delivery:
+        """A receiver lost mid-broadcast fails the broadcast: the run stops, resumable."""
+        if self.regroup:
+            self.connect()
+            self.regroup = False
+        sends = [a.send_weights.remote("broadcast") for a in self.senders.actors]
+        receives = [a.receive_weights.remote("receive", version) for a in self.receivers.actors]
+        results = self.receivers.wait([*sends, *receives], "weight broadcast", self.timeout_s,
+                                      [*self.senders.names, *self.receivers.names])
+        self.version = version
+        peak = max(r["gathered_peak_bytes"] for r in results[:len(sends)])
+        return Delivery(results[len(sends):], 0.0, peak)  # sending happens inside the broadcast
+
+    def replay(self, worker: int) -> None:
+        if self.version > 0:
+            self.regroup = True  # the new process is not in the group
+        super().replay(worker)

@@ -10,6 +10,7 @@ from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import Generating, Generation
 from rlhf_ray.rl.learner import RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
+from rlhf_ray.rl.rank_shares import shard_positions, split_for_ranks
 from rlhf_ray.rl.scorer import RLScorerActor
 from rlhf_ray.rl.sync import Colocated, Delivery, transport_class
 from rlhf_ray.utils.seeds import derive_seed
@@ -26,6 +27,11 @@ def rollout_group(cfg: Config, shared_placement=None, setup: ActorSetup | None =
                       sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed, device=rc.device,
                       trust_remote_code=cfg.policy.trust_remote_code,
                       shared_placement=shared_placement, setup=setup, **(vllm if rc.engine == "vllm" else {}))
+
+
+def split_task(rollouts, scores: dict | None, first_group: int, world_size: int) -> list:
+    """The Ray task around `split_for_ranks` (a worker's output and, if scored, its score dict)."""
+    return split_for_ranks(rollouts, scores["train"] if scores is not None else None, first_group, world_size)
 
 
 def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
@@ -58,6 +64,8 @@ def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
 class RLGroups:
     def __init__(self, cfg: Config, total_steps: int, setup: ActorSetup | None = None):
         """`setup`: how the run's actors start (`cluster.connect`)."""
+        import ray
+
         from rlhf_ray.placement import reserve_bundles
 
         self.cfg = cfg
@@ -73,6 +81,7 @@ class RLGroups:
                                  setup=setup)
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared, setup=setup)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
+        self.split = ray.remote(num_cpus=0)(split_task)  # cuts a worker's output into the ranks' shares
         transport = transport_class(rc.sync)(self.learner, self.rollout, rc.sync_timeout_s)
         self.delivery = transport if self.shared is None else Colocated(
             transport, cfg.learner.offload_states_while_generating, rc.timeout_s, cfg.learner.timeout_s)
@@ -139,23 +148,43 @@ class RLGroups:
             at += n
         return parts
 
+    def _rank_shares(self, generation: Generation, score_refs: list | None = None) -> list[list]:
+        """Per learner rank, refs of its share of the batch (`rank_shares`): its prompt groups of each
+        worker's samples, then of their training rewards. A task next to each worker's output cuts it,
+        so a rank pulls 1/ranks of the batch. One rank: the workers' outputs as they are."""
+        n = len(self.learner)
+        if n == 1:
+            return [[*generation.refs, *(score_refs or [])]]
+        samples, rewards = [[] for _ in range(n)], [[] for _ in range(n)]
+        first_group, per_rank = 0, 2 if score_refs is not None else 1
+        for j, ref in enumerate(generation.refs):
+            scores = score_refs[j] if score_refs is not None else None
+            parts = self.split.options(num_returns=n * per_rank).remote(ref, scores, first_group, n)
+            for r in range(n):
+                samples[r].append(parts[r * per_rank])
+                if scores is not None:
+                    rewards[r].append(parts[r * per_rank + 1])
+            first_group += len(generation.shard_index[j])
+        return [[*samples[r], *rewards[r]] for r in range(n)]
+
     def _sequence_kl(self, generation: Generation) -> list[float]:
         """The evaluated policy's own KL to the reference, per sample of `generation` (in the order of its
         refs): every learner rank computes its prompt groups' (`RLOOLearner.sequence_kl`)."""
-        n = len(self.learner)
-        refs = [a.sequence_kl.remote(r, n, *generation.refs) for r, a in enumerate(self.learner.actors)]
+        n, k = len(self.learner), self.cfg.rollout.k
+        shares = self._rank_shares(generation)
+        refs = [a.sequence_kl.remote(*shares[r]) for r, a in enumerate(self.learner.actors)]
+        total = sum(len(idx) for idx in generation.shard_index) * k
         out = {}
-        for part in self.learner.wait(refs, "sequence_kl", self.cfg.learner.timeout_s):
-            out.update(zip(part["positions"], part["kl"]))
-        return [out[i] for i in range(len(out))]
+        for r, kls in enumerate(self.learner.wait(refs, "sequence_kl", self.cfg.learner.timeout_s)):
+            out.update(zip(shard_positions(total, k, r, n), kls))
+        return [out[i] for i in range(total)]
 
     def learn(self, generation: Generation, score_refs: list) -> list[dict]:
-        """One update on every learner rank. Ray resolves only top-level ObjectRef arguments (a list of
-        refs would arrive as refs), so each rank gets the rollouts and then their scores as one flat
-        argument list, rollouts first, and takes its own prompt groups."""
-        n = len(self.learner)
+        """One update on every learner rank, each on its share of the batch (`_rank_shares`; Ray resolves
+        only top-level ObjectRef arguments, so a rank's refs go as one flat argument list)."""
+        shares = self._rank_shares(generation, score_refs)
         self.delivery.before_update()  # colocated: the engines free the GPU for the learner's update
-        refs = [a.update.remote(r, n, *generation.refs, *score_refs) for r, a in enumerate(self.learner.actors)]
+        refs = [a.update.remote(*shares[r]) for r, a in enumerate(self.learner.actors)]
         return self.learner.wait(refs, "update", self.cfg.learner.timeout_s)
 
     def sync(self, version: int) -> Delivery:

@@ -13,6 +13,7 @@ from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
+from rlhf_ray.rl.rank_shares import merge_rollouts
 from rlhf_ray.rl.sync import transport_class
 from rlhf_ray.training_rank import join_as_rank, training_engine
 from rlhf_ray.rl.rloo import CLIP_LOSSES, WHITENED, advantage_stats, advantages_of, centring, kl_loss, \
@@ -242,45 +243,15 @@ class RLOOLearner:
 class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_parallel=True)):
     """`learner-<rank>`: the generic data-parallel shell, plus the two calls that take Ray's objects."""
 
-    def update(self, rank: int, world_size: int, *parts):
-        """parts = the rollouts of every rollout worker, then their scores (Ray resolves each ref passed
-        as a top-level argument, so they come flat); this rank takes its prompt groups."""
+    def update(self, *parts):
+        """parts = this rank's share of each rollout worker's samples, then of their training rewards
+        (`rank_shares`: with one rank, the workers' whole outputs and score dicts). Ray resolves each ref
+        passed as a top-level argument, so they come flat, samples first."""
         half = len(parts) // 2
-        rollouts, scores = merge(parts[:half], parts[half:])
-        return self.core.update(*shard(rollouts, scores, rank, world_size))
+        rewards = [torch.as_tensor(p["train"] if isinstance(p, dict) else p, dtype=torch.float32)
+                   for p in parts[half:]]
+        return self.core.update(merge_rollouts(parts[:half]), torch.cat(rewards))
 
-    def sequence_kl(self, rank: int, world_size: int, *rollout_parts) -> dict:
-        """parts = every rollout worker's held-out rollouts; this rank's prompt groups' sequence KLs and
-        their positions in the merged order (see `RLOOLearner.sequence_kl`)."""
-        rollouts = merge_rollouts(rollout_parts)
-        positions = shard_positions(len(rollouts), rollouts.k, rank, world_size)
-        return {"positions": positions, "kl": self.core.sequence_kl(rollouts.select(positions))}
-
-
-def merge(rollout_parts, score_parts) -> tuple[Rollouts, torch.Tensor]:
-    """Concatenate the rollouts (and their scores) of several workers, keeping prompt groups whole."""
-    return merge_rollouts(rollout_parts), torch.cat([torch.as_tensor(s["train"], dtype=torch.float32)
-                                                     for s in score_parts])
-
-
-def merge_rollouts(rollout_parts) -> Rollouts:
-    first = rollout_parts[0]
-    merged = Rollouts([], [], [], [], [], first.k, first.weights_version)
-    for part in rollout_parts:
-        merged.prompt_ids += part.prompt_ids
-        merged.response_ids += part.response_ids
-        merged.logprobs += part.logprobs
-        merged.finished += part.finished
-        merged.texts += part.texts
-    return merged
-
-
-def shard_positions(n: int, k: int, rank: int, world_size: int) -> list[int]:
-    """Positions of prompt groups rank::world_size among n sequences (a prompt's k samples together)."""
-    return [g * k + j for g in range(n // k)[rank::world_size] for j in range(k)]
-
-
-def shard(rollouts: Rollouts, scores: torch.Tensor, rank: int, world_size: int) -> tuple[Rollouts, torch.Tensor]:
-    """Prompt groups rank::world_size (a prompt's k samples stay together for the RLOO baseline)."""
-    idx = shard_positions(len(rollouts), rollouts.k, rank, world_size)
-    return rollouts.select(idx), scores[idx]
+    def sequence_kl(self, *rollout_parts) -> list[float]:
+        """This rank's share of the held-out samples (see `RLOOLearner.sequence_kl`), in the parts' order."""
+        return self.core.sequence_kl(merge_rollouts(rollout_parts))

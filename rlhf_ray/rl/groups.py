@@ -3,11 +3,13 @@ Ray object refs where the data is large (rollouts, scores, weights) and waits wi
 the actor; the driver never copies a batch."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.cluster import ActorSetup
 from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Sampling
-from rlhf_ray.rl.phases import Generating, Generation
+from rlhf_ray.rl.phases import Generating, Generation, Scores, generated_of
 from rlhf_ray.rl.learner import RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
 from rlhf_ray.rl.rank_shares import shard_positions, split_for_ranks
@@ -29,9 +31,9 @@ def rollout_group(cfg: Config, shared_placement=None, setup: ActorSetup | None =
                       shared_placement=shared_placement, setup=setup, **(vllm if rc.engine == "vllm" else {}))
 
 
-def split_task(rollouts, scores: dict | None, first_group: int, world_size: int) -> list:
-    """The Ray task around `split_for_ranks` (a worker's output and, if scored, its score dict)."""
-    return split_for_ranks(rollouts, scores["train"] if scores is not None else None, first_group, world_size)
+def split_task(rollouts, scores: Scores | None, first_group: int, world_size: int) -> list:
+    """The Ray task around `split_for_ranks` (a worker's output and, if scored, its `Scores`)."""
+    return split_for_ranks(rollouts, scores.train if scores is not None else None, first_group, world_size)
 
 
 def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
@@ -82,6 +84,7 @@ class RLGroups:
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared, setup=setup)
         self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
         self.split = ray.remote(num_cpus=0)(split_task)  # cuts a worker's output into the ranks' shares
+        self.read_generated = ray.remote(num_cpus=0)(generated_of)  # what the driver reads of the samples
         transport = transport_class(rc.sync)(self.learner, self.rollout, rc.sync_timeout_s)
         self.delivery = transport if self.shared is None else Colocated(
             transport, cfg.learner.offload_states_while_generating, rc.timeout_s, cfg.learner.timeout_s)
@@ -106,8 +109,9 @@ class RLGroups:
         """One Rollouts ref per worker that got prompts. A worker that Ray restarted gets the current
         weights and its share again."""
         refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s, on_restart=self._replay)
-        return Generation([refs[w] for w in range(len(generating.shard_index))], generating.shard_index,
-                          generating.weights_version)
+        refs = [refs[w] for w in range(len(generating.shard_index))]
+        return Generation(refs, generating.shard_index, generating.weights_version,
+                          [self.read_generated.remote(ref) for ref in refs])
 
     def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generation:
         return self.finish_generation(self.start_generation(prompt_ids, sampling))
@@ -119,7 +123,7 @@ class RLGroups:
         return (*args[:-1], self.delivery.version)
 
     def score(self, generation: Generation, prompts: list[dict]) -> list:
-        """Each rollout worker's output goes to a scorer (round robin); refs of small score dicts, one per
+        """Each rollout worker's output goes to a scorer (round robin); refs of small `Scores`, one per
         ref of `generation`. A scorer holds no state, so one that Ray restarted simply scores again."""
         n, refs = len(self.scorer), []
         for start in range(0, len(generation.refs), n):  # one call per scorer at a time
@@ -134,17 +138,18 @@ class RLGroups:
         return self.start_generation(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "generate", step)))
 
     def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict]) -> list[dict]:
-        """Generate and score held-out prompts with the current weights (no learning): the score dicts of
-        each worker's share, in prompt order."""
+        """Generate and score held-out prompts with the current weights (no learning). Per worker, one
+        record of its share (what `policy_eval` reads, and what a kept policy's held_out.json holds): its
+        `Generated` and `Scores` fields, its prompts' indices and its samples' sequence KLs."""
         import ray
 
         generation = self._generate(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "evaluate")))
-        refs = self.score(generation, prompts)
+        scores = ray.get(self.score(generation, prompts))
         kl = self._sequence_kl(generation)
         parts, at = [], 0
-        for ref, idx in zip(refs, generation.shard_index):  # each worker's share: its samples' KLs in order
-            n = len(idx) * self.cfg.rollout.k
-            parts.append(ray.get(ref) | {"prompt_index": idx, "kl": kl[at : at + n]})
+        for generated, scored, idx in zip(ray.get(generation.generated), scores, generation.shard_index):
+            n = len(idx) * self.cfg.rollout.k  # each worker's share: its samples' KLs in order
+            parts.append({**asdict(generated), **asdict(scored), "prompt_index": idx, "kl": kl[at : at + n]})
             at += n
         return parts
 

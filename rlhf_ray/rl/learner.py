@@ -245,11 +245,10 @@ class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_paralle
 
     def update(self, *parts):
         """parts = this rank's share of each rollout worker's samples, then of their training rewards
-        (`rank_shares`: with one rank, the workers' whole outputs and score dicts). Ray resolves each ref
+        (`rank_shares`: with one rank, the workers' whole outputs and `Scores`). Ray resolves each ref
         passed as a top-level argument, so they come flat, samples first."""
         half = len(parts) // 2
-        rewards = [torch.as_tensor(p["train"] if isinstance(p, dict) else p, dtype=torch.float32)
-                   for p in parts[half:]]
+        rewards = [torch.as_tensor(getattr(p, "train", p), dtype=torch.float32) for p in parts[half:]]
         return self.core.update(merge_rollouts(parts[:half]), torch.cat(rewards))
 
     def sequence_kl(self, *rollout_parts) -> list[float]:

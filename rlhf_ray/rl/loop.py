@@ -14,7 +14,7 @@ from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rl.held_out import HeldOutCurve, held_out_point_of, keep_best
 from rlhf_ray.rl.overlap import GenerationQueue
-from rlhf_ray.rl.phases import Generation
+from rlhf_ray.rl.phases import Generated, Generation, Scores
 from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
 from rlhf_ray.rl.step_metrics import step_metrics, write_samples
@@ -40,11 +40,12 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class StepResult:
-    """One step: its prompts, samples (refs) and their scores, and its metrics row."""
+    """One step: its prompts, samples (refs), what the driver read of them, their scores, its metrics."""
 
     batch: list[dict]
     generation: Generation
-    scores: list[dict]
+    generated: list[Generated]
+    scores: list[Scores]
     metrics: dict
 
 
@@ -110,11 +111,12 @@ def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int) -> StepResult:
     score_refs, t_score = timed(rl.score, generation, batch)
     learner_stats, t_learn = timed(rl.learn, generation, score_refs)
     delivery, t_sync = timed(rl.sync, step)  # the workers load it after the generations queued before it
-    scores = ray.get(score_refs)
+    generated, scores = ray.get(generation.generated), ray.get(score_refs)
     timings = {"generate": t_generate, "score": t_score, "learn": t_learn, "sync": t_sync}
-    metrics = step_metrics(scores, learner_stats, timings, delivery, cfg.rollout.k, time.monotonic() - began)
+    metrics = step_metrics(generated, scores, learner_stats, timings, delivery, cfg.rollout.k,
+                           time.monotonic() - began)
     metrics["staleness"] = step - 1 - generation.weights_version  # versions behind the learner
-    return StepResult(batch, generation, scores, metrics)
+    return StepResult(batch, generation, generated, scores, metrics)
 
 
 def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutCurve) -> None:
@@ -130,7 +132,8 @@ def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, e
     step = done
     for step in range(done + 1, run.steps + 1):
         result = rloo_step(cfg, rl, queue, step)
-        write_samples(out / "samples.jsonl", step, result.batch, result.scores, result.generation.shard_index)
+        write_samples(out / "samples.jsonl", step, result.batch, result.generated, result.scores,
+                      result.generation.shard_index)
         log.log(step, {**result.metrics, "prompt_ids": [p["prompt_id"] for p in result.batch]})
         if curve.due(step):  # the over-optimisation curve
             curve.observe(step)

@@ -2,7 +2,7 @@
 reads them): small typed values, so no step state is read off the groups object."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhf_ray.actor_group import Submitted
 
@@ -21,8 +21,41 @@ class Generating:
 class Generation:
     """One step's samples: a ref of `Rollouts` per rollout worker that got prompts, and which prompts
     (indices into the batch) each holds; a prompt's k samples are on one worker; the weights version
-    that generated them."""
+    that generated them; a ref of each worker's `Generated` (what the driver reads of them)."""
 
     refs: list
     shard_index: list[list[int]]
     weights_version: int = 0
+    generated: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the driver reads of one worker's samples (the samples stay in the object store): their
+    texts (samples.jsonl), token counts, whether each ended (False: cut at max_new_tokens), and the
+    engine's generation time (the step's compute accounting)."""
+
+    texts: list[str]
+    length: list[int]
+    finished: list[bool]
+    compute_s: float
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One worker's samples as a scorer scored them, in sample order: the reward trained on, the proxy
+    reward before the transform, each member's reward, gold v1 and v2 (tracked, NaN without a
+    reference), and the scorer's time."""
+
+    train: list[float]
+    proxy: list[float]
+    members: list[list[float]]
+    gold: list[float]
+    gold_v2: list[float]
+    score_s: float
+
+
+def generated_of(rollouts) -> Generated:
+    """The `Generated` of a worker's `Rollouts` (a Ray task next to them, so only this travels)."""
+    return Generated(list(rollouts.texts), [len(r) for r in rollouts.response_ids], list(rollouts.finished),
+                     rollouts.compute_s)

@@ -1,8 +1,8 @@
 """The RL reward-scoring actor: several reward models (an ensemble), a transform, and the gold reward.
 
-`score` returns small lists only: the reward to train on, the proxy reward before the transform, each
-member's reward, the gold reward v1 and v2 (always computed, for tracking; `data/gold_v2.py`), the
-response lengths and whether the token cap cut each.
+`score` returns `Scores`, small lists only: the reward to train on, the proxy reward before the
+transform, each member's reward, the gold reward v1 and v2 (always computed, for tracking;
+`data/gold_v2.py`).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rlhf_ray.config import RewardConfig
 from rlhf_ray.data.gold import gold_reward
 from rlhf_ray.data.gold_v2 import gold_reward_v2
 from rlhf_ray.rl.engines.base import Rollouts
+from rlhf_ray.rl.phases import Scores
 from rlhf_ray.scoring.aggregate import aggregate, transform
 from rlhf_ray.scoring.scorer import RewardScorer
 from rlhf_ray.utils.actor_shell import actor_shell
@@ -30,7 +31,7 @@ class RLScorer:
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
 
-    def score(self, rollouts: Rollouts, prompts: list[dict]) -> dict:
+    def score(self, rollouts: Rollouts, prompts: list[dict]) -> Scores:
         start = time.monotonic()
         k, cfg = rollouts.k, self.cfg
         per_sample = [prompts[i // k] for i in range(len(rollouts))]
@@ -55,18 +56,7 @@ class RLScorer:
             bad = [i for i, v in enumerate(train.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(f"non-finite training rewards for samples {bad[:10]} (prompts "
                                      f"{sorted({per_sample[i]['prompt_id'] for i in bad})[:5]})")
-        return {
-            "train": train.tolist(),
-            "proxy": proxy.tolist(),
-            "members": members.tolist(),
-            "gold": gold,
-            "gold_v2": gold_v2,
-            "length": [len(r) for r in rollouts.response_ids],
-            "finished": list(rollouts.finished),
-            "texts": list(rollouts.texts),
-            "generate_s": rollouts.compute_s,  # the compute times, for the overhead accounting
-            "score_s": time.monotonic() - start,
-        }
+        return Scores(train.tolist(), proxy.tolist(), members.tolist(), gold, gold_v2, time.monotonic() - start)
 
 
 RLScorerActor = actor_shell(RLScorer, "RLScorerActor")  # `scorer-<i>`

@@ -7,18 +7,19 @@ import math
 import statistics
 from pathlib import Path
 
+from rlhf_ray.rl.phases import Generated, Scores
 from rlhf_ray.rl.sync import Delivery
 from rlhf_ray.utils.stats import nanmean
 
 
-def slowest(parts: list[dict], key: str) -> float:
-    """The longest `key` among the actors' results of one phase: the phase's compute time."""
-    return max((p[key] for p in parts), default=0.0)
+def slowest(parts: list, key: str) -> float:
+    """The longest `key` among the actors' results of one phase (dicts or typed): its compute time."""
+    return max((p[key] if isinstance(p, dict) else getattr(p, key) for p in parts), default=0.0)
 
 
-def across(scores: list[dict], key: str) -> list:
-    """`key` of every sample, concatenated over the scorers' results."""
-    return [x for s in scores for x in s[key]]
+def across(parts: list, key: str) -> list:
+    """Field `key` of every sample, concatenated over the workers' `Generated` or `Scores`."""
+    return [x for part in parts for x in getattr(part, key)]
 
 
 def mean_of(learner_stats: list[dict], key: str) -> float:
@@ -26,20 +27,21 @@ def mean_of(learner_stats: list[dict], key: str) -> float:
     return statistics.fmean(s[key] for s in learner_stats)
 
 
-def compute_seconds(scores: list[dict], learner_stats: list[dict], synced: Delivery) -> float:
+def compute_seconds(generated: list[Generated], scores: list[Scores], learner_stats: list[dict],
+                    synced: Delivery) -> float:
     """The step's compute: per phase, the slowest actor's own time (generation, scoring, the update,
     putting and loading the weights). The rest of the step's wall time is orchestration overhead:
     Ray calls, object-store transfers, the driver's bookkeeping."""
-    return (slowest(scores, "generate_s") + slowest(scores, "score_s") + slowest(learner_stats, "learn_s")
+    return (slowest(generated, "compute_s") + slowest(scores, "score_s") + slowest(learner_stats, "learn_s")
             + synced.publish_s + slowest(synced.loaded, "sync_s"))
 
 
-def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, synced: Delivery, k: int,
-                 wall_s: float) -> dict:
-    """Per-step metrics from the scorers' and learners' small results and the phases' times."""
-    proxy, length = across(scores, "proxy"), across(scores, "length")
+def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats: list[dict], timings: dict,
+                 synced: Delivery, k: int, wall_s: float) -> dict:
+    """Per-step metrics from the workers', scorers' and learners' small results and the phases' times."""
+    proxy, length = across(scores, "proxy"), across(generated, "length")
     gold = [g for g in across(scores, "gold") if not math.isnan(g)]
-    compute_s = compute_seconds(scores, learner_stats, synced)
+    compute_s = compute_seconds(generated, scores, learner_stats, synced)
     learner = {key: mean_of(learner_stats, key) for key in
                ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss", "grad_norm", "mismatch_kl",
                 "is_ratio_mean", "is_cut_frac") if key in learner_stats[0]}
@@ -50,9 +52,9 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
         "proxy_reward_std": statistics.stdev(proxy) if len(proxy) > 1 else 0.0,
         "train_reward_mean": statistics.fmean(across(scores, "train")),
         "gold_reward_mean": statistics.fmean(gold) if gold else math.nan,
-        "gold_v2_reward_mean": nanmean(across(scores, "gold_v2")) if "gold_v2" in scores[0] else math.nan,
+        "gold_v2_reward_mean": nanmean(across(scores, "gold_v2")),
         "response_length": statistics.fmean(length),
-        "truncation_rate": 1 - statistics.fmean(across(scores, "finished")),
+        "truncation_rate": 1 - statistics.fmean(across(generated, "finished")),
         **learner, "lr": learner_stats[0]["lr"], "beta": learner_stats[0]["beta"],
         **{f"time_{phase}_s": t for phase, t in timings.items()},
         "step_s": sum(timings.values()), "wall_s": wall_s, "compute_s": compute_s, "publish_s": synced.publish_s,
@@ -65,13 +67,14 @@ def step_metrics(scores: list[dict], learner_stats: list[dict], timings: dict, s
     }
 
 
-def write_samples(path: Path, step: int, batch: list[dict], scores: list[dict], shard_index: list[list[int]]) -> None:
+def write_samples(path: Path, step: int, batch: list[dict], generated: list[Generated], scores: list[Scores],
+                  shard_index: list[list[int]]) -> None:
     """Every sample of the step (prompt, response, proxy/gold reward) as JSON lines, to read the policy."""
     with path.open("a") as f:
-        for part, index in zip(scores, shard_index):
-            k = len(part["texts"]) // max(len(index), 1)
-            for j, text in enumerate(part["texts"]):
+        for texts, scored, index in zip(generated, scores, shard_index):
+            k = len(texts.texts) // max(len(index), 1)
+            for j, text in enumerate(texts.texts):
                 prompt = batch[index[j // k]]
                 row = {"step": step, "prompt_id": prompt["prompt_id"], "response": text,
-                       "proxy": part["proxy"][j], "gold": part["gold"][j], "train": part["train"][j]}
+                       "proxy": scored.proxy[j], "gold": scored.gold[j], "train": scored.train[j]}
                 f.write(json.dumps(row) + "\n")

@@ -34,5 +34,5 @@ def test_finite_rewards_score_and_gold_is_tracked_not_trained_on():
     rollouts = Rollouts([[1, 2]] * 2, [[5], [6]], [[0.0]] * 2, [True, False], ["Paris", "no idea"], k=2)
     out = scorer.score(rollouts, [{"prompt": "Capital of France?", "prompt_id": "q", "prompt_type": "closed",
                                    "reference": "Paris"}])
-    assert all(math.isfinite(x) for x in out["train"]) and out["train"] == out["proxy"]
-    assert out["gold"][0] > out["gold"][1] and out["finished"] == [True, False]
+    assert all(math.isfinite(x) for x in out.train) and out.train == out.proxy
+    assert out.gold[0] > out.gold[1] and len(out.gold_v2) == 2 and out.score_s > 0

@@ -6,6 +6,7 @@ import torch
 
 from rlhf_ray.rl.engines.base import Weights
 from rlhf_ray.rl.step_metrics import compute_seconds
+from rlhf_ray.rl.phases import Generated, Scores
 from rlhf_ray.rl.sync import Delivery as Synced
 
 
@@ -44,8 +45,9 @@ def test_untied_tensors_with_equal_values_are_both_sent():
 
 
 def test_step_compute_is_the_slowest_actor_per_phase():
-    scores = [{"generate_s": 2.0, "score_s": 0.5}, {"generate_s": 3.0, "score_s": 0.25}]
+    generated = [Generated([], [], [], compute_s=2.0), Generated([], [], [], compute_s=3.0)]
+    scores = [Scores([], [], [], [], [], score_s=0.5), Scores([], [], [], [], [], score_s=0.25)]
     learner = [{"learn_s": 4.0}, {"learn_s": 5.0}]
     synced = Synced([{"sync_s": 1.0}, {"sync_s": 1.5}], publish_s=0.75)
-    assert compute_seconds(scores, learner, synced) == 3.0 + 0.5 + 5.0 + 0.75 + 1.5
-    assert compute_seconds(scores, learner, Synced([], 0.0)) == 3.0 + 0.5 + 5.0
+    assert compute_seconds(generated, scores, learner, synced) == 3.0 + 0.5 + 5.0 + 0.75 + 1.5
+    assert compute_seconds(generated, scores, learner, Synced([], 0.0)) == 3.0 + 0.5 + 5.0

@@ -44,13 +44,13 @@ def _learner_and_batch(s: dict, dtype: str, total_steps: int):
     import torch
 
     from rlhf_ray.config import load_config
-    from rlhf_ray.rl.learner import RLOOLearner
+    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
     from rlhf_ray.utils.dist import reserve_address
 
     torch.set_num_threads(s["threads"])
     cfg = load_config(None, [f"policy.name={s['policy']}", f"policy.dtype={dtype}", "learner.warmup_ratio=0",
                              f"learner.micro_batch_size={s['micro_batch_size']}", f"learner.lr={s['lr']}"])
-    learner = RLOOLearner(cfg, 0, 1, *reserve_address(), total_steps=total_steps)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=total_steps)
     rollouts = _rollouts(s)
     return learner, rollouts, torch.randn(len(rollouts), generator=torch.Generator().manual_seed(0))
 

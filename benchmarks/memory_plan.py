@@ -77,14 +77,14 @@ def measure_learner(policy: str, tokens: int) -> dict:
     from rlhf_ray.config import load_config
     from rlhf_ray.plan import learner_plan
     from rlhf_ray.rl.engines.base import Rollouts
-    from rlhf_ray.rl.learner import RLOOLearner
+    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
     from rlhf_ray.utils.dist import reserve_address
 
     half = tokens // 16  # 8 sequences of `half` prompt + `half` response tokens
     cfg = load_config(None, [f"policy.name={policy}", "rollout.k=2", f"rloo.max_prompt_tokens={half}",
                              f"rollout.max_new_tokens={half}", "learner.micro_batch_size=8", "learner.zero_stage=0",
                              "learner.warmup_ratio=0"])
-    learner = RLOOLearner(cfg, 0, 1, *reserve_address(), total_steps=2)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=2)
     g = torch.Generator().manual_seed(0)
     vocab = learner.engine.module.config.vocab_size
     prompts = [torch.randint(3, vocab, (half,), generator=g).tolist() for _ in range(4)]
@@ -105,12 +105,12 @@ def measure_rm(model: str, max_length: int, pairs: int = 16) -> dict:
     from rlhf_ray.data.gold import corpus_vocabulary
     from rlhf_ray.data.schema import Group
     from rlhf_ray.plan import rm_trainer_plan
-    from rlhf_ray.rm.trainer import RewardModelTrainer
+    from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
     from rlhf_ray.utils.dist import reserve_address
 
     cfg = load_config(None, [f"model.name={model}", f"model.max_length={max_length}", f"rm.batch_size={pairs}",
                              "rm.zero_stage=0", "rm.warmup_ratio=0"])
-    trainer = RewardModelTrainer(cfg, 0, 1, *reserve_address(), total_steps=2)
+    trainer = RewardModelTrainer(TrainerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=2)
     words = sorted(corpus_vocabulary())
     rng = torch.Generator().manual_seed(0)
 

@@ -74,13 +74,13 @@ class ActorGroup:
         refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_actor)]
         return self.wait(refs, method, timeout_s)
 
-    def setup_data_parallel(self, cfg: dict, total_steps: int, timeout_s: float) -> None:
+    def setup_data_parallel(self, spec, total_steps: int, timeout_s: float) -> None:
         """The rank-0 handshake of a data-parallel group (RM trainers, the learner): rank 0 reserves the
-        rendezvous on its node, then every rank joins the process group through `setup(cfg, rank,
+        rendezvous on its node, then every rank joins the process group through `setup(spec, rank,
         world_size, addr, port, total_steps)`."""
         addr, port = self.call_one(0, "reserve_address")
         n = len(self.actors)
-        self.call("setup", [(cfg, rank, n, addr, port, total_steps) for rank in range(n)], timeout_s)
+        self.call("setup", [(spec, rank, n, addr, port, total_steps) for rank in range(n)], timeout_s)
 
     def call_one(self, index: int, method: str, *args, timeout_s: float = 600, **kwargs) -> Any:
         ref = getattr(self.actors[index], method).remote(*args, **kwargs)

@@ -98,8 +98,8 @@ def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
     from rlhf_ray.plan import learner_plan, rm_trainer_plan
     from rlhf_ray.rl.engines.base import Rollouts, Sampling
     from rlhf_ray.rl.engines.hf import HFEngine
-    from rlhf_ray.rl.learner import RLOOLearner
-    from rlhf_ray.rm.trainer import RewardModelTrainer
+    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
+    from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
     from rlhf_ray.scoring.scorer import RewardScorer
     from rlhf_ray.utils.dist import reserve_address
 
@@ -117,7 +117,7 @@ def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
                                 f"model.max_length={seq}", "rm.num_workers=1", f"rm.batch_size={batch}",
                                 "rm.zero_stage=1", "rm.warmup_ratio=0"])
     _reset(device)
-    trainer = RewardModelTrainer(rm_cfg, 0, 1, *reserve_address(), total_steps=10)
+    trainer = RewardModelTrainer(TrainerSpec.of(rm_cfg), 0, 1, *reserve_address(), total_steps=10)
     groups = [Group(f"p{i}", text, "closed", [text + " w1", text + " w2"], [1.0, 0.0]) for i in range(batch)]
 
     def rm_step():
@@ -134,7 +134,7 @@ def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
                                 f"rollout.max_new_tokens={seq // 2}", f"learner.micro_batch_size={batch}",
                                 "learner.zero_stage=1", "learner.warmup_ratio=0"])
     _reset(device)
-    learner = RLOOLearner(rl_cfg, 0, 1, *reserve_address(), total_steps=10)
+    learner = RLOOLearner(LearnerSpec.of(rl_cfg), 0, 1, *reserve_address(), total_steps=10)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, arch.vocab, (seq // 2,), generator=g).tolist() for _ in range(batch // 2)]
     responses = [torch.randint(3, arch.vocab, (seq // 2,), generator=g).tolist() for _ in range(batch)]

@@ -10,7 +10,7 @@ from rlhf_ray.cluster import ActorSetup
 from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import Generating, Generation, Scores, generated_of
-from rlhf_ray.rl.learner import RLOOLearnerActor
+from rlhf_ray.rl.learner import LearnerSpec, RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
 from rlhf_ray.rl.rank_shares import shard_positions, split_for_ranks
 from rlhf_ray.rl.scorer import RLScorerActor
@@ -82,7 +82,7 @@ class RLGroups:
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
                                  setup=setup)
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared, setup=setup)
-        self.learner.setup_data_parallel(cfg.model_dump(), total_steps, cfg.learner.timeout_s)
+        self.learner.setup_data_parallel(LearnerSpec.of(cfg), total_steps, cfg.learner.timeout_s)
         self.split = ray.remote(num_cpus=0)(split_task)  # cuts a worker's output into the ranks' shares
         self.read_generated = ray.remote(num_cpus=0)(generated_of)  # what the driver reads of the samples
         transport = transport_class(rc.sync)(self.learner, self.rollout, rc.sync_timeout_s)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 
 import torch
 
-from rlhf_ray.config import Config, LearnerConfig
+from rlhf_ray.config import Config, LearnerConfig, PolicyConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts
@@ -67,8 +68,27 @@ def batch_denominator(lc: LearnerConfig, parts, before) -> float:
     return max(sum(loss_denominator(lc.variant, batch.mask, k) for (batch, _), k in zip(parts, kept)), 1.0)
 
 
+@dataclass(frozen=True)
+class LearnerSpec:
+    """What a learner rank is built from, and all it reads: its own section, the policy's, the seed, and
+    the settings it shares with the rollout workers (the sampling temperature its log-probs must match;
+    the weight transport and its bucket size)."""
+
+    learner: LearnerConfig
+    policy: PolicyConfig
+    seed: int
+    temperature: float
+    transport: str
+    bucket_mb: float
+
+    @classmethod
+    def of(cls, cfg: Config) -> "LearnerSpec":
+        rc = cfg.rollout
+        return cls(cfg.learner, cfg.policy, cfg.seed, rc.temperature, rc.sync, rc.sync_bucket_mb)
+
+
 class RLOOLearner:
-    def __init__(self, cfg: Config, rank: int, world_size: int, addr: str, port: int, total_steps: int):
+    def __init__(self, cfg: LearnerSpec, rank: int, world_size: int, addr: str, port: int, total_steps: int):
         from transformers import AutoTokenizer
 
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
@@ -93,15 +113,14 @@ class RLOOLearner:
         self.engine = training_engine(policy, ds_cfg, pc.gradient_checkpointing, lc.lr, 0.0, lc.schedule,
                                       int(lc.warmup_ratio * total_steps), total_steps * lc.ppo_epochs, self.device,
                                       "learner.device")
-        rc = cfg.rollout
-        self.sender = transport_class(rc.sync).Sender(self.engine.module, int(rc.sync_bucket_mb * 2**20),
-                                                       lc.zero_stage, rank)
+        self.sender = transport_class(cfg.transport).Sender(self.engine.module, int(cfg.bucket_mb * 2**20),
+                                                             lc.zero_stage, rank)
 
     def _logprobs(self, model, batch, with_entropy: bool = False):
         lc = self.cfg.learner
         # gradient checkpointing drops the KV cache in training, which the shared-prompt layout needs
         shared = not (self.cfg.policy.gradient_checkpointing and model.training)
-        return response_logprobs(model, batch, self.cfg.rollout.temperature, with_entropy, lc.logits_chunk_tokens,
+        return response_logprobs(model, batch, self.cfg.temperature, with_entropy, lc.logits_chunk_tokens,
                                  shared_prompt=shared)
 
     @contextlib.contextmanager

@@ -6,7 +6,7 @@ from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import Config
 from rlhf_ray.data.schema import Group
 from rlhf_ray.rm.metrics import add_sums, summarise
-from rlhf_ray.rm.trainer import EVAL_BATCH, RewardModelTrainer
+from rlhf_ray.rm.trainer import EVAL_BATCH, RewardModelTrainer, TrainerSpec
 from rlhf_ray.utils.actor_shell import actor_shell
 
 
@@ -19,7 +19,7 @@ class RMTrainerGroup:
     def __init__(self, cfg: Config, total_steps: int, tag: str | None = None, setup=None):
         self.cfg = cfg
         self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag, setup=setup)
-        self.group.setup_data_parallel(cfg.model_dump(), total_steps, cfg.rm.sync_timeout_s)
+        self.group.setup_data_parallel(TrainerSpec.of(cfg), total_steps, cfg.rm.sync_timeout_s)
 
     def _shards(self, groups: list[Group]) -> list[tuple]:
         import ray

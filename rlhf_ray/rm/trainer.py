@@ -5,10 +5,11 @@ The Ray actor (`rm/actor.py`) is a thin shell around this class; tests drive it 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from rlhf_ray.config import Config
+from rlhf_ray.config import Config, LossConfig, ModelConfig, RMConfig
 from rlhf_ray.data.schema import Group
 from rlhf_ray.models.reward_model import (
     HiddenCapture,
@@ -39,8 +40,24 @@ def score_groups(model, capture: HiddenCapture, tokenizer, groups: list[Group], 
 EVAL_BATCH = 16  # groups per evaluation forward
 
 
+@dataclass(frozen=True)
+class TrainerSpec:
+    """What a reward-model trainer rank is built from, and all it reads: the model, trainer and loss
+    sections and the seed."""
+
+    model: ModelConfig
+    rm: RMConfig
+    loss: LossConfig
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> "TrainerSpec":
+        return cls(cfg.model, cfg.rm, cfg.loss, cfg.seed)
+
+
 class RewardModelTrainer:
-    def __init__(self, cfg: Config, rank: int, world_size: int, master_addr: str, master_port: int, total_steps: int):
+    def __init__(self, cfg: TrainerSpec, rank: int, world_size: int, master_addr: str, master_port: int,
+                 total_steps: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.name = f"rm-trainer-{rank}"
         mc = cfg.model

@@ -6,7 +6,7 @@ import torch
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.engines.base import Rollouts
 from tests.rollouts import random_rollouts
-from rlhf_ray.rl.learner import RLOOLearner
+from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
 from rlhf_ray.rl.logprobs import group_micro_batches, pack, response_logprobs
 from rlhf_ray.utils.dist import reserve_address, shm_segment
 
@@ -21,7 +21,7 @@ def _updated_weights(micro_batch_size, variant, ppo_epochs=1):
                              "learner.grad_clip=0", "rollout.temperature=1.0", f"learner.ppo_epochs={ppo_epochs}"])
     torch.manual_seed(0)
     addr, port = reserve_address()
-    learner = RLOOLearner(cfg, 0, 1, addr, port, total_steps=1)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, addr, port, total_steps=1)
     assert not shm_segment(addr, port, 0).exists()  # DeepSpeed's segment does not outlive the run
     grads, real_step = {}, learner.engine.step
 
@@ -102,7 +102,7 @@ def test_sequence_kl_is_the_evaluated_policys_own_kl_to_the_reference():
                              "learner.warmup_ratio=0", "rollout.temperature=1.0"])
     torch.manual_seed(0)
     addr, port = reserve_address()
-    learner = RLOOLearner(cfg, 0, 1, addr, port, total_steps=1)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, addr, port, total_steps=1)
     rollouts = _rollouts()
     assert learner.sequence_kl(rollouts) == pytest.approx([0.0] * len(rollouts), abs=1e-6)
     learner.update(rollouts, torch.tensor([1.0, -0.5, 0.3, 0.2, -1.0, 0.7]))

@@ -6,7 +6,7 @@ import torch
 
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.engines.base import Rollouts
-from rlhf_ray.rl.learner import RLOOLearner
+from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
 from rlhf_ray.utils.dist import reserve_address
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def _master_dtypes(optimizer) -> set:
 def test_a_bf16_policy_trains_on_fp32_master_weights(zero_stage):
     cfg = load_config(None, ["policy.name=tiny-llama", "policy.dtype=bfloat16", f"learner.zero_stage={zero_stage}",
                              "learner.lr=1e-3", "learner.warmup_ratio=0", "rollout.temperature=1.0"])
-    learner = RLOOLearner(cfg, 0, 1, *reserve_address(), total_steps=2)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=2)
     assert {p.dtype for p in learner.engine.module.parameters()} == {torch.bfloat16}
     assert _master_dtypes(learner.engine.optimizer) == {torch.float32}
     rollouts = Rollouts([[5, 6, 7]] * 2 + [[8, 9]] * 2, [[10, 11], [12], [13, 14, 15], [16]], [[0.0]] * 4,

@@ -50,13 +50,14 @@ def _first_batch_alone(cfg) -> dict:
     model): what two Ray ranks' shards must sum to."""
     from rlhf_ray.data.loaders import epoch_batches, load_split
     from rlhf_ray.rm.metrics import summarise
-    from rlhf_ray.rm.trainer import RewardModelTrainer
+    from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
     from rlhf_ray.utils.dist import reserve_address
 
     # one rank, no ZeRO sharding: the first step's forward pass is the same at every stage
     one_rank = cfg.model_copy(update={"rm": cfg.rm.model_copy(update={"num_workers": 1, "zero_stage": 1})})
     batch = next(epoch_batches(load_split(cfg, "train"), cfg.rm.batch_size, cfg.seed, cfg.rm.epochs))
-    return summarise(RewardModelTrainer(one_rank, 0, 1, *reserve_address(), total_steps=2).train_step(batch))
+    trainer = RewardModelTrainer(TrainerSpec.of(one_rank), 0, 1, *reserve_address(), total_steps=2)
+    return summarise(trainer.train_step(batch))
 
 
 def _assert_first_step_equals_one_rank(rows, cfg) -> None:

@@ -21,7 +21,7 @@ def address():
 @pytest.mark.parametrize("testbed", ["gold", "collapse"])
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_loss_trains_on_every_testbed(testbeds, address, testbed, loss):
-    from rlhf_ray.rm.trainer import RewardModelTrainer
+    from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
 
     # 8 completions per collapse prompt: 2 of them are as many sequences as 4 gold pairs and 16 pairs
     size = 2 if testbed == "collapse" else 4
@@ -30,7 +30,7 @@ def test_every_loss_trains_on_every_testbed(testbeds, address, testbed, loss):
         ["model.name=tiny-llama", f"data.testbed={testbed}", "rm.num_workers=1", f"rm.batch_size={size}",
          "rm.lr=1e-3", "rm.warmup_ratio=0", "model.max_length=128", *LOSSES[loss]],
     )
-    trainer = RewardModelTrainer(cfg, 0, 1, *address, total_steps=5)
+    trainer = RewardModelTrainer(TrainerSpec.of(cfg), 0, 1, *address, total_steps=5)
     groups = load_groups(testbeds / testbed / "train.parquet")[:size]
     steps = [summarise(trainer.train_step(groups)) for _ in range(5)]  # the same batch: it must fit it
     assert all(math.isfinite(s["loss"]) for s in steps)
@@ -44,7 +44,7 @@ def test_micro_batches_by_tokens_give_the_whole_batch_step(testbeds, address):
     pairs, so the step's gradient equals the unsplit step's."""
     import torch
 
-    from rlhf_ray.rm.trainer import RewardModelTrainer
+    from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
 
     groups = load_groups(testbeds / "gold" / "train.parquet")[:4]
 
@@ -52,7 +52,7 @@ def test_micro_batches_by_tokens_give_the_whole_batch_step(testbeds, address):
         cfg = load_config(None, ["model.name=tiny-llama", "rm.num_workers=1", "rm.batch_size=4", "rm.lr=1e-3",
                                  "rm.warmup_ratio=0", "rm.grad_clip=0", "rm.zero_stage=0", "model.max_length=160",
                                  *extra])
-        trainer = RewardModelTrainer(cfg, 0, 1, *address, total_steps=1)
+        trainer = RewardModelTrainer(TrainerSpec.of(cfg), 0, 1, *address, total_steps=1)
         grads, real_step = {}, trainer.engine.step
 
         def step_recording_grads():  # the accumulated gradient, just before the optimizer applies it

@@ -1,6 +1,13 @@
 """The generic Ray shell: it builds the core from its arguments (or in `setup`, for a data-parallel
 rank) and forwards every public method; a subclass adds only what it overrides. No Ray needed."""
+from dataclasses import dataclass
+
 from rlhf_ray.utils.actor_shell import actor_shell
+
+
+@dataclass(frozen=True)
+class Spec:
+    seed: int
 
 
 class Counter:
@@ -35,7 +42,8 @@ def test_a_data_parallel_shell_builds_its_core_in_setup():
     actor = RankActor()
     addr, port = actor.reserve_address()
     assert isinstance(port, int) and port > 0
-    actor.setup({"seed": 7}, 1, 2, addr, port, total_steps=3)
+    spec = Spec(seed=7)  # the role's own sections, passed to the core as they are
+    actor.setup(spec, 1, 2, addr, port, total_steps=3)
     assert actor.where() == (1, 2, 7)
 
 

@@ -1,7 +1,8 @@
 """Issue 26 (3): a colocated start-up creates the rollout engines and puts them to sleep before the learner
 ranks load their models beside them (vLLM checks the GPU's free memory as it starts), then wakes them with
 the learner's weights: the order of the calls, with every actor group a recording stand-in."""
-from rlhf_ray.config import load_config
+from rlhf_ray.config import Config, load_config
+from rlhf_ray.rl.learner import LearnerSpec
 from rlhf_ray.rl import groups as G
 
 
@@ -17,8 +18,9 @@ class RecordingGroup:
         self.log.append((self.name, method, *(args_per_actor or [()])[0]))
         return [{"refs": [], "publish_s": 0.0, "gathered_peak_bytes": 0}]
 
-    def setup_data_parallel(self, cfg, total_steps, timeout_s):
+    def setup_data_parallel(self, spec, total_steps, timeout_s):
         self.log.append((self.name, "setup_data_parallel"))
+        self.spec = spec
 
     def map(self, method, args, timeout_s):
         self.log.append((self.name, method))
@@ -45,6 +47,8 @@ def test_a_start_without_colocation_neither_sleeps_nor_syncs(monkeypatch):
     log = []
     monkeypatch.setattr(G, "rollout_group", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
     monkeypatch.setattr(G, "ActorGroup", lambda cls, name, *args, **kwargs: RecordingGroup(log, name))
-    G.RLGroups(load_config(None, []), total_steps=1)
+    rl = G.RLGroups(load_config(None, []), total_steps=1)
+    # issue 25: a learner rank gets its own sections (LearnerSpec), never the whole config tree
+    assert isinstance(rl.learner.spec, LearnerSpec) and not isinstance(rl.learner.spec, Config)
     assert log == [("create", "rollout"), ("create", "scorer"), ("create", "learner"),
                    ("learner", "setup_data_parallel")]

@@ -12,9 +12,10 @@ from rlhf_ray.utils import storage
 def child_config(parent: Config, ref: str | None, overrides: list[str], output_dir: Path, seed: int,
                  shared: list[str] = ()) -> Config:
     """Config file `ref` (None: the parent's own) + what the parent shares (data, seed, tensorboard,
-    bootstrap, ray.address, storage_path under the parent's, and `shared`) + `overrides`."""
+    the bootstrap resamples of every stage's CIs, ray.address, storage_path under the parent's, and
+    `shared`) + `overrides`."""
     common = [f"data.dir={parent.data.dir}", f"seed={seed}", f"tensorboard={str(parent.tensorboard).lower()}",
-              f"eval.bootstrap={parent.eval.bootstrap}", *shared]
+              f"eval.bootstrap={parent.eval.bootstrap}", f"rloo.bootstrap={parent.eval.bootstrap}", *shared]
     if parent.ray.address:
         common.append(f"ray.address={parent.ray.address}")
     if parent.storage_path:  # the child's files under the parent's, as its output_dir is under the parent's

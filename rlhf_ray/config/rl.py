@@ -150,6 +150,9 @@ class RLOOConfig(Section):
     prompt_types: list[Literal["open", "closed"]] = Field(["open", "closed"], min_length=1)
     prompts_per_step: int = Field(8, ge=1)
     steps: int = Field(20, ge=1)
+    # the held-out results' bootstrap CIs over prompts (resamples; 0: none) and their level
+    bootstrap: int = Field(1000, ge=0)
+    ci_level: float = Field(0.95, gt=0, lt=1)
     max_prompt_tokens: int = Field(256, ge=8)
     # Held-out check: this many prompts of `eval_split` (gold prompts) generated and scored before the
     # first step and after the last; the report's gold-reward gain is paired over them. 0: off.

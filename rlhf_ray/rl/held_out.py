@@ -13,7 +13,7 @@ from rlhf_ray.utils import storage
 
 
 def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int) -> dict:
-    return held_out_point(scores, len(held_out), cfg.rollout.k, step, cfg.eval.bootstrap, cfg.eval.ci_level,
+    return held_out_point(scores, len(held_out), cfg.rollout.k, step, cfg.rloo.bootstrap, cfg.rloo.ci_level,
                           cfg.seed)
 
 

@@ -153,7 +153,7 @@ def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_
         summary["policy_step"] = curve.monitor.best.step
     if plan.held_out:
         summary["held_out"] = policy_change(curve.before, after, len(plan.held_out), cfg.rollout.k,
-                                            cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seed)
+                                            cfg.rloo.bootstrap, cfg.rloo.ci_level, cfg.seed)
     return summary
 
 

@@ -1,7 +1,7 @@
 """Actor groups placed by config, named by role and index.
 
-Every remote call goes through `ActorGroup.call`, which waits with a timeout and turns a dead actor or
-a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the cause.
+Every remote call goes through `ActorGroup.call`, which waits with a timeout and turns a dead actor
+or a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the cause.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rlhf_ray.placement import bundle_of, reserve_bundles
 
 @dataclass(frozen=True)
 class Submitted:
-    """Calls on some actors of a group that run while the caller does other work (`ActorGroup.submit`)."""
+    """Calls on some actors of a group that run while the caller does other work
+    (`ActorGroup.submit`)."""
 
     method: str
     args: dict[int, tuple]
@@ -24,21 +25,24 @@ class Submitted:
 
 
 class ActorGroup:
-    """N actors of one class in a placement group, named `<role>-<index>` (`<role>-<tag>-<index>` when
-    several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
+    """N actors of one class in a placement group, named `<role>-<index>` (`<role>-<tag>-<index>`
+    when several groups of one role run at once, e.g. an experiment's side-by-side trainings)."""
 
     def __init__(self, actor_cls, role: str, cfg: ActorGroupConfig, *args, tag: str | None = None,
                  shared_placement=None, setup: ActorSetup | None = None, **kwargs):
-        """`shared_placement`: a placement group another group's actors share, bundle i holding actor i of
-        each (colocation); its owner removes it. None: the group's own, one bundle per actor. `setup`:
-        the run's, from `connect` (None: output to the driver, tcmalloc found automatically)."""
+        """`shared_placement`: a placement group another group's actors share, bundle i holding
+        actor i of each (colocation); its owner removes it. None: the group's own, one bundle per
+        actor. `setup`: the run's, from `connect` (None: output to the driver, tcmalloc found
+        automatically)."""
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role, self.max_restarts = role, cfg.max_restarts
         self.owns_placement = shared_placement is None
-        self.placement_group = shared_placement or reserve_bundles(role, [bundle_of(cfg)] * cfg.num_workers,
-                                                                   cfg.placement_strategy, cfg.placement_timeout_s)
+        self.placement_group = shared_placement or reserve_bundles(role,
+                                                                   [bundle_of(cfg)] * cfg.num_workers,
+                                                                   cfg.placement_strategy,
+                                                                   cfg.placement_timeout_s)
         remote_cls = ray.remote(with_log_file(actor_cls))
         prefix = f"{role}-{tag}" if tag else role
         self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
@@ -66,27 +70,30 @@ class ActorGroup:
         nodes = placement_group_table(self.placement_group)["bundles_to_node_id"]
         return {name: nodes[i] for i, name in enumerate(self.names)}
 
-    def call(self, method: str, args_per_actor: Sequence[tuple] | None = None, timeout_s: float = 600,
-             **kwargs) -> list[Any]:
+    def call(self, method: str, args_per_actor: Sequence[tuple] | None = None,
+             timeout_s: float = 600, **kwargs) -> list[Any]:
         """Call `method` on every actor (with its own args) and wait for all, with a timeout."""
 
         args_per_actor = args_per_actor or [()] * len(self.actors)
-        refs = [getattr(a, method).remote(*args, **kwargs) for a, args in zip(self.actors, args_per_actor)]
+        refs = [getattr(a, method).remote(*args, **kwargs) for a,
+                args in zip(self.actors, args_per_actor)]
         return self.wait(refs, method, timeout_s)
 
     def setup_data_parallel(self, spec, total_steps: int, timeout_s: float) -> None:
-        """The rank-0 handshake of a data-parallel group (RM trainers, the learner): rank 0 reserves the
-        rendezvous on its node, then every rank joins the process group through `setup(spec, rank,
-        world_size, addr, port, total_steps)`."""
+        """The rank-0 handshake of a data-parallel group (RM trainers, the learner): rank 0 reserves
+        the rendezvous on its node, then every rank joins the process group through `setup(spec,
+        rank, world_size, addr, port, total_steps)`."""
         addr, port = self.call_one(0, "reserve_address")
         n = len(self.actors)
-        self.call("setup", [(spec, rank, n, addr, port, total_steps) for rank in range(n)], timeout_s)
+        self.call("setup", [(spec, rank, n, addr, port, total_steps) for rank in range(n)],
+                  timeout_s)
 
     def call_one(self, index: int, method: str, *args, timeout_s: float = 600, **kwargs) -> Any:
         ref = getattr(self.actors[index], method).remote(*args, **kwargs)
         return self.wait([ref], method, timeout_s, names=[self.names[index]])[0]
 
-    def wait(self, refs: list, method: str, timeout_s: float, names: list[str] | None = None) -> list[Any]:
+    def wait(self, refs: list, method: str, timeout_s: float,
+             names: list[str] | None = None) -> list[Any]:
         """Results in order; the first failure raises at once (its peers may be blocked on it)."""
         import ray
 
@@ -95,16 +102,17 @@ class ActorGroup:
         return ray.get(refs)
 
     def submit(self, method: str, args_per_actor: dict[int, tuple]) -> "Submitted":
-        """Call `method` on the actors named by index, each with its args, and return at once: the calls run
-        while the caller does something else; `collect` waits for them."""
-        refs = {i: getattr(self.actors[i], method).remote(*args) for i, args in args_per_actor.items()}
+        """Call `method` on the actors named by index, each with its args, and return at once: the
+        calls run while the caller does something else; `collect` waits for them."""
+        refs = {i: getattr(self.actors[i], method).remote(*args) for i,
+                args in args_per_actor.items()}
         return Submitted(method, dict(args_per_actor), refs)
 
     def collect(self, submitted: "Submitted", timeout_s: float, on_restart=None) -> dict[int, Any]:
-        """Wait for submitted calls; return {index: ObjectRef} of the results (they stay in the object
-        store). An actor that died and that Ray restarts (max_restarts), or that reports `Restarted` (it came
-        back since the last call), gets `on_restart(index, args)` (e.g. the current weights), which returns
-        the arguments to call it with again (None: the same)."""
+        """Wait for submitted calls; return {index: ObjectRef} of the results (they stay in the
+        object store). An actor that died and that Ray restarts (max_restarts), or that reports
+        `Restarted` (it came back since the last call), gets `on_restart(index, args)` (e.g. the
+        current weights), which returns the arguments to call it with again (None: the same)."""
         method, args_per_actor, refs = submitted.method, dict(submitted.args), dict(submitted.refs)
         retries = dict.fromkeys(refs, self.max_restarts)
 
@@ -115,29 +123,35 @@ class ActorGroup:
             self._wait_restarted(index, method, deadline)
             print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
                   file=sys.stderr, flush=True)
-            if on_restart is not None:  # submitted before the retry: an actor runs one caller's calls in order
-                args_per_actor[index] = on_restart(index, args_per_actor[index]) or args_per_actor[index]
+            # submitted before the retry: an actor runs one caller's calls in order
+            if on_restart is not None:
+                args_per_actor[index] = on_restart(index,
+                                                   args_per_actor[index]) or args_per_actor[index]
             refs[index] = getattr(self.actors[index], method).remote(*args_per_actor[index])
             return refs[index]
 
         self._await(dict(refs), method, timeout_s, self.names, retry)
         return refs
 
-    def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float, on_restart=None) -> dict[int, Any]:
-        """`submit`, then `collect`: the calls' result refs once all are done (restarted actors retried)."""
+    def map(self, method: str, args_per_actor: dict[int, tuple], timeout_s: float,
+            on_restart=None) -> dict[int, Any]:
+        """`submit`, then `collect`: the calls' result refs once all are done (restarted actors
+        retried)."""
         return self.collect(self.submit(method, args_per_actor), timeout_s, on_restart)
 
-    def _await(self, pending: dict[int, Any], method: str, timeout_s: float, names: list[str], retry=None) -> None:
-        """Wait for every ref in `pending` ({position: ref}, `names[position]` says whose). A failure raises
-        an ActorGroupError naming the actor, unless the actor was restarted and `retry(position, error,
-        deadline)` returns a new ref to wait for instead."""
+    def _await(self, pending: dict[int, Any], method: str, timeout_s: float, names: list[str],
+               retry=None) -> None:
+        """Wait for every ref in `pending` ({position: ref}, `names[position]` says whose). A
+        failure raises an ActorGroupError naming the actor, unless the actor was restarted and
+        `retry(position, error, deadline)` returns a new ref to wait for instead."""
         import time
 
         import ray
 
         deadline = time.monotonic() + timeout_s
         while pending:
-            ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            ready, _ = ray.wait(list(pending.values()), num_returns=1,
+                                timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 late = ", ".join(names[i] for i in pending)
                 raise ActorGroupError(f"{late}: {method} did not finish within {timeout_s:.0f} s")
@@ -148,22 +162,24 @@ class ActorGroup:
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
                 died = isinstance(err, ray.exceptions.RayActorError)
                 restarted = died or isinstance(getattr(err, "cause", None), Restarted)
-                new_ref = retry(position, err, deadline) if retry is not None and restarted else None
+                new_ref = retry(position, err,
+                                deadline) if retry is not None and restarted else None
                 if new_ref is None:
                     verb = "died during" if died else "failed in"
                     raise ActorGroupError(f"{names[position]} {verb} {method}: {_cause(err)}") from err
                 pending[position] = new_ref
 
     def _wait_restarted(self, index: int, method: str, deadline: float) -> None:
-        """Until Ray has the actor back (calls in between fail as 'unavailable'); an error if it is dead
-        for good or not back by the deadline."""
+        """Until Ray has the actor back (calls in between fail as 'unavailable'); an error if it is
+        dead for good or not back by the deadline."""
         import time
 
         import ray
 
         while time.monotonic() < deadline:
             try:
-                ray.get(self.actors[index].__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                ray.get(self.actors[index].__ray_ready__.remote(),
+                        timeout=max(0.1, deadline - time.monotonic()))
                 return
             except ray.exceptions.ActorUnavailableError:
                 time.sleep(0.5)

@@ -1,10 +1,10 @@
 """`rlhf-ray <command> --config FILE [key.path=value ...]`: one entry point for every job.
 
 Each command works the same as a Ray job entrypoint: with `ray.address` / $RAY_ADDRESS it joins that
-cluster, otherwise it starts a local Ray instance on 127.0.0.1. Everything that can be checked before an
-actor starts (config, data files, model paths, resume point, placement) is checked first; `--check`
-stops there. The terminal shows rlhf-ray's own lines and ends with the result or the error; Ray's and
-vLLM's output goes to `<output_dir>/logs/` (`--verbose` shows it here instead).
+cluster, otherwise it starts a local Ray instance on 127.0.0.1. Everything that can be checked
+before an actor starts (config, data files, model paths, resume point, placement) is checked first;
+`--check` stops there. The terminal shows rlhf-ray's own lines and ends with the result or the
+error; Ray's and vLLM's output goes to `<output_dir>/logs/` (`--verbose` shows it here instead).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from rlhf_ray.data.schema import DataError
 class Command:
     run: object  # (cfg, args) -> dict
     help: str
-    default_config: str | None  # None: --config is required (no command runs a default job by accident)
+    # None: --config is required (no command runs a default job by accident)
+    default_config: str | None
     keys: tuple[str, ...]  # the main config keys, shown with their defaults by --help
     example: str
 
@@ -40,7 +41,8 @@ def _cmd_prepare(cfg, args) -> str:
     written = prepare_testbeds(cfg)
 
     def rows(splits) -> str:
-        return ", ".join(f"{split} {n}" for split, n in splits.items()) if isinstance(splits, dict) else str(splits)
+        return ", ".join(f"{split} {n}" for split, n in splits.items()) if isinstance(splits,
+                                                                                      dict) else str(splits)
 
     return f"wrote {'; '.join(f'{name} ({rows(splits)})' for name, splits in written.items())} under {cfg.data.dir}"
 
@@ -67,9 +69,11 @@ def _cmd_eval_rm(cfg, args) -> str:
             r = result[split]
             shown = [f"{k} {r[k]['value']:.3f} [{r[k]['ci_low']:.3f}, {r[k]['ci_high']:.3f}]"
                      for k in ("accuracy", "kendall_tau") if isinstance(r.get(k), dict)]
-            shown += [f"{k} {r[k]:.3f}" for k in ("open_closed_gap", "open_l1_to_theory", "closed_l1_to_theory")
+            shown += [f"{k} {r[k]:.3f}" for k in ("open_closed_gap", "open_l1_to_theory",
+                                                  "closed_l1_to_theory")
                       if isinstance(r.get(k), float)]
-            print(f"[eval-rm] {split} ({r.get('scenario', cfg.data.testbed)}): {', '.join(shown)}", file=sys.stderr)
+            print(f"[eval-rm] {split} ({r.get('scenario', cfg.data.testbed)}): {', '.join(shown)}",
+                  file=sys.stderr)
     return f"done: {result['eval_json']} and its plots"
 
 
@@ -131,41 +135,62 @@ def _cmd_plan(cfg, args) -> str:
     return f"check passed: {verdict}" if args.check else verdict
 
 
-RM_KEYS = ("output_dir", "model.name", "loss.name", "loss.bsr.coef", "loss.bsr.scope", "data.testbed", "data.train",
+RM_KEYS = ("output_dir", "model.name", "loss.name", "loss.bsr.coef", "loss.bsr.scope",
+           "data.testbed", "data.train",
            "rm.num_workers", "rm.batch_size", "rm.lr", "rm.epochs", "rm.max_steps", "rm.save_every")
-RLOO_KEYS = ("output_dir", "policy.name", "rloo.prompts", "rloo.steps", "rloo.prompts_per_step", "rloo.eval_prompts",
-             "rloo.save_every", "reward.models", "rollout.engine", "rollout.num_workers", "rollout.k",
-             "rollout.max_new_tokens", "scorer.num_workers", "learner.num_workers", "learner.lr", "learner.beta")
+RLOO_KEYS = ("output_dir", "policy.name", "rloo.prompts", "rloo.steps", "rloo.prompts_per_step",
+             "rloo.eval_prompts",
+             "rloo.save_every", "reward.models", "rollout.engine", "rollout.num_workers",
+             "rollout.k",
+             "rollout.max_new_tokens", "scorer.num_workers", "learner.num_workers", "learner.lr",
+             "learner.beta")
 COMMANDS = {
     "prepare": Command(_cmd_prepare, "build the gold and collapse testbeds (parquet)", None,
                        ("data.dir", "prepare.testbeds", "prepare.sizes.gold_train_prompts", "seed",
                         "prepare.policy_samples.enabled", "prepare.policy_samples.train_k",
                         "prepare.policy_samples.eval_k", "policy.name"),
                        "rlhf-ray prepare --config configs/demo.yaml"),
-    "train-rm": Command(_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)", None, RM_KEYS,
+    "train-rm": Command(_cmd_train_rm, "train a reward model on Ray (DeepSpeed data-parallel)",
+                        None, RM_KEYS,
                         "rlhf-ray train-rm --config configs/rm_bt_gold.yaml rm.max_steps=4"),
-    "eval-rm": Command(_cmd_eval_rm, "evaluate a reward model: four scenarios (gold), collapse, or your data", None,
-                       ("output_dir", "eval.out_dir", "eval.bootstrap", "scorer.num_workers", "model.max_length"),
+    "eval-rm": Command(_cmd_eval_rm,
+                       "evaluate a reward model: four scenarios (gold), collapse, or your data",
+                       None,
+                       ("output_dir", "eval.out_dir", "eval.bootstrap", "scorer.num_workers",
+                        "model.max_length"),
                        "rlhf-ray eval-rm --config configs/rm_bsr_gold.yaml --model runs/rm_bsr_gold/model "
                        "--testbed gold"),
-    "experiment": Command(_cmd_experiment, "variants x seeds of a reward-model config, side by side, one report",
-                          None, ("output_dir", "experiment.base", "experiment.seeds", "experiment.parallel"),
+    "experiment": Command(_cmd_experiment,
+                          "variants x seeds of a reward-model config, side by side, one report",
+                          None,
+                          ("output_dir", "experiment.base", "experiment.seeds",
+                           "experiment.parallel"),
                           "rlhf-ray experiment --config configs/exp_bsr.yaml"),
-    "rloo": Command(_cmd_rloo, "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner", None,
+    "rloo": Command(_cmd_rloo,
+                    "RLOO on Ray: vLLM rollout workers, a reward-scoring pool, an RLOO learner",
+                    None,
                     RLOO_KEYS, "rlhf-ray rloo --config configs/rloo_smollm2.yaml rloo.steps=8"),
-    "pipeline": Command(_cmd_pipeline, "prepare -> train RMs -> eval -> best-of-n -> RLOO against each -> one report",
-                        "configs/pipeline.yaml", ("output_dir", "pipeline.reward_models", "pipeline.rloo"),
+    "pipeline": Command(_cmd_pipeline,
+                        "prepare -> train RMs -> eval -> best-of-n -> RLOO against each -> one report",
+                        "configs/pipeline.yaml",
+                        ("output_dir", "pipeline.reward_models", "pipeline.rloo"),
                         "rlhf-ray pipeline --config configs/pipeline.yaml"),
-    "bon": Command(_cmd_bon, "best-of-n over-optimisation curves of reward models on the policy's samples", None,
-                   ("output_dir", "reward.models", "bon.names", "reward.uwo_lambda", "scorer.num_workers",
-                    "eval.bootstrap"),
+    "bon": Command(_cmd_bon,
+                   "best-of-n over-optimisation curves of reward models on the policy's samples",
+                   None,
+                   ("output_dir", "reward.models", "bon.names", "reward.uwo_lambda",
+                    "scorer.num_workers", "eval.bootstrap"),
                    "rlhf-ray bon --config configs/rloo_smollm2.yaml reward.models=[runs/demo/rm/bt/model]"),
-    "plan": Command(_cmd_plan, "estimated peak memory per device of every actor group; starts nothing", None,
-                    ("learner.micro_batch_tokens", "learner.logits_chunk_tokens", "rm.micro_batch_tokens",
+    "plan": Command(_cmd_plan,
+                    "estimated peak memory per device of every actor group; starts nothing", None,
+                    ("learner.micro_batch_tokens", "learner.logits_chunk_tokens",
+                     "rm.micro_batch_tokens",
                      "policy.gradient_checkpointing", "model.gradient_checkpointing"),
                     "rlhf-ray plan --config configs/paper_rloo_gpu.yaml --gpu-memory-gb 80"),
-    "demo": Command(_cmd_pipeline, "a short pipeline on the embedded default (~24 min on 2 cores)", "configs/demo.yaml",
-                    ("output_dir", "pipeline.reward_models", "pipeline.rloo_overrides"), "rlhf-ray demo"),
+    "demo": Command(_cmd_pipeline, "a short pipeline on the embedded default (~24 min on 2 cores)",
+                    "configs/demo.yaml",
+                    ("output_dir", "pipeline.reward_models", "pipeline.rloo_overrides"),
+                    "rlhf-ray demo"),
 }
 
 
@@ -188,19 +213,23 @@ def _testbed_overrides(testbed: str | None) -> list[str]:
     if testbed is None:
         return []
     if testbed in ("gold", "collapse"):
-        return [f"data.testbed={testbed}", f"data.eval={'eval' if testbed == 'collapse' else 'val1'}"]
+        return [f"data.testbed={testbed}",
+                f"data.eval={'eval' if testbed == 'collapse' else 'val1'}"]
     return ["data.testbed=custom", f"data.eval={testbed}"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: `--resum` is an error, not `--resume`
-    parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.help, description=command.help, epilog=_epilog(command),
+        p = sub.add_parser(name, help=command.help, description=command.help,
+                           epilog=_epilog(command),
                            allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
         if command.default_config:
-            p.add_argument("--config", default=command.default_config, help="YAML config (default: %(default)s)")
+            p.add_argument("--config", default=command.default_config,
+                           help="YAML config (default: %(default)s)")
         else:
             p.add_argument("--config", required=True, help="YAML config, e.g. one of configs/")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rm.num_workers=4")
@@ -213,28 +242,35 @@ def build_parser() -> argparse.ArgumentParser:
                            help="continue from the newest complete checkpoint under output_dir/checkpoints "
                                 "(an error when there is none; resume=auto starts fresh instead)")
         if name == "plan":
-            p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU (default: 80)")
-            p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of a node (default: 8)")
+            p.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                           help="memory of one GPU (default: 80)")
+            p.add_argument("--gpus-per-node", type=int, default=8,
+                           help="GPUs of a node (default: 8)")
             p.add_argument("--host-memory-gb", type=float,
                            help="host memory of a node; the plan checks it when given")
             p.add_argument("--job", choices=["train-rm", "rloo"],
                            help="the job to plan (default: rloo when the config sets policy/rloo/learner/rollout)")
         if name == "eval-rm":
             p.add_argument("--model", required=True, help="checkpoint folder, alias or hub id")
-            p.add_argument("--testbed", help="gold | collapse | a .parquet/.jsonl file | hub:<name>:<split>")
+            p.add_argument("--testbed",
+                           help="gold | collapse | a .parquet/.jsonl file | hub:<name>:<split>")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})  # quiet libraries here too
+    # quiet libraries here too
+    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
     name = args.command
     try:
         flags = [*(["resume=true"] if getattr(args, "resume", False) else []),
                  *(["ray.log_to_driver=true"] if args.verbose else [])]
-        cfg = load_config(args.config, [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides, *flags])
+        cfg = load_config(args.config,
+                          [*_testbed_overrides(getattr(args, "testbed", None)), *args.overrides,
+                           *flags])
         result = COMMANDS[name].run(cfg, args)
-    except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:  # ResumeError, PlacementError too
+    # ResumeError, PlacementError too
+    except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:
         sys.stdout.flush()
         print(f"rlhf-ray {name}: error: {err}", file=sys.stderr, flush=True)
         return 2

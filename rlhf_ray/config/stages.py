@@ -14,24 +14,28 @@ class CorpusSizes(Section):
     collapse_eval_prompts: int = Field(32, ge=2)
     gold_train_prompts: int = Field(256, ge=4)
     gold_valid_prompts: int = Field(64, ge=4)
-    # the test split (half open, half closed): held-out prompts for reported RLOO results only, drawn apart
-    # from train, valid and the gold's attack sets; no preference data is built from them. 0: none
+    # the test split (half open, half closed): held-out prompts for reported RLOO results only,
+    # drawn apart from train, valid and the gold's attack sets; no preference data is built from
+    # them. 0: none
     gold_test_prompts: int = Field(0, ge=0)
 
 
 class PolicySamplesConfig(Section):
-    """Responses sampled from the policy (`policy.name`) by the rollout workers, labelled by the gold
-    reward and added to the gold testbed: the train split's policy groups and the `policy` scenario."""
+    """Responses sampled from the policy (`policy.name`) by the rollout workers, labelled by the
+    gold reward and added to the gold testbed: the train split's policy groups and the `policy`
+    scenario."""
 
     enabled: bool = False
     train_k: int = Field(4, ge=2)  # samples per training prompt
-    eval_k: int = Field(8, ge=2)  # samples per held-out prompt: the `policy` scenario, best-of-n's N
+    # samples per held-out prompt: the `policy` scenario, best-of-n's N
+    eval_k: int = Field(8, ge=2)
     train_share: float = Field(0.5, gt=0, le=1)  # the policy's share of the train split's groups
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_prompt_tokens: int = Field(192, ge=8)
-    prompts_per_call: int = Field(64, ge=1)  # prompts per generate call (progress is reported per call)
+    # prompts per generate call (progress is reported per call)
+    prompts_per_call: int = Field(64, ge=1)
 
 
 class PrepareConfig(Section):
@@ -67,8 +71,8 @@ class ExperimentConfig(Section):
 
 
 class PipelineConfig(Section):
-    """`rlhf-ray pipeline` (and `rlhf-ray demo`, a short one): reward models to train (name -> config
-    file), each evaluated, then RLOO against each with one RLOO config; one report."""
+    """`rlhf-ray pipeline` (and `rlhf-ray demo`, a short one): reward models to train (name ->
+    config file), each evaluated, then RLOO against each with one RLOO config; one report."""
 
     reward_models: dict[str, str] = {}
     rm_overrides: list[str] = []  # applied to every reward-model config
@@ -76,7 +80,10 @@ class PipelineConfig(Section):
     rloo_overrides: list[str] = []  # applied to every RLOO run
     evaluate_rm: bool = True  # eval-rm each reward model (four scenarios) before RLOO
     seeds: list[int] = []  # each reward model (and its RLOO run) once per seed; empty: `seed` alone
-    ensembles: dict[str, list[str]] = {}  # name -> reward_models whose models (same seed) it averages
-    rloo_against: Optional[list[str]] = None  # reward models / ensembles RLOO runs against; None: all
+    # name -> reward_models whose models (same seed) it averages
+    ensembles: dict[str, list[str]] = {}
+    # reward models / ensembles RLOO runs against; None: all
+    rloo_against: Optional[list[str]] = None
     best_of_n: bool = True  # best-of-n curves of every reward model (needs prepare.policy_samples)
-    reuse_finished: bool = True  # a stage that finished with the same config and inputs is not run again
+    # a stage that finished with the same config and inputs is not run again
+    reuse_finished: bool = True

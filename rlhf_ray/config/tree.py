@@ -31,20 +31,20 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     experiment: ExperimentConfig = ExperimentConfig()
     bon: BonConfig = BonConfig()
-    # where the run's shared files go (checkpoints, the final model, its config): a folder every node
-    # mounts, or a pyarrow URI (s3://bucket/runs, gs://..., file:///...), as Ray Train's. None: output_dir,
-    # which must then be on a disk every node sees. The driver's own files (metrics, logs, reports) stay
-    # in output_dir.
+    # where the run's shared files go (checkpoints, the final model, its config): a folder every
+    # node mounts, or a pyarrow URI (s3://bucket/runs, gs://..., file:///...), as Ray Train's. None:
+    # output_dir, which must then be on a disk every node sees. The driver's own files (metrics,
+    # logs, reports) stay in output_dir.
     storage_path: Optional[str] = None
     tensorboard: bool = True
-    # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when there
-    # is none), auto (start fresh when there is none, saying so), false
+    # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when
+    # there is none), auto (start fresh when there is none, saying so), false
     resume: Union[bool, Literal["auto"]] = False
 
     @model_validator(mode="after")
     def _prompt_groups_split_evenly(self):
-        # unequal shares would give the learner ranks unequal micro-batch counts, and ZeRO's collectives
-        # would wait on the rank that has none left until the timeout
+        # unequal shares would give the learner ranks unequal micro-batch counts, and ZeRO's
+        # collectives would wait on the rank that has none left until the timeout
         if self.rloo.prompts_per_step % self.learner.num_workers:
             raise ValueError(f"rloo.prompts_per_step ({self.rloo.prompts_per_step}) must be divisible by "
                              f"learner.num_workers ({self.learner.num_workers}): each rank takes whole prompt groups")

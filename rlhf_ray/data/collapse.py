@@ -38,8 +38,8 @@ def chitchat_passages() -> list[tuple[str, str]]:
 
 
 def source_passages(source: str) -> list[tuple[str, str]]:
-    """(instruction, passage) pairs from `chitchat`, or from a file / hub:<name>:<split> with `input`
-    and `output` columns (akoksal/LongForm's schema), keeping passages of 100+ words."""
+    """(instruction, passage) pairs from `chitchat`, or from a file / hub:<name>:<split> with
+    `input` and `output` columns (akoksal/LongForm's schema), keeping passages of 100+ words."""
     if source == "chitchat":
         return chitchat_passages()
     if source.startswith("hub:"):
@@ -51,7 +51,9 @@ def source_passages(source: str) -> list[tuple[str, str]]:
         from rlhf_ray.data.schema import read_records
 
         rows = (record for _, _, record in read_records(Path(source)))
-    return [(r["input"], r["output"]) for r in rows if len(str(r.get("output", "")).split()) >= MIN_PASSAGE_WORDS]
+    return [(r["input"],
+             r["output"]) for r in rows if len(str(r.get("output",
+                                                         "")).split()) >= MIN_PASSAGE_WORDS]
 
 
 def collapse_groups(num_prompts: int, seed: int, source: str = "chitchat") -> list[Group]:

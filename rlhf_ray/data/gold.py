@@ -7,16 +7,16 @@ Prompts
   reply that followed it.
 
 Gold reward g(prompt, response), in [-0.2, 1]; deterministic, no model:
-- closed: correctness min(1, recall / 0.5), recall = the share of the reference answer's content words
-  the response holds (full credit from half of them, partial credit below), minus up to 0.3 for padding
-  beyond twice the answer's length + 5 words (reaching 0.3 at 25 words of padding), minus up to 0.1 for
-  repetition. (Until this round: 1 or 0 at recall 0.5, and at most 0.1 for padding over 50 words. That
-  gave a 135M policy no headroom it could learn: RLOO trained on that gold itself moved held-out gold by
-  +0.007 [-0.033, +0.043] in 12 steps; a concise answer to a question now counts, and partial answers
-  earn partial credit.)
-- open: 0.4 x recall of the reference reply's content words + 0.2 x length adequacy (words / reference
-  words, capped at 1) + 0.2 x distinct-word ratio + 0.2 x fraction of words that are real corpus
-  words. Continuous.
+- closed: correctness min(1, recall / 0.5), recall = the share of the reference answer's content
+  words the response holds (full credit from half of them, partial credit below), minus up to 0.3
+  for padding beyond twice the answer's length + 5 words (reaching 0.3 at 25 words of padding),
+  minus up to 0.1 for repetition. (Until this round: 1 or 0 at recall 0.5, and at most 0.1 for
+  padding over 50 words. That gave a 135M policy no headroom it could learn: RLOO trained on that
+  gold itself moved held-out gold by +0.007 [-0.033, +0.043] in 12 steps; a concise answer to a
+  question now counts, and partial answers earn partial credit.)
+- open: 0.4 x recall of the reference reply's content words + 0.2 x length adequacy (words /
+  reference words, capped at 1) + 0.2 x distinct-word ratio + 0.2 x fraction of words that are real
+  corpus words. Continuous.
 
 Response generators (named; each derives a response from the prompt's reference or from others')
 - M_train: reference, verbose (reference + an unrelated sentence), truncated (first 40%), wrong
@@ -52,7 +52,8 @@ from rlhf_ray.data.corpora import chatterbot_qa, chitchat
 from rlhf_ray.data.schema import Group, write_groups
 
 CLOSED_FULL_RECALL = 0.5  # a closed answer holding half of the reference's content words is correct
-PADDING_PENALTY, PADDING_WORDS = 0.3, 25  # up to 0.3 off a closed answer, reached at 25 words of padding
+# up to 0.3 off a closed answer, reached at 25 words of padding
+PADDING_PENALTY, PADDING_WORDS = 0.3, 25
 M_TRAIN = ("reference", "verbose", "truncated", "wrong")
 M_VALID = ("noisy", "hedged", "repetitive", "rambling")
 OPEN_INSTRUCTION = " Reply to your friend in a few sentences."
@@ -98,7 +99,8 @@ def gold_reward(prompt_type: str, reference: str, response: str) -> float:
     if prompt_type == "closed":
         correct = min(1.0, recall / CLOSED_FULL_RECALL)
         padding = max(0, len(resp_words) - 2 * len(words(reference)) - 5)
-        return correct - PADDING_PENALTY * min(1.0, padding / PADDING_WORDS) - 0.1 * _repetition(resp_words)
+        return correct - PADDING_PENALTY * min(1.0,
+                                               padding / PADDING_WORDS) - 0.1 * _repetition(resp_words)
     vocab = corpus_vocabulary()
     length = min(1.0, len(resp_words) / max(1, len(words(reference))))
     real = sum(w in vocab for w in resp_words) / len(resp_words)
@@ -164,20 +166,23 @@ def generate_response(name: str, prompt: dict, others: list[dict], rng: random.R
 
 
 def _by_gold(scored: tuple) -> tuple:
-    """Best first; equal gold by generator name, then text, so the order is the same on every run."""
+    """Best first; equal gold by generator name, then text, so the order is the same on every
+    run."""
     gold, generator, text = scored
     return -gold, generator, text
 
 
 def gold_v1(prompt: dict, response: str) -> float:
-    """Gold v1 of `response` to a gold prompt record: what labels the testbed unless told otherwise."""
+    """Gold v1 of `response` to a gold prompt record: what labels the testbed unless told
+    otherwise."""
     return gold_reward(prompt["prompt_type"], prompt["reference"], response)
 
 
 Gold = Callable[[dict, str], float]  # (gold prompt record, response) -> gold reward
 
 
-def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]], gold: Gold = gold_v1) -> Group:
+def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]],
+           gold: Gold = gold_v1) -> Group:
     """The prompt's responses ((generator, text) pairs, or generator -> text) ranked by `gold`."""
     pairs = responses.items() if isinstance(responses, dict) else responses
     scored = sorted(((gold(prompt, text), gen, text) for gen, text in pairs), key=_by_gold)
@@ -192,8 +197,9 @@ def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]], gold
 
 
 def test_prompts(n: int, seed: int, exclude: set[str]) -> list[dict]:
-    """The test split: n prompts (half closed, half open) drawn with their own seed from the corpora's
-    prompts that are not in `exclude` (the train and valid prompts, the gold's attack sets)."""
+    """The test split: n prompts (half closed, half open) drawn with their own seed from the
+    corpora's prompts that are not in `exclude` (the train and valid prompts, the gold's attack
+    sets)."""
     if n == 0:
         return []
     pool = gold_prompts(min(2 * len(chatterbot_qa()) - 2, 4 * n + 2 * len(exclude)), seed + 7919)
@@ -210,8 +216,8 @@ def test_prompts(n: int, seed: int, exclude: set[str]) -> list[dict]:
     return [dict(p, prompt_id=f"gold-test-{k}") for k, p in enumerate(picked)]
 
 
-def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int, test_size: int = 0,
-               exclude: set[str] = frozenset(), gold: Gold = gold_v1) -> dict:
+def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int,
+               test_size: int = 0, exclude: set[str] = frozenset(), gold: Gold = gold_v1) -> dict:
     """The gold testbed's files under out_dir/gold, every group ranked and scored by `gold` (v1 by
     default; `prepare.gold_labels`)."""
     rng = random.Random(seed + 1)
@@ -244,27 +250,34 @@ def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed
     return {**{split: len(groups) for split, groups in files.items()}, "test_prompts": len(p_test)}
 
 
-def policy_group(prompt: dict, responses: list[str], distinct_gold: bool, gold: Gold = gold_v1) -> Group | None:
-    """The policy's responses to `prompt` as a ranked group (generator `policy`), best first by gold. For
-    training, `distinct_gold` keeps one response per gold value (a tie teaches no preference); None when
-    fewer than two are left."""
+def policy_group(prompt: dict, responses: list[str], distinct_gold: bool,
+                 gold: Gold = gold_v1) -> Group | None:
+    """The policy's responses to `prompt` as a ranked group (generator `policy`), best first by
+    gold. For training, `distinct_gold` keeps one response per gold value (a tie teaches no
+    preference); None when fewer than two are left."""
     group = _group(prompt, [("policy", text) for text in responses], gold)
     if distinct_gold:
-        keep = [i for i, score in enumerate(group.scores) if i == 0 or round(score, 6) != round(group.scores[i - 1], 6)]
-        group = Group(group.prompt_id, group.prompt, group.prompt_type, [group.completions[i] for i in keep],
+        keep = [i for i,
+                score in enumerate(group.scores) if i == 0 or round(score,
+                                                                    6) != round(group.scores[i - 1],
+                                                                                6)]
+        group = Group(group.prompt_id, group.prompt, group.prompt_type,
+                      [group.completions[i] for i in keep],
                       [group.scores[i] for i in keep], [group.generators[i] for i in keep])
     return group if len(group.completions) >= 2 else None
 
 
-def mix_train(rule_groups: list[Group], policy_groups: list[Group], policy_share: float, seed: int) -> list[Group]:
-    """The train split with `policy_share` of its groups from the policy: every policy group, and as many
-    rule-made groups (a seeded sample) as the share leaves room for."""
+def mix_train(rule_groups: list[Group], policy_groups: list[Group], policy_share: float,
+              seed: int) -> list[Group]:
+    """The train split with `policy_share` of its groups from the policy: every policy group, and as
+    many rule-made groups (a seeded sample) as the share leaves room for."""
     keep = round(len(policy_groups) * (1 - policy_share) / policy_share)
     rules = random.Random(seed).sample(rule_groups, min(keep, len(rule_groups)))
     return rules + policy_groups
 
 
-def _write_prompts(p_train: list[dict], p_valid: list[dict], p_test: list[dict], path: Path) -> None:
+def _write_prompts(p_train: list[dict], p_valid: list[dict], p_test: list[dict],
+                   path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

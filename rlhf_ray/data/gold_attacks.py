@@ -1,10 +1,10 @@
-"""The attack suite of gold v2: cheap tricks, each a reply built without the policy, scored by gold v1
-and v2 beside the human reference and the initial policy's replies (issue 24).
+"""The attack suite of gold v2: cheap tricks, each a reply built without the policy, scored by gold
+v1 and v2 beside the human reference and the initial policy's replies (issue 24).
 
 A gold passes an attack on a prompt set when the attack scores below the human reference on at least
 95% of its prompts and, on average, below the initial policy's median reply (per prompt, over its
-samples). `suite` computes every attack's scores; `tests/unit/test_gold_v2.py` holds v2 to that bar and
-`scripts/gold_attack_report.py` writes the table the README shows.
+samples). `suite` computes every attack's scores; `tests/unit/test_gold_v2.py` holds v2 to that bar
+and `scripts/gold_attack_report.py` writes the table the README shows.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def _padded(core: str, target_words: int) -> str:
 
 
 def attacks(prompt: dict, others: list[dict], rng: random.Random) -> dict[str, str]:
-    """Every attack's reply to `prompt`; `others` are prompts of the same type (the off-topic source)."""
+    """Every attack's reply to `prompt`; `others` are prompts of the same type (the off-topic
+    source)."""
     ref = as_reply(prompt["reference"])
     n_ref = len(words(ref))
     topic = topic_of(prompt)
@@ -74,7 +75,8 @@ def attacks(prompt: dict, others: list[dict], rng: random.Random) -> dict[str, s
     return out
 
 
-def policy_medians(prompts: list[dict], replies: dict[str, list[str]], gold: Callable) -> list[float]:
+def policy_medians(prompts: list[dict], replies: dict[str, list[str]],
+                   gold: Callable) -> list[float]:
     return [statistics.median(gold(p, r) for r in replies[p["prompt_id"]]) for p in prompts]
 
 
@@ -86,8 +88,9 @@ GOLDS = {"v1": v1, "v2": gold_reward_v2}
 
 
 def suite(prompts: list[dict], replies: dict[str, list[str]], seed: int = 0) -> dict:
-    """Per prompt type and gold: the human reference's, the initial policy's median and every attack's
-    mean score, and each attack's share of prompts where it scores below the human reference."""
+    """Per prompt type and gold: the human reference's, the initial policy's median and every
+    attack's mean score, and each attack's share of prompts where it scores below the human
+    reference."""
     rng = random.Random(seed)
     out = {}
     for ptype in ("open", "closed"):
@@ -96,8 +99,8 @@ def suite(prompts: list[dict], replies: dict[str, list[str]], seed: int = 0) -> 
         for name, gold in GOLDS.items():
             human = [gold(p, as_reply(p["reference"])) for p in group]
             policy = policy_medians(group, replies, gold)
-            row = {"prompts": len(group), "human": statistics.fmean(human), "policy_median": statistics.fmean(policy),
-                   "attacks": {}}
+            row = {"prompts": len(group), "human": statistics.fmean(human),
+                   "policy_median": statistics.fmean(policy), "attacks": {}}
             for attack in replies_of[0]:
                 scores = [gold(p, r[attack]) for p, r in zip(group, replies_of)]
                 below = sum(s < h for s, h in zip(scores, human)) / len(group)
@@ -109,11 +112,11 @@ def suite(prompts: list[dict], replies: dict[str, list[str]], seed: int = 0) -> 
 
 
 def rating_agreement(max_turns: int = 5, bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Gold v2's rank agreement with the one human judgement the testbed has: chitchat's per-chat ratings
-    (interesting, upbeat, witty, 1-10, and their sum). Each rated chat gets the mean gold v2 of its first
-    `max_turns` replies, each scored as a reply to the turn before it (no reference reply: the topic
-    alone says what is relevant). Spearman's rho with a bootstrap CI over chats, beside a length-only
-    baseline (the replies' mean word count)."""
+    """Gold v2's rank agreement with the one human judgement the testbed has: chitchat's per-chat
+    ratings (interesting, upbeat, witty, 1-10, and their sum). Each rated chat gets the mean gold v2
+    of its first `max_turns` replies, each scored as a reply to the turn before it (no reference
+    reply: the topic alone says what is relevant). Spearman's rho with a bootstrap CI over chats,
+    beside a length-only baseline (the replies' mean word count)."""
     import numpy as np
     from scipy.stats import spearmanr
 
@@ -122,9 +125,12 @@ def rating_agreement(max_turns: int = 5, bootstrap: int = 1000, seed: int = 0) -
         rated = _ratings().get(chat.chat_id)
         if not rated or len(chat.turns) < 2:
             continue
-        replies = [(chat.turns[i - 1], chat.turns[i]) for i in range(1, min(len(chat.turns), max_turns + 1))]
+        replies = [(chat.turns[i - 1], chat.turns[i]) for i in range(1,
+                                                                     min(len(chat.turns),
+                                                                         max_turns + 1))]
         gold.append(statistics.fmean(gold_reward_v2(
-            {"prompt": f'Your friend says: "{before}"', "prompt_type": "open", "reference": "", "topic": chat.topic},
+            {"prompt": f'Your friend says: "{before}"', "prompt_type": "open", "reference": "",
+             "topic": chat.topic},
             as_reply(reply)) for before, reply in replies))
         length.append(statistics.fmean(len(words(reply)) for _, reply in replies))
         for key in ("interesting", "upbeat", "witty"):
@@ -149,5 +155,6 @@ def _ratings() -> dict[str, dict]:
 
     from rlhf_ray.utils.packages import package_dir
 
-    raw = json.loads((package_dir("chitchat_dataset", "chitchat-dataset") / "dataset.json").read_text())
+    raw = json.loads((package_dir("chitchat_dataset",
+                                  "chitchat-dataset") / "dataset.json").read_text())
     return {chat_id: r["ratings"] for chat_id, r in raw.items() if r.get("ratings")}

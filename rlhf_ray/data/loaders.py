@@ -14,7 +14,8 @@ DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 def labelling_gold(version: str):
-    """The gold that labels the gold testbed (`prepare.gold_labels`): (prompt record, response) -> score."""
+    """The gold that labels the gold testbed (`prepare.gold_labels`): (prompt record, response) ->
+    score."""
     from rlhf_ray.data.gold import gold_v1
     from rlhf_ray.data.gold_v2 import gold_reward_v2
 
@@ -22,7 +23,8 @@ def labelling_gold(version: str):
 
 
 def attack_prompt_texts() -> set[str]:
-    """The prompts gold v2 was shaped or checked on (`data/gold_v2.py` ATTACK_SETS): never in a test split."""
+    """The prompts gold v2 was shaped or checked on (`data/gold_v2.py` ATTACK_SETS): never in a test
+    split."""
     from rlhf_ray.data.gold_v2 import ATTACK_SETS, attack_prompts
 
     return {p["prompt"] for name in ATTACK_SETS for p in attack_prompts(name)}
@@ -37,7 +39,8 @@ def prepare(cfg: Config, testbeds=None) -> dict:
     written = {}
     for name in testbeds or cfg.prepare.testbeds:
         if name == "gold":
-            written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts, sizes.gold_valid_prompts, cfg.seed,
+            written["gold"] = build_gold(cfg.data.dir, sizes.gold_train_prompts,
+                                         sizes.gold_valid_prompts, cfg.seed,
                                          sizes.gold_test_prompts, exclude=attack_prompt_texts(),
                                          gold=labelling_gold(cfg.prepare.gold_labels))
         elif name == "collapse":
@@ -71,14 +74,16 @@ def load_split(cfg: Config, which: str) -> list[Group] | None:
         raise DataError(f"config key 'data.{which}': {ref!r} is not a .parquet/.jsonl file or hub:<name>:<split>")
     path = testbed_path(data, ref)
     if not path.exists():
-        print(f"[rlhf-ray] {path} not found: building the {data.testbed} testbed", file=sys.stderr, flush=True)
+        print(f"[rlhf-ray] {path} not found: building the {data.testbed} testbed", file=sys.stderr,
+              flush=True)
         prepare(cfg, [data.testbed])
         if not path.exists():
             raise DataError(f"config key 'data.{which}': the {data.testbed} testbed has no split {ref!r} ({path})")
     return load_groups(path, limit, data.max_row_mb)
 
 
-def epoch_batches(groups: list[Group], batch_size: int, seed: int, epochs: float) -> Iterator[list[Group]]:
+def epoch_batches(groups: list[Group], batch_size: int, seed: int,
+                  epochs: float) -> Iterator[list[Group]]:
     """Shuffled full batches, epoch after epoch (a fresh permutation per epoch, from the seed)."""
     per_epoch = len(groups) // batch_size
     if per_epoch == 0:

@@ -46,7 +46,8 @@ class Group:
         return self.prompt_type == "open"
 
 
-MAX_ROW_MB = 1.0  # default per-row size limit (data.max_row_mb): a larger row is an error, not a silent 10 GB peak
+# default per-row size limit (data.max_row_mb): a larger row is an error, not a silent 10 GB peak
+MAX_ROW_MB = 1.0
 
 
 def where(row: int, line: int | None = None) -> str:
@@ -121,7 +122,8 @@ def _too_large(path: Path, row: int, line: int | None, size: int, max_row_mb: fl
                      f"limit per row (config key data.max_row_mb)")
 
 
-def read_records(path: Path, max_row_mb: float = MAX_ROW_MB) -> Iterator[tuple[int, int | None, dict]]:
+def read_records(path: Path,
+                 max_row_mb: float = MAX_ROW_MB) -> Iterator[tuple[int, int | None, dict]]:
     """(row, line, record) of a parquet or JSONL file; `line` is None for parquet. Every record is
     checked for its size and a JSONL line for UTF-8 and JSON before it is parsed, naming the row."""
     limit = int(max_row_mb * 2**20)
@@ -165,7 +167,8 @@ def read_records(path: Path, max_row_mb: float = MAX_ROW_MB) -> Iterator[tuple[i
         raise DataError(f"{path}: unsupported data file type {suffix!r} (use .parquet or .jsonl)")
 
 
-def load_groups(path: str | Path, limit: int | None = None, max_row_mb: float = MAX_ROW_MB) -> list[Group]:
+def load_groups(path: str | Path, limit: int | None = None,
+                max_row_mb: float = MAX_ROW_MB) -> list[Group]:
     """Read and validate a local parquet/jsonl file of pair or ranked rows."""
     path = Path(path)
     if not path.exists():
@@ -216,9 +219,12 @@ def normalise_known_schemas(raw: dict) -> dict:
         scores = out.get("all_scores")
         scores = list(scores) if isinstance(scores, (list, tuple)) else []
         numeric = len(scores) == len(responses) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scores)
-        # sort best first only when every score is a number; otherwise validate_row names the bad one
-        order = sorted(range(len(responses)), key=lambda i: -scores[i]) if numeric else range(len(responses))
+            isinstance(x, (int, float)) and not isinstance(x,
+                                                           bool) and math.isfinite(x) for x in scores)
+        # sort best first only when every score is a number; otherwise validate_row names the bad
+        # one
+        order = sorted(range(len(responses)),
+                       key=lambda i: -scores[i]) if numeric else range(len(responses))
         out = {
             "prompt": out["instruction"],
             "completions": [responses[i] for i in order],
@@ -231,7 +237,8 @@ def normalise_known_schemas(raw: dict) -> dict:
     def is_messages(value) -> bool:
         return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
-    def contents(messages, role=None) -> list[str]:  # non-text contents are dropped; validation sees the rest
+    # non-text contents are dropped; validation sees the rest
+    def contents(messages, role=None) -> list[str]:
         return [m["content"] for m in messages
                 if isinstance(m.get("content"), str) and (role is None or m.get("role") == role)]
 

@@ -97,18 +97,18 @@ def _tiny_llama() -> Path:
 
 
 def looks_local(ref: str) -> bool:
-    """A reference that can only mean a local path: it starts with `.`, `/` or `~`, has more than the one
-    `/` of a hub id (`org/name`), or its first part is a folder here (`runs/model`)."""
+    """A reference that can only mean a local path: it starts with `.`, `/` or `~`, has more than
+    the one `/` of a hub id (`org/name`), or its first part is a folder here (`runs/model`)."""
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref:
         return True
     return "/" in ref and Path(ref.split("/", 1)[0]).is_dir()
 
 
 def resolve_model(ref: str, key: str | None = None, fetch: bool = True) -> str:
-    """Alias -> local folder; an existing local path -> itself; a storage URI (`s3://.../model`) -> this
-    node's downloaded copy (`fetch=False`: the URI, once its config.json is there); a hub id
-    (`org/name`) -> itself. A path that does not exist is an error naming the config key it came from,
-    never a hub lookup."""
+    """Alias -> local folder; an existing local path -> itself; a storage URI (`s3://.../model`) ->
+    this node's downloaded copy (`fetch=False`: the URI, once its config.json is there); a hub id
+    (`org/name`) -> itself. A path that does not exist is an error naming the config key it came
+    from, never a hub lookup."""
     from rlhf_ray.utils import storage
 
     builders = {"minilm-l6": _minilm, "smollm2-135m": _smollm2, "tiny-llama": _tiny_llama}

@@ -1,6 +1,6 @@
-"""The shape of a model, enough to estimate its memory: read from a local folder's config.json, or from
-the facts shipped here for the hub models of the GPU recipes and for the aliases (offline, nothing is
-downloaded)."""
+"""The shape of a model, enough to estimate its memory: read from a local folder's config.json, or
+from the facts shipped here for the hub models of the GPU recipes and for the aliases (offline,
+nothing is downloaded)."""
 from __future__ import annotations
 
 import json
@@ -40,7 +40,8 @@ class Architecture:
 
     def saved_activation_elements(self) -> int:
         """Elements one layer keeps per token for its backward (inputs of every matmul and norm, the
-        attention output, the MLP's gate, up and activation), attention by a fused kernel (SDPA/FA2)."""
+        attention output, the MLP's gate, up and activation), attention by a fused kernel
+        (SDPA/FA2)."""
         h, i = self.hidden, self.intermediate
         if self.family == "decoder":
             return 6 * h + 2 * self.kv_dim + 4 * i
@@ -52,7 +53,8 @@ KNOWN = {
     "Qwen/Qwen2.5-1.5B-Instruct": Architecture("decoder", 28, 1536, 12, 2, 8960, 151936, True),
     "Qwen/Qwen2.5-3B-Instruct": Architecture("decoder", 36, 2048, 16, 2, 11008, 151936, True),
     "Qwen/Qwen2.5-7B-Instruct": Architecture("decoder", 28, 3584, 28, 4, 18944, 152064, False),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": Architecture("decoder", 30, 576, 9, 3, 1536, 49152, True),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": Architecture("decoder", 30, 576, 9, 3, 1536, 49152,
+                                                        True),
     "smollm2-135m": Architecture("decoder", 30, 576, 9, 3, 1536, 49152, True),
     "minilm-l6": Architecture("encoder", 6, 384, 12, 12, 1536, 30522, False),
     "tiny-llama": Architecture("decoder", 4, 192, 6, 2, 512, 4096, True),
@@ -71,8 +73,8 @@ def from_config_json(path: Path) -> Architecture:
 
 
 def trained_by_a_shipped_config(ref: str) -> str | None:
-    """The base model of a reward model a shipped config trains (`<its output_dir>/model`), so a plan
-    can be made before that training ran."""
+    """The base model of a reward model a shipped config trains (`<its output_dir>/model`), so a
+    plan can be made before that training ran."""
     for path in sorted(CONFIGS.glob("*.yaml")):
         tree = yaml.safe_load(path.read_text()) or {}
         if isinstance(tree, dict) and f"{tree.get('output_dir')}/model" == ref.rstrip("/"):
@@ -81,8 +83,9 @@ def trained_by_a_shipped_config(ref: str) -> str | None:
 
 
 def architecture(ref: str, key: str) -> Architecture:
-    """The architecture of a model reference: a local folder (its config.json), an alias or a known hub
-    id, or the reward model a shipped config will train; anything else is an error naming the key."""
+    """The architecture of a model reference: a local folder (its config.json), an alias or a known
+    hub id, or the reward model a shipped config will train; anything else is an error naming the
+    key."""
     folder = Path(ref).expanduser()
     if (folder / "config.json").exists():
         return from_config_json(folder / "config.json")

@@ -6,10 +6,12 @@ import torch
 from torch import nn
 
 
-def pretrained_kwargs(dtype: str = "float32", trust_remote_code: bool = False, attn_implementation: str = "auto"):
+def pretrained_kwargs(dtype: str = "float32", trust_remote_code: bool = False,
+                      attn_implementation: str = "auto"):
     """`from_pretrained` arguments every model of the project loads with: safetensors only, the
     configured dtype and attention kernel (`auto`: transformers' choice, SDPA where it can)."""
-    kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
+    kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+                  use_safetensors=True)
     if attn_implementation != "auto":
         kwargs["attn_implementation"] = attn_implementation
     return kwargs

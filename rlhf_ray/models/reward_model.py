@@ -1,9 +1,9 @@
 """Reward model = a HF sequence-classification model with one output (backbone + value head).
 
 r(x, y) = W_p^T h(x, y): `h` is whatever the head consumes (the last token's hidden state for
-decoder LMs, the pooled [CLS] vector for BERT). `HiddenCapture` records h with a forward hook, so the
-diagnostics (||h||, ||W_p||) need no model-specific code. Checkpoints are plain HF folders that load
-with `AutoModelForSequenceClassification.from_pretrained`.
+decoder LMs, the pooled [CLS] vector for BERT). `HiddenCapture` records h with a forward hook, so
+the diagnostics (||h||, ||W_p||) need no model-specific code. Checkpoints are plain HF folders that
+load with `AutoModelForSequenceClassification.from_pretrained`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def head_init_std(hidden_size: int) -> float:
 def load_tokenizer(ref: str, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(ref), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(ref),
+                                              trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = padding_side
@@ -51,12 +52,15 @@ def init_value_head(model: nn.Module, generator: torch.Generator | None = None) 
 
     head = value_head(model)
     params = [p for p in (head.weight, head.bias) if p is not None]
-    with gathered_parameters(params, zero_stage=3, modifier_rank=0), torch.no_grad():  # whole when ZeRO-3-built
-        # drawn on the CPU, where the seeded generator lives, then copied: a ZeRO-3 head is gathered on
-        # cuda:<rank>, and torch refuses a CPU generator for a CUDA tensor (the same numbers on the CPU)
+    # whole when ZeRO-3-built
+    with gathered_parameters(params, zero_stage=3, modifier_rank=0), torch.no_grad():
+        # drawn on the CPU, where the seeded generator lives, then copied: a ZeRO-3 head is gathered
+        # on cuda:<rank>, and torch refuses a CPU generator for a CUDA tensor (the same numbers on
+        # the CPU)
         values = torch.empty(head.weight.shape, dtype=head.weight.dtype)
         values.normal_(0.0, head_init_std(head.in_features), generator=generator)
-        head.weight.zero_().add_(values.to(head.weight.device))  # copy_ (same result) has no fake-CUDA kernel here
+        # copy_ (same result) has no fake-CUDA kernel here
+        head.weight.zero_().add_(values.to(head.weight.device))
         if head.bias is not None:
             head.bias.zero_()
 
@@ -68,15 +72,16 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def load_reward_model(
-    ref: str, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0, pad_token_id=None,
-    attn_implementation: str = "auto",
+    ref: str, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0,
+    pad_token_id=None, attn_implementation: str = "auto",
 ):
     """Load a reward model; a fresh value head is initialised N(0, 1/sqrt(H)) from `seed`."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(ref)
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, output_loading_info=True, **pretrained_kwargs(dtype, trust_remote_code, attn_implementation)
+        path, num_labels=1, output_loading_info=True,
+        **pretrained_kwargs(dtype, trust_remote_code, attn_implementation)
     )
     head = value_head(model)
     head_names = {n for n, p in model.named_parameters() if p is head.weight or p is head.bias}
@@ -114,7 +119,8 @@ def format_pairs(tokenizer, prompts: list[str], responses: list[str]):
     if getattr(tokenizer, "chat_template", None):
         texts = [
             tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                tokenize=False
             )
             for p, r in zip(prompts, responses)
         ]

@@ -36,7 +36,8 @@ def plot_reward_by_index(ax, curves: dict, title: str) -> None:
         if "theory" in curve:
             ax.plot(x, curve["theory"], "--", color=color, alpha=0.8,
                     label=f"{kind} theory (U={curve['theory_utility']})")
-    ax.set(title=title, xlabel="completion index (shortest -> longest)", ylabel="R = sigmoid(f)", ylim=(-0.02, 1.02))
+    ax.set(title=title, xlabel="completion index (shortest -> longest)", ylabel="R = sigmoid(f)",
+           ylim=(-0.02, 1.02))
     ax.legend(fontsize=7)
 
 
@@ -47,7 +48,8 @@ def plot_eval(result: dict, out_dir: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for split in splits:
-        ax.hist(result[split]["h_norms"], bins=30, alpha=0.5, label=result[split].get("scenario", split))
+        ax.hist(result[split]["h_norms"], bins=30, alpha=0.5,
+                label=result[split].get("scenario", split))
     ax.set(title="||h(x, y)|| per scenario", xlabel="||h||", ylabel="count")
     ax.legend(fontsize=8)
     written.append(save_figure(plt, fig, out_dir / "h_norms.png"))

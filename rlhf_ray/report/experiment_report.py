@@ -46,22 +46,27 @@ def headline(result: dict) -> dict:
             **({"policy_tau": result["policy"]["kendall_tau"]["value"],
                 "policy_accuracy": result["policy"]["accuracy"]["value"],
                 **{f"policy_tau_{kind}": v["value"] for kind, v in
-                   result["policy"].get("kendall_tau_by_type", {}).items()}} if "policy" in result else {}),
+                   result["policy"].get("kendall_tau_by_type",
+                                        {}).items()}} if "policy" in result else {}),
         }
     ev = result["eval"]
-    out = {k: ev[k] for k in ("accuracy", "open_closed_gap", "open_l1_to_theory", "closed_l1_to_theory") if k in ev}
+    out = {k: ev[k] for k in ("accuracy", "open_closed_gap", "open_l1_to_theory",
+                              "closed_l1_to_theory") if k in ev}
     out["w_norm"] = result["w_norm"]
     return out
 
 
 def _table(rows: dict[str, list[dict]], columns) -> list[str]:
-    present = [(k, title) for k, title in columns if any(k in r for runs in rows.values() for r in runs)]
-    lines = ["| variant | runs | " + " | ".join(t for _, t in present) + " |", "|---|---|" + "---|" * len(present)]
+    present = [(k, title) for k,
+               title in columns if any(k in r for runs in rows.values() for r in runs)]
+    lines = ["| variant | runs | " + " | ".join(t for _, t in present) + " |",
+             "|---|---|" + "---|" * len(present)]
     for variant, runs in rows.items():
         cells = []
         for key, _ in present:
             values = np.array([r[key] for r in runs if key in r], dtype=float)
-            spread = f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""  # sample SD over the runs
+            # sample SD over the runs
+            spread = f" ± {values.std(ddof=1):.4f}" if len(values) > 1 else ""
             cells.append(f"{values.mean():.4f}{spread}")
         lines.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
@@ -78,14 +83,16 @@ def write_experiment_report(out_dir: Path, results: list[dict], cfg=None,
     lines = [f"# {title}", ""]
     if cfg is not None:
         lines += [f"Output: `{out_dir}`; seeds {sorted({r['seed'] for r in results})}.", ""]
-    summary = {"runs": [{"variant": r["variant"], "seed": r["seed"], **headline(r["eval"])} for r in results]}
+    summary = {"runs": [{"variant": r["variant"], "seed": r["seed"],
+                         **headline(r["eval"])} for r in results]}
 
     for testbed, columns in (("gold", GOLD_COLUMNS), ("collapse", COLLAPSE_COLUMNS)):
         variants = {v: [headline(r["eval"]) for r in runs] for v, runs in by_variant.items()
                     if runs[0]["eval"]["testbed"] == testbed}
         if not variants:
             continue
-        lines += [f"## {testbed} testbed (mean ± std over seeds)", "", *_table(variants, columns), ""]
+        lines += [f"## {testbed} testbed (mean ± std over seeds)", "", *_table(variants, columns),
+                  ""]
         if testbed == "gold":
             lines += _gold_plots(plt, out_dir, by_variant, variants)
         else:
@@ -114,7 +121,8 @@ def _gold_plots(plt, out_dir: Path, by_variant: dict, variants: dict) -> list[st
     ax.legend(fontsize=7)
     save_figure(plt, fig, out_dir / "scenarios.png")
 
-    fig, axes = plt.subplots(1, len(variants), figsize=(3.6 * len(variants), 3.2), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(1, len(variants), figsize=(3.6 * len(variants), 3.2), squeeze=False,
+                             sharex=True)
     for ax, variant in zip(axes[0], variants):
         for split in ("val1", "val2", "val3", "val4"):
             norms = np.concatenate([r["eval"][split]["h_norms"] for r in by_variant[variant]])
@@ -143,8 +151,8 @@ def _training_plot(plt, out_dir: Path, results: list[dict]) -> list[str]:
                 continue
             rows = [json.loads(x) for x in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
             rows = [x for x in rows if x["split"] == "train"]
-            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], label=f"{r['variant']} s{r['seed']}",
-                    alpha=0.8)
+            ax.plot([x["step"] for x in rows], [x["loss"] for x in rows],
+                    label=f"{r['variant']} s{r['seed']}", alpha=0.8)
         ax.set(title=f"training loss ({testbed})", xlabel="step", ylabel="loss")
         ax.legend(fontsize=6)
     save_figure(plt, fig, out_dir / "training_loss.png")

@@ -1,7 +1,8 @@
-"""Report for `rlhf-ray pipeline` / `rlhf-ray demo`: the reward models (link to their own report), their
-best-of-n curves, and RLOO against each: the held-out before/after table (the BSR paper's Table 3), the
-RL over-optimisation curves (held-out gold and proxy against KL, Gao et al.), the training curves (its
-Fig. 5). PNG + pipeline.json. An effect whose 95% CI holds 0 is called noise."""
+"""Report for `rlhf-ray pipeline` / `rlhf-ray demo`: the reward models (link to their own report),
+their best-of-n curves, and RLOO against each: the held-out before/after table (the BSR paper's
+Table 3), the RL over-optimisation curves (held-out gold and proxy against KL, Gao et al.), the
+training curves (its Fig. 5). PNG + pipeline.json. An effect whose 95% CI holds 0 is called
+noise."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ import numpy as np
 from rlhf_ray.report.eval_plots import _plt, save_figure
 from rlhf_ray.report.experiment_report import headline
 
-CURVES = [("gold_reward_mean", "gold reward (training prompts)"), ("proxy_reward_mean", "proxy reward (the RM)"),
-          ("kl", "KL(policy || reference), summed over tokens"), ("response_length", "response length (tokens)")]
+CURVES = [("gold_reward_mean", "gold reward (training prompts)"),
+          ("proxy_reward_mean", "proxy reward (the RM)"),
+          ("kl", "KL(policy || reference), summed over tokens"),
+          ("response_length", "response length (tokens)")]
 
 
 def read_steps(run_dir: str | Path) -> list[dict]:
@@ -33,13 +36,15 @@ def _fmt_change(change: dict, digits: int = 3) -> str:
 
 def _gold_v2_lines(runs: list[dict], several_seeds: bool) -> list[str]:
     """Gold v2 beside v1's table (runs from before gold v2 have none): its change, the change a line
-    through (length change, gain) gives at no length change (the length-only baseline beside it), and
-    the share of replies the token cap cut."""
+    through (length change, gain) gives at no length change (the length-only baseline beside it),
+    and the share of replies the token cap cut."""
     runs = [r for r in runs if "gold_v2" in r["held_out"]]
     if not runs:
         return []
-    lines = ["", "Gold v2 (`data/gold_v2.py`) on the same samples; at no length change: the intercept of a "
-             "least-squares line through each prompt's (length change, gain), 95% bootstrap CI:", "",
+    lines = ["",
+             "Gold v2 (`data/gold_v2.py`) on the same samples; at no length change: the intercept of a "
+             "least-squares line through each prompt's (length change, gain), 95% bootstrap CI:",
+             "",
              "| policy | gold v2 | gold v2: verdict | gold v2 at no length change | gold v1 at no length change "
              "| cut by the token cap | own KL to the reference |", "|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -58,9 +63,10 @@ def label(run: dict, several_seeds: bool) -> str:
 
 
 def _line_styles(runs: list[dict]) -> list[dict]:
-    """Per run, its plot style: one colour per reward model, one line style per seed (a dozen runs stay
-    readable; matplotlib's ten colours in turn would repeat)."""
-    colours = {target: f"C{i}" for i, target in enumerate(dict.fromkeys(r["reward_model"] for r in runs))}
+    """Per run, its plot style: one colour per reward model, one line style per seed (a dozen runs
+    stay readable; matplotlib's ten colours in turn would repeat)."""
+    colours = {target: f"C{i}" for i,
+               target in enumerate(dict.fromkeys(r["reward_model"] for r in runs))}
     dashes = dict(zip(sorted({r["seed"] for r in runs}), ["-", "--", ":", "-."] * len(runs)))
     return [{"color": colours[r["reward_model"]], "ls": dashes[r["seed"]]} for r in runs]
 
@@ -89,17 +95,20 @@ def _over_optimisation_figure(out_dir: Path, runs: list[dict], several_seeds: bo
     """Held-out gold (v1, and v2 where measured) and proxy against the evaluated policy's KL, every
     `rloo.eval_every` steps (step 0: the initial policy)."""
     plt = _plt()
-    keys = [k for k in ("gold", "gold_v2") if all(k in p for r in runs for p in r["held_out_curve"])] + ["proxy"]
+    keys = [k for k in ("gold",
+                        "gold_v2") if all(k in p for r in runs for p in r["held_out_curve"])] + ["proxy"]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
     for run, style in zip(runs, _line_styles(runs)):
         curve = run["held_out_curve"]
         kl = [p["kl"] for p in curve]
         for ax, key in zip(axes, keys):
-            ax.plot(kl, [p[key] for p in curve], marker="o", ms=3, label=label(run, several_seeds), **style)
-            ax.fill_between(kl, [p[f"{key}_ci_low"] for p in curve], [p[f"{key}_ci_high"] for p in curve],
+            ax.plot(kl, [p[key] for p in curve], marker="o", ms=3, label=label(run, several_seeds),
+                    **style)
+            ax.fill_between(kl, [p[f"{key}_ci_low"] for p in curve],
+                            [p[f"{key}_ci_high"] for p in curve],
                             color=style["color"], alpha=0.12 if len(runs) <= 4 else 0.05)
-    titles = {"gold": "held-out gold v1 vs KL (95% CI over prompts)", "gold_v2": "held-out gold v2 vs KL",
-              "proxy": "held-out proxy reward vs KL"}
+    titles = {"gold": "held-out gold v1 vs KL (95% CI over prompts)",
+              "gold_v2": "held-out gold v2 vs KL", "proxy": "held-out proxy reward vs KL"}
     for ax, key in zip(axes, keys):
         ax.set(title=titles[key], xlabel="KL(policy || reference), its own samples",
                ylabel="proxy reward" if key == "proxy" else "gold reward")
@@ -113,7 +122,8 @@ def _held_out_figure(out_dir: Path, runs: list[dict], several_seeds: bool) -> st
     gains = [r["held_out"]["gold"]["gain"] for r in runs]
     errors = [[g - r["held_out"]["gold"]["ci_low"] for g, r in zip(gains, runs)],
               [r["held_out"]["gold"]["ci_high"] - g for g, r in zip(gains, runs)]]
-    ax.bar([label(r, several_seeds) for r in runs], gains, yerr=errors, capsize=4, color="tab:green")
+    ax.bar([label(r, several_seeds) for r in runs], gains, yerr=errors, capsize=4,
+           color="tab:green")
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title="held-out gold reward gain (95% CI over prompts)", ylabel="after - before")
     ax.tick_params(axis="x", labelsize=7)
@@ -124,10 +134,12 @@ def _reward_model_lines(rm_results: list[dict], several_seeds: bool) -> list[str
     evaluated = [r for r in rm_results if r.get("eval")]
     if not evaluated:
         return []
-    lines = ["## Reward models", "", "Kendall tau against gold, mean over prompts (policy samples: the policy's own "
+    lines = ["## Reward models", "",
+             "Kendall tau against gold, mean over prompts (policy samples: the policy's own "
              "samples for held-out prompts, what RLOO asks the reward model to rank).", "",
              "| reward model | in-domain acc (Val1) | prompt-disj. tau | response-disj. tau | mutual-disj. tau | "
-             "policy-sample tau (open / closed) | policy-sample acc |", "|---|---|---|---|---|---|---|"]
+             "policy-sample tau (open / closed) | policy-sample acc |",
+             "|---|---|---|---|---|---|---|"]
     for r in evaluated:
         h = headline(r["eval"])
         by_type = (f" ({h.get('policy_tau_open', float('nan')):.3f} / {h.get('policy_tau_closed', float('nan')):.3f})"
@@ -136,7 +148,8 @@ def _reward_model_lines(rm_results: list[dict], several_seeds: bool) -> list[str
         lines.append(f"| {label({'reward_model': r['variant'], 'seed': r['seed']}, several_seeds)} | "
                      f"{h['val1_accuracy']:.3f} | {h['val2_tau']:.3f} | {h['val3_tau']:.3f} | {h['val4_tau']:.3f} | "
                      f"{policy} |")
-    return lines + ["", "Details, plots and confidence intervals: [rm/report.md](rm/report.md).", ""]
+    return lines + ["", "Details, plots and confidence intervals: [rm/report.md](rm/report.md).",
+                    ""]
 
 
 def _best_of_n_lines(bon: dict, over_seeds: dict, out_dir: Path) -> list[str]:
@@ -236,17 +249,18 @@ def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[st
     if with_eval:
         lines += [f"![held-out gold gain]({Path(_held_out_figure(out_dir, with_eval, several_seeds)).name})", ""]
     if any(len(r["held_out_curve"]) > 1 for r in runs):
-        figure = _over_optimisation_figure(out_dir, [r for r in runs if r["held_out_curve"]], several_seeds)
+        figure = _over_optimisation_figure(out_dir, [r for r in runs if r["held_out_curve"]],
+                                           several_seeds)
         lines += [f"![RL over-optimisation]({Path(figure).name})", ""]
     return lines + ["Per-step metrics: `rloo/<run>/metrics.jsonl`; every sample with its rewards: "
                     "`rloo/<run>/samples.jsonl`.", ""]
 
 
-def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo_runs: list[dict], cfg,
-                          minutes: float, title: str, reused: int = 0) -> Path:
+def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo_runs: list[dict],
+                          cfg, minutes: float, title: str, reused: int = 0) -> Path:
     """rm_results: [{"variant", "seed", "model", "eval" (or None)}]; bon: {seed: {source: curve}};
-    rloo_runs: [{"reward_model", "seed", "run_dir", "summary"}]; reused: how many stages finished in an
-    earlier invocation (`minutes` is this one's)."""
+    rloo_runs: [{"reward_model", "seed", "run_dir", "summary"}]; reused: how many stages finished in
+    an earlier invocation (`minutes` is this one's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     several_seeds = len({r["seed"] for r in rm_results}) > 1
     runs = [{**r, "steps": read_steps(r["run_dir"]), "held_out": r["summary"].get("held_out"),
@@ -265,14 +279,17 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
         source = bon.get(r["seed"], {}).get(r["variant"], {})
         return {"variant": r["variant"], "seed": r["seed"], "model": r["model"],
                 **(headline(r["eval"]) if r.get("eval") else {}),
-                **({"best_of_n": source["best_of_n"], "bon_policy_tau": source["policy_tau"]} if source else {})}
+                **({"best_of_n": source["best_of_n"],
+                    "bon_policy_tau": source["policy_tau"]} if source else {})}
 
     numbers = {"seeds": seeds, "minutes": minutes, "stages_reused": reused,
                "reward_models": [rm_numbers(r) for r in rm_results],
                "best_of_n": {str(seed): sources for seed, sources in bon.items()},
                "best_of_n_over_seeds": bon_over_seeds,
-               "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"], "run_dir": str(r["run_dir"]),
-                         "held_out": r["held_out"], "held_out_curve": r["held_out_curve"], "steps": r["steps"]}
+               "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"],
+                         "run_dir": str(r["run_dir"]),
+                         "held_out": r["held_out"], "held_out_curve": r["held_out_curve"],
+                         "steps": r["steps"]}
                         for r in runs]}
     (out_dir / "pipeline.json").write_text(json.dumps(numbers, indent=1))
     report = out_dir / "report.md"

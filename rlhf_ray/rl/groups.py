@@ -1,6 +1,6 @@
 """The three RL actor groups and the phases of a step, as the driver calls them. Each phase returns
-Ray object refs where the data is large (rollouts, scores, weights) and waits with a timeout that names
-the actor; the driver never copies a batch."""
+Ray object refs where the data is large (rollouts, scores, weights) and waits with a timeout that
+names the actor; the driver never copies a batch."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -18,36 +18,43 @@ from rlhf_ray.rl.sync import Colocated, Delivery, transport_class
 from rlhf_ray.utils.seeds import derive_seed
 
 
-def rollout_group(cfg: Config, shared_placement=None, setup: ActorSetup | None = None) -> ActorGroup:
+def rollout_group(cfg: Config, shared_placement=None,
+                  setup: ActorSetup | None = None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
     rc = cfg.rollout
-    vllm = {"tensor_parallel_size": rc.tensor_parallel_size, "gpu_memory_utilization": rc.gpu_memory_utilization,
+    vllm = {"tensor_parallel_size": rc.tensor_parallel_size,
+            "gpu_memory_utilization": rc.gpu_memory_utilization,
             "enforce_eager": rc.enforce_eager, "enable_prefix_caching": rc.enable_prefix_caching,
             "sleeps": rc.colocate_with_learner}
     return ActorGroup(RolloutActor, "rollout", rc, rc.engine, cfg.policy.name, transport=rc.sync,
-                      dtype=cfg.policy.dtype, kv_cache_gb=rc.kv_cache_gb, max_model_len=rc.max_model_len,
+                      dtype=cfg.policy.dtype, kv_cache_gb=rc.kv_cache_gb,
+                      max_model_len=rc.max_model_len,
                       sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed, device=rc.device,
                       trust_remote_code=cfg.policy.trust_remote_code,
-                      shared_placement=shared_placement, setup=setup, **(vllm if rc.engine == "vllm" else {}))
+                      shared_placement=shared_placement, setup=setup,
+                      **(vllm if rc.engine == "vllm" else {}))
 
 
 def split_task(rollouts, scores: Scores | None, first_group: int, world_size: int) -> list:
     """The Ray task around `split_for_ranks` (a worker's output and, if scored, its `Scores`)."""
-    return split_for_ranks(rollouts, scores.train if scores is not None else None, first_group, world_size)
+    return split_for_ranks(rollouts, scores.train if scores is not None else None, first_group,
+                           world_size)
 
 
 def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
-    """One bundle per (learner rank i, rollout worker i): their CPUs, GPUs and custom resources added up,
-    so Ray puts both on one node and, with num_gpus 0.5 each, on one GPU."""
+    """One bundle per (learner rank i, rollout worker i): their CPUs, GPUs and custom resources
+    added up, so Ray puts both on one node and, with num_gpus 0.5 each, on one GPU."""
     from rlhf_ray.placement import bundle_of
 
     learner, rollout = bundle_of(cfg.learner), bundle_of(cfg.rollout)
-    return [{k: learner.get(k, 0.0) + rollout.get(k, 0.0) for k in {*learner, *rollout}}] * cfg.learner.num_workers
+    return [{k: learner.get(k, 0.0) + rollout.get(k, 0.0) for k in {*learner,
+                                                                    *rollout}}] * cfg.learner.num_workers
 
 
 def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
-    """Prompt indices per worker, each prompt (and so its k samples) on one worker: longest first, each to
-    the worker with the fewest prompt tokens so far (ties: the lowest index), each shard in prompt order."""
+    """Prompt indices per worker, each prompt (and so its k samples) on one worker: longest first,
+    each to the worker with the fewest prompt tokens so far (ties: the lowest index), each shard in
+    prompt order."""
     shards, load = [[] for _ in range(workers)], [0] * workers
 
     def longest_first(i: int) -> tuple:
@@ -72,22 +79,28 @@ class RLGroups:
 
         self.cfg = cfg
         rc = cfg.rollout
-        self.shared = (reserve_bundles("learner", colocated_bundles(cfg), cfg.learner.placement_strategy,
+        self.shared = (reserve_bundles("learner", colocated_bundles(cfg),
+                                       cfg.learner.placement_strategy,
                                        cfg.learner.placement_timeout_s) if rc.colocate_with_learner else None)
         self.rollout = rollout_group(cfg, self.shared, setup)
         if self.shared is not None:
-            # colocated: the engines take their memory (vLLM checks the GPU's free memory as it starts) and
-            # sleep before the learner rank loads beside them; they wake with the learner's weights below
+            # colocated: the engines take their memory (vLLM checks the GPU's free memory as it
+            # starts) and sleep before the learner rank loads beside them; they wake with the
+            # learner's weights below
             self.rollout.call("sleep", timeout_s=rc.timeout_s)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
                                  setup=setup)
-        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner, shared_placement=self.shared, setup=setup)
+        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner,
+                                  shared_placement=self.shared, setup=setup)
         self.learner.setup_data_parallel(LearnerSpec.of(cfg), total_steps, cfg.learner.timeout_s)
-        self.split = ray.remote(num_cpus=0)(split_task)  # cuts a worker's output into the ranks' shares
-        self.read_generated = ray.remote(num_cpus=0)(generated_of)  # what the driver reads of the samples
+        # cuts a worker's output into the ranks' shares
+        self.split = ray.remote(num_cpus=0)(split_task)
+        # what the driver reads of the samples
+        self.read_generated = ray.remote(num_cpus=0)(generated_of)
         transport = transport_class(rc.sync)(self.learner, self.rollout, rc.sync_timeout_s)
         self.delivery = transport if self.shared is None else Colocated(
-            transport, cfg.learner.offload_states_while_generating, rc.timeout_s, cfg.learner.timeout_s)
+            transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
+            cfg.learner.timeout_s)
         self.delivery.connect()
         if self.shared is not None:
             self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own
@@ -97,18 +110,20 @@ class RLGroups:
         return Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=seed)
 
     def start_generation(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generating:
-        """Prompts split over the rollout workers, generating with the weights they hold now while the
-        caller goes on (overlap); `finish_generation` waits for them."""
+        """Prompts split over the rollout workers, generating with the weights they hold now while
+        the caller goes on (overlap); `finish_generation` waits for them."""
         n, k = len(self.rollout), self.cfg.rollout.k
         shard_index = [i for i in shards_by_load([len(p) for p in prompt_ids], n) if i]
         version = self.delivery.version
-        args = {w: ([prompt_ids[i] for i in idx], k, sampling, version) for w, idx in enumerate(shard_index)}
+        args = {w: ([prompt_ids[i] for i in idx], k, sampling, version) for w,
+                idx in enumerate(shard_index)}
         return Generating(self.rollout.submit("generate", args), shard_index, version)
 
     def finish_generation(self, generating: Generating) -> Generation:
-        """One Rollouts ref per worker that got prompts. A worker that Ray restarted gets the current
-        weights and its share again."""
-        refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s, on_restart=self._replay)
+        """One Rollouts ref per worker that got prompts. A worker that Ray restarted gets the
+        current weights and its share again."""
+        refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s,
+                                    on_restart=self._replay)
         refs = [refs[w] for w in range(len(generating.shard_index))]
         return Generation(refs, generating.shard_index, generating.weights_version,
                           [self.read_generated.remote(ref) for ref in refs])
@@ -117,17 +132,19 @@ class RLGroups:
         return self.finish_generation(self.start_generation(prompt_ids, sampling))
 
     def _replay(self, worker: int, args: tuple) -> tuple:
-        """A restarted rollout worker: the current weights (`Transport.replay`), then its generate call
-        again, expecting those weights."""
+        """A restarted rollout worker: the current weights (`Transport.replay`), then its generate
+        call again, expecting those weights."""
         self.delivery.replay(worker)
         return (*args[:-1], self.delivery.version)
 
     def score(self, generation: Generation, prompts: list[dict]) -> list:
-        """Each rollout worker's output goes to a scorer (round robin); refs of small `Scores`, one per
-        ref of `generation`. A scorer holds no state, so one that Ray restarted simply scores again."""
+        """Each rollout worker's output goes to a scorer (round robin); refs of small `Scores`, one
+        per ref of `generation`. A scorer holds no state, so one that Ray restarted simply scores
+        again."""
         n, refs = len(self.scorer), []
         for start in range(0, len(generation.refs), n):  # one call per scorer at a time
-            batch = {j - start: (generation.refs[j], [prompts[i] for i in generation.shard_index[j]])
+            batch = {j - start: (generation.refs[j],
+                                 [prompts[i] for i in generation.shard_index[j]])
                      for j in range(start, min(start + n, len(generation.refs)))}
             done = self.scorer.map("score", batch, self.cfg.scorer.timeout_s)
             refs += [done[j] for j in range(len(batch))]
@@ -135,28 +152,34 @@ class RLGroups:
 
     def generate(self, prompt_ids: list[list[int]], step: int) -> Generating:
         """Step `step`'s samples, started: the workers generate while the driver goes on."""
-        return self.start_generation(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "generate", step)))
+        return self.start_generation(prompt_ids,
+                                     self._sampling(derive_seed(self.cfg.seed, "generate", step)))
 
     def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict]) -> list[dict]:
-        """Generate and score held-out prompts with the current weights (no learning). Per worker, one
-        record of its share (what `policy_eval` reads, and what a kept policy's held_out.json holds): its
-        `Generated` and `Scores` fields, its prompts' indices and its samples' sequence KLs."""
+        """Generate and score held-out prompts with the current weights (no learning). Per worker,
+        one record of its share (what `policy_eval` reads, and what a kept policy's held_out.json
+        holds): its `Generated` and `Scores` fields, its prompts' indices and its samples' sequence
+        KLs."""
         import ray
 
-        generation = self._generate(prompt_ids, self._sampling(derive_seed(self.cfg.seed, "evaluate")))
+        generation = self._generate(prompt_ids,
+                                    self._sampling(derive_seed(self.cfg.seed, "evaluate")))
         scores = ray.get(self.score(generation, prompts))
         kl = self._sequence_kl(generation)
         parts, at = [], 0
-        for generated, scored, idx in zip(ray.get(generation.generated), scores, generation.shard_index):
+        for generated, scored, idx in zip(ray.get(generation.generated), scores,
+                                          generation.shard_index):
             n = len(idx) * self.cfg.rollout.k  # each worker's share: its samples' KLs in order
-            parts.append({**asdict(generated), **asdict(scored), "prompt_index": idx, "kl": kl[at : at + n]})
+            parts.append({**asdict(generated), **asdict(scored), "prompt_index": idx,
+                          "kl": kl[at : at + n]})
             at += n
         return parts
 
     def _rank_shares(self, generation: Generation, score_refs: list | None = None) -> list[list]:
-        """Per learner rank, refs of its share of the batch (`rank_shares`): its prompt groups of each
-        worker's samples, then of their training rewards. A task next to each worker's output cuts it,
-        so a rank pulls 1/ranks of the batch. One rank: the workers' outputs as they are."""
+        """Per learner rank, refs of its share of the batch (`rank_shares`): its prompt groups of
+        each worker's samples, then of their training rewards. A task next to each worker's output
+        cuts it, so a rank pulls 1/ranks of the batch. One rank: the workers' outputs as they
+        are."""
         n = len(self.learner)
         if n == 1:
             return [[*generation.refs, *(score_refs or [])]]
@@ -173,8 +196,8 @@ class RLGroups:
         return [[*samples[r], *rewards[r]] for r in range(n)]
 
     def _sequence_kl(self, generation: Generation) -> list[float]:
-        """The evaluated policy's own KL to the reference, per sample of `generation` (in the order of its
-        refs): every learner rank computes its prompt groups' (`RLOOLearner.sequence_kl`)."""
+        """The evaluated policy's own KL to the reference, per sample of `generation` (in the order
+        of its refs): every learner rank computes its prompt groups' (`RLOOLearner.sequence_kl`)."""
         n, k = len(self.learner), self.cfg.rollout.k
         shares = self._rank_shares(generation)
         refs = [a.sequence_kl.remote(*shares[r]) for r, a in enumerate(self.learner.actors)]
@@ -185,16 +208,18 @@ class RLGroups:
         return [out[i] for i in range(total)]
 
     def learn(self, generation: Generation, score_refs: list) -> list[dict]:
-        """One update on every learner rank, each on its share of the batch (`_rank_shares`; Ray resolves
-        only top-level ObjectRef arguments, so a rank's refs go as one flat argument list)."""
+        """One update on every learner rank, each on its share of the batch (`_rank_shares`; Ray
+        resolves only top-level ObjectRef arguments, so a rank's refs go as one flat argument
+        list)."""
         shares = self._rank_shares(generation, score_refs)
-        self.delivery.before_update()  # colocated: the engines free the GPU for the learner's update
+        # colocated: the engines free the GPU for the learner's update
+        self.delivery.before_update()
         refs = [a.update.remote(*shares[r]) for r, a in enumerate(self.learner.actors)]
         return self.learner.wait(refs, "update", self.cfg.learner.timeout_s)
 
     def sync(self, version: int) -> Delivery:
-        """The learner's weights to every rollout worker, by the run's transport (`rl/sync/`); the workers
-        load them after the generations queued before it."""
+        """The learner's weights to every rollout worker, by the run's transport (`rl/sync/`); the
+        workers load them after the generations queued before it."""
         return self.delivery.deliver(version)
 
     def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
@@ -207,11 +232,13 @@ class RLGroups:
             ids, recs = prompt_ids[start : start + chunk], prompts[start : start + chunk]
             sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p,
                                 seed=derive_seed(self.cfg.seed, "reference", start))
-            rollouts = self.rollout.call_one(0, "generate", ids, m, sampling, timeout_s=rc.timeout_s)
+            rollouts = self.rollout.call_one(0, "generate", ids, m, sampling,
+                                             timeout_s=rc.timeout_s)
             texts = [p["prompt"] for p in recs for _ in range(rollouts.k)]
             members = self.scorer.call_one(0, "member_rewards", texts, rollouts.texts,
                                            timeout_s=self.cfg.scorer.timeout_s)
-            proxy = aggregate(members, self.cfg.reward.aggregate, self.cfg.reward.uwo_lambda).view(len(recs), -1)
+            proxy = aggregate(members, self.cfg.reward.aggregate,
+                              self.cfg.reward.uwo_lambda).view(len(recs), -1)
             for p, row in zip(recs, proxy.tolist()):
                 p["reference_rewards"] = row[:m]
 
@@ -223,7 +250,8 @@ class RLGroups:
 
     def save_state(self, path: str) -> list[list[str]]:
         """Every learner rank's files of the checkpoint, once in storage."""
-        return self.learner.call("save_state", [(path,)] * len(self.learner), self.cfg.learner.timeout_s)
+        return self.learner.call("save_state", [(path,)] * len(self.learner),
+                                 self.cfg.learner.timeout_s)
 
     def load_state(self, path: str, version: int) -> None:
         """The learner continues from a checkpoint; the rollout workers get its weights."""

@@ -1,5 +1,5 @@
-"""The held-out side of an RLOO run, as the driver uses it: the over-optimisation curve's points, the
-monitor (replayed on resume) and its actions, and which policy the run ends with."""
+"""The held-out side of an RLOO run, as the driver uses it: the over-optimisation curve's points,
+the monitor (replayed on resume) and its actions, and which policy the run ends with."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,13 @@ from rlhf_ray.utils import storage
 
 
 def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int) -> dict:
-    return held_out_point(scores, len(held_out), cfg.rollout.k, step, cfg.rloo.bootstrap, cfg.rloo.ci_level,
-                          cfg.seed)
+    return held_out_point(scores, len(held_out), cfg.rollout.k, step, cfg.rloo.bootstrap,
+                          cfg.rloo.ci_level, cfg.seed)
 
 
 def replayed_monitor(cfg: Config, curve: list[dict]) -> OverOptimisationMonitor:
-    """The monitor as it stood after `curve` (a resumed run reads its evaluations again; same beta)."""
+    """The monitor as it stood after `curve` (a resumed run reads its evaluations again; same
+    beta)."""
     monitor = OverOptimisationMonitor(cfg.rloo.monitor, cfg.learner.beta)
     for point in curve:
         monitor.observe(as_eval(point))
@@ -26,7 +27,8 @@ def replayed_monitor(cfg: Config, curve: list[dict]) -> OverOptimisationMonitor:
 
 
 def as_eval(point: dict) -> HeldOutEval:
-    return HeldOutEval(point["step"], point["kl"], point["gold"], point["proxy"], point["disagreement"])
+    return HeldOutEval(point["step"], point["kl"], point["gold"], point["proxy"],
+                       point["disagreement"])
 
 
 def act_on(action: MonitorAction, rl, out: Path) -> None:
@@ -35,7 +37,8 @@ def act_on(action: MonitorAction, rl, out: Path) -> None:
     if action.action == "raise_kl":
         rl.set_beta(action.beta)
     then = (f": learner.beta is now {action.beta:g}" if action.action == "raise_kl" else
-            {"log": "", "stop": ": stopping", "keep_best": ": stopping, keeping the best policy"}[action.action])
+            {"log": "", "stop": ": stopping",
+             "keep_best": ": stopping, keeping the best policy"}[action.action])
     print(f"[rloo] over-optimisation monitor at step {action.step} ({action.signal}): {action.reason}{then}",
           file=sys.stderr, flush=True)
     with (out / "monitor.jsonl").open("a") as f:
@@ -44,16 +47,19 @@ def act_on(action: MonitorAction, rl, out: Path) -> None:
 
 
 def keep_best(rl, stored: str, scores: list[dict], step: int) -> None:
-    """The policy of the best held-out evaluation so far, with its scores, in policy_best/ of the run's
-    storage."""
+    """The policy of the best held-out evaluation so far, with its scores, in policy_best/ of the
+    run's storage."""
     best = storage.join(stored, "policy_best")
     rl.save_policy(best)
-    storage.write_text(storage.join(best, "held_out.json"), json.dumps({"step": step, "scores": scores}))
+    storage.write_text(storage.join(best, "held_out.json"),
+                       json.dumps({"step": step, "scores": scores}))
 
 
-def final_policy(rl, stored: str, stopped_at_best: bool, last_scores, eval_final) -> tuple[str, list[dict] | None]:
-    """The run's policy and its held-out scores: policy_best/ with the best evaluation's when keep_best
-    stopped the run; else policy/ (written now) with the last step's evaluation, or a fresh one."""
+def final_policy(rl, stored: str, stopped_at_best: bool, last_scores, eval_final) -> tuple[str,
+                                                                                           list[dict] | None]:
+    """The run's policy and its held-out scores: policy_best/ with the best evaluation's when
+    keep_best stopped the run; else policy/ (written now) with the last step's evaluation, or a
+    fresh one."""
     if stopped_at_best:
         best = storage.join(stored, "policy_best")
         return best, json.loads(storage.read_text(storage.join(best, "held_out.json")))["scores"]
@@ -63,9 +69,10 @@ def final_policy(rl, stored: str, stopped_at_best: bool, last_scores, eval_final
 
 
 class HeldOutCurve:
-    """The run's held-out evaluations: the initial policy's scores (`before`), the curve so far (each
-    point at the evaluated policy's own KL), the monitor reading it (replayed on resume), its last
-    action, and the last evaluation's step and scores (the final policy's when it was the last step)."""
+    """The run's held-out evaluations: the initial policy's scores (`before`), the curve so far
+    (each point at the evaluated policy's own KL), the monitor reading it (replayed on resume), its
+    last action, and the last evaluation's step and scores (the final policy's when it was the last
+    step)."""
 
     def __init__(self, cfg: Config, rl, prompts: list[dict], encode, stored: str, out: Path,
                  before: list[dict] | None, curve: list[dict]):

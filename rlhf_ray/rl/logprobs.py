@@ -1,14 +1,14 @@
 """The learner's batch layout and its log-probabilities: pure functions on tensors and a model.
 
-A micro-batch is whole prompt groups (`group_micro_batches`), packed on the learner's device (`pack`).
-`response_logprobs` runs the policy's backbone, then the LM head over chunks of positions
+A micro-batch is whole prompt groups (`group_micro_batches`), packed on the learner's device
+(`pack`). `response_logprobs` runs the policy's backbone, then the LM head over chunks of positions
 (`chunked_token_logprobs`), so the full-vocabulary fp32 logits of a micro-batch never exist at once:
 with a 152k vocabulary, 8 x 1,536 positions of them are 7.5 GB, and logsumexp and softmax each want
 another copy. A chunk's logits are recomputed in the backward (activation checkpointing), so the
 gradients equal the unchunked ones (tests/unit/test_logprobs.py).
 
-Slices are written `narrow(dim, start, length)`: the fake-CUDA tests run this code under FakeTensorMode,
-which cannot apply Python slicing to cuda tensors on a CPU-only build.
+Slices are written `narrow(dim, start, length)`: the fake-CUDA tests run this code under
+FakeTensorMode, which cannot apply Python slicing to cuda tensors on a CPU-only build.
 """
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from rlhf_ray.utils.micro_batches import chunk_by_tokens
 @dataclass
 class Packed:
     """A batch of prompt groups laid out for a shared-prompt forward: each group's prompt once,
-    left-padded to P (G rows), and its k responses right-padded to R (G * k rows). The model runs the
-    prompts once; their keys and values are repeated for the k responses, which run on top (gradients
-    of all k flow back into the one prompt pass). Against k copies of every prompt this saves
-    (k - 1) / k of the prompt work."""
+    left-padded to P (G rows), and its k responses right-padded to R (G * k rows). The model runs
+    the prompts once; their keys and values are repeated for the k responses, which run on top
+    (gradients of all k flow back into the one prompt pass). Against k copies of every prompt this
+    saves (k - 1) / k of the prompt work."""
 
     prompt_ids: torch.Tensor  # (G, P)
     prompt_attn: torch.Tensor  # (G, P)
     response_ids: torch.Tensor  # (G * k, R)
     mask: torch.Tensor  # (G * k, R): 1.0 on real response tokens
     k: int
-    behaviour_logp: torch.Tensor | None = None  # (G * k, R): the sampling engine's log-probs, 0 on padding
+    # (G * k, R): the sampling engine's log-probs, 0 on padding
+    behaviour_logp: torch.Tensor | None = None
 
 
 def pack(rollouts: Rollouts, pad_id: int, device: torch.device | str = "cpu") -> Packed:
@@ -61,9 +62,10 @@ def pack(rollouts: Rollouts, pad_id: int, device: torch.device | str = "cpu") ->
                   torch.tensor(behaviour, dtype=torch.float32, device=device) if sampled else None)
 
 
-def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                    with_entropy: bool):
-    """log p(target) and the entropy (detached) of the next-token distributions of (n, H) positions."""
+def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                    temperature: float, with_entropy: bool):
+    """log p(target) and the entropy (detached) of the next-token distributions of (n, H)
+    positions."""
     logits = head(hidden).float() / temperature
     log_z = torch.logsumexp(logits, -1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
@@ -74,17 +76,20 @@ def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
         return logp, log_z - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
-def chunked_token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                           chunk_tokens: int, with_entropy: bool = False):
+def chunked_token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                           temperature: float, chunk_tokens: int, with_entropy: bool = False):
     """log pi(targets) (N, T) from hidden states (N, T, H), the LM head applied to `chunk_tokens`
-    positions at a time; with_entropy: also each distribution's entropy (a statistic, no gradient)."""
+    positions at a time; with_entropy: also each distribution's entropy (a statistic, no
+    gradient)."""
     n, t = targets.shape
     flat_h, flat_t = hidden.reshape(n * t, -1), targets.reshape(n * t)
     logps, entropies = [], []
     for start in range(0, n * t, chunk_tokens):
         size = min(chunk_tokens, n * t - start)
-        piece = (head, flat_h.narrow(0, start, size), flat_t.narrow(0, start, size), temperature, with_entropy)
-        if torch.is_grad_enabled() and flat_h.requires_grad:  # keep only this chunk's input for the backward
+        piece = (head, flat_h.narrow(0, start, size), flat_t.narrow(0, start, size), temperature,
+                 with_entropy)
+        # keep only this chunk's input for the backward
+        if torch.is_grad_enabled() and flat_h.requires_grad:
             logp, entropy = checkpoint(_chunk_logprobs, *piece, use_reentrant=False)
         else:
             logp, entropy = _chunk_logprobs(*piece)
@@ -98,7 +103,8 @@ def _backbone_and_head(model):
     """The causal LM's transformer (hidden states after the final norm) and its LM head."""
     config = model.config
     for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        if getattr(config, key, None) not in (None, 1, 1.0):  # the head would need the model's own post-processing
+        # the head would need the model's own post-processing
+        if getattr(config, key, None) not in (None, 1, 1.0):
             raise ValueError(f"policy.name: {type(model).__name__} post-processes its logits ({key}), which the "
                              f"learner's chunked log-probs (the LM head applied as it is) would leave out")
     return model.get_decoder(), model.get_output_embeddings()
@@ -106,41 +112,50 @@ def _backbone_and_head(model):
 
 def response_logprobs(model, batch: Packed, temperature: float, with_entropy: bool = False,
                       chunk_tokens: int = 2048, shared_prompt: bool = True):
-    """log pi(response token t | everything before it), (G * k, R), with the sampler's temperature; and
-    optionally the entropy of each of those next-token distributions.
+    """log pi(response token t | everything before it), (G * k, R), with the sampler's temperature;
+    and optionally the entropy of each of those next-token distributions.
 
     shared_prompt: run each prompt once and its k responses on its cached keys and values; off (for
-    gradient checkpointing, which drops the cache in training), every sample as prompt + response."""
+    gradient checkpointing, which drops the cache in training), every sample as prompt +
+    response."""
     backbone, head = _backbone_and_head(model)
     k, width_r = batch.k, batch.mask.shape[1]
     if shared_prompt:
         prompt = backbone(input_ids=batch.prompt_ids, attention_mask=batch.prompt_attn,
-                          position_ids=(batch.prompt_attn.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+                          position_ids=(batch.prompt_attn.cumsum(-1) - 1).clamp(min=0),
+                          use_cache=True)
         cache = prompt.past_key_values
         cache.batch_repeat_interleave(k)  # each prompt's keys and values, once per sample
         prompt_attn = batch.prompt_attn.repeat_interleave(k, 0)
         # each response right after its prompt
-        positions = prompt_attn.sum(-1, keepdim=True) + torch.arange(width_r, device=prompt_attn.device)
+        positions = prompt_attn.sum(-1, keepdim=True) + torch.arange(width_r,
+                                                                     device=prompt_attn.device)
         attn = torch.cat([prompt_attn, batch.mask.long()], -1)
-        responses = backbone(input_ids=batch.response_ids, attention_mask=attn, position_ids=positions,
-                             past_key_values=cache, use_cache=True)
-        # the last prompt position predicts response token 0, response position t predicts token t + 1
-        last_prompt = prompt.last_hidden_state.narrow(1, batch.prompt_ids.shape[1] - 1, 1).repeat_interleave(k, 0)
+        responses = backbone(input_ids=batch.response_ids, attention_mask=attn,
+                             position_ids=positions, past_key_values=cache, use_cache=True)
+        # the last prompt position predicts response token 0, response position t predicts token t +
+        # 1
+        last_prompt = prompt.last_hidden_state.narrow(1, batch.prompt_ids.shape[1] - 1,
+                                                      1).repeat_interleave(k, 0)
         hidden = torch.cat([last_prompt, responses.last_hidden_state.narrow(1, 0, width_r - 1)], 1)
     else:
         width_p = batch.prompt_ids.shape[1]
         attn = torch.cat([batch.prompt_attn.repeat_interleave(k, 0), batch.mask.long()], -1)
-        out = backbone(input_ids=torch.cat([batch.prompt_ids.repeat_interleave(k, 0), batch.response_ids], -1),
-                       attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+        out = backbone(input_ids=torch.cat([batch.prompt_ids.repeat_interleave(k, 0),
+                                            batch.response_ids], -1),
+                       attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                       use_cache=False)
         hidden = out.last_hidden_state.narrow(1, width_p - 1, width_r)
-    return chunked_token_logprobs(head, hidden, batch.response_ids, temperature, chunk_tokens, with_entropy)
+    return chunked_token_logprobs(head, hidden, batch.response_ids, temperature, chunk_tokens,
+                                  with_entropy)
 
 
-def group_micro_batches(rollouts: Rollouts, size: int, tokens: int | None = None) -> list[list[int]]:
-    """The sample indices of each micro-batch: whole prompt groups, so a micro-batch's RLOO advantages
-    are what the whole batch would give it; groups of similar length go together, so a micro-batch pads
-    little. At least one group each, and about `size` sequences, or, with `tokens`, as many groups as
-    keep the padded prompt + response tokens within that budget."""
+def group_micro_batches(rollouts: Rollouts, size: int,
+                        tokens: int | None = None) -> list[list[int]]:
+    """The sample indices of each micro-batch: whole prompt groups, so a micro-batch's RLOO
+    advantages are what the whole batch would give it; groups of similar length go together, so a
+    micro-batch pads little. At least one group each, and about `size` sequences, or, with `tokens`,
+    as many groups as keep the padded prompt + response tokens within that budget."""
     k = rollouts.k
 
     def span(group: int) -> range:  # the sample indices of a prompt group

@@ -1,6 +1,6 @@
 """`rlhf-ray rloo`: the driver. `run_rloo` reads as the algorithm: set up, then per step prompts ->
-rollout -> score -> learn -> sync (`rloo_step`), a held-out evaluation and a checkpoint when due, then
-the final policy and the summary."""
+rollout -> score -> learn -> sync (`rloo_step`), a held-out evaluation and a checkpoint when due,
+then the final policy and the summary."""
 from __future__ import annotations
 
 import json
@@ -27,8 +27,9 @@ PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run is checked against before any actor starts: its prompts, the held-out prompts, where
-    checkpoints and policies go (`stored`: every node reaches it), and the checkpoint to resume from."""
+    """What a run is checked against before any actor starts: its prompts, the held-out prompts,
+    where checkpoints and policies go (`stored`: every node reaches it), and the checkpoint to
+    resume from."""
 
     prompts: list[dict]
     held_out: list[dict]
@@ -40,7 +41,8 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class StepResult:
-    """One step: its prompts, samples (refs), what the driver read of them, their scores, its metrics."""
+    """One step: its prompts, samples (refs), what the driver read of them, their scores, its
+    metrics."""
 
     batch: list[dict]
     generation: Generation
@@ -56,7 +58,8 @@ def timed(phase, *args):
 
 
 def check_models(cfg: Config) -> None:
-    """The policy and every reward model resolve before an actor starts (a missing path names its key)."""
+    """The policy and every reward model resolve before an actor starts (a missing path names its
+    key)."""
     resolve_model(cfg.policy.name, "policy.name", fetch=False)
     for i, model in enumerate(cfg.reward.models):
         try:
@@ -74,7 +77,8 @@ def plan_run(cfg: Config) -> RunPlan:
     stored = storage.run_folder(cfg.storage_path, cfg.output_dir)
     checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rloo.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
-    check_placement({"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner}, cluster_nodes(cfg.ray))
+    check_placement({"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner},
+                    cluster_nodes(cfg.ray))
     return RunPlan(prompts, held_out, loader, stored, checkpoints, resume_from)
 
 
@@ -93,8 +97,8 @@ def start(cfg: Config, rl, plan: RunPlan, encode) -> tuple[int, HeldOutCurve]:
         rl.load_state(storage.join(path, "engine"), version=state["step"])
         plan.loader.position = state["position"]
         done = state["step"]
-        curve = HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out, state["held_out_before"],
-                             state.get("curve", []))
+        curve = HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out,
+                             state["held_out_before"], state.get("curve", []))
     if curve.monitor.beta != cfg.learner.beta:  # raised by the monitor before the checkpoint
         rl.set_beta(curve.monitor.beta)
     if cfg.rloo.monitor.action == "keep_best" and not done:  # the initial policy may stay the best
@@ -110,7 +114,8 @@ def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int) -> StepResult:
     batch, generation, t_generate = queue.take(step)
     score_refs, t_score = timed(rl.score, generation, batch)
     learner_stats, t_learn = timed(rl.learn, generation, score_refs)
-    delivery, t_sync = timed(rl.sync, step)  # the workers load it after the generations queued before it
+    # the workers load it after the generations queued before it
+    delivery, t_sync = timed(rl.sync, step)
     generated, scores = ray.get(generation.generated), ray.get(score_refs)
     timings = {"generate": t_generate, "score": t_score, "learn": t_learn, "sync": t_sync}
     metrics = step_metrics(generated, scores, learner_stats, timings, delivery, cfg.rollout.k,
@@ -125,7 +130,8 @@ def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutC
         shards.arrived(rl.save_state(storage.join(folder, "engine")))
 
 
-def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, encode, done: int) -> int:
+def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, encode,
+          done: int) -> int:
     """Steps done+1 .. rloo.steps, or until the monitor stops the run; returns the last step run."""
     out, run = Path(cfg.output_dir), cfg.rloo
     queue = GenerationQueue(rl, plan.loader, encode, run.generation_lag, run.steps)
@@ -144,11 +150,12 @@ def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, e
     return step
 
 
-def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_step: int, policy: str,
-               after: list[dict] | None, placement: dict) -> dict:
-    summary = {"policy": policy, "steps": last_step, "prompt_position": plan.loader.position, "seed": cfg.seed,
-               "resumed_from_step": done or None, "placement": placement, "held_out_curve": curve.curve,
-               "monitor": curve.monitor_summary()}
+def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_step: int,
+               policy: str, after: list[dict] | None, placement: dict) -> dict:
+    summary = {"policy": policy, "steps": last_step, "prompt_position": plan.loader.position,
+               "seed": cfg.seed,
+               "resumed_from_step": done or None, "placement": placement,
+               "held_out_curve": curve.curve, "monitor": curve.monitor_summary()}
     if curve.stopped_at_best:
         summary["policy_step"] = curve.monitor.best.step
     if plan.held_out:
@@ -171,14 +178,16 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
                 "output_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name))  # the driver holds no weights
+    # the driver holds no weights
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name))
 
     def encode(batch: list[dict]) -> list[list[int]]:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)
 
     rl, log = RLGroups(cfg, cfg.rloo.steps, connect(cfg.ray, out / "logs")), None
     try:
-        if cfg.reward.transform != "none":  # LSC / PAR baselines: the initial policy's rewards, per prompt
+        # LSC / PAR baselines: the initial policy's rewards, per prompt
+        if cfg.reward.transform != "none":
             every = plan.prompts + plan.held_out
             rl.reference_rewards(encode(every), every)
         done, curve = start(cfg, rl, plan, encode)  # done > 0: resumed

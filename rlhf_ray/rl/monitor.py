@@ -1,18 +1,18 @@
-"""The over-optimisation monitor: reads each held-out evaluation of the policy and says when the proxy
-reward has parted from what it stands for, and what to do about it. Pure Python, no Ray.
+"""The over-optimisation monitor: reads each held-out evaluation of the policy and says when the
+proxy reward has parted from what it stands for, and what to do about it. Pure Python, no Ray.
 
 Signals (`rloo.monitor.signal`):
-- `gold`: the held-out gold reward has fallen more than `tolerance` below its best while the held-out
-  proxy reward stands above its value at that best: the policy is buying proxy with gold (Gao et al.'s
-  over-optimisation). Needs prompts with a gold reward.
-- `disagreement`: the reward-model ensemble's members disagree on the policy's held-out samples (mean
-  over samples of the members' standard deviation) more than `disagreement_ratio` times as much as on
-  the initial policy's: the policy has moved where the reward models were not trained (Coste et al.;
-  needs two or more reward models). For runs without a gold reward.
+- `gold`: the held-out gold reward has fallen more than `tolerance` below its best while the
+  held-out proxy reward stands above its value at that best: the policy is buying proxy with gold
+  (Gao et al.'s over-optimisation). Needs prompts with a gold reward.
+- `disagreement`: the reward-model ensemble's members disagree on the policy's held-out samples
+  (mean over samples of the members' standard deviation) more than `disagreement_ratio` times as
+  much as on the initial policy's: the policy has moved where the reward models were not trained
+  (Coste et al.; needs two or more reward models). For runs without a gold reward.
 - `auto`: `gold` when the held-out prompts have a gold reward, else `disagreement`.
 
-Actions (`rloo.monitor.action`), each logged with its reason: `log`; `stop` the run; `keep_best` (stop,
-and the final policy is the one of the held-out evaluation with the best gold, or the least
+Actions (`rloo.monitor.action`), each logged with its reason: `log`; `stop` the run; `keep_best`
+(stop, and the final policy is the one of the held-out evaluation with the best gold, or the least
 disagreement); `raise_kl` (multiply `learner.beta` by `kl_factor` and go on).
 """
 from __future__ import annotations

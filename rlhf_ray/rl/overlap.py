@@ -12,8 +12,8 @@ from rlhf_ray.rl.prompts import PromptLoader
 
 
 class GenerationQueue:
-    def __init__(self, rl, loader: PromptLoader, encode: Callable[[list[dict]], list[list[int]]], lag: int,
-                 last_step: int):
+    def __init__(self, rl, loader: PromptLoader, encode: Callable[[list[dict]], list[list[int]]],
+                 lag: int, last_step: int):
         self.rl, self.loader, self.encode, self.lag, self.last_step = rl, loader, encode, lag, last_step
         self.in_flight: deque[tuple[list[dict], Generating]] = deque()  # oldest first
 
@@ -23,15 +23,16 @@ class GenerationQueue:
         self.in_flight.append((batch, self.rl.generate(self.encode(batch), step)))
 
     def take(self, step: int) -> tuple[list[dict], Generation, float]:
-        """Step `step`'s batch, its samples and the seconds spent waiting for them; then the batches of
-        the steps ahead start, generating while this one is scored and learned."""
+        """Step `step`'s batch, its samples and the seconds spent waiting for them; then the batches
+        of the steps ahead start, generating while this one is scored and learned."""
         if not self.in_flight:
             self._start(step)
         batch, generating = self.in_flight.popleft()
         waited = time.monotonic()
         generation = self.rl.finish_generation(generating)
         waited = time.monotonic() - waited
-        for ahead in range(step + 1 + len(self.in_flight), min(step + self.lag, self.last_step) + 1):
+        for ahead in range(step + 1 + len(self.in_flight),
+                           min(step + self.lag, self.last_step) + 1):
             self._start(ahead)
         return batch, generation, waited
 

@@ -19,9 +19,10 @@ class Generating:
 
 @dataclass(frozen=True)
 class Generation:
-    """One step's samples: a ref of `Rollouts` per rollout worker that got prompts, and which prompts
-    (indices into the batch) each holds; a prompt's k samples are on one worker; the weights version
-    that generated them; a ref of each worker's `Generated` (what the driver reads of them)."""
+    """One step's samples: a ref of `Rollouts` per rollout worker that got prompts, and which
+    prompts (indices into the batch) each holds; a prompt's k samples are on one worker; the weights
+    version that generated them; a ref of each worker's `Generated` (what the driver reads of
+    them)."""
 
     refs: list
     shard_index: list[list[int]]
@@ -43,8 +44,8 @@ class Generated:
 
 @dataclass(frozen=True)
 class Scores:
-    """One worker's samples as a scorer scored them, in sample order: the reward trained on, the proxy
-    reward before the transform, each member's reward, gold v1 and v2 (tracked, NaN without a
+    """One worker's samples as a scorer scored them, in sample order: the reward trained on, the
+    proxy reward before the transform, each member's reward, gold v1 and v2 (tracked, NaN without a
     reference), and the scorer's time."""
 
     train: list[float]
@@ -57,5 +58,5 @@ class Scores:
 
 def generated_of(rollouts) -> Generated:
     """The `Generated` of a worker's `Rollouts` (a Ray task next to them, so only this travels)."""
-    return Generated(list(rollouts.texts), [len(r) for r in rollouts.response_ids], list(rollouts.finished),
-                     rollouts.compute_s)
+    return Generated(list(rollouts.texts), [len(r) for r in rollouts.response_ids],
+                     list(rollouts.finished), rollouts.compute_s)

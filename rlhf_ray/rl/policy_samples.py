@@ -1,7 +1,8 @@
-"""Preference data from the policy itself: k responses per gold-testbed prompt, sampled by the rollout
-workers (seeded), labelled by the gold reward, cached on disk and added to the testbed (`data/gold.py`:
-the mixed train split and the `policy` scenario). A reward model trained on the rule-made generators
-alone ranks the policy's own samples barely better than chance; these are what RLOO asks it to rank.
+"""Preference data from the policy itself: k responses per gold-testbed prompt, sampled by the
+rollout workers (seeded), labelled by the gold reward, cached on disk and added to the testbed
+(`data/gold.py`: the mixed train split and the `policy` scenario). A reward model trained on the
+rule-made generators alone ranks the policy's own samples barely better than chance; these are what
+RLOO asks it to rank.
 
     rlhf-ray prepare --config configs/demo.yaml      # with prepare.policy_samples.enabled: true
 """
@@ -28,10 +29,11 @@ CACHE = "policy_samples.json"
 
 
 def cache_key(cfg: Config, prompts: list[dict]) -> str:
-    """What the samples depend on: the policy (its files' names and sizes), the prompts, the sampling
-    settings, the seed. A cache with another key is sampled again."""
+    """What the samples depend on: the policy (its files' names and sizes), the prompts, the
+    sampling settings, the seed. A cache with another key is sampled again."""
     ps, policy = cfg.prepare.policy_samples, Path(resolve_model(cfg.policy.name, fetch=False))
-    files = sorted((f.name, f.stat().st_size) for f in policy.iterdir()) if policy.is_dir() else str(policy)
+    files = sorted((f.name,
+                    f.stat().st_size) for f in policy.iterdir()) if policy.is_dir() else str(policy)
     what = {"policy": [cfg.policy.name, cfg.policy.dtype, files], "seed": cfg.seed,
             "prompts": [(p["prompt_id"], p["prompt"], p["split"]) for p in prompts],
             "sampling": ps.model_dump(exclude={"enabled", "train_share", "prompts_per_call"})}
@@ -71,16 +73,16 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
             done += len(chunk)
             rate = done / (time.monotonic() - start)
             print(f"[prepare] policy samples: {done}/{len(prompts)} prompts ({100 * done / len(prompts):.0f}%) "
-                  f"{rate:.2f} prompt/s ETA {format_duration((len(prompts) - done) / rate)}", file=sys.stderr,
-                  flush=True)
+                  f"{rate:.2f} prompt/s ETA {format_duration((len(prompts) - done) / rate)}",
+                  file=sys.stderr, flush=True)
     finally:
         group.shutdown()
     return samples
 
 
 def cached_samples(cfg: Config, prompts: list[dict], gold_dir: Path) -> dict[str, list[str]]:
-    """The samples of `prompts` (train_k per training prompt, eval_k per held-out one), from the cache
-    when its key matches, else sampled and cached (written atomically)."""
+    """The samples of `prompts` (train_k per training prompt, eval_k per held-out one), from the
+    cache when its key matches, else sampled and cached (written atomically)."""
     ps, cache = cfg.prepare.policy_samples, gold_dir / CACHE
     key = cache_key(cfg, prompts)
     if cache.exists():
@@ -93,22 +95,28 @@ def cached_samples(cfg: Config, prompts: list[dict], gold_dir: Path) -> dict[str
         return ps.train_k if prompt["split"] == "train" else ps.eval_k
 
     samples = sample_policy(cfg, prompts, k_of)
-    atomic_write_bytes(cache, json.dumps({"key": key, "policy": cfg.policy.name, "samples": samples}).encode())
+    atomic_write_bytes(cache,
+                       json.dumps({"key": key, "policy": cfg.policy.name,
+                                   "samples": samples}).encode())
     return samples
 
 
 def add_policy_samples(cfg: Config) -> dict:
-    """Add the policy's samples to the gold testbed under data.dir (built first by `prepare`): the mixed
-    train split and the `policy` scenario. Returns the rows written per file."""
+    """Add the policy's samples to the gold testbed under data.dir (built first by `prepare`): the
+    mixed train split and the `policy` scenario. Returns the rows written per file."""
     ps, gold_dir = cfg.prepare.policy_samples, Path(cfg.data.dir) / "gold"
     # the test split is for reported RLOO results only: no reward model or best-of-n curve sees it
-    prompts = [r for _, _, r in read_records(gold_dir / "prompts.parquet", cfg.data.max_row_mb) if r["split"] != "test"]
+    prompts = [r for _, _,
+               r in read_records(gold_dir / "prompts.parquet",
+                                 cfg.data.max_row_mb) if r["split"] != "test"]
     samples = cached_samples(cfg, prompts, gold_dir)
     gold = labelling_gold(cfg.prepare.gold_labels)
     train = [g for p in prompts if p["split"] == "train"
-             if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=True, gold=gold)) is not None]
+             if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=True,
+                                   gold=gold)) is not None]
     held_out = [g for p in prompts if p["split"] != "train"
-                if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=False, gold=gold)) is not None]
+                if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=False,
+                                      gold=gold)) is not None]
     rules = [g for g in load_groups(gold_dir / "train.parquet") if "policy" not in g.generators]
     mixed = mix_train(rules, train, ps.train_share, derive_seed(cfg.seed, "policy_mix"))
     write_groups(mixed, gold_dir / "train.parquet")
@@ -117,7 +125,8 @@ def add_policy_samples(cfg: Config) -> dict:
 
 
 def prepare_testbeds(cfg: Config) -> dict:
-    """`rlhf-ray prepare`: the testbeds, then (prepare.policy_samples.enabled) the policy's samples in gold."""
+    """`rlhf-ray prepare`: the testbeds, then (prepare.policy_samples.enabled) the policy's samples
+    in gold."""
     from rlhf_ray.data.loaders import prepare
 
     written = prepare(cfg)

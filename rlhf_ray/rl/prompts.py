@@ -49,7 +49,8 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
         import datasets
 
         name, _, hub_split = cfg.rloo.prompts[4:].rpartition(":")
-        records = [(i, None, dict(r)) for i, r in enumerate(datasets.load_dataset(name, split=hub_split))]
+        records = [(i, None, dict(r)) for i,
+                   r in enumerate(datasets.load_dataset(name, split=hub_split))]
     else:
         path = Path(cfg.rloo.prompts)
         if not path.exists():
@@ -60,7 +61,8 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
     for row, line, r in records:
         if not isinstance(r, dict):
             raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: expected an object, got {type(r).__name__}")
-        r.setdefault("prompt", r.get("instruction"))  # the BSR paper's prompt splits call it `instruction`
+        # the BSR paper's prompt splits call it `instruction`
+        r.setdefault("prompt", r.get("instruction"))
         if not isinstance(r.get("prompt"), str) or not r["prompt"].strip():
             raise DataError(f"{cfg.rloo.prompts}: {where(row, line)}: field 'prompt': missing or empty")
         r.setdefault("prompt_id", f"prompt-{row}")
@@ -77,7 +79,8 @@ def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[list
     out = []
     for p in prompts:
         if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True)
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}],
+                                                add_generation_prompt=True)
             ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         else:
             ids = tokenizer(p["prompt"])["input_ids"]

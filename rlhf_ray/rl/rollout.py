@@ -8,14 +8,16 @@ from rlhf_ray.utils.actor_shell import actor_shell
 
 
 def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
-                max_model_len: int = 1024, sync_timeout_s: float = 120.0, seed: int = 0, device: str = "auto",
-                trust_remote_code: bool = False, **vllm_keys):
-    """vLLM picks its device itself (the GPU Ray gave the actor, else the CPU build); HF generate runs on
-    `device` (rollout.device). `vllm_keys`: tensor parallelism, GPU memory share, CUDA graphs, prefix caching."""
+                max_model_len: int = 1024, sync_timeout_s: float = 120.0, seed: int = 0,
+                device: str = "auto", trust_remote_code: bool = False, **vllm_keys):
+    """vLLM picks its device itself (the GPU Ray gave the actor, else the CPU build); HF generate
+    runs on `device` (rollout.device). `vllm_keys`: tensor parallelism, GPU memory share, CUDA
+    graphs, prefix caching."""
     if kind == "vllm":
         from rlhf_ray.rl.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, kv_cache_gb, max_model_len, sync_timeout_s=sync_timeout_s, seed=seed,
+        return VLLMEngine(model_path, dtype, kv_cache_gb, max_model_len,
+                          sync_timeout_s=sync_timeout_s, seed=seed,
                           trust_remote_code=trust_remote_code, **vllm_keys)
     if kind == "hf":
         from rlhf_ray.rl.engines.hf import HFEngine
@@ -64,7 +66,8 @@ class RolloutWorker:
 
     def _say_once(self, what: str) -> str:
         if what.startswith("skipped") and not self.said_skipped:
-            print(f"[{self.name}] sleep/wake {what}", flush=True)  # one line in logs/rollout-<i>.log
+            # one line in logs/rollout-<i>.log
+            print(f"[{self.name}] sleep/wake {what}", flush=True)
             self.said_skipped = True
         return what
 
@@ -72,7 +75,8 @@ class RolloutWorker:
 class RolloutActor(actor_shell(RolloutWorker, "RolloutShell")):
     """`rollout-<i>`: the generic shell, and the worker named as Ray named the actor."""
 
-    def __init__(self, engine_kind: str, model_ref: str, transport: str = "object_store", **engine_kwargs):
+    def __init__(self, engine_kind: str, model_ref: str, transport: str = "object_store",
+                 **engine_kwargs):
         import ray
 
         name = ray.get_runtime_context().get_actor_name() or "rollout"

@@ -1,4 +1,5 @@
-"""The RL reward-scoring actor: several reward models (an ensemble), a transform, and the gold reward.
+"""The RL reward-scoring actor: several reward models (an ensemble), a transform, and the gold
+reward.
 
 `score` returns `Scores`, small lists only: the reward to train on, the proxy reward before the
 transform, each member's reward, the gold reward v1 and v2 (always computed, for tracking;
@@ -25,7 +26,8 @@ class RLScorer:
     def __init__(self, reward_cfg: RewardConfig, device: str = "auto"):
         """`reward_cfg`: the `reward` section (its own, typed); `device`: `scorer.device`."""
         self.cfg = reward_cfg
-        self.members = [RewardScorer(m, reward_cfg.max_length, device=device, dtype=reward_cfg.dtype)
+        self.members = [RewardScorer(m, reward_cfg.max_length, device=device,
+                                     dtype=reward_cfg.dtype)
                         for m in reward_cfg.models]
 
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
@@ -43,7 +45,8 @@ class RLScorer:
         proxy = aggregate(members, cfg.aggregate, cfg.uwo_lambda)
         reference = None
         if cfg.transform != "none":
-            reference = torch.tensor([p["reference_rewards"] for p in per_sample], dtype=proxy.dtype)
+            reference = torch.tensor([p["reference_rewards"] for p in per_sample],
+                                     dtype=proxy.dtype)
         shaped = transform(proxy, cfg.transform, reference)
         gold = [
             gold_reward(p["prompt_type"], p["reference"], text) if p.get("reference") else math.nan
@@ -56,7 +59,8 @@ class RLScorer:
             bad = [i for i, v in enumerate(train.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(f"non-finite training rewards for samples {bad[:10]} (prompts "
                                      f"{sorted({per_sample[i]['prompt_id'] for i in bad})[:5]})")
-        return Scores(train.tolist(), proxy.tolist(), members.tolist(), gold, gold_v2, time.monotonic() - start)
+        return Scores(train.tolist(), proxy.tolist(), members.tolist(), gold, gold_v2,
+                      time.monotonic() - start)
 
 
 RLScorerActor = actor_shell(RLScorer, "RLScorerActor")  # `scorer-<i>`

@@ -13,7 +13,8 @@ from rlhf_ray.utils.stats import nanmean
 
 
 def slowest(parts: list, key: str) -> float:
-    """The longest `key` among the actors' results of one phase (dicts or typed): its compute time."""
+    """The longest `key` among the actors' results of one phase (dicts or typed): its compute
+    time."""
     return max((p[key] if isinstance(p, dict) else getattr(p, key) for p in parts), default=0.0)
 
 
@@ -32,18 +33,21 @@ def compute_seconds(generated: list[Generated], scores: list[Scores], learner_st
     """The step's compute: per phase, the slowest actor's own time (generation, scoring, the update,
     putting and loading the weights). The rest of the step's wall time is orchestration overhead:
     Ray calls, object-store transfers, the driver's bookkeeping."""
-    return (slowest(generated, "compute_s") + slowest(scores, "score_s") + slowest(learner_stats, "learn_s")
+    return (slowest(generated, "compute_s") + slowest(scores, "score_s") + slowest(learner_stats,
+                                                                                   "learn_s")
             + synced.publish_s + slowest(synced.loaded, "sync_s"))
 
 
-def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats: list[dict], timings: dict,
-                 synced: Delivery, k: int, wall_s: float) -> dict:
-    """Per-step metrics from the workers', scorers' and learners' small results and the phases' times."""
+def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats: list[dict],
+                 timings: dict, synced: Delivery, k: int, wall_s: float) -> dict:
+    """Per-step metrics from the workers', scorers' and learners' small results and the phases'
+    times."""
     proxy, length = across(scores, "proxy"), across(generated, "length")
     gold = [g for g in across(scores, "gold") if not math.isnan(g)]
     compute_s = compute_seconds(generated, scores, learner_stats, synced)
     learner = {key: mean_of(learner_stats, key) for key in
-               ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss", "grad_norm", "mismatch_kl",
+               ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss",
+                "grad_norm", "mismatch_kl",
                 "is_ratio_mean", "is_cut_frac") if key in learner_stats[0]}
     if "is_ratio_max" in learner_stats[0]:
         learner["is_ratio_max"] = max(s["is_ratio_max"] for s in learner_stats)
@@ -57,19 +61,21 @@ def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats
         "truncation_rate": 1 - statistics.fmean(across(generated, "finished")),
         **learner, "lr": learner_stats[0]["lr"], "beta": learner_stats[0]["beta"],
         **{f"time_{phase}_s": t for phase, t in timings.items()},
-        "step_s": sum(timings.values()), "wall_s": wall_s, "compute_s": compute_s, "publish_s": synced.publish_s,
+        "step_s": sum(timings.values()), "wall_s": wall_s, "compute_s": compute_s,
+        "publish_s": synced.publish_s,
         "load_weights_s": slowest(synced.loaded, "sync_s"), "overhead_s": wall_s - compute_s,
         "overhead_frac": (wall_s - compute_s) / wall_s,
         "tokens_per_s": sum(length) / timings["generate"] if timings.get("generate") else math.nan,
-        "sync_bytes": synced.loaded[0]["bytes"] if synced.loaded else 0, "samples": len(proxy), "k": k,
-        "sync_buckets": synced.loaded[0]["buckets"] if synced.loaded else 0,
+        "sync_bytes": synced.loaded[0]["bytes"] if synced.loaded else 0, "samples": len(proxy),
+        "k": k, "sync_buckets": synced.loaded[0]["buckets"] if synced.loaded else 0,
         "sync_gathered_peak_mb": synced.gathered_peak_bytes / 2**20,
     }
 
 
-def write_samples(path: Path, step: int, batch: list[dict], generated: list[Generated], scores: list[Scores],
-                  shard_index: list[list[int]]) -> None:
-    """Every sample of the step (prompt, response, proxy/gold reward) as JSON lines, to read the policy."""
+def write_samples(path: Path, step: int, batch: list[dict], generated: list[Generated],
+                  scores: list[Scores], shard_index: list[list[int]]) -> None:
+    """Every sample of the step (prompt, response, proxy/gold reward) as JSON lines, to read the
+    policy."""
     with path.open("a") as f:
         for texts, scored, index in zip(generated, scores, shard_index):
             k = len(texts.texts) // max(len(index), 1)

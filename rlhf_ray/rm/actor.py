@@ -1,5 +1,5 @@
-"""The reward-model trainers as the driver sees them: one `RewardModelTrainer` per data-parallel rank,
-each in a generic Ray shell."""
+"""The reward-model trainers as the driver sees them: one `RewardModelTrainer` per data-parallel
+rank, each in a generic Ray shell."""
 from __future__ import annotations
 
 from rlhf_ray.actor_group import ActorGroup
@@ -10,7 +10,8 @@ from rlhf_ray.rm.trainer import EVAL_BATCH, RewardModelTrainer, TrainerSpec
 from rlhf_ray.utils.actor_shell import actor_shell
 
 
-RMTrainerActor = actor_shell(RewardModelTrainer, "RMTrainerActor", data_parallel=True)  # `rm-trainer-<rank>`
+# `rm-trainer-<rank>`
+RMTrainerActor = actor_shell(RewardModelTrainer, "RMTrainerActor", data_parallel=True)
 
 
 class RMTrainerGroup:
@@ -28,12 +29,14 @@ class RMTrainerGroup:
         return [(ray.put(groups[r::n]),) for r in range(n)]  # batches travel by the object store
 
     def train_step(self, groups: list[Group]) -> dict:
-        sums_per_rank = self.group.call("train_step", self._shards(groups), self.cfg.rm.sync_timeout_s)
+        sums_per_rank = self.group.call("train_step", self._shards(groups),
+                                        self.cfg.rm.sync_timeout_s)
         return _combine(sums_per_rank)
 
     def evaluate(self, groups: list[Group]) -> dict:
-        """Each rank scores its share; under ZeRO-3 the ranks with fewer forward batches then run filler
-        forwards (discarded) up to the most any rank has, since every forward gathers on every rank."""
+        """Each rank scores its share; under ZeRO-3 the ranks with fewer forward batches then run
+        filler forwards (discarded) up to the most any rank has, since every forward gathers on
+        every rank."""
         shards = self._shards(groups)
         counts = [-(-len(groups[r :: len(self.group)]) // EVAL_BATCH) for r in range(len(self.group))]
         most = max(counts) if self.cfg.rm.zero_stage == 3 else 0
@@ -46,7 +49,8 @@ class RMTrainerGroup:
 
     def save_state(self, path: str) -> list[list[str]]:
         """Every rank's files of the checkpoint, once in storage."""
-        return self.group.call("save_state", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)
+        return self.group.call("save_state", [(path,)] * len(self.group),
+                               self.cfg.rm.sync_timeout_s)
 
     def load_state(self, path: str, step: int) -> None:
         self.group.call("load_state", [(path, step)] * len(self.group), self.cfg.rm.sync_timeout_s)

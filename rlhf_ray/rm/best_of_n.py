@@ -2,9 +2,9 @@
 
 For one prompt with N samples, each with a proxy reward (what picks) and a gold reward (what is
 measured), best-of-n keeps the sample with the highest proxy among n drawn without replacement. Its
-expected gold over *all* C(N, n) subsets, not one random subset (Nakano et al.'s unbiased estimator):
-sort the samples by proxy, ascending; the i-th (1-based) is the best of a subset exactly when the
-subset holds it and n - 1 of the i - 1 below it, so
+expected gold over *all* C(N, n) subsets, not one random subset (Nakano et al.'s unbiased
+estimator): sort the samples by proxy, ascending; the i-th (1-based) is the best of a subset exactly
+when the subset holds it and n - 1 of the i - 1 below it, so
 
     E[gold of best-of-n] = sum_{i=n}^{N} C(i-1, n-1) / C(N, n) * gold_(i)
 
@@ -29,12 +29,13 @@ def best_of_n_weights(num_samples: int, n: int) -> np.ndarray:
     if not 1 <= n <= num_samples:
         raise ValueError(f"best-of-n needs 1 <= n <= N, got n={n}, N={num_samples}")
     ranks = np.arange(1, num_samples + 1)
-    return np.array([math.comb(i - 1, n - 1) for i in ranks], dtype=float) / math.comb(num_samples, n)
+    return np.array([math.comb(i - 1, n - 1) for i in ranks], dtype=float) / math.comb(num_samples,
+                                                                                       n)
 
 
 def best_of_n_expectation(proxy, values, n: int) -> float:
-    """E[values of the highest-proxy sample of a uniformly random n-subset]. Ties in the proxy are broken
-    by sample order (the later sample counts as higher), consistently across subsets."""
+    """E[values of the highest-proxy sample of a uniformly random n-subset]. Ties in the proxy are
+    broken by sample order (the later sample counts as higher), consistently across subsets."""
     proxy, values = np.asarray(proxy, dtype=float), np.asarray(values, dtype=float)
     order = np.argsort(proxy, kind="stable")
     return float(best_of_n_weights(len(proxy), n) @ values[order])
@@ -48,9 +49,9 @@ def powers_of_two(num_samples: int) -> list[int]:
 
 def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[int] | None = None,
                     bootstrap: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
-    """Per n: the mean over prompts of best-of-n's expected gold and proxy, and the gold gain over n = 1
-    (paired by prompt), each with a percentile bootstrap CI over prompts, at KL_bon(n). `proxy` and
-    `gold` are (prompts, N)."""
+    """Per n: the mean over prompts of best-of-n's expected gold and proxy, and the gold gain over n
+    = 1 (paired by prompt), each with a percentile bootstrap CI over prompts, at KL_bon(n). `proxy`
+    and `gold` are (prompts, N)."""
     num_samples = min(len(row) for row in proxy)
     gold_of_one = [float(np.mean(v[:num_samples])) for v in gold]  # best-of-1: the sampling policy
     points = []

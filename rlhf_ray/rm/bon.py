@@ -1,18 +1,19 @@
-"""`rlhf-ray bon`: best-of-n over-optimisation curves (Gao et al. 2023) of reward models, on the policy's
-samples for held-out prompts (the gold testbed's `policy` scenario: `prepare.policy_samples.eval_k` = N
-samples per prompt, each with its gold reward), those of `bon.prompt_types`.
+"""`rlhf-ray bon`: best-of-n over-optimisation curves (Gao et al. 2023) of reward models, on the
+policy's samples for held-out prompts (the gold testbed's `policy` scenario:
+`prepare.policy_samples.eval_k` = N samples per prompt, each with its gold reward), those of
+`bon.prompt_types`.
 
 Reward sources: each of `reward.models` (named by `bon.names`), with two or more the ensembles mean,
 WCO and UWO (`reward.uwo_lambda`), and the LSC and PAR transforms of the first source that is an
-ensemble, else of the one model. The transforms' per-prompt reference rewards are the source's rewards
-of the prompt's N samples: they are the reference policy's samples, since the policy sampled is the
-initial one. LSC and PAR are increasing in the reward within a prompt, so their best-of-n picks, and
-its gold, equal their base source's; only the proxy axis differs. Beside them, two baselines: `oracle`
-(best-of-n by the gold itself: the ceiling) and `longest` (by word count: what length alone buys).
-Per source: the curve (`best_of_n`: n, KL_bon, gold, proxy and the gold gain over n = 1, each with a
-bootstrap CI over prompts), its per-prompt Kendall tau against gold on the same samples, and that tau
-with length partialled out; where the gold testbed's prompt records are there, the same picks' curve on
-gold v2 (`best_of_n_gold_v2`). Writes bon.json and best_of_n.png.
+ensemble, else of the one model. The transforms' per-prompt reference rewards are the source's
+rewards of the prompt's N samples: they are the reference policy's samples, since the policy sampled
+is the initial one. LSC and PAR are increasing in the reward within a prompt, so their best-of-n
+picks, and its gold, equal their base source's; only the proxy axis differs. Beside them, two
+baselines: `oracle` (best-of-n by the gold itself: the ceiling) and `longest` (by word count: what
+length alone buys). Per source: the curve (`best_of_n`: n, KL_bon, gold, proxy and the gold gain
+over n = 1, each with a bootstrap CI over prompts), its per-prompt Kendall tau against gold on the
+same samples, and that tau with length partialled out; where the gold testbed's prompt records are
+there, the same picks' curve on gold v2 (`best_of_n_gold_v2`). Writes bon.json and best_of_n.png.
 """
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def source_names(cfg: Config) -> list[str]:
     return names
 
 
-def reward_sources(members: dict[str, torch.Tensor], cfg: Config, k: int) -> dict[str, torch.Tensor]:
-    """Every source's rewards (prompts * k,) from the members' (name -> rewards); prompt-major samples."""
+def reward_sources(members: dict[str, torch.Tensor], cfg: Config, k: int) -> dict[str,
+                                                                                  torch.Tensor]:
+    """Every source's rewards (prompts * k,) from the members' (name -> rewards); prompt-major
+    samples."""
     sources = dict(members)
     stacked = torch.stack(list(members.values()))
     if len(members) >= 2:
@@ -61,23 +64,25 @@ def reward_sources(members: dict[str, torch.Tensor], cfg: Config, k: int) -> dic
 
 
 def baseline_sources(groups: list[Group]) -> dict[str, torch.Tensor]:
-    """What every reward model is read against: `oracle` picks by the gold itself (the most best-of-n can
-    gain) and `longest` by word count alone (what a length-only reward would gain)."""
+    """What every reward model is read against: `oracle` picks by the gold itself (the most
+    best-of-n can gain) and `longest` by word count alone (what a length-only reward would gain)."""
     return {"oracle": torch.tensor([s for g in groups for s in g.scores], dtype=torch.float64),
             "longest": torch.tensor([float(len(c.split())) for g in groups for c in g.completions],
                                     dtype=torch.float64)}
 
 
 def gold_v2_of(groups: list[Group], prompts: dict[str, dict]) -> list[list[float]]:
-    """Gold v2 of every sample, (prompts, N), from the testbed's prompt records (their references)."""
+    """Gold v2 of every sample, (prompts, N), from the testbed's prompt records (their
+    references)."""
     return [[gold_reward_v2(prompts[g.prompt_id], c) for c in g.completions] for g in groups]
 
 
 def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config,
            gold_v2: list[list[float]] | None = None) -> dict:
-    """Per source: its best-of-n curve on the testbed's gold (v1), with `gold_v2` the same picks' curve on
-    gold v2 (`best_of_n_gold_v2`), its per-prompt Kendall tau with gold (mean, bootstrap CI) and the same
-    tau with length partialled out (how much of its ranking is more than length)."""
+    """Per source: its best-of-n curve on the testbed's gold (v1), with `gold_v2` the same picks'
+    curve on gold v2 (`best_of_n_gold_v2`), its per-prompt Kendall tau with gold (mean, bootstrap
+    CI) and the same tau with length partialled out (how much of its ranking is more than
+    length)."""
     k = len(groups[0].completions)
     gold = [g.scores for g in groups]
     lengths = [[float(len(c.split())) for c in g.completions] for g in groups]
@@ -86,20 +91,23 @@ def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config,
         per_prompt = rewards.view(len(groups), k).tolist()
         out[name] = {}
         for key, taus in (("policy_tau", M.kendall_taus(groups, per_prompt)),
-                          ("policy_tau_length_partialled", M.partial_taus(groups, per_prompt, lengths))):
-            low, high = M.bootstrap_ci(taus, M.nanmean, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seed)
+                          ("policy_tau_length_partialled",
+                           M.partial_taus(groups, per_prompt, lengths))):
+            low, high = M.bootstrap_ci(taus, M.nanmean, cfg.eval.bootstrap, cfg.eval.ci_level,
+                                       cfg.seed)
             out[name][key] = {"value": M.nanmean(taus), "ci_low": low, "ci_high": high}
         out[name]["best_of_n"] = best_of_n_curve(per_prompt, gold, bootstrap=cfg.eval.bootstrap,
                                                  level=cfg.eval.ci_level, seed=cfg.seed)
         if gold_v2 is not None:
-            out[name]["best_of_n_gold_v2"] = best_of_n_curve(per_prompt, gold_v2, bootstrap=cfg.eval.bootstrap,
+            out[name]["best_of_n_gold_v2"] = best_of_n_curve(per_prompt, gold_v2,
+                                                             bootstrap=cfg.eval.bootstrap,
                                                              level=cfg.eval.ci_level, seed=cfg.seed)
     return out
 
 
 def run_bon(cfg: Config, check_only: bool = False) -> dict:
-    """Score the policy scenario's samples with every reward model on scorer actors; the curves of every
-    source. Models, data and placement are checked before any actor starts."""
+    """Score the policy scenario's samples with every reward model on scorer actors; the curves of
+    every source. Models, data and placement are checked before any actor starts."""
     from rlhf_ray.scoring.pool import ScorerPool
 
     names = source_names(cfg)
@@ -109,7 +117,8 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no policy samples; run `rlhf-ray prepare --config C` with "
                                 "prepare.policy_samples.enabled=true first")
-    groups = [g for g in load_groups(path, max_row_mb=cfg.data.max_row_mb) if g.prompt_type in cfg.bon.prompt_types]
+    groups = [g for g in load_groups(path,
+                                     max_row_mb=cfg.data.max_row_mb) if g.prompt_type in cfg.bon.prompt_types]
     if not groups:
         raise ValueError(f"{path}: no prompts of bon.prompt_types {cfg.bon.prompt_types}")
     k = len(groups[0].completions)
@@ -118,7 +127,8 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
     check_placement({"scorer": cfg.scorer}, cluster_nodes(cfg.ray))
     out_dir = Path(cfg.output_dir) / "bon"
     if check_only:
-        return {"checked": "bon", "sources": names, "prompts": len(groups), "N": k, "out_dir": str(out_dir)}
+        return {"checked": "bon", "sources": names, "prompts": len(groups), "N": k,
+                "out_dir": str(out_dir)}
     setup = connect(cfg.ray, Path(cfg.output_dir) / "logs")
     prompts = [g.prompt for g in groups for _ in g.completions]
     responses = [c for g in groups for c in g.completions]
@@ -135,8 +145,8 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
     if records.exists():  # the gold testbed's references: gold v2 beside the labels' v1
         by_id = {r["prompt_id"]: r for _, _, r in read_records(records, cfg.data.max_row_mb)}
         gold_v2 = gold_v2_of(groups, by_id) if all(g.prompt_id in by_id for g in groups) else None
-    result = {"data": str(path), "prompts": len(groups), "prompt_types": cfg.bon.prompt_types, "N": k,
-              "sources": curves(groups, reward_sources(members, cfg, k), cfg, gold_v2)}
+    result = {"data": str(path), "prompts": len(groups), "prompt_types": cfg.bon.prompt_types,
+              "N": k, "sources": curves(groups, reward_sources(members, cfg, k), cfg, gold_v2)}
     from rlhf_ray.report.bon_plots import plot_best_of_n
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Evaluation metrics for reward models (PAPERS.md A.6, A.7, B.5). Pure functions on lists/arrays."""
+"""Evaluation metrics for reward models (PAPERS.md A.6, A.7, B.5). Pure functions on
+lists/arrays."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,8 @@ from rlhf_ray.utils.stats import bootstrap_ci, nanmean  # noqa: F401  (part of t
 
 
 def pair_outcomes(groups: list[Group], rewards: list[list[float]]) -> list[list[int]]:
-    """Per group: 1/0 for each preference pair (i before j, gold scores not tied) the rewards get right."""
+    """Per group: 1/0 for each preference pair (i before j, gold scores not tied) the rewards get
+    right."""
     out = []
     for g, r in zip(groups, rewards):
         out.append([
@@ -33,15 +35,17 @@ def kendall_taus(groups: list[Group], rewards: list[list[float]]) -> list[float]
     return [float(kendalltau(g.scores, r).statistic) for g, r in zip(groups, rewards)]
 
 
-def partial_taus(groups: list[Group], rewards: list[list[float]], control: list[list[float]]) -> list[float]:
+def partial_taus(groups: list[Group], rewards: list[list[float]],
+                 control: list[list[float]]) -> list[float]:
     """Per-prompt partial Kendall tau of rewards with gold, `control` (e.g. length) held fixed:
-    (t_rg - t_rc t_gc) / sqrt((1 - t_rc^2)(1 - t_gc^2)); nan where undefined (a control that orders a
-    prompt's samples exactly as either does)."""
+    (t_rg - t_rc t_gc) / sqrt((1 - t_rc^2)(1 - t_gc^2)); nan where undefined (a control that orders
+    a prompt's samples exactly as either does)."""
     from scipy.stats import kendalltau
 
     out = []
     for g, r, c in zip(groups, rewards, control):
-        t_rg, t_rc, t_gc = (float(kendalltau(a, b).statistic) for a, b in ((r, g.scores), (r, c), (g.scores, c)))
+        t_rg, t_rc, t_gc = (float(kendalltau(a, b).statistic) for a,
+                            b in ((r, g.scores), (r, c), (g.scores, c)))
         denominator = math.sqrt(max(0.0, (1 - t_rc**2) * (1 - t_gc**2)))
         out.append((t_rg - t_rc * t_gc) / denominator if denominator > 1e-12 else math.nan)
     return out
@@ -53,14 +57,16 @@ def accuracy_of_rows(rows: list[list[int]]) -> float:
 
 
 def collapse_curves(groups: list[Group], rewards: list[list[float]]) -> dict:
-    """Mean and sample SD of R = sigmoid(f) by completion index (1 = shortest) per prompt type, and the
-    mean absolute gap between the open and closed mean curves (0 = collapse)."""
+    """Mean and sample SD of R = sigmoid(f) by completion index (1 = shortest) per prompt type, and
+    the mean absolute gap between the open and closed mean curves (0 = collapse)."""
     out: dict = {}
     for kind in ("open", "closed"):
-        rows = [[1 / (1 + math.exp(-x)) for x in reversed(r)] for g, r in zip(groups, rewards) if g.prompt_type == kind]
+        rows = [[1 / (1 + math.exp(-x)) for x in reversed(r)] for g,
+                r in zip(groups, rewards) if g.prompt_type == kind]
         if rows:
             arr = np.array(rows)
-            sd = arr.std(0, ddof=1).tolist() if len(arr) > 1 else [0.0] * arr.shape[1]  # sample SD over prompts
+            # sample SD over prompts
+            sd = arr.std(0, ddof=1).tolist() if len(arr) > 1 else [0.0] * arr.shape[1]
             out[kind] = {"mean": arr.mean(0).tolist(), "std": sd, "prompts": len(rows)}
     if "open" in out and "closed" in out:
         out["open_closed_gap"] = float(np.abs(np.array(out["open"]["mean"]) - np.array(out["closed"]["mean"])).mean())
@@ -68,7 +74,8 @@ def collapse_curves(groups: list[Group], rewards: list[list[float]]) -> dict:
 
 
 def effective_rank(hidden: np.ndarray) -> float:
-    """exp(entropy) of the normalised singular values of the hidden-state matrix (Roy & Vetterli)."""
+    """exp(entropy) of the normalised singular values of the hidden-state matrix (Roy &
+    Vetterli)."""
     s = np.linalg.svd(np.asarray(hidden, dtype=np.float64), compute_uv=False)
     p = s / s.sum()
     p = p[p > 0]

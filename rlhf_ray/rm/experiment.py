@@ -1,5 +1,5 @@
-"""`rlhf-ray experiment`: train variants x seeds of a reward-model config side by side on Ray, evaluate
-each with eval-rm, and write one markdown report (tables + plots + experiment.json)."""
+"""`rlhf-ray experiment`: train variants x seeds of a reward-model config side by side on Ray,
+evaluate each with eval-rm, and write one markdown report (tables + plots + experiment.json)."""
 from __future__ import annotations
 
 import sys
@@ -14,9 +14,10 @@ from rlhf_ray.rm.train import train_reward_model
 
 
 def run_config(cfg: Config, base: str, overrides: list[str], out_dir: Path, seed: int) -> Config:
-    """A run's config: the base file + overrides, sharing the experiment's testbeds, eval settings and
-    scorer pool (`child_config`)."""
-    scorer = [f"scorer.num_workers={cfg.scorer.num_workers}", f"scorer.num_cpus={cfg.scorer.num_cpus}"]
+    """A run's config: the base file + overrides, sharing the experiment's testbeds, eval settings
+    and scorer pool (`child_config`)."""
+    scorer = [f"scorer.num_workers={cfg.scorer.num_workers}",
+              f"scorer.num_cpus={cfg.scorer.num_cpus}"]
     return child_config(cfg, base, overrides, out_dir, seed, scorer)
 
 
@@ -28,7 +29,8 @@ def run_experiment(cfg: Config, check_only: bool = False) -> dict:
     prepare(cfg)  # the experiment's testbeds (its sizes), which every run reads
     runs = [
         (variant, seed,
-         run_config(cfg, exp.base, [*exp.overrides, *exp.variants[variant]], out / variant / f"seed{seed}", seed))
+         run_config(cfg, exp.base, [*exp.overrides, *exp.variants[variant]],
+                    out / variant / f"seed{seed}", seed))
         for variant in exp.variants
         for seed in exp.seeds
     ]
@@ -37,14 +39,18 @@ def run_experiment(cfg: Config, check_only: bool = False) -> dict:
     if check_only:
         return {"checked": "experiment", "runs": len(runs)}
     connect(cfg.ray, out / "logs")
-    print(f"[experiment] {len(runs)} trainings, {exp.parallel} at a time", file=sys.stderr, flush=True)
+    print(f"[experiment] {len(runs)} trainings, {exp.parallel} at a time", file=sys.stderr,
+          flush=True)
     with ThreadPoolExecutor(max_workers=exp.parallel) as threads:  # several trainer groups at once
-        summaries = list(threads.map(lambda run: train_reward_model(run[2], tag=f"{run[0]}-s{run[1]}"), runs))
+        summaries = list(threads.map(lambda run: train_reward_model(run[2],
+                                                                    tag=f"{run[0]}-s{run[1]}"),
+                                                                    runs))
     results = []
     for (variant, seed, run_cfg), summary in zip(runs, summaries):
         print(f"[experiment] evaluating {variant} seed {seed}", file=sys.stderr, flush=True)
         result = evaluate_reward_model(run_cfg, summary["model"])
-        results.append({"variant": variant, "seed": seed, "run_dir": run_cfg.output_dir, "eval": result})
+        results.append({"variant": variant, "seed": seed, "run_dir": run_cfg.output_dir,
+                        "eval": result})
     report = write_experiment_report(out, results, cfg)
     print(f"[experiment] report: {report}", flush=True)
     return {"report": str(report), "runs": len(results)}

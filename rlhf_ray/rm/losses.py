@@ -28,7 +28,8 @@ def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 0.0) -
 
 
 def hinge_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """BT-Hinge as the BSR paper's code runs it: mean relu(margin - (chosen - rejected)), no BT term."""
+    """BT-Hinge as the BSR paper's code runs it: mean relu(margin - (chosen - rejected)), no BT
+    term."""
     return F.relu(margin - (chosen - rejected)).mean()
 
 
@@ -61,7 +62,8 @@ def batch_mean_penalty(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def bsr_penalty(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """BSR: (mean of the 2B values in cat(chosen, rejected))^2. Not a sum of squares, not per pair."""
+    """BSR: (mean of the 2B values in cat(chosen, rejected))^2. Not a sum of squares, not per
+    pair."""
     return batch_mean_penalty(torch.cat([chosen.reshape(-1), rejected.reshape(-1)]))
 
 
@@ -77,7 +79,8 @@ def global_batch_mean(local_rewards: torch.Tensor, group=None) -> torch.Tensor:
 
     local_sum = local_rewards.sum()
     # built on the rewards' device with no host round trip (nccl reduces device tensors only)
-    count = torch.full((), float(local_rewards.numel()), dtype=local_sum.dtype, device=local_sum.device)
+    count = torch.full((), float(local_rewards.numel()), dtype=local_sum.dtype,
+                       device=local_sum.device)
     totals = torch.stack([local_sum.detach(), count])
     dist.all_reduce(totals, group=group)
     global_sum, global_count = totals.unbind()
@@ -157,7 +160,8 @@ def utility(name: str, eps: float = 0.1, gamma: float = 0.5, c: float = 4.0) -> 
 
 
 def utility_pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, u: Utility) -> torch.Tensor:
-    """Mean over pairs of -U(sigmoid(chosen) - sigmoid(rejected)): rewards R = sigmoid(f) in (0, 1)."""
+    """Mean over pairs of -U(sigmoid(chosen) - sigmoid(rejected)): rewards R = sigmoid(f) in (0,
+    1)."""
     return -u(torch.sigmoid(chosen) - torch.sigmoid(rejected)).mean()
 
 
@@ -178,12 +182,12 @@ def ranking_loss(logits: torch.Tensor, u: Utility) -> torch.Tensor:
 
 
 def prompt_aware_pair_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, is_open: torch.Tensor, u_closed: Utility, u_open: Utility,
-    closed_weight: float = 1.0, open_weight: float = 1.0,
+    chosen: torch.Tensor, rejected: torch.Tensor, is_open: torch.Tensor, u_closed: Utility,
+    u_open: Utility, closed_weight: float = 1.0, open_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Like `utility_pair_loss`, with U chosen per pair: u_open where is_open, else u_closed, each times its
-    weight. A positive weight scales a prompt's utility, so it moves no prompt's optimum; it sets how
-    much of the shared model's gradient each prompt type gets."""
+    """Like `utility_pair_loss`, with U chosen per pair: u_open where is_open, else u_closed, each
+    times its weight. A positive weight scales a prompt's utility, so it moves no prompt's optimum;
+    it sets how much of the shared model's gradient each prompt type gets."""
     diff = torch.sigmoid(chosen) - torch.sigmoid(rejected)
     return -torch.where(is_open, open_weight * u_open(diff), closed_weight * u_closed(diff)).mean()
 

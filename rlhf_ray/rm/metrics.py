@@ -6,14 +6,17 @@ import math
 import torch
 
 
-def batch_sums(rewards: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, hidden: torch.Tensor, loss: float) -> dict:
+def batch_sums(rewards: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, hidden: torch.Tensor,
+               loss: float) -> dict:
     """Sums over one micro-batch, to be added across micro-batches and ranks."""
     rewards, hidden = rewards.detach().float(), hidden.detach().float()
     delta = rewards.index_select(0, hi) - rewards.index_select(0, lo)
     h_norm = hidden.norm(dim=-1)
-    # one device-to-host copy for all of them (each float() on a GPU tensor would wait for the device)
+    # one device-to-host copy for all of them (each float() on a GPU tensor would wait for the
+    # device)
     correct, margin, reward, reward_sq, h, h_sq = torch.stack([
-        (delta > 0).sum().float(), delta.sum(), rewards.sum(), (rewards**2).sum(), h_norm.sum(), (h_norm**2).sum(),
+        (delta > 0).sum().float(), delta.sum(), rewards.sum(), (rewards**2).sum(), h_norm.sum(),
+        (h_norm**2).sum(),
     ]).tolist()
     return {
         "loss_sum": loss,

@@ -42,14 +42,16 @@ def flatten_groups(groups: list[Group]) -> FlatBatch:
         hi.append(i + base)
         lo.append(j + base)
         pair_open.append(torch.full((i.numel(),), g.is_open))
-    return FlatBatch(prompts, responses, torch.cat(hi), torch.cat(lo), torch.cat(pair_open), len(groups))
+    return FlatBatch(prompts, responses, torch.cat(hi), torch.cat(lo), torch.cat(pair_open),
+                     len(groups))
 
 
 def make_utility(cfg: UtilityConfig) -> L.Utility:
     return L.utility(cfg.name, eps=cfg.eps, gamma=cfg.gamma, c=cfg.c)
 
 
-def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: torch.Tensor, cfg: LossConfig):
+def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: torch.Tensor,
+                    cfg: LossConfig):
     """The loss's main term (without BSR or centering)."""
     if cfg.name == "bt":
         return L.bt_loss(chosen, rejected, cfg.margin)
@@ -62,7 +64,8 @@ def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, pair_open: tor
     if cfg.prompt_aware.enabled:
         u_closed, u_open = make_utility(cfg.prompt_aware.closed), make_utility(cfg.prompt_aware.open)
         pa = cfg.prompt_aware
-        return L.prompt_aware_pair_loss(chosen, rejected, pair_open, u_closed, u_open, pa.closed_weight, pa.open_weight)
+        return L.prompt_aware_pair_loss(chosen, rejected, pair_open, u_closed, u_open,
+                                        pa.closed_weight, pa.open_weight)
     return L.utility_pair_loss(chosen, rejected, make_utility(cfg.utility))
 
 

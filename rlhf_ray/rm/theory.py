@@ -84,7 +84,8 @@ def optimal_rewards(utility: str, n: int, gamma: float = 0.5, c: float = 4.0, st
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
     if utility == "x" or (utility == "pow" and gamma >= 1):
-        # linear / convex U: polarised, half at 0 and half at 1 (the middle one of odd n is free: 0.5)
+        # linear / convex U: polarised, half at 0 and half at 1 (the middle one of odd n is free:
+        # 0.5)
         r = np.zeros(n)
         r[n - n // 2 :] = 1.0
         if n % 2:

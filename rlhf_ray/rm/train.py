@@ -22,9 +22,9 @@ PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h
 
 def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = False) -> dict:
     """Train one reward model as `cfg` says; returns the summary (also written as summary.json).
-    `tag` names the run's actors and progress lines when several train at once. Everything that can be
-    checked before an actor starts is checked first (data, model, resume, placement); `check_only`
-    stops there."""
+    `tag` names the run's actors and progress lines when several train at once. Everything that can
+    be checked before an actor starts is checked first (data, model, resume, placement);
+    `check_only` stops there."""
     out = Path(cfg.output_dir)
     train = load_split(cfg, "train")
     evaluation = load_split(cfg, "eval")
@@ -36,11 +36,13 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     resumed = checkpoints.resume_point(cfg.resume)
     check_placement({"rm": cfg.rm}, cluster_nodes(cfg.ray))
     if check_only:
-        return {"checked": "train-rm", "steps": total, "train_rows": len(train), "output_dir": str(out)}
+        return {"checked": "train-rm", "steps": total, "train_rows": len(train),
+                "output_dir": str(out)}
 
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    if stored != cfg.output_dir:  # beside the model, where eval-rm looks for the utility it was trained with
+    # beside the model, where eval-rm looks for the utility it was trained with
+    if stored != cfg.output_dir:
         storage.write_text(storage.join(stored, "config.yaml"), (out / "config.yaml").read_text())
     setup = connect(cfg.ray, out / "logs")
     group = RMTrainerGroup(cfg, total, tag, setup)
@@ -53,8 +55,10 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     try:
         if evaluation and not resumed:
             log.log(0, group.evaluate(evaluation), prefix="eval")
-        # the batch order is a function of the seed, so a resumed run skips the batches already trained on
-        for step, batch in enumerate(epoch_batches(train, cfg.rm.batch_size, cfg.seed, cfg.rm.epochs), start=1):
+        # the batch order is a function of the seed, so a resumed run skips the batches already
+        # trained on
+        for step, batch in enumerate(epoch_batches(train, cfg.rm.batch_size, cfg.seed,
+                                                   cfg.rm.epochs), start=1):
             if step > total:
                 break
             if step <= done:
@@ -64,7 +68,8 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
                 with checkpoints.saving(step, {"batches_done": step}) as (folder, shards):
                     shards.arrived(group.save_state(storage.join(folder, "engine")))
         model_dir = group.save(storage.join(stored, "model"))
-        summary = {"model": model_dir, "steps": total, "train_rows": len(train), "placement": group.group.placement()}
+        summary = {"model": model_dir, "steps": total, "train_rows": len(train),
+                   "placement": group.group.placement()}
         if evaluation:
             summary["eval"] = group.evaluate(evaluation)
             log.log(total, summary["eval"], prefix="eval")

@@ -29,8 +29,10 @@ from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, zero3_ini
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
-def score_groups(model, capture: HiddenCapture, tokenizer, groups: list[Group], max_length: int, device: torch.device):
-    """The groups' completions, tokenised onto `device` and scored: (pairs on `device`, rewards, h)."""
+def score_groups(model, capture: HiddenCapture, tokenizer, groups: list[Group], max_length: int,
+                 device: torch.device):
+    """The groups' completions, tokenised onto `device` and scored: (pairs on `device`, rewards,
+    h)."""
     flat = flatten_groups(groups).to(device)
     batch = to_device(encode(tokenizer, flat.prompts, flat.responses, max_length), device)
     rewards, hidden = rewards_and_hidden(model, capture, batch, tokenizer.pad_token_id)
@@ -56,35 +58,39 @@ class TrainerSpec:
 
 
 class RewardModelTrainer:
-    def __init__(self, cfg: TrainerSpec, rank: int, world_size: int, master_addr: str, master_port: int,
-                 total_steps: int):
+    def __init__(self, cfg: TrainerSpec, rank: int, world_size: int, master_addr: str,
+                 master_port: int, total_steps: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.name = f"rm-trainer-{rank}"
         mc = cfg.model
-        self.device = join_as_rank(rank, world_size, master_addr, master_port, cfg.rm.sync_timeout_s, cfg.seed,
+        self.device = join_as_rank(rank, world_size, master_addr, master_port,
+                                   cfg.rm.sync_timeout_s, cfg.seed,
                                    cfg.rm.device, "rm.device", mc.dtype, "model.dtype")
         self.tokenizer = load_tokenizer(mc.name, mc.trust_remote_code, mc.padding_side)
         micro = cfg.rm.batch_size // (world_size * cfg.rm.grad_accum_steps)
-        ds_cfg = deepspeed_config(micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip, cfg.rm.zero_stage,
-                                  mc.dtype == "bfloat16")
+        ds_cfg = deepspeed_config(micro, cfg.rm.grad_accum_steps, cfg.rm.grad_clip,
+                                  cfg.rm.zero_stage, mc.dtype == "bfloat16")
         with zero3_init(ds_cfg):  # ZeRO-3: built partitioned, never whole on a rank
-            model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed, self.tokenizer.pad_token_id,
-                                      mc.attn_implementation)
-        self.engine = training_engine(model, ds_cfg, mc.gradient_checkpointing, cfg.rm.lr, cfg.rm.weight_decay,
-                                      cfg.rm.schedule, int(cfg.rm.warmup_ratio * total_steps), total_steps,
-                                      self.device, "rm.device")
+            model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed,
+                                      self.tokenizer.pad_token_id, mc.attn_implementation)
+        self.engine = training_engine(model, ds_cfg, mc.gradient_checkpointing, cfg.rm.lr,
+                                      cfg.rm.weight_decay,
+                                      cfg.rm.schedule, int(cfg.rm.warmup_ratio * total_steps),
+                                      total_steps, self.device, "rm.device")
         self.capture = HiddenCapture(self.engine.module)
-        self.per_device_batch = cfg.rm.batch_size // world_size  # BSR's scale_by_local_batch, whatever the split
+        # BSR's scale_by_local_batch, whatever the split
+        self.per_device_batch = cfg.rm.batch_size // world_size
         self.step = 0
 
     # -- training -------------------------------------------------------------------------------
 
     def _forward(self, groups: list[Group]):
-        return score_groups(self.engine, self.capture, self.tokenizer, groups, self.cfg.model.max_length, self.device)
+        return score_groups(self.engine, self.capture, self.tokenizer, groups,
+                            self.cfg.model.max_length, self.device)
 
     def micro_batches(self, groups: list[Group]) -> list[list[Group]]:
-        """grad_accum_steps equal parts, or whole groups within rm.micro_batch_tokens (split further to
-        the count of the rank with the most, so every rank runs as many passes)."""
+        """grad_accum_steps equal parts, or whole groups within rm.micro_batch_tokens (split further
+        to the count of the rank with the most, so every rank runs as many passes)."""
         tc = self.cfg.rm
         if tc.micro_batch_tokens is None:
             size = math.ceil(len(groups) / tc.grad_accum_steps)
@@ -102,9 +108,9 @@ class RewardModelTrainer:
         return split_to_count(chunks, common_count(len(chunks), self.world_size))
 
     def train_step(self, groups: list[Group]) -> dict:
-        """One optimizer step on this rank's shard, in micro-batches. With grad_accum_steps DeepSpeed
-        averages the micro-batches' losses; with a token budget each weighs by its share of the
-        shard's pairs, so the step's gradient is that of the whole shard's mean loss."""
+        """One optimizer step on this rank's shard, in micro-batches. With grad_accum_steps
+        DeepSpeed averages the micro-batches' losses; with a token budget each weighs by its share
+        of the shard's pairs, so the step's gradient is that of the whole shard's mean loss."""
         self.engine.train()
         parts = self.micro_batches(groups)
         by_tokens = self.cfg.rm.micro_batch_tokens is not None
@@ -124,7 +130,8 @@ class RewardModelTrainer:
             else:
                 self.engine.backward(loss)
                 self.engine.step()
-            sums = add_sums(sums, batch_sums(rewards, flat.hi, flat.lo, hidden, float(loss.detach())))
+            sums = add_sums(sums,
+                            batch_sums(rewards, flat.hi, flat.lo, hidden, float(loss.detach())))
         if by_tokens:
             self.engine.step()
         self.step += 1
@@ -135,9 +142,9 @@ class RewardModelTrainer:
     @torch.no_grad()
     def evaluate(self, groups: list[Group], batch_size: int = EVAL_BATCH, extra_forwards: int = 0,
                  filler: Group | None = None) -> dict:
-        """This rank's share's metric sums; then `extra_forwards` forwards of `filler`, discarded, so that
-        every ZeRO-3 rank runs as many forwards as the rank with the most (each forward's per-layer
-        all-gathers wait for every rank)."""
+        """This rank's share's metric sums; then `extra_forwards` forwards of `filler`, discarded,
+        so that every ZeRO-3 rank runs as many forwards as the rank with the most (each forward's
+        per-layer all-gathers wait for every rank)."""
         self.engine.eval()
         sums: dict = {}
         for start in range(0, len(groups), batch_size):
@@ -163,7 +170,8 @@ class RewardModelTrainer:
         self.step = step
 
     def save(self, path: str) -> str | None:
-        """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes it
-        into a temporary folder and renames it into place. Every rank must call this (ZeRO-3 gathers)."""
+        """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes
+        it into a temporary folder and renames it into place. Every rank must call this (ZeRO-3
+        gathers)."""
         save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.rm.zero_stage)
         return path if self.rank == 0 else None

@@ -1,9 +1,10 @@
 """Combining and transforming rewards for RL (PAPERS.md C (i)-(iii)). Pure functions on tensors.
 
-- ensembles over M reward models (Coste et al.): mean, WCO = min, UWO = mean - lambda * population variance;
+- ensembles over M reward models (Coste et al.): mean, WCO = min, UWO = mean - lambda * population
+  variance;
 - transforms against a per-prompt reference: LSC = log sigmoid(r - r_ref(x)) (Wang et al.), where
-  r_ref(x) is the 0.85 quantile of a normal fitted to the reference policy's rewards for x;
-  PAR = mean_m sigmoid(r - r(x, y_ref,m)) (Fu et al.).
+  r_ref(x) is the 0.85 quantile of a normal fitted to the reference policy's rewards for x; PAR =
+  mean_m sigmoid(r - r(x, y_ref,m)) (Fu et al.).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ AGGREGATIONS = ("mean", "wco", "uwo")
 TRANSFORMS = ("none", "lsc", "par")
 
 
-def aggregate(member_rewards: torch.Tensor, how: str = "mean", uwo_lambda: float = 0.5) -> torch.Tensor:
+def aggregate(member_rewards: torch.Tensor, how: str = "mean",
+              uwo_lambda: float = 0.5) -> torch.Tensor:
     """member_rewards (M, N) -> (N,)."""
     if how == "mean":
         return member_rewards.mean(0)
@@ -50,8 +52,10 @@ def par(rewards: torch.Tensor, reference_rewards: torch.Tensor, k: float = 1.0) 
     return torch.sigmoid(k * (rewards.unsqueeze(-1) - reference_rewards)).mean(-1)
 
 
-def transform(rewards: torch.Tensor, how: str, reference_rewards: torch.Tensor | None) -> torch.Tensor:
-    """Apply a transform; `reference_rewards` (N, m) are the reference responses' rewards per sample."""
+def transform(rewards: torch.Tensor, how: str,
+              reference_rewards: torch.Tensor | None) -> torch.Tensor:
+    """Apply a transform; `reference_rewards` (N, m) are the reference responses' rewards per
+    sample."""
     if how == "none":
         return rewards
     if reference_rewards is None:

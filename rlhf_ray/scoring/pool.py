@@ -1,5 +1,5 @@
-"""eval-rm's reward-scoring pool: N scorer actors (`rm-scorer-0`, ...; the RL scorers are `scorer-<i>`),
-batches spread over them."""
+"""eval-rm's reward-scoring pool: N scorer actors (`rm-scorer-0`, ...; the RL scorers are
+`scorer-<i>`), batches spread over them."""
 from __future__ import annotations
 
 import torch
@@ -14,9 +14,12 @@ ScorerActor = actor_shell(RewardScorer, "ScorerActor")
 
 
 class ScorerPool:
-    def __init__(self, model_ref: str, cfg: ActorGroupConfig, max_length: int = 256, trust_remote_code: bool = False,
-                 timeout_s: float = 600, tag: str | None = None, dtype: str = "float32", setup=None):
-        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, tag=tag, setup=setup,
+    def __init__(self, model_ref: str, cfg: ActorGroupConfig, max_length: int = 256,
+                 trust_remote_code: bool = False,
+                 timeout_s: float = 600, tag: str | None = None, dtype: str = "float32",
+                 setup=None):
+        self.group = ActorGroup(ScorerActor, "rm-scorer", cfg, model_ref, max_length, tag=tag,
+                                setup=setup,
                                 trust_remote_code=trust_remote_code, device=cfg.device, dtype=dtype,
                                 dtype_key="model.dtype")
         self.timeout_s = timeout_s

@@ -21,7 +21,8 @@ def by_length(prompts: list[str], responses: list[str]) -> list[int]:
 
 
 class RewardScorer:
-    def __init__(self, model_ref: str, max_length: int = 256, batch_size: int = 32, trust_remote_code: bool = False,
+    def __init__(self, model_ref: str, max_length: int = 256, batch_size: int = 32,
+                 trust_remote_code: bool = False,
                  device: str = "auto", dtype: str = "float32", device_key: str = "scorer.device",
                  dtype_key: str = "reward.dtype"):
         self.model_ref = model_ref
@@ -54,7 +55,8 @@ class RewardScorer:
             r, h = self.score_batch([prompts[i] for i in rows], [responses[i] for i in rows])
             rewards.append(r)
             hidden.append(h)
-        rewards, hidden = _unsorted(torch.cat(rewards).cpu(), order), _unsorted(torch.cat(hidden).cpu(), order)
+        rewards, hidden = _unsorted(torch.cat(rewards).cpu(),
+                                    order), _unsorted(torch.cat(hidden).cpu(), order)
         if not torch.isfinite(rewards).all():
             bad = [i for i, v in enumerate(rewards.tolist()) if v != v or abs(v) == float("inf")]
             raise FloatingPointError(f"reward model {self.model_ref} returned non-finite rewards for rows {bad[:10]}")

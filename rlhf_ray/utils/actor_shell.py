@@ -1,13 +1,14 @@
 """The Ray shell of a role: a class whose actors hold one plain-Python core and forward its public
-methods to it, so each role is written (and tested) as plain Python and `ActorGroup` places the shell.
+methods to it, so each role is written (and tested) as plain Python and `ActorGroup` places the
+shell.
 
     RLScorerActor = actor_shell(RLScorer, "RLScorerActor")      # built in the actor from its arguments
     RMTrainerActor = actor_shell(RewardModelTrainer, "RMTrainerActor", data_parallel=True)
 
-A data-parallel shell builds its core in `setup(spec, rank, world_size, addr, port, total_steps)` (`spec`:
-the role's own typed sections, never the whole config), after
-rank 0's `reserve_address()` (see `ActorGroup.setup_data_parallel`). A role that needs more than
-forwarding subclasses the shell and adds only that.
+A data-parallel shell builds its core in `setup(spec, rank, world_size, addr, port, total_steps)`
+(`spec`: the role's own typed sections, never the whole config), after rank 0's `reserve_address()`
+(see `ActorGroup.setup_data_parallel`). A role that needs more than forwarding subclasses the shell
+and adds only that.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def _data_parallel_methods(core_cls) -> dict:
 
         return reserve_address()
 
-    def setup(self, spec, rank: int, world_size: int, addr: str, port: int, total_steps: int) -> None:
+    def setup(self, spec, rank: int, world_size: int, addr: str, port: int,
+              total_steps: int) -> None:
         self.core = core_cls(spec, rank, world_size, addr, port, total_steps)
 
     return {"__init__": __init__, "reserve_address": reserve_address, "setup": setup}

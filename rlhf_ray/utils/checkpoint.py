@@ -12,13 +12,14 @@ from rlhf_ray.utils.dist import gathered_parameters
 
 
 def save_hf_folder(model, tokenizer, path: str, rank: int, zero_stage: int) -> None:
-    """Rank 0 writes model + tokenizer (safetensors) into a temporary folder and renames it into place,
-    so a reader sees the old checkpoint or the new one whole; on a storage URI it writes them on its node
-    and uploads the folder. Every rank must call it (ZeRO-3 gathers)."""
+    """Rank 0 writes model + tokenizer (safetensors) into a temporary folder and renames it into
+    place, so a reader sees the old checkpoint or the new one whole; on a storage URI it writes them
+    on its node and uploads the folder. Every rank must call it (ZeRO-3 gathers)."""
     with gathered_parameters(model.parameters(), zero_stage):
         if rank == 0:
             remote = storage.is_remote(path)
-            local = storage.scratch_dir("models", uuid.uuid4().hex) / "model" if remote else Path(path)
+            local = storage.scratch_dir("models",
+                                        uuid.uuid4().hex) / "model" if remote else Path(path)
             with atomic_dir(local) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)

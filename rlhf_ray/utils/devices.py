@@ -1,6 +1,6 @@
 """Where an actor computes and in which precision: each role's config section names its `device`
-(`auto`, `cpu`, `cuda`) and its models' `dtype`; these helpers turn them into torch values and refuse
-the combinations a device cannot run, naming the key.
+(`auto`, `cpu`, `cuda`) and its models' `dtype`; these helpers turn them into torch values and
+refuse the combinations a device cannot run, naming the key.
 
 `auto` is `cuda` when Ray gave the actor GPUs (Ray also sets its CUDA_VISIBLE_DEVICES to them, so
 `cuda:0` is the actor's first GPU) and `cpu` for an actor that asked for none; outside Ray, `cuda`
@@ -28,8 +28,8 @@ def ray_gpu_ids() -> list | None:
 
 
 def auto_device_type(gpu_ids: list | None, cuda_available: bool) -> str:
-    """`auto`: inside a Ray actor, cuda exactly when Ray gave it GPUs (an actor that asked for none stays
-    off the GPUs others reserved); outside Ray, cuda when torch sees one."""
+    """`auto`: inside a Ray actor, cuda exactly when Ray gave it GPUs (an actor that asked for none
+    stays off the GPUs others reserved); outside Ray, cuda when torch sees one."""
     if gpu_ids is not None:
         return "cuda" if gpu_ids else "cpu"
     return "cuda" if cuda_available else "cpu"
@@ -51,7 +51,8 @@ def resolve_device(setting: str, key: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device, key: str) -> torch.dtype:
-    """A model's dtype on `device`; bfloat16 on a GPU without bf16 support is refused with the reason."""
+    """A model's dtype on `device`; bfloat16 on a GPU without bf16 support is refused with the
+    reason."""
     dtype = getattr(torch, name)
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError(f"{key}=bfloat16, but {torch.cuda.get_device_name(device)} has no bfloat16 support "

@@ -1,6 +1,6 @@
-"""Splitting a rank's batch into micro-batches by a token budget, and to a count shared by all ranks.
-Pure functions on lists: both trainers use them (the RM trainer on prompt groups, the learner on
-prompt groups of k samples)."""
+"""Splitting a rank's batch into micro-batches by a token budget, and to a count shared by all
+ranks. Pure functions on lists: both trainers use them (the RM trainer on prompt groups, the learner
+on prompt groups of k samples)."""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
@@ -8,9 +8,11 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def chunk_by_tokens(items: list[T], rows: Callable[[T], int], width: Callable[[T], int], budget: int) -> list[list[T]]:
-    """`items`, in order, cut into consecutive chunks whose padded size (their rows x the widest one's
-    width) stays within `budget` tokens; an item that alone exceeds it is a chunk of its own."""
+def chunk_by_tokens(items: list[T], rows: Callable[[T], int], width: Callable[[T], int],
+                    budget: int) -> list[list[T]]:
+    """`items`, in order, cut into consecutive chunks whose padded size (their rows x the widest
+    one's width) stays within `budget` tokens; an item that alone exceeds it is a chunk of its
+    own."""
     chunks: list[list[T]] = [[]]
     widest = 0
     for item in items:
@@ -41,7 +43,8 @@ def split_to_count(chunks: list[list[T]], count: int, unit: int = 1) -> list[lis
 
 
 def common_count(count: int, world_size: int) -> int:
-    """The largest of every rank's micro-batch count (an all-reduce; this rank's own at world size 1)."""
+    """The largest of every rank's micro-batch count (an all-reduce; this rank's own at world size
+    1)."""
     if world_size == 1:
         return count
     import torch

@@ -1,5 +1,5 @@
-"""Where an installed package's files are, without importing it (the embedded models and corpora ship
-as PyPI packages)."""
+"""Where an installed package's files are, without importing it (the embedded models and corpora
+ship as PyPI packages)."""
 from __future__ import annotations
 
 import importlib.util

@@ -25,7 +25,8 @@ GAUGES = {
 
 class RayMetrics:
     def __init__(self, job: str, run: str):
-        """`job`: the command whose gauges to set (`train-rm`, `rloo`); `run`: the run's output folder."""
+        """`job`: the command whose gauges to set (`train-rm`, `rloo`); `run`: the run's output
+        folder."""
         import ray
 
         self.gauges = {}

@@ -17,31 +17,35 @@ def truncate_jsonl(path: Path, keep_through_step: int | None) -> None:
     if keep_through_step is None or not path.exists():
         path.unlink(missing_ok=True)
         return
-    rows = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= keep_through_step]
+    rows = [line for line in path.read_text().splitlines() if json.loads(line).get("step",
+                                                                                   0) <= keep_through_step]
     path.write_text("".join(line + "\n" for line in rows))
 
 
-def steady_rate(step: int, now: float, first_step: int, start: float, warm: tuple[int, float] | None) -> float:
-    """Steps per second for the ETA: over the steps after this run's first one, which also loads models,
-    compiles and warms caches (counting it showed 39 s left when 9 s were); the first step's own rate
-    until a second one has run."""
+def steady_rate(step: int, now: float, first_step: int, start: float,
+                warm: tuple[int, float] | None) -> float:
+    """Steps per second for the ETA: over the steps after this run's first one, which also loads
+    models, compiles and warms caches (counting it showed 39 s left when 9 s were); the first step's
+    own rate until a second one has run."""
     if warm is not None and step > warm[0] and now > warm[1]:
         return (step - warm[0]) / (now - warm[1])
     return (step - first_step) / (now - start) if now > start else 0.0
 
 
 class RunLogger:
-    def __init__(self, out_dir: str | Path, job: str, total_steps: int, tensorboard: bool = True, keys=(),
-                 resume_step: int | None = None, tag: str | None = None):
-        """`job` is the command (`train-rm`, `rloo`: its progress prefix and Ray gauges); `tag` tells apart
-        runs of one job side by side. A fresh run starts metrics.jsonl anew; a resumed one keeps the rows
-        up to its checkpoint's step (those after it were logged by the interrupted run and are redone)."""
+    def __init__(self, out_dir: str | Path, job: str, total_steps: int, tensorboard: bool = True,
+                 keys=(), resume_step: int | None = None, tag: str | None = None):
+        """`job` is the command (`train-rm`, `rloo`: its progress prefix and Ray gauges); `tag`
+        tells apart runs of one job side by side. A fresh run starts metrics.jsonl anew; a resumed
+        one keeps the rows up to its checkpoint's step (those after it were logged by the
+        interrupted run and are redone)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
         truncate_jsonl(self.jsonl, resume_step)
         self.first_step = resume_step or 0  # progress rate and ETA count this run's steps only
-        self.warm = None  # (step, time) when this run's first step ended: the rate counts the steps after it
+        # (step, time) when this run's first step ended: the rate counts the steps after it
+        self.warm = None
         self.name, self.total, self.keys = f"{job} {tag}" if tag else job, total_steps, tuple(keys)
         self.start = self.last = time.monotonic()
         self.writer = None
@@ -57,7 +61,8 @@ class RunLogger:
                 self.writer = None
 
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
-        record = {"step": step, "split": prefix, "time_s": round(time.monotonic() - self.start, 3), **metrics}
+        record = {"step": step, "split": prefix, "time_s": round(time.monotonic() - self.start, 3),
+                  **metrics}
         with self.jsonl.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:

@@ -8,7 +8,8 @@ STREAMS = {
     "prompt_order": (7919, 0),    # the RLOO prompt order of epoch `index`
     "generate": (100003, 0),      # the rollout sampling of RLOO step `index`
     "evaluate": (1, -1),          # the held-out generations (before and after: the same stream)
-    "reference": (1, 0),          # LSC/PAR reference responses of the prompt chunk starting at `index`
+    "reference": (1,
+                  0),          # LSC/PAR reference responses of the prompt chunk starting at `index`
     "policy_samples": (7907, 1),  # `prepare`'s policy samples, generate call `index`
     "policy_mix": (7901, 2),      # which rule-made groups the mixed train split keeps
 }

@@ -1,4 +1,5 @@
-"""Statistics shared by the reward-model evaluation and the policy's held-out check: pure functions."""
+"""Statistics shared by the reward-model evaluation and the policy's held-out check: pure
+functions."""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,7 +12,8 @@ def nanmean(values) -> float:
     return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
 
 
-def bootstrap_ci(per_prompt: list, statistic: Callable = nanmean, n: int = 1000, level: float = 0.95, seed: int = 0):
+def bootstrap_ci(per_prompt: list, statistic: Callable = nanmean, n: int = 1000,
+                 level: float = 0.95, seed: int = 0):
     """Percentile bootstrap over prompts: (low, high) of `statistic` at `level`."""
     if not per_prompt or n <= 0:
         return (float("nan"), float("nan"))

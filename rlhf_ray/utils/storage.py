@@ -1,9 +1,10 @@
 """Run storage that every node reaches (`storage_path`), as Ray Train's: a local or NFS folder, or a
 pyarrow filesystem URI (`s3://bucket/runs`, `gs://...`, `hdfs://...`, `file:///...`).
 
-A plain folder is written and read in place (it is the shared mount). A URI is reached through pyarrow:
-a rank writes into its node's scratch folder (`scratch_dir`), then uploads; a reader downloads into its
-node's cache once and reads there. So no node assumes it sees another node's disk.
+A plain folder is written and read in place (it is the shared mount). A URI is reached through
+pyarrow: a rank writes into its node's scratch folder (`scratch_dir`), then uploads; a reader
+downloads into its node's cache once and reads there. So no node assumes it sees another node's
+disk.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-SCRATCH_ENV = "RLHF_RAY_SCRATCH"  # where a node keeps its own files (default: the system's temp folder)
+# where a node keeps its own files (default: the system's temp folder)
+SCRATCH_ENV = "RLHF_RAY_SCRATCH"
 
 
 def is_remote(location: str | Path) -> bool:
@@ -33,7 +35,8 @@ def node_id() -> str:
 
 def scratch_dir(*parts: str) -> Path:
     """A folder on this node's own disk, `$RLHF_RAY_SCRATCH/rlhf-ray/<node id>/<parts>`."""
-    path = Path(os.environ.get(SCRATCH_ENV, tempfile.gettempdir())) / "rlhf-ray" / node_id() / Path(*parts)
+    path = Path(os.environ.get(SCRATCH_ENV,
+                               tempfile.gettempdir())) / "rlhf-ray" / node_id() / Path(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -46,7 +49,8 @@ def _filesystem(location: str):
 
 def join(location: str | Path, *parts: str) -> str:
     """`location` / parts, for a folder or a URI."""
-    return "/".join([str(location).rstrip("/"), *parts]) if is_remote(location) else str(Path(location, *parts))
+    return "/".join([str(location).rstrip("/"),
+                     *parts]) if is_remote(location) else str(Path(location, *parts))
 
 
 def upload(local: str | Path, location: str) -> None:
@@ -55,7 +59,8 @@ def upload(local: str | Path, location: str) -> None:
 
     filesystem, path = _filesystem(location)
     filesystem.create_dir(path, recursive=True)
-    fs.copy_files(str(local), path, source_filesystem=fs.LocalFileSystem(), destination_filesystem=filesystem)
+    fs.copy_files(str(local), path, source_filesystem=fs.LocalFileSystem(),
+                  destination_filesystem=filesystem)
 
 
 def download(location: str, local: str | Path) -> Path:
@@ -64,7 +69,8 @@ def download(location: str, local: str | Path) -> Path:
 
     filesystem, path = _filesystem(location)
     Path(local).mkdir(parents=True, exist_ok=True)
-    fs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+    fs.copy_files(path, str(local), source_filesystem=filesystem,
+                  destination_filesystem=fs.LocalFileSystem())
     return Path(local)
 
 
@@ -94,7 +100,8 @@ def write_text(location: str | Path, text: str) -> None:
     if not is_remote(location):
         from rlhf_ray.utils.atomic import atomic_write_bytes
 
-        atomic_write_bytes(Path(location), text.encode())  # written beside, fsync'd, renamed into place
+        # written beside, fsync'd, renamed into place
+        atomic_write_bytes(Path(location), text.encode())
         return
     filesystem, path = _filesystem(str(location))
     filesystem.create_dir(str(Path(path).parent), recursive=True)
@@ -122,8 +129,8 @@ def delete_dir(location: str | Path) -> None:
 
 
 def local_copy(location: str, *cache_parts: str) -> Path:
-    """A URI's folder on this node, downloaded once into the node's cache (a `.complete` marker says the
-    download finished; a half one is fetched again)."""
+    """A URI's folder on this node, downloaded once into the node's cache (a `.complete` marker says
+    the download finished; a half one is fetched again)."""
     import hashlib
 
     target = scratch_dir("cache", *cache_parts, hashlib.sha256(location.encode()).hexdigest()[:16])

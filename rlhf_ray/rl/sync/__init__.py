@@ -1,4 +1,5 @@
-"""Weight delivery from a group of trainer ranks to a group of serving workers, one transport per file:
+"""Weight delivery from a group of trainer ranks to a group of serving workers, one transport per
+file:
 
     buckets.py       the weights cut into buckets; the sender's view of its model (BucketSource)
     base.py          Sender (in a trainer rank), Receiver (in a worker), Transport (the driver's side)
@@ -7,8 +8,9 @@
     ipc.py           rank i shares each bucket's memory with its colocated worker i (CUDA IPC / shm)
     colocation.py    around any of them when workers and trainer ranks share GPUs (sleep / wake)
 
-The transport is picked once, by name (`rollout.sync`), with `transport_class`; the learner builds its
-`Sender`, each rollout worker its `Receiver`, and the driver its `Transport`, from that one class.
+The transport is picked once, by name (`rollout.sync`), with `transport_class`; the learner builds
+its `Sender`, each rollout worker its `Receiver`, and the driver its `Transport`, from that one
+class.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from rlhf_ray.rl.sync.colocation import Colocated
 from rlhf_ray.rl.sync.ipc import SharedMemory
 from rlhf_ray.rl.sync.object_store import ObjectStore
 
-TRANSPORTS: dict[str, type[Transport]] = {t.name: t for t in (ObjectStore, Collective, SharedMemory)}
+TRANSPORTS: dict[str,
+                 type[Transport]] = {t.name: t for t in (ObjectStore, Collective, SharedMemory)}
 
 
 def transport_class(name: str) -> type[Transport]:
@@ -28,4 +31,5 @@ def transport_class(name: str) -> type[Transport]:
     return TRANSPORTS[name]
 
 
-__all__ = ["Colocated", "Delivery", "Receiver", "Sender", "TRANSPORTS", "Transport", "transport_class"]
+__all__ = ["Colocated", "Delivery", "Receiver", "Sender", "TRANSPORTS", "Transport",
+           "transport_class"]

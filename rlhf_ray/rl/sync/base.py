@@ -1,11 +1,12 @@
-"""What every weight transport is: a `Sender` in each trainer rank, a `Receiver` in each serving worker,
-and a `Transport` the driver holds, which delivers a version to every receiver and replays the current
-one to a receiver Ray restarted. The object-store route (`Sender.publish`, `Receiver.load`) is every
-transport's fallback: a restarted receiver gets its weights that way whatever the transport.
+"""What every weight transport is: a `Sender` in each trainer rank, a `Receiver` in each serving
+worker, and a `Transport` the driver holds, which delivers a version to every receiver and replays
+the current one to a receiver Ray restarted. The object-store route (`Sender.publish`,
+`Receiver.load`) is every transport's fallback: a restarted receiver gets its weights that way
+whatever the transport.
 
 The actors reach their side through one method each: a trainer's `send_weights(call, *args)` runs
-`Sender.<call>`, a worker's `receive_weights(call, *args)` runs `Receiver.<call>`, so a new transport
-adds calls to its own two classes and touches no actor.
+`Sender.<call>`, a worker's `receive_weights(call, *args)` runs `Receiver.<call>`, so a new
+transport adds calls to its own two classes and touches no actor.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from rlhf_ray.rl.sync.buckets import BucketSource
 
 @dataclass(frozen=True)
 class Delivery:
-    """One version delivered: what each receiver loaded ({sync_s, bytes, version, buckets, ...}), the
-    senders' seconds to gather and put the weights where that is a phase of its own, and the most
-    parameter bytes a trainer rank held whole at once (ZeRO-3: one bucket)."""
+    """One version delivered: what each receiver loaded ({sync_s, bytes, version, buckets, ...}),
+    the senders' seconds to gather and put the weights where that is a phase of its own, and the
+    most parameter bytes a trainer rank held whole at once (ZeRO-3: one bucket)."""
 
     loaded: list[dict]
     publish_s: float
@@ -31,25 +32,27 @@ class Delivery:
 
 
 class Sender:
-    """A trainer rank's side: its model as buckets (`BucketSource`); rank 0 sends unless the transport
-    says otherwise. Every rank is called (ZeRO-3 gathers each bucket on all of them)."""
+    """A trainer rank's side: its model as buckets (`BucketSource`); rank 0 sends unless the
+    transport says otherwise. Every rank is called (ZeRO-3 gathers each bucket on all of them)."""
 
     def __init__(self, model: torch.nn.Module, bucket_bytes: int, zero_stage: int, rank: int):
         self.source, self.rank = BucketSource(model, bucket_bytes, zero_stage), rank
 
     def publish(self) -> dict:
-        """The weights in the object store: rank 0's refs (one per bucket), the seconds spent gathering
-        and putting them, and the most parameter bytes held whole at once."""
+        """The weights in the object store: rank 0's refs (one per bucket), the seconds spent
+        gathering and putting them, and the most parameter bytes held whole at once."""
         import ray
 
         start = time.monotonic()
         refs = self.source.send_all(ray.put if self.rank == 0 else None)
-        return {"refs": refs, "publish_s": time.monotonic() - start, "gathered_peak_bytes": self.source.peak_bytes}
+        return {"refs": refs, "publish_s": time.monotonic() - start,
+                "gathered_peak_bytes": self.source.peak_bytes}
 
 
 class Receiver:
     """A serving worker's side: `apply(weights, version)` puts weights into its engine (`weights` a
-    `Weights` or anything with the same `tensors()`, e.g. buckets pulled while the engine reads them)."""
+    `Weights` or anything with the same `tensors()`, e.g. buckets pulled while the engine reads
+    them)."""
 
     def __init__(self, name: str, apply: Callable[[object, int], None]):
         self.name, self.apply = name, apply
@@ -69,14 +72,15 @@ class Receiver:
 
 
 class Transport:
-    """The driver's side, between a group of trainer ranks (`senders`) and a group of serving workers
-    (`receivers`): `connect` once after both start, `deliver(version)` after each update, `replay(i)`
-    when Ray restarted receiver i. `version`: what the receivers hold."""
+    """The driver's side, between a group of trainer ranks (`senders`) and a group of serving
+    workers (`receivers`): `connect` once after both start, `deliver(version)` after each update,
+    `replay(i)` when Ray restarted receiver i. `version`: what the receivers hold."""
 
     name = ""
     Sender = Sender
     Receiver = Receiver
-    # a whole host copy of the weights staged on the way (the object store's): the memory plan counts it
+    # a whole host copy of the weights staged on the way (the object store's): the memory plan
+    # counts it
     stages_host_copy = False
 
     def __init__(self, senders, receivers, timeout_s: float):
@@ -84,7 +88,8 @@ class Transport:
         self.version = 0
 
     def connect(self) -> None:
-        """Whatever the transport needs set up between the two groups (a process group); none here."""
+        """Whatever the transport needs set up between the two groups (a process group); none
+        here."""
 
     def deliver(self, version: int) -> Delivery:
         raise NotImplementedError
@@ -93,8 +98,8 @@ class Transport:
         """Nothing: only a colocated transport makes room on the GPU for the trainers' update."""
 
     def replay(self, worker: int) -> None:
-        """Receiver `worker` was restarted with its initial weights: the current ones, through the object
-        store (its retried call finds them loaded)."""
+        """Receiver `worker` was restarted with its initial weights: the current ones, through the
+        object store (its retried call finds them loaded)."""
         if self.version > 0:
             refs = self.current_refs()
             self.receivers.actors[worker].receive_weights.remote("load", self.version, *refs)
@@ -104,11 +109,14 @@ class Transport:
         return self.publish()["refs"]
 
     def publish(self) -> dict:
-        return self.senders.call("send_weights", [("publish",)] * len(self.senders), self.timeout_s)[0]
+        return self.senders.call("send_weights", [("publish",)] * len(self.senders),
+                                 self.timeout_s)[0]
 
     def on_every_receiver(self, call: str, args: dict[int, tuple]) -> list[dict]:
-        """`Receiver.<call>` on every receiver (a restarted one retried); results in receiver order."""
+        """`Receiver.<call>` on every receiver (a restarted one retried); results in receiver
+        order."""
         import ray
 
-        done = self.receivers.map("receive_weights", {i: (call, *a) for i, a in args.items()}, self.timeout_s)
+        done = self.receivers.map("receive_weights", {i: (call, *a) for i, a in args.items()},
+                                  self.timeout_s)
         return ray.get([done[i] for i in range(len(self.receivers))])

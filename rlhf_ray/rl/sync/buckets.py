@@ -1,9 +1,9 @@
-"""Weights in buckets, what every transport sends: `bucket_plan` cuts a model's parameters into buckets
-of at most `rollout.sync_bucket_mb` (a larger tensor alone), so a ZeRO-3 trainer gathers one bucket at a
-time (the extra memory on every rank is one bucket, not the model) and a tied tensor travels once (its
-other names are aliases). `BucketSource` is the sender's side: each bucket gathered, as a `Weights`, on
-the sending rank. A flat bucket (`layout_of`, `pack_flat`, `split_flat`) is how the collective and ipc
-transports move one bucket as a single buffer.
+"""Weights in buckets, what every transport sends: `bucket_plan` cuts a model's parameters into
+buckets of at most `rollout.sync_bucket_mb` (a larger tensor alone), so a ZeRO-3 trainer gathers one
+bucket at a time (the extra memory on every rank is one bucket, not the model) and a tied tensor
+travels once (its other names are aliases). `BucketSource` is the sender's side: each bucket
+gathered, as a `Weights`, on the sending rank. A flat bucket (`layout_of`, `pack_flat`,
+`split_flat`) is how the collective and ipc transports move one bucket as a single buffer.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def tensor_bytes(param: torch.Tensor) -> int:
     return getattr(param, "ds_numel", param.numel()) * param.element_size()
 
 
-def bucket_plan(model: torch.nn.Module, bucket_bytes: int) -> list[tuple[list[str], list, dict[str, str]]]:
+def bucket_plan(model: torch.nn.Module,
+                bucket_bytes: int) -> list[tuple[list[str], list, dict[str, str]]]:
     """(names, parameters, aliases) per bucket, in the model's order: parameters while they fit
     `bucket_bytes` (one larger than that is a bucket of its own); a parameter reached under a second
     name (a tied lm_head) is an alias of its first name, in that name's bucket."""
@@ -49,16 +50,18 @@ def bucket_plan(model: torch.nn.Module, bucket_bytes: int) -> list[tuple[list[st
     return buckets
 
 
-ALIGN = 64  # bytes: every tensor starts at a multiple of this in a flat bucket, so it can be viewed as any dtype
+# bytes: every tensor starts at a multiple of this in a flat bucket, so it can be viewed as any
+# dtype
+ALIGN = 64
 
 
 def layout_of(weights: Weights) -> list:
-    """What a receiver needs to cut a flat bucket back into tensors: names, dtypes, shapes, aliases, each
-    tensor's size and offset in bytes, and the bucket's size."""
+    """What a receiver needs to cut a flat bucket back into tensors: names, dtypes, shapes, aliases,
+    each tensor's size and offset in bytes, and the bucket's size."""
     sizes = [int(a.nbytes) for a in weights.arrays]
     offsets = numpy.cumsum([0, *(-(-n // ALIGN) * ALIGN for n in sizes)]).tolist()
-    return [weights.names, weights.dtypes, [list(x) for x in weights.shapes], weights.aliases, sizes, offsets[:-1],
-            offsets[-1]]
+    return [weights.names, weights.dtypes, [list(x) for x in weights.shapes], weights.aliases,
+            sizes, offsets[:-1], offsets[-1]]
 
 
 def device_of(weights: Weights) -> torch.device:
@@ -66,30 +69,36 @@ def device_of(weights: Weights) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def pack_flat(weights: Weights, layout: list, device: torch.device, into: torch.Tensor | None = None) -> torch.Tensor:
-    """The bucket's bytes in one flat uint8 buffer on `device` (`into`, or a new one), as `layout` places them."""
+def pack_flat(weights: Weights, layout: list, device: torch.device,
+              into: torch.Tensor | None = None) -> torch.Tensor:
+    """The bucket's bytes in one flat uint8 buffer on `device` (`into`, or a new one), as `layout`
+    places them."""
     parts = []
-    for array, size, start, end in zip(weights.arrays, layout[4], layout[5], [*layout[5][1:], layout[-1]]):
+    for array, size, start, end in zip(weights.arrays, layout[4], layout[5],
+                                       [*layout[5][1:], layout[-1]]):
         parts.append(array if isinstance(array, torch.Tensor) else torch.from_numpy(array))
         if end - start > size:
             parts.append(torch.zeros(end - start - size, dtype=torch.uint8, device=device))
     if not parts:
         return torch.empty(0, dtype=torch.uint8, device=device) if into is None else into
-    return torch.cat(parts) if into is None else torch.cat(parts, out=into)  # one copy, straight into place
+    # one copy, straight into place
+    return torch.cat(parts) if into is None else torch.cat(parts, out=into)
 
 
 def split_flat(flat, layout: list) -> Weights:
-    """A flat bucket (a tensor, or a numpy array) and its layout back into a `Weights` viewing it."""
+    """A flat bucket (a tensor, or a numpy array) and its layout back into a `Weights` viewing
+    it."""
     names, dtypes, shapes, aliases, sizes, offsets, _ = layout
-    return Weights(names, dtypes, [tuple(x) for x in shapes], [flat[o : o + n] for n, o in zip(sizes, offsets)],
-                   aliases)
+    return Weights(names, dtypes, [tuple(x) for x in shapes],
+                   [flat[o : o + n] for n, o in zip(sizes, offsets)], aliases)
 
 
 class BucketSource:
-    """A trainer rank's model as buckets of `Weights`, for a transport's sender. With ZeRO-3 every rank
-    gathers each bucket together, so every rank must go through the same buckets; only a rank that
-    sends builds the `Weights` (views of the parameters: valid until the next bucket). `peak_bytes`:
-    the most parameter bytes held whole at once in the last pass (the gather's extra memory)."""
+    """A trainer rank's model as buckets of `Weights`, for a transport's sender. With ZeRO-3 every
+    rank gathers each bucket together, so every rank must go through the same buckets; only a rank
+    that sends builds the `Weights` (views of the parameters: valid until the next bucket).
+    `peak_bytes`: the most parameter bytes held whole at once in the last pass (the gather's extra
+    memory)."""
 
     def __init__(self, model: torch.nn.Module, bucket_bytes: int, zero_stage: int):
         self.model, self.bucket_bytes, self.zero_stage = model, bucket_bytes, zero_stage
@@ -100,8 +109,10 @@ class BucketSource:
         return bucket_plan(self.model, self.bucket_bytes)
 
     @contextlib.contextmanager
-    def gathered(self, bucket, builds: bool, on_device: bool = False) -> Iterator[tuple[Weights | None, int]]:
-        """One bucket of `plan()` whole on this rank: its `Weights` (None unless `builds`) and its bytes."""
+    def gathered(self, bucket, builds: bool,
+                 on_device: bool = False) -> Iterator[tuple[Weights | None, int]]:
+        """One bucket of `plan()` whole on this rank: its `Weights` (None unless `builds`) and its
+        bytes."""
         names, params, aliases = bucket
         with gathered_parameters(params, self.zero_stage):
             size = sum(tensor_bytes(p) for p in params)
@@ -110,8 +121,8 @@ class BucketSource:
                    if builds else None), size
 
     def send_all(self, send: Callable[[Weights], T] | None, on_device: bool = False) -> list[T]:
-        """`send` of every bucket in turn: [its results] on a rank that sends; None: a rank that only
-        takes part in the gathers ([])."""
+        """`send` of every bucket in turn: [its results] on a rank that sends; None: a rank that
+        only takes part in the gathers ([])."""
         results = []
         for bucket in self.plan():
             with self.gathered(bucket, send is not None, on_device) as (weights, _):

@@ -1,11 +1,12 @@
-"""`rollout.sync: collective`: a process group of trainer rank 0 and every receiver (gloo on CPU, nccl on
-GPU), in which rank 0 broadcasts the bucket count, then per bucket its layout (names, dtypes, shapes,
-aliases) and its tensors as one flat buffer. On GPUs the buckets never leave them.
+"""`rollout.sync: collective`: a process group of trainer rank 0 and every receiver (gloo on CPU,
+nccl on GPU), in which rank 0 broadcasts the bucket count, then per bucket its layout (names,
+dtypes, shapes, aliases) and its tensors as one flat buffer. On GPUs the buckets never leave them.
 
-The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group), so
-it lives beside the trainer's DeepSpeed group. Every collective has the group's timeout: a peer that
-never arrives raises in every member instead of hanging. A restarted receiver is not in the group: it
-gets the weights through the object store and the group is formed again before the next broadcast.
+The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group),
+so it lives beside the trainer's DeepSpeed group. Every collective has the group's timeout: a peer
+that never arrives raises in every member instead of hanging. A restarted receiver is not in the
+group: it gets the weights through the object store and the group is formed again before the next
+broadcast.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class BroadcastChannel:
         if torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())
             options = dist.ProcessGroupNCCL.Options()
-            options._timeout = self.timeout  # rollout.sync_timeout_s, not NCCL's 10-minute watchdog default
+            # rollout.sync_timeout_s, not NCCL's 10-minute watchdog default
+            options._timeout = self.timeout
             self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
         else:
             self.device = torch.device("cpu")
@@ -39,8 +41,8 @@ class BroadcastChannel:
 
     @property
     def on_gpu(self) -> bool:
-        """Buckets stay on the GPU end to end (nccl): the sender's built from the parameters there, the
-        receivers' handed to vLLM there."""
+        """Buckets stay on the GPU end to end (nccl): the sender's built from the parameters there,
+        the receivers' handed to vLLM there."""
         return self.device.type == "cuda"
 
     def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -57,8 +59,9 @@ class BroadcastChannel:
         self._broadcast(torch.tensor([buckets], dtype=torch.int64))
 
     def send(self, weights: Weights) -> int:
-        """One bucket: its layout, then its tensors' bytes as one flat buffer (one broadcast, not one per
-        tensor), built where the bytes are (the GPU with `Weights.of(..., on_device=True)`)."""
+        """One bucket: its layout, then its tensors' bytes as one flat buffer (one broadcast, not
+        one per tensor), built where the bytes are (the GPU with `Weights.of(...,
+        on_device=True)`)."""
         layout = layout_of(weights)
         header = json.dumps(layout).encode()
         self._broadcast(torch.tensor([len(header)], dtype=torch.int64))
@@ -73,9 +76,11 @@ class BroadcastChannel:
 
     def _receive_bucket(self) -> Weights:
         size = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
-        layout = json.loads(self._broadcast(torch.empty(size, dtype=torch.uint8)).cpu().numpy().tobytes())
+        layout = json.loads(self._broadcast(torch.empty(size,
+                                                        dtype=torch.uint8)).cpu().numpy().tobytes())
         flat = self._broadcast(torch.empty(layout[-1], dtype=torch.uint8))
-        return split_flat(flat if self.on_gpu else flat.numpy(), layout)  # on the GPU, vLLM copies from there
+        # on the GPU, vLLM copies from there
+        return split_flat(flat if self.on_gpu else flat.numpy(), layout)
 
 
 class CollectiveSender(Sender):
@@ -88,7 +93,8 @@ class CollectiveSender(Sender):
         self.channel = BroadcastChannel(0, world_size, addr, port, timeout_s)
 
     def broadcast(self) -> dict:
-        """Every rank calls; rank 0 sends the bucket count, then each bucket (on the GPU with nccl)."""
+        """Every rank calls; rank 0 sends the bucket count, then each bucket (on the GPU with
+        nccl)."""
         plan = self.source.plan()
         if self.channel is not None:
             self.channel.send_count(len(plan))
@@ -125,16 +131,19 @@ class Collective(Transport):
 
     def __init__(self, senders, receivers, timeout_s: float):
         super().__init__(senders, receivers, timeout_s)
-        self.regroup = False  # a receiver was restarted: form the group again before the next broadcast
+        # a receiver was restarted: form the group again before the next broadcast
+        self.regroup = False
 
     def connect(self) -> None:
         """Trainer rank 0 (rank 0 of the group) and every receiver (ranks 1..) form one group."""
         addr, port = self.senders.call_one(0, "reserve_address")
         world = len(self.receivers) + 1
-        refs = [self.senders.actors[0].send_weights.remote("join", world, addr, port, self.timeout_s)]
+        refs = [self.senders.actors[0].send_weights.remote("join", world, addr, port,
+                                                           self.timeout_s)]
         refs += [a.receive_weights.remote("join", i + 1, world, addr, port, self.timeout_s)
                  for i, a in enumerate(self.receivers.actors)]
-        self.receivers.wait(refs, "join", self.timeout_s, [self.senders.names[0], *self.receivers.names])
+        self.receivers.wait(refs, "join", self.timeout_s,
+                            [self.senders.names[0], *self.receivers.names])
 
     def deliver(self, version: int) -> Delivery:
         """A receiver lost mid-broadcast fails the broadcast: the run stops, resumable."""

@@ -1,14 +1,16 @@
 """Around any transport when each serving worker shares its GPU with a trainer rank
 (`rollout.colocate_with_learner`): the engines sleep while the trainers update (their weights and KV
-cache freed, vLLM sleep level 2), wake for the weights, load them, then take back their KV cache; with
-`learner.offload_states_while_generating` the trainers' optimizer states leave the GPU meanwhile."""
+cache freed, vLLM sleep level 2), wake for the weights, load them, then take back their KV cache;
+with `learner.offload_states_while_generating` the trainers' optimizer states leave the GPU
+meanwhile."""
 from __future__ import annotations
 
 from rlhf_ray.rl.sync.base import Delivery, Transport
 
 
 class Colocated:
-    def __init__(self, inner: Transport, offload_states: bool, engine_timeout_s: float, trainer_timeout_s: float):
+    def __init__(self, inner: Transport, offload_states: bool, engine_timeout_s: float,
+                 trainer_timeout_s: float):
         self.inner, self.offload_states = inner, offload_states
         self.engine_timeout_s, self.trainer_timeout_s = engine_timeout_s, trainer_timeout_s
         self.senders, self.receivers = inner.senders, inner.receivers
@@ -21,7 +23,8 @@ class Colocated:
         self.inner.connect()
 
     def sleep_engines(self) -> None:
-        """The engines give the GPU up: at start-up before the trainers load, then before each update."""
+        """The engines give the GPU up: at start-up before the trainers load, then before each
+        update."""
         self.receivers.call("sleep", timeout_s=self.engine_timeout_s)
 
     def before_update(self) -> None:
@@ -31,11 +34,14 @@ class Colocated:
 
     def deliver(self, version: int) -> Delivery:
         n = len(self.receivers)
-        self.receivers.call("wake_up", [("weights",)] * n, self.engine_timeout_s)  # room for the new weights
+        # room for the new weights
+        self.receivers.call("wake_up", [("weights",)] * n, self.engine_timeout_s)
         delivery = self.inner.deliver(version)
-        self.receivers.call("wake_up", [("kv_cache",)] * n, self.engine_timeout_s)  # ... then the KV cache
+        # ... then the KV cache
+        self.receivers.call("wake_up", [("kv_cache",)] * n, self.engine_timeout_s)
         if self.offload_states:
-            self.senders.call("offload_states", timeout_s=self.trainer_timeout_s)  # until the next update
+            # until the next update
+            self.senders.call("offload_states", timeout_s=self.trainer_timeout_s)
         return delivery
 
     def replay(self, worker: int) -> None:

@@ -1,9 +1,10 @@
-"""`rollout.sync: ipc` (trainer rank i and serving worker i colocated on one machine): rank i copies a
-gathered bucket into one flat buffer where the bytes are and hands its worker a handle (`share`) that
-the worker maps without a copy (`rebuild`): CUDA IPC on a GPU, a shared-memory file on the CPU (torch's
-own tensor sharing, the same code on both). The worker pulls bucket after bucket while its engine
-reloads (`SharedBuckets`), so each side holds about one bucket beyond the model. Every rank sends (to
-its own worker); with ZeRO-3 the ranks gather bucket i together as their workers ask for it.
+"""`rollout.sync: ipc` (trainer rank i and serving worker i colocated on one machine): rank i copies
+a gathered bucket into one flat buffer where the bytes are and hands its worker a handle (`share`)
+that the worker maps without a copy (`rebuild`): CUDA IPC on a GPU, a shared-memory file on the CPU
+(torch's own tensor sharing, the same code on both). The worker pulls bucket after bucket while its
+engine reloads (`SharedBuckets`), so each side holds about one bucket beyond the model. Every rank
+sends (to its own worker); with ZeRO-3 the ranks gather bucket i together as their workers ask for
+it.
 """
 from __future__ import annotations
 
@@ -17,26 +18,29 @@ from rlhf_ray.rl.sync.buckets import device_of, layout_of, pack_flat, split_flat
 
 
 def share(weights: Weights) -> tuple[torch.Tensor, dict]:
-    """One bucket for a process on this machine: its bytes copied into one flat buffer on their device (in
-    shared memory on the CPU) and {handle, layout}, picklable, for `rebuild`. The sender keeps the
-    buffer (returned first) alive until the receiver has rebuilt it."""
+    """One bucket for a process on this machine: its bytes copied into one flat buffer on their
+    device (in shared memory on the CPU) and {handle, layout}, picklable, for `rebuild`. The sender
+    keeps the buffer (returned first) alive until the receiver has rebuilt it."""
     from multiprocessing.reduction import ForkingPickler
 
-    import torch.multiprocessing  # noqa: F401 - registers torch's sharing reductions with ForkingPickler
+    # noqa: F401 - registers torch's sharing reductions with ForkingPickler
+    import torch.multiprocessing
 
     layout, device = layout_of(weights), device_of(weights)
     flat = torch.empty(layout[-1], dtype=torch.uint8, device=device)
     if device.type == "cpu":
-        torch.multiprocessing.set_sharing_strategy("file_system")  # a file name travels, not a descriptor
+        # a file name travels, not a descriptor
+        torch.multiprocessing.set_sharing_strategy("file_system")
         flat.share_memory_()
     flat = pack_flat(weights, layout, device, into=flat)
-    # pickled as multiprocessing does it: the storage travels as a shared-memory file name or a CUDA IPC
-    # handle (plain pickle, as Ray's, would copy the bytes in)
+    # pickled as multiprocessing does it: the storage travels as a shared-memory file name or a CUDA
+    # IPC handle (plain pickle, as Ray's, would copy the bytes in)
     return flat, {"handle": bytes(ForkingPickler.dumps(flat)), "layout": layout}
 
 
 def rebuild(shared: dict) -> Weights:
-    """The bucket `share` handed over, viewing the sender's memory (CUDA IPC / the shared-memory file)."""
+    """The bucket `share` handed over, viewing the sender's memory (CUDA IPC / the shared-memory
+    file)."""
     import pickle
 
     import torch.multiprocessing  # noqa: F401 - the rebuild functions the handle names
@@ -45,9 +49,9 @@ def rebuild(shared: dict) -> Weights:
 
 
 class SharedBuckets:
-    """The buckets of one sync, pulled one at a time while a loader iterates `tensors()`: `fetch(i)` returns
-    bucket i's `share` dict (with `count`, the number of buckets), or raises TimeoutError. What vLLM's reload
-    or the HF engine's `load_state_dict` reads in place of a `Weights`."""
+    """The buckets of one sync, pulled one at a time while a loader iterates `tensors()`: `fetch(i)`
+    returns bucket i's `share` dict (with `count`, the number of buckets), or raises TimeoutError.
+    What vLLM's reload or the HF engine's `load_state_dict` reads in place of a `Weights`."""
 
     def __init__(self, fetch: Callable[[int], dict]):
         self.fetch, self.nbytes, self.count, self.gathered_peak_bytes = fetch, 0, 0, 0
@@ -62,8 +66,10 @@ class SharedBuckets:
             self.nbytes += bucket.nbytes
             yield from bucket.tensors()
             device = device_of(bucket)
-            if device.type == "cuda":  # vLLM's copies out of this bucket may still be queued on the stream:
-                torch.cuda.synchronize(device)  # finish them before the next fetch lets the sender reuse it
+            # vLLM's copies out of this bucket may still be queued on the stream:
+            if device.type == "cuda":
+                # finish them before the next fetch lets the sender reuse it
+                torch.cuda.synchronize(device)
             index += 1
 
 
@@ -74,8 +80,8 @@ class SharingSender(Sender):
         self.shared_buffer: torch.Tensor | None = None  # the bucket its worker maps now
 
     def share_bucket(self, index: int) -> dict:
-        """Bucket `index` for this rank's worker, as a handle to memory on this machine. The buffer lives
-        until the next call (or `release`): the worker has mapped it by then."""
+        """Bucket `index` for this rank's worker, as a handle to memory on this machine. The buffer
+        lives until the next call (or `release`): the worker has mapped it by then."""
         if index == 0:
             self.plan = self.source.plan()
         self.shared_buffer = None  # the previous bucket's, mapped by the worker already
@@ -89,8 +95,8 @@ class SharingSender(Sender):
 
 class SharingReceiver(Receiver):
     def pull(self, version: int, sender, timeout_s: float) -> dict:
-        """The colocated rank's buckets (`sender`: its actor), each mapped from that rank's memory as the
-        engine's reload reaches it, then released there."""
+        """The colocated rank's buckets (`sender`: its actor), each mapped from that rank's memory
+        as the engine's reload reaches it, then released there."""
         import ray
 
         def fetch(index: int) -> dict:
@@ -103,7 +109,8 @@ class SharingReceiver(Receiver):
         stream = SharedBuckets(fetch)
         result = self.apply_timed(version, stream)
         ray.get(sender.send_weights.remote("release"), timeout=timeout_s)
-        return {**result, "buckets": stream.count, "gathered_peak_bytes": stream.gathered_peak_bytes}
+        return {**result, "buckets": stream.count,
+                "gathered_peak_bytes": stream.gathered_peak_bytes}
 
 
 class SharedMemory(Transport):
@@ -113,7 +120,8 @@ class SharedMemory(Transport):
 
     def deliver(self, version: int) -> Delivery:
         """Each receiver pulls from its colocated rank (every rank gathers each bucket)."""
-        loaded = self.on_every_receiver("pull", {i: (version, self.senders.actors[i], self.timeout_s)
+        loaded = self.on_every_receiver("pull",
+                                        {i: (version, self.senders.actors[i], self.timeout_s)
                                                  for i in range(len(self.receivers))})
         self.version = version
         return Delivery(loaded, 0.0, max(r["gathered_peak_bytes"] for r in loaded))

@@ -1,6 +1,6 @@
-"""`rollout.sync: object_store` (the default): rank 0 puts each bucket into Ray's object store once and
-every receiver maps it without copying (numpy arrays travel out of band). Works across nodes and needs
-no process group; costs one host copy of the weights in the store."""
+"""`rollout.sync: object_store` (the default): rank 0 puts each bucket into Ray's object store once
+and every receiver maps it without copying (numpy arrays travel out of band). Works across nodes and
+needs no process group; costs one host copy of the weights in the store."""
 from __future__ import annotations
 
 from rlhf_ray.rl.sync.base import Delivery, Transport

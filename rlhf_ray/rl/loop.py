@@ -169,7 +169,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     actor starts; `check_only` stops there."""
     from transformers import AutoTokenizer
 
-    from rlhf_ray.rl.groups import RLGroups
+    from rlhf_ray.rl.actors import RLActors
 
     out = Path(cfg.output_dir)
     plan = plan_run(cfg)
@@ -184,7 +184,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     def encode(batch: list[dict]) -> list[list[int]]:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)
 
-    rl, log = RLGroups(cfg, cfg.rloo.steps, connect(cfg.ray, out / "logs")), None
+    rl, log = RLActors(cfg, cfg.rloo.steps, connect(cfg.ray, out / "logs")), None
     try:
         # LSC / PAR baselines: the initial policy's rewards, per prompt
         if cfg.reward.transform != "none":

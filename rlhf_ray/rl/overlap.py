@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from rlhf_ray.rl.phases import Generating, Generation
+from rlhf_ray.rl.phases import PendingGeneration, Generation
 from rlhf_ray.rl.prompts import PromptLoader
 
 
@@ -15,7 +15,7 @@ class GenerationQueue:
     def __init__(self, rl, loader: PromptLoader, encode: Callable[[list[dict]], list[list[int]]],
                  lag: int, last_step: int):
         self.rl, self.loader, self.encode, self.lag, self.last_step = rl, loader, encode, lag, last_step
-        self.in_flight: deque[tuple[list[dict], Generating]] = deque()  # oldest first
+        self.in_flight: deque[tuple[list[dict], PendingGeneration]] = deque()  # oldest first
 
     def _start(self, step: int) -> None:
         """Step `step`'s batch, generating on the weights the workers hold now."""

@@ -1,4 +1,4 @@
-"""What the phases of an RLOO step hand back to the driver (`rl/groups.py` makes them, `rl/loop.py`
+"""What the phases of an RLOO step hand back to the driver (`rl/actors.py` makes them, `rl/loop.py`
 reads them): small typed values, so no step state is read off the groups object."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rlhf_ray.actor_group import Submitted
 
 
 @dataclass(frozen=True)
-class Generating:
+class PendingGeneration:
     """A step's samples being generated: the workers' calls, which prompts each got, and the weights
     version they generate with (what the driver had synced when it started them)."""
 

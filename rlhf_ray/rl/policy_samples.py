@@ -47,12 +47,12 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
     from transformers import AutoTokenizer
 
     from rlhf_ray.cluster import connect
-    from rlhf_ray.rl.groups import rollout_group
+    from rlhf_ray.rl.actors import rollout_workers
 
     ps = cfg.prepare.policy_samples
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name),
                                               trust_remote_code=cfg.policy.trust_remote_code)
-    group = rollout_group(cfg, setup=connect(cfg.ray, Path(cfg.data.dir) / "logs"))
+    group = rollout_workers(cfg, setup=connect(cfg.ray, Path(cfg.data.dir) / "logs"))
     samples: dict[str, list[str]] = {}
     start, done = time.monotonic(), 0
     try:

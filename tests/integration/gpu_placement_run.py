@@ -26,12 +26,12 @@ class DeviceProbe:
 
 def colocated() -> dict:
     """rollout.colocate_with_learner: 4 learner ranks and 4 rollout workers of half a GPU each, pair i
-    in bundle i of one placement group, as RLGroups places them."""
+    in bundle i of one placement group, as RLActors places them."""
     from ray.util.placement_group import remove_placement_group
 
     from rlhf_ray.config import load_config
     from rlhf_ray.placement import reserve_bundles
-    from rlhf_ray.rl.groups import colocated_bundles
+    from rlhf_ray.rl.actors import colocated_bundles
 
     cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_workers=4", "rollout.num_gpus=0.5",
                              "rollout.num_cpus=0.25", "learner.num_workers=4", "learner.num_gpus=0.5",

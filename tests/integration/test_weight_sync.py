@@ -24,7 +24,7 @@ def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_lear
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf_ray.models.aliases import resolve_model
-    from rlhf_ray.rl.groups import RLGroups
+    from rlhf_ray.rl.actors import RLActors
     from rlhf_ray.rl.logprobs import pack, response_logprobs
     from rlhf_ray.rl.prompts import encode_prompts, load_prompts
 
@@ -37,7 +37,7 @@ def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_lear
     prompts = load_prompts(cfg)[:2]
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-llama"))
     ids = encode_prompts(tokenizer, prompts, 64)
-    rl = RLGroups(cfg, total_steps=2)
+    rl = RLActors(cfg, total_steps=2)
     try:
         generation = rl.finish_generation(rl.generate(ids, 1))
         rl.learn(generation, rl.score(generation, prompts))  # the policy moves away from the workers' copy

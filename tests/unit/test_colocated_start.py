@@ -3,7 +3,7 @@ ranks load their models beside them (vLLM checks the GPU's free memory as it sta
 the learner's weights: the order of the calls, with every actor group a recording stand-in."""
 from rlhf_ray.config import Config, load_config
 from rlhf_ray.rl.learner import LearnerSpec
-from rlhf_ray.rl import groups as G
+from rlhf_ray.rl import actors as G
 
 
 class RecordingGroup:
@@ -31,11 +31,11 @@ def test_a_colocated_start_sleeps_the_engines_before_the_learner_loads_then_wake
         monkeypatch):
     log = []
     monkeypatch.setattr("rlhf_ray.placement.reserve_bundles", lambda *args: "placement group")
-    monkeypatch.setattr(G, "rollout_group", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
+    monkeypatch.setattr(G, "rollout_workers", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
     monkeypatch.setattr(G, "ActorGroup", lambda cls, name, *args, **kwargs: RecordingGroup(log, name))
     monkeypatch.setattr("ray.get", lambda refs: refs)
     cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_workers=1", "learner.num_workers=1"])
-    G.RLGroups(cfg, total_steps=1)
+    G.RLActors(cfg, total_steps=1)
     order = [entry[:3] if entry[0] == "rollout" else entry for entry in log]
     assert order.index(("rollout", "sleep")) < order.index(("create", "learner"))
     assert order[order.index(("learner", "setup_data_parallel")):] == [
@@ -45,9 +45,9 @@ def test_a_colocated_start_sleeps_the_engines_before_the_learner_loads_then_wake
 
 def test_a_start_without_colocation_neither_sleeps_nor_syncs(monkeypatch):
     log = []
-    monkeypatch.setattr(G, "rollout_group", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
+    monkeypatch.setattr(G, "rollout_workers", lambda cfg, shared, setup: RecordingGroup(log, "rollout"))
     monkeypatch.setattr(G, "ActorGroup", lambda cls, name, *args, **kwargs: RecordingGroup(log, name))
-    rl = G.RLGroups(load_config(None, []), total_steps=1)
+    rl = G.RLActors(load_config(None, []), total_steps=1)
     # issue 25: a learner rank gets its own sections (LearnerSpec), never the whole config tree
     assert isinstance(rl.learner.spec, LearnerSpec) and not isinstance(rl.learner.spec, Config)
     assert log == [("create", "rollout"), ("create", "scorer"), ("create", "learner"),

@@ -3,7 +3,7 @@ colocation keys are checked at load."""
 import pytest
 
 from rlhf_ray.config import ConfigError, load_config
-from rlhf_ray.rl.groups import colocated_bundles, shards_by_load
+from rlhf_ray.rl.actors import colocated_bundles, shards_by_load
 
 
 def test_prompts_go_to_the_least_loaded_worker_longest_first():

@@ -9,7 +9,7 @@ from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.cluster import ActorSetup
 from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Sampling
-from rlhf_ray.rl.phases import Generating, Generation, Scores, generated_of
+from rlhf_ray.rl.phases import PendingGeneration, Generation, Scores, generated_of
 from rlhf_ray.rl.learner import LearnerSpec, RLOOLearnerActor
 from rlhf_ray.rl.rollout import RolloutActor
 from rlhf_ray.rl.rank_shares import shard_positions, split_for_ranks
@@ -18,7 +18,7 @@ from rlhf_ray.rl.sync import Colocated, Delivery, transport_class
 from rlhf_ray.utils.seeds import derive_seed
 
 
-def rollout_group(cfg: Config, shared_placement=None,
+def rollout_workers(cfg: Config, shared_placement=None,
                   setup: ActorSetup | None = None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
     rc = cfg.rollout
@@ -70,7 +70,7 @@ def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
-class RLGroups:
+class RLActors:
     def __init__(self, cfg: Config, total_steps: int, setup: ActorSetup | None = None):
         """`setup`: how the run's actors start (`cluster.connect`)."""
         import ray
@@ -82,7 +82,7 @@ class RLGroups:
         self.shared = (reserve_bundles("learner", colocated_bundles(cfg),
                                        cfg.learner.placement_strategy,
                                        cfg.learner.placement_timeout_s) if rc.colocate_with_learner else None)
-        self.rollout = rollout_group(cfg, self.shared, setup)
+        self.rollout = rollout_workers(cfg, self.shared, setup)
         if self.shared is not None:
             # colocated: the engines take their memory (vLLM checks the GPU's free memory as it
             # starts) and sleep before the learner rank loads beside them; they wake with the
@@ -109,7 +109,7 @@ class RLGroups:
         rc = self.cfg.rollout
         return Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=seed)
 
-    def start_generation(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generating:
+    def start_generation(self, prompt_ids: list[list[int]], sampling: Sampling) -> PendingGeneration:
         """Prompts split over the rollout workers, generating with the weights they hold now while
         the caller goes on (overlap); `finish_generation` waits for them."""
         n, k = len(self.rollout), self.cfg.rollout.k
@@ -117,9 +117,9 @@ class RLGroups:
         version = self.delivery.version
         args = {w: ([prompt_ids[i] for i in idx], k, sampling, version) for w,
                 idx in enumerate(shard_index)}
-        return Generating(self.rollout.submit("generate", args), shard_index, version)
+        return PendingGeneration(self.rollout.submit("generate", args), shard_index, version)
 
-    def finish_generation(self, generating: Generating) -> Generation:
+    def finish_generation(self, generating: PendingGeneration) -> Generation:
         """One Rollouts ref per worker that got prompts. A worker that Ray restarted gets the
         current weights and its share again."""
         refs = self.rollout.collect(generating.submitted, self.cfg.rollout.timeout_s,
@@ -150,7 +150,7 @@ class RLGroups:
             refs += [done[j] for j in range(len(batch))]
         return refs
 
-    def generate(self, prompt_ids: list[list[int]], step: int) -> Generating:
+    def generate(self, prompt_ids: list[list[int]], step: int) -> PendingGeneration:
         """Step `step`'s samples, started: the workers generate while the driver goes on."""
         return self.start_generation(prompt_ids,
                                      self._sampling(derive_seed(self.cfg.seed, "generate", step)))

@@ -18,7 +18,7 @@ def measure_engine(s: dict) -> dict:
     from rlhf_ray.models.aliases import resolve_model
     from rlhf_ray.rl.engines.base import Sampling
     from rlhf_ray.rl.prompts import encode_prompts, load_prompts
-    from rlhf_ray.rl.rollout import RolloutWorker
+    from rlhf_ray.rl.rollout import EngineSpec, RolloutWorker
 
     torch.set_num_threads(s["threads"])
     if s.get("omp_bind"):
@@ -26,10 +26,8 @@ def measure_engine(s: dict) -> dict:
     policy = resolve_model(s["policy"])
     rows = load_prompts(load_config(None, [f"data.dir={s['data_dir']}"]))
     prompt_ids = encode_prompts(AutoTokenizer.from_pretrained(policy), rows, 192)
-    kwargs = {"dtype": s["dtype"]}
-    if s["engine"] == "vllm":
-        kwargs.update(kv_cache_gb=s["kv_cache_gb"], max_model_len=512)
-    worker = RolloutWorker("rollout-bench", s["engine"], policy, **kwargs)
+    spec = EngineSpec(s["engine"], policy, s["dtype"], kv_cache_gb=s.get("kv_cache_gb", 1.0), max_model_len=512)
+    worker = RolloutWorker("rollout-bench", spec)
     sampling = Sampling(max_new_tokens=s["max_new_tokens"], temperature=0.7, seed=0)
     worker.generate(prompt_ids[:2], s["k"], sampling)  # warm-up
     out = {}

@@ -11,28 +11,17 @@ from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import PendingGeneration, Generation, Scores, generated_of
 from rlhf_ray.rl.learner import LearnerSpec, RLOOLearnerActor
-from rlhf_ray.rl.rollout import RolloutActor
+from rlhf_ray.rl.rollout import EngineSpec, RolloutActor
 from rlhf_ray.rl.rank_shares import shard_positions, split_for_ranks
 from rlhf_ray.rl.scorer import RLScorerActor
 from rlhf_ray.rl.sync import Colocated, Delivery, transport_class
 from rlhf_ray.utils.seeds import derive_seed
 
 
-def rollout_workers(cfg: Config, shared_placement=None,
-                  setup: ActorSetup | None = None) -> ActorGroup:
+def rollout_workers(cfg: Config, shared_placement=None, setup: ActorSetup | None = None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
-    rc = cfg.rollout
-    vllm = {"tensor_parallel_size": rc.tensor_parallel_size,
-            "gpu_memory_utilization": rc.gpu_memory_utilization,
-            "enforce_eager": rc.enforce_eager, "enable_prefix_caching": rc.enable_prefix_caching,
-            "sleeps": rc.colocate_with_learner}
-    return ActorGroup(RolloutActor, "rollout", rc, rc.engine, cfg.policy.name, transport=rc.sync,
-                      dtype=cfg.policy.dtype, kv_cache_gb=rc.kv_cache_gb,
-                      max_model_len=rc.max_model_len,
-                      sync_timeout_s=rc.sync_timeout_s, seed=cfg.seed, device=rc.device,
-                      trust_remote_code=cfg.policy.trust_remote_code,
-                      shared_placement=shared_placement, setup=setup,
-                      **(vllm if rc.engine == "vllm" else {}))
+    return ActorGroup(RolloutActor, "rollout", cfg.rollout, EngineSpec.of(cfg), cfg.rollout.sync,
+                      shared_placement=shared_placement, setup=setup)
 
 
 def split_task(rollouts, scores: Scores | None, first_group: int, world_size: int) -> list:

@@ -2,40 +2,65 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
+from rlhf_ray.config import Config
 from rlhf_ray.rl.engines.base import Rollouts, Sampling
 from rlhf_ray.utils.actor_shell import actor_shell
 
 
-def make_engine(kind: str, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
-                max_model_len: int = 1024, sync_timeout_s: float = 120.0, seed: int = 0,
-                device: str = "auto", trust_remote_code: bool = False, **vllm_keys):
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a rollout worker's engine is built from, and all it reads: the engine's keys of the
+    `rollout` section, the policy's, and the seed (`EngineSpec.of`). `vllm`: vLLM's own keys (tensor
+    parallelism, GPU memory share, CUDA graphs, prefix caching, sleep mode)."""
+
+    kind: str = "vllm"
+    model: str = "tiny-llama"  # an alias, a path, a storage URI or a hub id, resolved on the worker's node
+    dtype: str = "float32"
+    kv_cache_gb: float = 1.0
+    max_model_len: int = 1024
+    sync_timeout_s: float = 120.0
+    seed: int = 0
+    device: str = "auto"
+    trust_remote_code: bool = False
+    vllm: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "EngineSpec":
+        rc, pc = cfg.rollout, cfg.policy
+        vllm = {"tensor_parallel_size": rc.tensor_parallel_size,
+                "gpu_memory_utilization": rc.gpu_memory_utilization, "enforce_eager": rc.enforce_eager,
+                "enable_prefix_caching": rc.enable_prefix_caching, "sleeps": rc.colocate_with_learner}
+        return cls(rc.engine, pc.name, pc.dtype, rc.kv_cache_gb, rc.max_model_len, rc.sync_timeout_s,
+                   cfg.seed, rc.device, pc.trust_remote_code, vllm if rc.engine == "vllm" else {})
+
+
+def make_engine(spec: EngineSpec, model_path: str):
     """vLLM picks its device itself (the GPU Ray gave the actor, else the CPU build); HF generate
-    runs on `device` (rollout.device). `vllm_keys`: tensor parallelism, GPU memory share, CUDA
-    graphs, prefix caching."""
-    if kind == "vllm":
+    runs on `spec.device` (rollout.device)."""
+    if spec.kind == "vllm":
         from rlhf_ray.rl.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, kv_cache_gb, max_model_len,
-                          sync_timeout_s=sync_timeout_s, seed=seed,
-                          trust_remote_code=trust_remote_code, **vllm_keys)
-    if kind == "hf":
+        return VLLMEngine(model_path, spec.dtype, spec.kv_cache_gb, spec.max_model_len,
+                          sync_timeout_s=spec.sync_timeout_s, seed=spec.seed,
+                          trust_remote_code=spec.trust_remote_code, **spec.vllm)
+    if spec.kind == "hf":
         from rlhf_ray.rl.engines.hf import HFEngine
 
-        return HFEngine(model_path, dtype, trust_remote_code, device)
-    raise ValueError(f"unknown engine {kind!r}: use 'vllm' or 'hf'")
+        return HFEngine(model_path, spec.dtype, spec.trust_remote_code, spec.device)
+    raise ValueError(f"rollout.engine: unknown engine {spec.kind!r}: use 'vllm' or 'hf'")
 
 
 class RolloutWorker:
-    def __init__(self, name: str, engine_kind: str, model_ref: str, transport: str = "object_store",
-                 **engine_kwargs):
-        """`model_ref`: an alias, a path, a storage URI or a hub id, resolved on this worker's node;
-        `transport`: how its weights arrive (`rollout.sync`, `rl/sync/`)."""
+    def __init__(self, name: str, spec: EngineSpec, transport: str = "object_store"):
+        """`spec`: its engine (the model resolved on this worker's node); `transport`: how its weights
+        arrive (`rollout.sync`, `rl/sync/`)."""
         from rlhf_ray.models.aliases import resolve_model
         from rlhf_ray.rl.sync import transport_class
 
         self.name = name
-        self.engine = make_engine(engine_kind, resolve_model(model_ref), **engine_kwargs)
+        self.engine = make_engine(spec, resolve_model(spec.model))
         self.receiver = transport_class(transport).Receiver(name, self.engine.load_weights)
         self.said_skipped = False
 
@@ -75,9 +100,8 @@ class RolloutWorker:
 class RolloutActor(actor_shell(RolloutWorker, "RolloutShell")):
     """`rollout-<i>`: the generic shell, and the worker named as Ray named the actor."""
 
-    def __init__(self, engine_kind: str, model_ref: str, transport: str = "object_store",
-                 **engine_kwargs):
+    def __init__(self, spec: EngineSpec, transport: str = "object_store"):
         import ray
 
         name = ray.get_runtime_context().get_actor_name() or "rollout"
-        self.core = RolloutWorker(name, engine_kind, model_ref, transport, **engine_kwargs)
+        self.core = RolloutWorker(name, spec, transport)

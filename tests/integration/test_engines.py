@@ -8,7 +8,7 @@ from rlhf_ray.cluster import ActorGroupError
 from rlhf_ray.config import ActorGroupConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling, Weights
-from rlhf_ray.rl.rollout import RolloutActor, RolloutWorker
+from rlhf_ray.rl.rollout import EngineSpec, RolloutActor, RolloutWorker
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +44,9 @@ def _prompts():
 
 @pytest.fixture(scope="module")
 def vllm_rollouts(ray_local):
-    group = ActorGroup(RolloutActor, "rollout", ActorGroupConfig(num_workers=2, num_cpus=0.5), "vllm",
-                       resolve_model("tiny-llama"), transport="collective", kv_cache_gb=0.25, max_model_len=512,
-                       tag="test")  # a collective receiver takes the object store's buckets too
+    spec = EngineSpec("vllm", "tiny-llama", kv_cache_gb=0.25, max_model_len=512)
+    group = ActorGroup(RolloutActor, "rollout", ActorGroupConfig(num_workers=2, num_cpus=0.5), spec,
+                       "collective", tag="test")  # a collective receiver takes the object store's buckets too
     yield group
     group.shutdown()
 
@@ -105,7 +105,7 @@ def test_weight_sync_that_does_not_finish_in_time_raises_naming_the_worker(ray_l
 
 
 def test_hf_engine_behind_the_same_interface():
-    worker = RolloutWorker("rollout-hf", "hf", resolve_model("tiny-llama"))
+    worker = RolloutWorker("rollout-hf", EngineSpec("hf", "tiny-llama"))
     prompts = _prompts()
     policy = _perturbed_policy(seed=3)
     worker.receive_weights("load", 2, Weights.of(policy.state_dict()))

@@ -50,8 +50,9 @@ def powers_of_two(num_samples: int) -> list[int]:
 def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[int] | None = None,
                     bootstrap: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
     """Per n: the mean over prompts of best-of-n's expected gold and proxy, and the gold gain over n
-    = 1 (paired by prompt), each with a percentile bootstrap CI over prompts, at KL_bon(n). `proxy`
-    and `gold` are (prompts, N)."""
+    = 1 (paired by prompt), each with a percentile bootstrap CI over prompts, at KL_bon(n), and every
+    prompt's expected gold and proxy (`per_prompt`, in prompt order: any CI, paired ones included, can
+    be re-derived). `proxy` and `gold` are (prompts, N)."""
     num_samples = min(len(row) for row in proxy)
     gold_of_one = [float(np.mean(v[:num_samples])) for v in gold]  # best-of-1: the sampling policy
     points = []
@@ -64,5 +65,6 @@ def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[
         for key, rows in per_prompt.items():
             low, high = bootstrap_ci(rows, np.mean, bootstrap, level, seed)
             point.update({key: float(np.mean(rows)), f"{key}_ci_low": low, f"{key}_ci_high": high})
+        point["per_prompt"] = {"gold": per_prompt["gold"], "proxy": per_prompt["proxy"]}
         points.append(point)
     return points

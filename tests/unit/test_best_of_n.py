@@ -49,3 +49,6 @@ def test_the_curve_over_prompts_with_cis():
     assert good[-1]["gold_gain_ci_low"] > 0 and bad[-1]["gold_gain_ci_high"] < 0
     assert all(p["gold_ci_low"] <= p["gold"] <= p["gold_ci_high"] for p in good)
     assert good[-1]["proxy"] == pytest.approx(good[-1]["gold"])
+    # every prompt's values are shipped: the means (and any paired CI) re-derive from them
+    assert good[-1]["per_prompt"]["gold"] == pytest.approx(gold.max(1).tolist())
+    assert np.mean(bad[1]["per_prompt"]["gold"]) == pytest.approx(bad[1]["gold"])

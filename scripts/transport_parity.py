@@ -1,6 +1,7 @@
-"""The same tiny RLOO run (seed 0) over each weight-sync transport, reduced to what must not change when
-the code around it is refactored: every step's metrics except times, every sample's text and rewards,
-and the held-out gold before/after. Issue 25's "identical metrics before and after, per transport".
+"""The same tiny RLOO run (seed 0) over each weight-sync transport, and one reward-model training (2
+DeepSpeed ranks, global BSR), reduced to what must not change when the code around them is refactored:
+every step's metrics except times, every sample's text and rewards, and the held-out gold
+before/after. Issue 25's "identical metrics before and after, per transport".
 
     python scripts/transport_parity.py --out before.json          # on the old commit
     python scripts/transport_parity.py --out after.json --compare before.json
@@ -44,6 +45,18 @@ def run_one(root: Path, testbeds: Path, sync: list[str]) -> dict:
                       for p in summary["held_out_curve"]]}
 
 
+def run_rm(root: Path, testbeds: Path) -> dict:
+    from rlhf_ray.config import load_config
+    from rlhf_ray.rm.train import train_reward_model
+
+    train_reward_model(load_config(None, [
+        f"data.dir={testbeds}", f"output_dir={root}", "rm.num_workers=2", "rm.num_cpus=0.5", "tensorboard=false",
+        "model.name=tiny-llama", "data.testbed=gold", "data.eval=val1", "rm.batch_size=8", "rm.warmup_ratio=0",
+        "model.max_length=128", "loss.bsr.coef=0.01", "loss.bsr.scope=global", "rm.max_steps=4"]))
+    rows = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
+    return {"metrics": [{k: v for k, v in r.items() if not any(t in k for t in TIMES)} for r in rows]}
+
+
 def differences(before, after, where: str = "") -> list[str]:
     if isinstance(before, dict) and isinstance(after, dict):
         keys = sorted(set(before) | set(after))
@@ -59,6 +72,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--compare")
     parser.add_argument("--transports", nargs="*", default=list(TRANSPORTS))
+    parser.add_argument("--rm", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the reward-model training")
     args = parser.parse_args()
     import ray
 
@@ -72,10 +87,14 @@ def main() -> int:
             print(f"[parity] {name}", file=sys.stderr, flush=True)
             result[name] = run_one(Path(tmp) / name, testbeds, TRANSPORTS[name])
             ray.shutdown()
+        if args.rm:
+            print("[parity] reward model", file=sys.stderr, flush=True)
+            result["reward_model"] = run_rm(Path(tmp) / "rm", testbeds)
+            ray.shutdown()
     Path(args.out).write_text(json.dumps(result, indent=1))
     if args.compare:
         before = json.loads(Path(args.compare).read_text())
-        found = {name: differences(before[name], result[name]) for name in result}
+        found = {name: differences(before[name], result[name]) for name in result if name in before}
         for name, diffs in found.items():
             print(f"[parity] {name}: {'identical' if not diffs else f'{len(diffs)} differences'}")
             for d in diffs[:10]:

@@ -67,7 +67,7 @@ def measure_learner(s: dict) -> dict:
         start = time.perf_counter()
         stats = learner.update(rollouts, scores)
         seconds.append(time.perf_counter() - start)
-        losses.append(stats["loss"])
+        losses.append(stats.loss)
     step_s = steady(seconds, s["warmup"])
     return {"params": params, "tokens": tokens, "executed_tokens": executed, "step_s": step_s, "seconds": seconds,
             "losses": losses,

@@ -14,6 +14,7 @@ from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
+from rlhf_ray.rl.phases import LearnerStats
 from rlhf_ray.rl.rank_shares import merge_rollouts
 from rlhf_ray.rl.sync import transport_class
 from rlhf_ray.training_rank import join_as_rank, training_engine
@@ -158,7 +159,7 @@ class RLOOLearner:
             return batches
         return split_to_count(batches, common_count(len(batches), self.world_size), unit=rollouts.k)
 
-    def update(self, rollouts: Rollouts, scores: torch.Tensor) -> dict:
+    def update(self, rollouts: Rollouts, scores: torch.Tensor) -> LearnerStats:
         """One RLOO update on this rank's share (whole prompt groups), in micro-batches whose
         gradients add up to the whole batch's; returns its stats. With one PPO epoch the policy's
         logprobs before the update are the update's own forward (detached): no separate pass for
@@ -197,16 +198,17 @@ class RLOOLearner:
                 seen.append((adv, token_kl, entropy, batch.mask))
                 corrections += [correction] if correction is not None else []
             if epoch == 0:  # the stats of the batch as sampled
-                stats = {**advantage_stats(*zip(*seen)),
-                         **(correction_stats(corrections) if corrections else {})}
+                stats = advantage_stats(*zip(*seen))
+                measured = correction_stats(corrections) if corrections else {}
             grad_norm = self._whole_grad_norm() if lc.zero_stage == 0 else None
             self.engine.step()
             grad_norm = grad_norm if grad_norm is not None else float(self.engine.get_global_grad_norm() or 0.0)
         # the update's peak back to the GPU, for a colocated engine to wake into
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return {**stats, "clip_frac": clipped, "loss": loss_sum, "lr": self.engine.get_lr()[0],
-                "beta": lc.beta, "grad_norm": grad_norm, "learn_s": time.monotonic() - start}
+        return LearnerStats(stats["kl"], stats["advantage_mean"], stats["advantage_std"], clipped, loss_sum,
+                            grad_norm, self.engine.get_lr()[0], lc.beta, time.monotonic() - start,
+                            stats.get("entropy"), measured)
 
     def sequence_kl(self, rollouts: Rollouts) -> list[float]:
         """Each sequence's KL from the policy as it is now to the reference, in `rollouts`' order:

@@ -60,3 +60,23 @@ def generated_of(rollouts) -> Generated:
     """The `Generated` of a worker's `Rollouts` (a Ray task next to them, so only this travels)."""
     return Generated(list(rollouts.texts), [len(r) for r in rollouts.response_ids],
                      list(rollouts.finished), rollouts.compute_s)
+
+
+@dataclass(frozen=True)
+class LearnerStats:
+    """One learner rank's update of a step: the batch's mean sequence KL to the reference, advantage
+    mean and std, clipped fraction, loss, gradient norm, learning rate and KL coefficient used, the
+    update's time; the policy's entropy where the update's forward gave it; the behaviour
+    correction's statistics (mismatch_kl, is_ratio_mean, is_ratio_max, is_cut_frac) where measured."""
+
+    kl: float
+    advantage_mean: float
+    advantage_std: float
+    clip_frac: float
+    loss: float
+    grad_norm: float
+    lr: float
+    beta: float
+    learn_s: float
+    entropy: float | None = None
+    correction: dict[str, float] = field(default_factory=dict)

@@ -7,7 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
-from rlhf_ray.rl.phases import Generated, Scores
+from rlhf_ray.rl.phases import Generated, LearnerStats, Scores
 from rlhf_ray.rl.sync import Delivery
 from rlhf_ray.utils.stats import nanmean
 
@@ -23,12 +23,21 @@ def across(parts: list, key: str) -> list:
     return [x for part in parts for x in getattr(part, key)]
 
 
-def mean_of(learner_stats: list[dict], key: str) -> float:
-    """The mean of `key` over the learner ranks."""
-    return statistics.fmean(s[key] for s in learner_stats)
+def learner_means(stats: list[LearnerStats]) -> dict[str, float]:
+    """The learner ranks' statistics, each the mean over the ranks (the largest IS ratio: the max)."""
+    keys = ["kl", "advantage_mean", "advantage_std", "clip_frac", "loss", "grad_norm"]
+    out = {key: statistics.fmean(getattr(s, key) for s in stats) for key in keys}
+    if stats[0].entropy is not None:
+        out["entropy"] = statistics.fmean(s.entropy for s in stats)
+    for key in ("mismatch_kl", "is_ratio_mean", "is_cut_frac"):
+        if key in stats[0].correction:
+            out[key] = statistics.fmean(s.correction[key] for s in stats)
+    if "is_ratio_max" in stats[0].correction:
+        out["is_ratio_max"] = max(s.correction["is_ratio_max"] for s in stats)
+    return out
 
 
-def compute_seconds(generated: list[Generated], scores: list[Scores], learner_stats: list[dict],
+def compute_seconds(generated: list[Generated], scores: list[Scores], learner_stats: list[LearnerStats],
                     synced: Delivery) -> float:
     """The step's compute: per phase, the slowest actor's own time (generation, scoring, the update,
     putting and loading the weights). The rest of the step's wall time is orchestration overhead:
@@ -38,19 +47,14 @@ def compute_seconds(generated: list[Generated], scores: list[Scores], learner_st
             + synced.publish_s + slowest(synced.loaded, "sync_s"))
 
 
-def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats: list[dict],
+def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats: list[LearnerStats],
                  timings: dict, synced: Delivery, k: int, wall_s: float) -> dict:
     """Per-step metrics from the workers', scorers' and learners' small results and the phases'
     times."""
     proxy, length = across(scores, "proxy"), across(generated, "length")
     gold = [g for g in across(scores, "gold") if not math.isnan(g)]
     compute_s = compute_seconds(generated, scores, learner_stats, synced)
-    learner = {key: mean_of(learner_stats, key) for key in
-               ("kl", "entropy", "advantage_mean", "advantage_std", "clip_frac", "loss",
-                "grad_norm", "mismatch_kl",
-                "is_ratio_mean", "is_cut_frac") if key in learner_stats[0]}
-    if "is_ratio_max" in learner_stats[0]:
-        learner["is_ratio_max"] = max(s["is_ratio_max"] for s in learner_stats)
+    learner = learner_means(learner_stats)
     return {
         "proxy_reward_mean": statistics.fmean(proxy),
         "proxy_reward_std": statistics.stdev(proxy) if len(proxy) > 1 else 0.0,
@@ -59,7 +63,7 @@ def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats
         "gold_v2_reward_mean": nanmean(across(scores, "gold_v2")),
         "response_length": statistics.fmean(length),
         "truncation_rate": 1 - statistics.fmean(across(generated, "finished")),
-        **learner, "lr": learner_stats[0]["lr"], "beta": learner_stats[0]["beta"],
+        **learner, "lr": learner_stats[0].lr, "beta": learner_stats[0].beta,
         **{f"time_{phase}_s": t for phase, t in timings.items()},
         "step_s": sum(timings.values()), "wall_s": wall_s, "compute_s": compute_s,
         "publish_s": synced.publish_s,

@@ -146,7 +146,8 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
         by_id = {r["prompt_id"]: r for _, _, r in read_records(records, cfg.data.max_row_mb)}
         gold_v2 = gold_v2_of(groups, by_id) if all(g.prompt_id in by_id for g in groups) else None
     result = {"data": str(path), "prompts": len(groups), "prompt_types": cfg.bon.prompt_types,
-              "prompt_ids": [g.prompt_id for g in groups], "N": k, "sources": curves(groups, reward_sources(members, cfg, k), cfg, gold_v2)}
+              "prompt_ids": [g.prompt_id for g in groups], "N": k,
+              "sources": curves(groups, reward_sources(members, cfg, k), cfg, gold_v2)}
     from rlhf_ray.report.bon_plots import plot_best_of_n
 
     out_dir.mkdir(parents=True, exist_ok=True)

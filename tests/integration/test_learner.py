@@ -41,9 +41,9 @@ def _updated_weights(micro_batch_size, variant, ppo_epochs=1):
 def test_micro_batches_give_the_whole_batch_update(variant):
     grads_whole, whole, stats_whole = _updated_weights(8, variant)
     grads_micro, _, stats_micro = _updated_weights(1, variant)
-    assert stats_micro["loss"] == pytest.approx(stats_whole["loss"], abs=1e-5)
-    assert stats_whole["grad_norm"] > 0
-    assert stats_micro["grad_norm"] == pytest.approx(stats_whole["grad_norm"], rel=1e-3)
+    assert stats_micro.loss == pytest.approx(stats_whole.loss, abs=1e-5)
+    assert stats_whole.grad_norm > 0
+    assert stats_micro.grad_norm == pytest.approx(stats_whole.grad_norm, rel=1e-3)
     assert grads_whole.keys() == grads_micro.keys() and len(grads_whole) > 10
     for name, g in grads_whole.items():
         torch.testing.assert_close(grads_micro[name], g, atol=1e-6, rtol=1e-4)
@@ -63,7 +63,7 @@ def test_one_epoch_without_a_separate_old_logprob_pass_equals_the_first_of_two_e
     grads_one, _, stats_one = _updated_weights(4, variant, ppo_epochs=1)
     grads_two, _, stats_two = _updated_weights(4, variant, ppo_epochs=2)
     for key in ("kl", "advantage_mean", "advantage_std", "entropy"):
-        assert stats_two[key] == pytest.approx(stats_one[key], abs=1e-5), key
+        assert getattr(stats_two, key) == pytest.approx(getattr(stats_one, key), abs=1e-5), key
     assert grads_one.keys() == grads_two.keys()
     for name, g in grads_one.items():
         torch.testing.assert_close(grads_two[name], g, atol=1e-6, rtol=1e-4)

@@ -34,7 +34,7 @@ def test_a_bf16_policy_trains_on_fp32_master_weights(zero_stage):
     rollouts = Rollouts([[5, 6, 7]] * 2 + [[8, 9]] * 2, [[10, 11], [12], [13, 14, 15], [16]], [[0.0]] * 4,
                         [True] * 4, [], 2, 0)
     stats = learner.update(rollouts, torch.tensor([1.0, -1.0, 0.5, -0.5]))
-    assert stats["grad_norm"] > 0 and stats["loss"] == stats["loss"]
+    assert stats.grad_norm > 0 and stats.loss == stats.loss
     adam = getattr(learner.engine.optimizer, "optimizer", learner.engine.optimizer).state.values()  # the torch AdamW
     assert adam and all(s["exp_avg"].dtype == s["exp_avg_sq"].dtype == torch.float32 for s in adam)
 

@@ -34,11 +34,18 @@ def best_of_n_weights(num_samples: int, n: int) -> np.ndarray:
 
 
 def best_of_n_expectation(proxy, values, n: int) -> float:
-    """E[values of the highest-proxy sample of a uniformly random n-subset]. Ties in the proxy are
-    broken by sample order (the later sample counts as higher), consistently across subsets."""
+    """E[values of the highest-proxy sample of a uniformly random n-subset], a tie in the proxy
+    broken uniformly at random: each position of a tied block then holds the block's mean value.
+    (Breaking ties by sample order biased a proxy with many ties, as word count: the samples are
+    stored best first by the labels' gold, so the later, worse one always won.)"""
     proxy, values = np.asarray(proxy, dtype=float), np.asarray(values, dtype=float)
     order = np.argsort(proxy, kind="stable")
-    return float(best_of_n_weights(len(proxy), n) @ values[order])
+    ranked, ranked_proxy = values[order], proxy[order]
+    _, first, count = np.unique(ranked_proxy, return_index=True, return_counts=True)
+    for start, size in zip(first, count):
+        if size > 1:
+            ranked[start : start + size] = ranked[start : start + size].mean()
+    return float(best_of_n_weights(len(proxy), n) @ ranked)
 
 
 def powers_of_two(num_samples: int) -> list[int]:

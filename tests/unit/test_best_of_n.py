@@ -9,12 +9,19 @@ from rlhf_ray.rm import best_of_n as B
 
 
 def _brute_force(proxy, gold, n):
-    """Mean gold of the highest-proxy sample over every n-subset (ties: the later sample wins)."""
+    """Mean gold of the highest-proxy sample over every n-subset (a tie: each tied sample equally
+    likely, so the tied samples' mean gold)."""
     values = []
     for subset in itertools.combinations(range(len(proxy)), n):
-        best = max(subset, key=lambda i: (proxy[i], i))
-        values.append(gold[best])
+        top = max(proxy[i] for i in subset)
+        tied = [gold[i] for i in subset if proxy[i] == top]
+        values.append(sum(tied) / len(tied))
     return sum(values) / len(values)
+
+
+def test_a_tie_does_not_favour_the_later_sample():
+    """Word count ties often; the samples are stored best first, so order-broken ties picked the worse."""
+    assert B.best_of_n_expectation([5, 5], [1.0, 0.0], 2) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("num_samples", [1, 2, 5, 7])

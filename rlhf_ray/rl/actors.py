@@ -126,15 +126,21 @@ class RLActors:
         self.delivery.replay(worker)
         return (*args[:-1], self.delivery.version)
 
-    def score(self, generation: Generation, prompts: list[dict]) -> list:
+    def score(self, generation: Generation, prompts: list[dict],
+              baselines: dict[str, list[float]] | None = None) -> list:
         """Each rollout worker's output goes to a scorer (round robin); refs of small `Scores`, one
-        per ref of `generation`. A scorer holds no state, so one that Ray restarted simply scores
-        again."""
+        per ref of `generation`. `baselines`: LSC / PAR's reference rewards by prompt id. A scorer
+        holds no state, so one that Ray restarted simply scores again."""
         n, refs = len(self.scorer), []
+
+        def shard(j: int) -> tuple:
+            mine = [prompts[i] for i in generation.shard_index[j]]
+            if baselines is None:
+                return generation.refs[j], mine
+            return generation.refs[j], mine, [baselines[p["prompt_id"]] for p in mine]
+
         for start in range(0, len(generation.refs), n):  # one call per scorer at a time
-            batch = {j - start: (generation.refs[j],
-                                 [prompts[i] for i in generation.shard_index[j]])
-                     for j in range(start, min(start + n, len(generation.refs)))}
+            batch = {j - start: shard(j) for j in range(start, min(start + n, len(generation.refs)))}
             done = self.scorer.map("score", batch, self.cfg.scorer.timeout_s)
             refs += [done[j] for j in range(len(batch))]
         return refs
@@ -144,7 +150,8 @@ class RLActors:
         return self.start_generation(prompt_ids,
                                      self._sampling(derive_seed(self.cfg.seed, "generate", step)))
 
-    def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict]) -> list[dict]:
+    def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict],
+                 baselines: dict[str, list[float]] | None = None) -> list[dict]:
         """Generate and score held-out prompts with the current weights (no learning). Per worker,
         one record of its share (what `policy_eval` reads, and what a kept policy's held_out.json
         holds): its `Generated` and `Scores` fields, its prompts' indices and its samples' sequence
@@ -153,7 +160,7 @@ class RLActors:
 
         generation = self._generate(prompt_ids,
                                     self._sampling(derive_seed(self.cfg.seed, "evaluate")))
-        scores = ray.get(self.score(generation, prompts))
+        scores = ray.get(self.score(generation, prompts, baselines))
         kl = self._sequence_kl(generation)
         parts, at = [], 0
         for generated, scored, idx in zip(ray.get(generation.generated), scores,
@@ -211,12 +218,14 @@ class RLActors:
         workers load them after the generations queued before it."""
         return self.delivery.deliver(version)
 
-    def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> None:
-        """For LSC / PAR: rewards of the initial policy's responses, stored on each prompt record.
-        Generated in step-sized chunks, so memory stays what a training step needs."""
+    def reference_rewards(self, prompt_ids: list[list[int]], prompts: list[dict]) -> dict[str, list[float]]:
+        """For LSC / PAR: rewards of the initial policy's responses, by prompt id (the driver holds
+        them and passes each scorer its prompts'). Generated in step-sized chunks, so memory stays
+        what a training step needs."""
         from rlhf_ray.scoring.aggregate import aggregate
 
         rc, m, chunk = self.cfg.rollout, self.cfg.reward.reference_samples, self.cfg.rloo.prompts_per_step
+        baselines: dict[str, list[float]] = {}
         for start in range(0, len(prompts), chunk):
             ids, recs = prompt_ids[start : start + chunk], prompts[start : start + chunk]
             sampling = Sampling(rc.max_new_tokens, rc.temperature, rc.top_p,
@@ -229,7 +238,8 @@ class RLActors:
             proxy = aggregate(members, self.cfg.reward.aggregate,
                               self.cfg.reward.uwo_lambda).view(len(recs), -1)
             for p, row in zip(recs, proxy.tolist()):
-                p["reference_rewards"] = row[:m]
+                baselines[p["prompt_id"]] = row[:m]
+        return baselines
 
     def set_beta(self, beta: float) -> None:
         self.learner.call("set_beta", [(beta,)] * len(self.learner), self.cfg.learner.timeout_s)

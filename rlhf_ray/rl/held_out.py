@@ -75,16 +75,17 @@ class HeldOutCurve:
     step)."""
 
     def __init__(self, cfg: Config, rl, prompts: list[dict], encode, stored: str, out: Path,
-                 before: list[dict] | None, curve: list[dict]):
+                 before: list[dict] | None, curve: list[dict], baselines: dict | None = None):
         self.cfg, self.rl, self.prompts, self.encode, self.stored, self.out = cfg, rl, prompts, encode, stored, out
         self.before, self.curve = before, curve
+        self.baselines = baselines  # LSC / PAR's reference rewards by prompt id, or None
         self.monitor = replayed_monitor(cfg, curve)
         self.action: MonitorAction | None = None
         self.last: tuple[int, list[dict]] | None = None
 
     def evaluate(self) -> list[dict]:
         """The held-out prompts generated and scored by the current policy (no learning)."""
-        return self.rl.evaluate(self.encode(self.prompts), self.prompts)
+        return self.rl.evaluate(self.encode(self.prompts), self.prompts, self.baselines)
 
     def due(self, step: int) -> bool:
         every = self.cfg.rloo.eval_every

@@ -18,6 +18,7 @@ from rlhf_ray.rl.phases import Generated, Generation, Scores
 from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
 from rlhf_ray.rl.step_metrics import step_metrics, write_samples
+from rlhf_ray.rl.sync import transport_class
 from rlhf_ray.utils import storage
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
 from rlhf_ray.utils.train_state import Checkpoints
@@ -77,18 +78,20 @@ def plan_run(cfg: Config) -> RunPlan:
     stored = storage.run_folder(cfg.storage_path, cfg.output_dir)
     checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rloo.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
+    transport_class(cfg.rollout.sync).check(cfg.rollout, cfg.learner)
     check_placement({"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner},
                     cluster_nodes(cfg.ray))
     return RunPlan(prompts, held_out, loader, stored, checkpoints, resume_from)
 
 
-def start(cfg: Config, rl, plan: RunPlan, encode) -> tuple[int, HeldOutCurve]:
+def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None) -> tuple[int, HeldOutCurve]:
     """Where the run begins: (steps done, the held-out curve so far). Fresh: step 0, the held-out
     prompts scored by the initial policy. Resumed from `plan.resume_from`: the learner's state, its
     weights on the workers, the loader position, the saved scores and curve."""
     out = Path(cfg.output_dir)
     if plan.resume_from is None:
-        done, curve = 0, HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out, None, [])
+        done, curve = 0, HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out, None, [],
+                                        baselines)
         if plan.held_out:
             curve.before = curve.evaluate()
             curve.curve.append(held_out_point_of(cfg, curve.before, plan.held_out, 0))
@@ -98,7 +101,7 @@ def start(cfg: Config, rl, plan: RunPlan, encode) -> tuple[int, HeldOutCurve]:
         plan.loader.position = state["position"]
         done = state["step"]
         curve = HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out,
-                             state["held_out_before"], state.get("curve", []))
+                             state["held_out_before"], state.get("curve", []), baselines)
     if curve.monitor.beta != cfg.learner.beta:  # raised by the monitor before the checkpoint
         rl.set_beta(curve.monitor.beta)
     if cfg.rloo.monitor.action == "keep_best" and not done:  # the initial policy may stay the best
@@ -106,13 +109,14 @@ def start(cfg: Config, rl, plan: RunPlan, encode) -> tuple[int, HeldOutCurve]:
     return done, curve
 
 
-def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int) -> StepResult:
-    """prompts -> rollout -> score -> learn -> sync, each phase timed by the driver."""
+def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int, baselines=None) -> StepResult:
+    """prompts -> rollout -> score -> learn -> sync, each phase timed by the driver (`baselines`:
+    LSC / PAR's reference rewards by prompt id)."""
     import ray
 
     began = time.monotonic()
     batch, generation, t_generate = queue.take(step)
-    score_refs, t_score = timed(rl.score, generation, batch)
+    score_refs, t_score = timed(rl.score, generation, batch, baselines)
     learner_stats, t_learn = timed(rl.learn, generation, score_refs)
     # the workers load it after the generations queued before it
     delivery, t_sync = timed(rl.sync, step)
@@ -131,13 +135,13 @@ def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutC
 
 
 def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, encode,
-          done: int) -> int:
+          done: int, baselines=None) -> int:
     """Steps done+1 .. rloo.steps, or until the monitor stops the run; returns the last step run."""
     out, run = Path(cfg.output_dir), cfg.rloo
     queue = GenerationQueue(rl, plan.loader, encode, run.generation_lag, run.steps)
     step = done
     for step in range(done + 1, run.steps + 1):
-        result = rloo_step(cfg, rl, queue, step)
+        result = rloo_step(cfg, rl, queue, step, baselines)
         write_samples(out / "samples.jsonl", step, result.batch, result.generated, result.scores,
                       result.generation.shard_index)
         log.log(step, {**result.metrics, "prompt_ids": [p["prompt_id"] for p in result.batch]})
@@ -186,14 +190,14 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
 
     rl, log = RLActors(cfg, cfg.rloo.steps, connect(cfg.ray, out / "logs")), None
     try:
-        # LSC / PAR baselines: the initial policy's rewards, per prompt
+        baselines = None  # LSC / PAR's: the initial policy's rewards, by prompt id
         if cfg.reward.transform != "none":
             every = plan.prompts + plan.held_out
-            rl.reference_rewards(encode(every), every)
-        done, curve = start(cfg, rl, plan, encode)  # done > 0: resumed
+            baselines = rl.reference_rewards(encode(every), every)
+        done, curve = start(cfg, rl, plan, encode, baselines)  # done > 0: resumed
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
-        last_step = train(cfg, rl, plan, curve, log, encode, done)
+        last_step = train(cfg, rl, plan, curve, log, encode, done, baselines)
         policy, after = curve.final(last_step)
         placement = rl.placement()
     except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from

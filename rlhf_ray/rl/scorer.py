@@ -33,7 +33,10 @@ class RLScorer:
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
 
-    def score(self, rollouts: Rollouts, prompts: list[dict]) -> Scores:
+    def score(self, rollouts: Rollouts, prompts: list[dict],
+              baselines: list[list[float]] | None = None) -> Scores:
+        """`baselines`: for LSC / PAR, each prompt's reference rewards (the initial policy's), in
+        `prompts`' order."""
         start = time.monotonic()
         k, cfg = rollouts.k, self.cfg
         per_sample = [prompts[i // k] for i in range(len(rollouts))]
@@ -45,7 +48,10 @@ class RLScorer:
         proxy = aggregate(members, cfg.aggregate, cfg.uwo_lambda)
         reference = None
         if cfg.transform != "none":
-            reference = torch.tensor([p["reference_rewards"] for p in per_sample],
+            if baselines is None:
+                raise ValueError(f"reward.transform={cfg.transform} needs each prompt's reference "
+                                 "rewards (RLActors.reference_rewards)")
+            reference = torch.tensor([baselines[i // k] for i in range(len(rollouts))],
                                      dtype=proxy.dtype)
         shaped = transform(proxy, cfg.transform, reference)
         gold = [

@@ -117,8 +117,6 @@ def test_rloo_configs_name_a_policy_and_prompts_that_resolve(path):
 @pytest.mark.parametrize("overrides, message", [
     (["learner.offload_states_while_generating=true", "learner.zero_stage=3"], "zero_stage 1 or 2"),
     (["learner.offload_states_while_generating=true"], "zero_stage 1 or 2"),
-    (["rollout.colocate_with_learner=true", "rollout.sync=collective", "rollout.num_gpus=0.5",
-      "learner.num_gpus=0.5"], "two NCCL ranks"),
     (["rollout.tensor_parallel_size=2"], "tensor-parallel rollout engines are not supported yet"),
 ])
 def test_gpu_settings_that_would_fail_on_a_cluster_are_refused_at_load(overrides, message):
@@ -131,3 +129,16 @@ def test_gpu_settings_that_would_fail_on_a_cluster_are_refused_at_load(overrides
     if "learner.offload_states_while_generating=true" in fixed and "learner.zero_stage=2" not in fixed:
         fixed.append("learner.zero_stage=1")
     load_config(None, fixed)
+
+
+def test_a_transport_refuses_settings_it_cannot_work_with_before_any_actor_starts():
+    """Issue 26 (6), now the transport's own check (issue 25: no `sync ==` outside rl/sync/): collective
+    with colocation on GPUs would be two NCCL ranks on one GPU; ipc, the way out it names, is fine."""
+    from rlhf_ray.rl.sync import transport_class
+
+    cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.sync=collective",
+                             "rollout.num_gpus=0.5", "learner.num_gpus=0.5"])
+    with pytest.raises(ConfigError, match="two NCCL ranks"):
+        transport_class("collective").check(cfg.rollout, cfg.learner)
+    transport_class("ipc").check(cfg.rollout, cfg.learner)
+    transport_class("collective").check(cfg.rollout, cfg.learner.model_copy(update={"num_gpus": 0}))

@@ -78,7 +78,10 @@ def test_a_bucket_that_never_comes_fails_the_load_with_the_senders_error():
 
 
 def test_ipc_needs_the_worker_and_its_learner_rank_colocated():
+    from rlhf_ray.rl.sync import transport_class
+
+    apart = load_config(None, ["rollout.sync=ipc"])
     with pytest.raises(ConfigError, match="rollout.sync=ipc .* set rollout.colocate_with_learner=true"):
-        load_config(None, ["rollout.sync=ipc"])
+        transport_class("ipc").check(apart.rollout, apart.learner)
     cfg = load_config(None, ["rollout.sync=ipc", "rollout.colocate_with_learner=true"])
-    assert cfg.rollout.sync == "ipc"
+    transport_class("ipc").check(cfg.rollout, cfg.learner)

@@ -87,6 +87,11 @@ class Transport:
         self.senders, self.receivers, self.timeout_s = senders, receivers, timeout_s
         self.version = 0
 
+    @classmethod
+    def check(cls, rollout, learner) -> None:
+        """Settings of the serving (`rollout`) and trainer (`learner`) sections this transport cannot
+        work with: a ConfigError naming the keys, raised before any actor starts (`rloo --check`)."""
+
     def connect(self) -> None:
         """Whatever the transport needs set up between the two groups (a process group); none
         here."""

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 
+from rlhf_ray.config import ConfigError
 from rlhf_ray.rl.engines.base import Weights
 from rlhf_ray.rl.sync.base import Delivery, Receiver, Sender, Transport
 from rlhf_ray.rl.sync.buckets import device_of, layout_of, pack_flat, split_flat
@@ -128,6 +129,13 @@ class Collective(Transport):
     name = "collective"
     Sender = CollectiveSender
     Receiver = CollectiveReceiver
+
+    @classmethod
+    def check(cls, rollout, learner) -> None:
+        if rollout.colocate_with_learner and rollout.num_gpus and learner.num_gpus:
+            raise ConfigError("rollout.sync=collective with rollout.colocate_with_learner on GPUs puts learner "
+                              "rank 0 and rollout worker 0 on one GPU as two NCCL ranks, which NCCL refuses: "
+                              "use rollout.sync=ipc (or object_store)")
 
     def __init__(self, senders, receivers, timeout_s: float):
         super().__init__(senders, receivers, timeout_s)

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from rlhf_ray.config import ConfigError
 from rlhf_ray.rl.engines.base import Weights
 from rlhf_ray.rl.sync.base import Delivery, Receiver, Sender, Transport
 from rlhf_ray.rl.sync.buckets import device_of, layout_of, pack_flat, split_flat
@@ -117,6 +118,13 @@ class SharedMemory(Transport):
     name = "ipc"
     Sender = SharingSender
     Receiver = SharingReceiver
+
+    @classmethod
+    def check(cls, rollout, learner) -> None:
+        if not rollout.colocate_with_learner:
+            raise ConfigError("rollout.sync=ipc maps learner rank i's memory into rollout worker i, so the "
+                              "two must share a machine: set rollout.colocate_with_learner=true (or use "
+                              "object_store / collective)")
 
     def deliver(self, version: int) -> Delivery:
         """Each receiver pulls from its colocated rank (every rank gathers each bucket)."""

@@ -11,6 +11,7 @@ transport adds calls to its own two classes and touches no actor.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,9 +45,9 @@ class Sender:
         import ray
 
         start = time.monotonic()
-        refs = self.source.send_all(ray.put if self.rank == 0 else None)
+        refs, peak = self.source.send_all(ray.put if self.rank == 0 else None)
         return {"refs": refs, "publish_s": time.monotonic() - start,
-                "gathered_peak_bytes": self.source.peak_bytes}
+                "gathered_peak_bytes": peak}
 
 
 class Receiver:
@@ -71,7 +72,7 @@ class Receiver:
         return {"sync_s": time.monotonic() - start, "bytes": weights.nbytes, "version": version}
 
 
-class Transport:
+class Transport(ABC):
     """The driver's side, between a group of trainer ranks (`senders`) and a group of serving
     workers (`receivers`): `connect` once after both start, `deliver(version)` after each update,
     `replay(i)` when Ray restarted receiver i. `version`: what the receivers hold."""
@@ -96,8 +97,9 @@ class Transport:
         """Whatever the transport needs set up between the two groups (a process group); none
         here."""
 
+    @abstractmethod
     def deliver(self, version: int) -> Delivery:
-        raise NotImplementedError
+        """Version `version` of the senders' weights to every receiver."""
 
     def before_update(self) -> None:
         """Nothing: only a colocated transport makes room on the GPU for the trainers' update."""

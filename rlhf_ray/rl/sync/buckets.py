@@ -96,16 +96,12 @@ def split_flat(flat, layout: list) -> Weights:
 class BucketSource:
     """A trainer rank's model as buckets of `Weights`, for a transport's sender. With ZeRO-3 every
     rank gathers each bucket together, so every rank must go through the same buckets; only a rank
-    that sends builds the `Weights` (views of the parameters: valid until the next bucket).
-    `peak_bytes`: the most parameter bytes held whole at once in the last pass (the gather's extra
-    memory)."""
+    that sends builds the `Weights` (views of the parameters: valid until the next bucket)."""
 
     def __init__(self, model: torch.nn.Module, bucket_bytes: int, zero_stage: int):
         self.model, self.bucket_bytes, self.zero_stage = model, bucket_bytes, zero_stage
-        self.peak_bytes = 0
 
     def plan(self) -> list[tuple[list[str], list, dict[str, str]]]:
-        self.peak_bytes = 0  # a new pass
         return bucket_plan(self.model, self.bucket_bytes)
 
     @contextlib.contextmanager
@@ -116,16 +112,18 @@ class BucketSource:
         names, params, aliases = bucket
         with gathered_parameters(params, self.zero_stage):
             size = sum(tensor_bytes(p) for p in params)
-            self.peak_bytes = max(self.peak_bytes, size)
             yield (Weights.of({n: p.detach() for n, p in zip(names, params)}, aliases, on_device)
                    if builds else None), size
 
-    def send_all(self, send: Callable[[Weights], T] | None, on_device: bool = False) -> list[T]:
-        """`send` of every bucket in turn: [its results] on a rank that sends; None: a rank that
-        only takes part in the gathers ([])."""
-        results = []
-        for bucket in self.plan():
-            with self.gathered(bucket, send is not None, on_device) as (weights, _):
+    def send_all(self, send: Callable[[Weights], T] | None, on_device: bool = False,
+                 plan: list | None = None) -> tuple[list[T], int]:
+        """`send` of every bucket of `plan` (default: `plan()`) in turn: [its results] on a rank that
+        sends, [] where `send` is None (a rank that only takes part in the gathers); and the most
+        parameter bytes held whole at once (the gather's extra memory)."""
+        results, peak = [], 0
+        for bucket in plan if plan is not None else self.plan():
+            with self.gathered(bucket, send is not None, on_device) as (weights, size):
+                peak = max(peak, size)
                 if send is not None:
                     results.append(send(weights))
-        return results
+        return results, peak

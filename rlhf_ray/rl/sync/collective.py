@@ -96,16 +96,12 @@ class CollectiveSender(Sender):
     def broadcast(self) -> dict:
         """Every rank calls; rank 0 sends the bucket count, then each bucket (on the GPU with
         nccl)."""
-        plan = self.source.plan()
+        plan, send, on_gpu = self.source.plan(), None, False
         if self.channel is not None:
             self.channel.send_count(len(plan))
-        sent = []
-        for bucket in plan:
-            on_gpu = self.channel is not None and self.channel.on_gpu
-            with self.source.gathered(bucket, self.channel is not None, on_gpu) as (weights, _):
-                if weights is not None:
-                    sent.append(self.channel.send(weights))
-        return {"bytes": sum(sent), "gathered_peak_bytes": self.source.peak_bytes}
+            send, on_gpu = self.channel.send, self.channel.on_gpu
+        sent, peak = self.source.send_all(send, on_gpu, plan)
+        return {"bytes": sum(sent), "gathered_peak_bytes": peak}
 
 
 class CollectiveReceiver(Receiver):

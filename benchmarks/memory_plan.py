@@ -103,7 +103,7 @@ def measure_rm(model: str, max_length: int, pairs: int = 16) -> dict:
     is the planner's pairs x 2 x max_length tokens)."""
     from rlhf_ray.config import load_config
     from rlhf_ray.data.gold import corpus_vocabulary
-    from rlhf_ray.data.schema import Group
+    from rlhf_ray.data.schema import Ranking
     from rlhf_ray.plan import rm_trainer_plan
     from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
     from rlhf_ray.utils.dist import reserve_address
@@ -117,7 +117,7 @@ def measure_rm(model: str, max_length: int, pairs: int = 16) -> dict:
     def text(n: int) -> str:
         return " ".join(words[i] for i in torch.randint(0, len(words), (n,), generator=rng).tolist())
 
-    groups = [Group(f"p{i}", text(max_length), "open", [text(max_length), text(max_length)]) for i in range(pairs)]
+    groups = [Ranking(f"p{i}", text(max_length), "open", [text(max_length), text(max_length)]) for i in range(pairs)]
 
     def step() -> None:
         trainer.train_step(groups)

@@ -13,12 +13,12 @@ def pairs(data_dir: str, model: str, count: int):
     """`count` preference pairs of the gold testbed's train split, as Groups of two, best first."""
     from rlhf_ray.config import load_config
     from rlhf_ray.data.loaders import load_split
-    from rlhf_ray.data.schema import Group
+    from rlhf_ray.data.schema import Ranking
 
     cfg = load_config(None, [f"data.dir={data_dir}", f"model.name={model}"])
     groups = [g for g in load_split(cfg, "train") if len(g.completions) >= 2]
     groups = [groups[i % len(groups)] for i in range(count)]  # cycled when a run needs more
-    return [Group(g.prompt_id, g.prompt, g.prompt_type, g.completions[:2], g.scores[:2]) for g in groups]
+    return [Ranking(g.prompt_id, g.prompt, g.prompt_type, g.completions[:2], g.scores[:2]) for g in groups]
 
 
 def _config(s: dict, bsr: bool):
@@ -118,10 +118,10 @@ def measure_bsr_cost(s: dict) -> dict:
     import torch
 
     from rlhf_ray.models.reward_model import encode, load_reward_model, load_tokenizer
-    from rlhf_ray.rm.objective import flatten_groups, rm_loss
+    from rlhf_ray.rm.objective import flatten_rankings, rm_loss
 
     torch.set_num_threads(s["threads"])
-    flat = flatten_groups(pairs(s["data_dir"], s["model"], s["batch_size"]))
+    flat = flatten_rankings(pairs(s["data_dir"], s["model"], s["batch_size"]))
     tokenizer = load_tokenizer(s["model"])
     with torch.no_grad():
         rewards = load_reward_model(s["model"])(**encode(tokenizer, flat.prompts, flat.responses, s["max_length"]))

@@ -94,7 +94,7 @@ def _timed(device: str, fn, repeats: int):
 
 
 def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
-    from rlhf_ray.data.schema import Group
+    from rlhf_ray.data.schema import Ranking
     from rlhf_ray.plan import learner_plan, rm_trainer_plan
     from rlhf_ray.rl.engines.base import Rollouts, Sampling
     from rlhf_ray.rl.engines.hf import HFEngine
@@ -118,7 +118,7 @@ def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
                                 "rm.zero_stage=1", "rm.warmup_ratio=0"])
     _reset(device)
     trainer = RewardModelTrainer(TrainerSpec.of(rm_cfg), 0, 1, *reserve_address(), total_steps=10)
-    groups = [Group(f"p{i}", text, "closed", [text + " w1", text + " w2"], [1.0, 0.0]) for i in range(batch)]
+    groups = [Ranking(f"p{i}", text, "closed", [text + " w1", text + " w2"], [1.0, 0.0]) for i in range(batch)]
 
     def rm_step():
         return trainer.train_step(groups)

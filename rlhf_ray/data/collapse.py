@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from rlhf_ray.data.corpora import chitchat
-from rlhf_ray.data.schema import Group, write_groups
+from rlhf_ray.data.schema import Ranking, write_rankings
 
 OPEN_SUFFIX = " Write the answer in an open-ended way."
 CLOSED_SUFFIX = " Write either a short answer or a long answer."
@@ -56,21 +56,21 @@ def source_passages(source: str) -> list[tuple[str, str]]:
                                                          "")).split()) >= MIN_PASSAGE_WORDS]
 
 
-def collapse_groups(num_prompts: int, seed: int, source: str = "chitchat") -> list[Group]:
+def collapse_rankings(num_prompts: int, seed: int, source: str = "chitchat") -> list[Ranking]:
     passages = source_passages(source)
     if num_prompts > len(passages):
         raise ValueError(f"collapse testbed: asked for {num_prompts} prompts, {source} has {len(passages)} passages")
     rng = random.Random(seed)
     chosen = rng.sample(passages, num_prompts)
-    groups = []
+    rankings = []
     for k, (instruction, passage) in enumerate(chosen):
         words = passage.split()
         is_open = rng.random() < 0.5
         lengths = OPEN_LENGTHS if is_open else CLOSED_LENGTHS
         prompt = instruction.strip() + (OPEN_SUFFIX if is_open else CLOSED_SUFFIX)
         longest_first = sorted(lengths, reverse=True)
-        groups.append(
-            Group(
+        rankings.append(
+            Ranking(
                 prompt_id=f"collapse-{k}",
                 prompt=prompt,
                 prompt_type="open" if is_open else "closed",
@@ -79,13 +79,13 @@ def collapse_groups(num_prompts: int, seed: int, source: str = "chitchat") -> li
                 generators=[f"truncate-{n}" for n in longest_first],
             )
         )
-    return groups
+    return rankings
 
 
 def build_collapse(out_dir: str | Path, train_prompts: int, eval_prompts: int, seed: int,
                    source: str = "chitchat") -> dict:
-    groups = collapse_groups(train_prompts + eval_prompts, seed, source)
+    rankings = collapse_rankings(train_prompts + eval_prompts, seed, source)
     out = Path(out_dir) / "collapse"
-    write_groups(groups[:train_prompts], out / "train.parquet")
-    write_groups(groups[train_prompts:], out / "eval.parquet")
+    write_rankings(rankings[:train_prompts], out / "train.parquet")
+    write_rankings(rankings[train_prompts:], out / "eval.parquet")
     return {"train": train_prompts, "eval": eval_prompts}

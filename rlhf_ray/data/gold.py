@@ -24,7 +24,7 @@ Response generators (named; each derives a response from the prompt's reference 
 - M_valid: noisy (40% of words replaced by random corpus words), hedged ("I'm not sure, but maybe"
   + first half), repetitive (the first 8 words three times), rambling (two unrelated references)
 
-Files under gold/ (ranked-group schema, completions best first by gold, `scores` = gold):
+Files under gold/ (ranked-ranking schema, completions best first by gold, `scores` = gold):
   train.parquet  D_train: P_train, 2 of the 4 M_train responses (random), ordered by gold
   val1.parquet   in-domain: the other 2 M_train responses of the same prompts
   val2.parquet   prompt-disjoint: P_valid x M_train (4 responses)
@@ -36,8 +36,8 @@ Files under gold/ (ranked-group schema, completions best first by gold, `scores`
 
 With `prepare.policy_samples.enabled` (`rl/policy_samples.py`), responses sampled from the policy join it
 (generator `policy`, labelled by the same gold reward, the samples cached in policy_samples.json):
-  train.parquet  mixed: P_train's policy groups (one response per gold value) and rule-made groups, the
-                 policy's share of groups `prepare.policy_samples.train_share`
+  train.parquet  mixed: P_train's policy rankings (one response per gold value) and rule-made rankings, the
+                 policy's share of rankings `prepare.policy_samples.train_share`
   policy.parquet the `policy` scenario: fresh samples for P_valid (held out), all of them, best first
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf_ray.data.corpora import chatterbot_qa, chitchat
-from rlhf_ray.data.schema import Group, write_groups
+from rlhf_ray.data.schema import Ranking, write_rankings
 
 CLOSED_FULL_RECALL = 0.5  # a closed answer holding half of the reference's content words is correct
 # up to 0.3 off a closed answer, reached at 25 words of padding
@@ -181,12 +181,12 @@ def gold_v1(prompt: dict, response: str) -> float:
 Gold = Callable[[dict, str], float]  # (gold prompt record, response) -> gold reward
 
 
-def _group(prompt: dict, responses: dict[str, str] | list[tuple[str, str]],
-           gold: Gold = gold_v1) -> Group:
+def _ranking(prompt: dict, responses: dict[str, str] | list[tuple[str, str]],
+           gold: Gold = gold_v1) -> Ranking:
     """The prompt's responses ((generator, text) pairs, or generator -> text) ranked by `gold`."""
     pairs = responses.items() if isinstance(responses, dict) else responses
     scored = sorted(((gold(prompt, text), gen, text) for gen, text in pairs), key=_by_gold)
-    return Group(
+    return Ranking(
         prompt_id=prompt["prompt_id"],
         prompt=prompt["prompt"],
         prompt_type=prompt["prompt_type"],
@@ -218,7 +218,7 @@ def test_prompts(n: int, seed: int, exclude: set[str]) -> list[dict]:
 
 def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed: int,
                test_size: int = 0, exclude: set[str] = frozenset(), gold: Gold = gold_v1) -> dict:
-    """The gold testbed's files under out_dir/gold, every group ranked and scored by `gold` (v1 by
+    """The gold testbed's files under out_dir/gold, every ranking ranked and scored by `gold` (v1 by
     default; `prepare.gold_labels`)."""
     rng = random.Random(seed + 1)
     prompts = gold_prompts(train_prompts + valid_prompts, seed)
@@ -230,50 +230,50 @@ def build_gold(out_dir: str | Path, train_prompts: int, valid_prompts: int, seed
         others = [o for o in by_type[p["prompt_type"]] if o["prompt_id"] != p["prompt_id"]]
         return {g: generate_response(g, p, others, rng) for g in generators}
 
-    files: dict[str, list[Group]] = {"train": [], "val1": [], "val2": [], "val3": [], "val4": []}
+    files: dict[str, list[Ranking]] = {"train": [], "val1": [], "val2": [], "val3": [], "val4": []}
     for p in p_train:
         pool = responses(p, M_TRAIN)
         picked = rng.sample(M_TRAIN, 2)
         for split, names in (("train", picked), ("val1", [g for g in M_TRAIN if g not in picked])):
-            group = _group(p, {g: pool[g] for g in names}, gold)
-            if group.scores[0] > group.scores[1]:  # a tie teaches nothing: drop it
-                files[split].append(group)
-        files["val3"].append(_group(p, responses(p, M_VALID), gold))
+            ranking = _ranking(p, {g: pool[g] for g in names}, gold)
+            if ranking.scores[0] > ranking.scores[1]:  # a tie teaches nothing: drop it
+                files[split].append(ranking)
+        files["val3"].append(_ranking(p, responses(p, M_VALID), gold))
     for p in p_valid:
-        files["val2"].append(_group(p, responses(p, M_TRAIN), gold))
-        files["val4"].append(_group(p, responses(p, M_VALID), gold))
+        files["val2"].append(_ranking(p, responses(p, M_TRAIN), gold))
+        files["val4"].append(_ranking(p, responses(p, M_VALID), gold))
 
     out = Path(out_dir) / "gold"
-    for split, groups in files.items():
-        write_groups(groups, out / f"{split}.parquet")
+    for split, rankings in files.items():
+        write_rankings(rankings, out / f"{split}.parquet")
     _write_prompts(p_train, p_valid, p_test, out / "prompts.parquet")
-    return {**{split: len(groups) for split, groups in files.items()}, "test_prompts": len(p_test)}
+    return {**{split: len(rankings) for split, rankings in files.items()}, "test_prompts": len(p_test)}
 
 
-def policy_group(prompt: dict, responses: list[str], distinct_gold: bool,
-                 gold: Gold = gold_v1) -> Group | None:
-    """The policy's responses to `prompt` as a ranked group (generator `policy`), best first by
+def policy_ranking(prompt: dict, responses: list[str], distinct_gold: bool,
+                 gold: Gold = gold_v1) -> Ranking | None:
+    """The policy's responses to `prompt` as a ranking (generator `policy`), best first by
     gold. For training, `distinct_gold` keeps one response per gold value (a tie teaches no
     preference); None when fewer than two are left."""
-    group = _group(prompt, [("policy", text) for text in responses], gold)
+    ranking = _ranking(prompt, [("policy", text) for text in responses], gold)
     if distinct_gold:
         keep = [i for i,
-                score in enumerate(group.scores) if i == 0 or round(score,
-                                                                    6) != round(group.scores[i - 1],
+                score in enumerate(ranking.scores) if i == 0 or round(score,
+                                                                    6) != round(ranking.scores[i - 1],
                                                                                 6)]
-        group = Group(group.prompt_id, group.prompt, group.prompt_type,
-                      [group.completions[i] for i in keep],
-                      [group.scores[i] for i in keep], [group.generators[i] for i in keep])
-    return group if len(group.completions) >= 2 else None
+        ranking = Ranking(ranking.prompt_id, ranking.prompt, ranking.prompt_type,
+                      [ranking.completions[i] for i in keep],
+                      [ranking.scores[i] for i in keep], [ranking.generators[i] for i in keep])
+    return ranking if len(ranking.completions) >= 2 else None
 
 
-def mix_train(rule_groups: list[Group], policy_groups: list[Group], policy_share: float,
-              seed: int) -> list[Group]:
-    """The train split with `policy_share` of its groups from the policy: every policy group, and as
-    many rule-made groups (a seeded sample) as the share leaves room for."""
-    keep = round(len(policy_groups) * (1 - policy_share) / policy_share)
-    rules = random.Random(seed).sample(rule_groups, min(keep, len(rule_groups)))
-    return rules + policy_groups
+def mix_train(rule_rankings: list[Ranking], policy_rankings: list[Ranking], policy_share: float,
+              seed: int) -> list[Ranking]:
+    """The train split with `policy_share` of its rankings from the policy: every policy ranking, and as
+    many rule-made rankings (a seeded sample) as the share leaves room for."""
+    keep = round(len(policy_rankings) * (1 - policy_share) / policy_share)
+    rules = random.Random(seed).sample(rule_rankings, min(keep, len(rule_rankings)))
+    return rules + policy_rankings
 
 
 def _write_prompts(p_train: list[dict], p_valid: list[dict], p_test: list[dict],

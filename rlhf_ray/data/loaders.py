@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rlhf_ray.config import Config, DataConfig
-from rlhf_ray.data.schema import DataError, Group, load_groups, load_hub_dataset
+from rlhf_ray.data.schema import DataError, Ranking, load_rankings, load_hub_dataset
 from rlhf_ray.utils.seeds import derive_seed
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -55,7 +55,7 @@ def testbed_path(data: DataConfig, split: str) -> Path:
     return Path(data.dir) / data.testbed / f"{split}.parquet"
 
 
-def load_split(cfg: Config, which: str) -> list[Group] | None:
+def load_split(cfg: Config, which: str) -> list[Ranking] | None:
     """Load `cfg.data.train` or `cfg.data.eval` (which = "train" | "eval")."""
     data = cfg.data
     ref = getattr(data, which)
@@ -69,7 +69,7 @@ def load_split(cfg: Config, which: str) -> list[Group] | None:
             raise DataError(f"config key 'data.{which}': write a hub dataset as hub:<name>:<split>, got {ref!r}")
         return load_hub_dataset(name, split, limit)
     if ref.endswith(DATA_SUFFIXES):
-        return load_groups(ref, limit, data.max_row_mb)
+        return load_rankings(ref, limit, data.max_row_mb)
     if data.testbed == "custom":
         raise DataError(f"config key 'data.{which}': {ref!r} is not a .parquet/.jsonl file or hub:<name>:<split>")
     path = testbed_path(data, ref)
@@ -79,24 +79,24 @@ def load_split(cfg: Config, which: str) -> list[Group] | None:
         prepare(cfg, [data.testbed])
         if not path.exists():
             raise DataError(f"config key 'data.{which}': the {data.testbed} testbed has no split {ref!r} ({path})")
-    return load_groups(path, limit, data.max_row_mb)
+    return load_rankings(path, limit, data.max_row_mb)
 
 
-def epoch_batches(groups: list[Group], batch_size: int, seed: int,
-                  epochs: float) -> Iterator[list[Group]]:
+def epoch_batches(rankings: list[Ranking], batch_size: int, seed: int,
+                  epochs: float) -> Iterator[list[Ranking]]:
     """Shuffled full batches, epoch after epoch (a fresh permutation per epoch, from the seed)."""
-    per_epoch = len(groups) // batch_size
+    per_epoch = len(rankings) // batch_size
     if per_epoch == 0:
-        raise DataError(f"{len(groups)} training rows are fewer than one batch (rm.batch_size={batch_size})")
-    total = num_steps(len(groups), batch_size, epochs)
+        raise DataError(f"{len(rankings)} training rows are fewer than one batch (rm.batch_size={batch_size})")
+    total = num_steps(len(rankings), batch_size, epochs)
     step, epoch = 0, 0
     while step < total:
-        order = list(range(len(groups)))
+        order = list(range(len(rankings)))
         random.Random(derive_seed(seed, "rm_batches", epoch)).shuffle(order)
         for b in range(per_epoch):
             if step >= total:
                 return
-            yield [groups[i] for i in order[b * batch_size : (b + 1) * batch_size]]
+            yield [rankings[i] for i in order[b * batch_size : (b + 1) * batch_size]]
             step += 1
         epoch += 1
 

@@ -1,6 +1,6 @@
 """One row format for every reward-model dataset, and loaders that validate each row.
 
-A row is a *ranked group*: one prompt and its completions listed best first.
+A row is a *ranking*: one prompt and its completions listed best first.
 
 | column        | type            | meaning                                                         |
 |---------------|-----------------|-----------------------------------------------------------------|
@@ -33,7 +33,7 @@ class DataError(ValueError):
 
 
 @dataclass
-class Group:
+class Ranking:
     prompt_id: str
     prompt: str
     prompt_type: str
@@ -59,8 +59,8 @@ def _bad(source: str, row: int, field_name: str, why: str, line: int | None = No
     return DataError(f"{source}: {where(row, line)}: field '{field_name}': {why}")
 
 
-def validate_row(raw: dict, source: str, row: int, line: int | None = None) -> Group:
-    """Turn one raw record (pair or ranked form) into a validated Group."""
+def validate_row(raw: dict, source: str, row: int, line: int | None = None) -> Ranking:
+    """Turn one raw record (pair or ranked form) into a validated Ranking."""
     def bad(field_name: str, why: str) -> DataError:
         return _bad(source, row, field_name, why, line)
 
@@ -103,7 +103,7 @@ def validate_row(raw: dict, source: str, row: int, line: int | None = None) -> G
     if generators and len(generators) != len(completions):
         raise bad("generators", "must name one generator per completion")
     prompt_id = str(raw.get("prompt_id") or f"{Path(source).stem}-{row}")
-    return Group(prompt_id, prompt, prompt_type, completions, scores, generators)
+    return Ranking(prompt_id, prompt, prompt_type, completions, scores, generators)
 
 
 def _text_bytes(value) -> int:
@@ -167,23 +167,23 @@ def read_records(path: Path,
         raise DataError(f"{path}: unsupported data file type {suffix!r} (use .parquet or .jsonl)")
 
 
-def load_groups(path: str | Path, limit: int | None = None,
-                max_row_mb: float = MAX_ROW_MB) -> list[Group]:
+def load_rankings(path: str | Path, limit: int | None = None,
+                max_row_mb: float = MAX_ROW_MB) -> list[Ranking]:
     """Read and validate a local parquet/jsonl file of pair or ranked rows."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
-    groups = []
+    rankings = []
     for row, line, raw in read_records(path, max_row_mb):
-        groups.append(validate_row(normalise_known_schemas(raw), str(path), row, line))
-        if limit is not None and len(groups) >= limit:
+        rankings.append(validate_row(normalise_known_schemas(raw), str(path), row, line))
+        if limit is not None and len(rankings) >= limit:
             break
-    if not groups:
+    if not rankings:
         raise DataError(f"{path}: holds no rows")
-    return groups
+    return rankings
 
 
-def load_hub_dataset(name: str, split: str, limit: int | None = None) -> list[Group]:
+def load_hub_dataset(name: str, split: str, limit: int | None = None) -> list[Ranking]:
     """A hub dataset of the same schema (e.g. rm-robustness/ultrafeedback-train), via `datasets`.
 
     Known public schemas are mapped onto ours (`normalise_known_schemas`).
@@ -191,12 +191,12 @@ def load_hub_dataset(name: str, split: str, limit: int | None = None) -> list[Gr
     import datasets
 
     ds = datasets.load_dataset(name, split=split)
-    groups = []
+    rankings = []
     for row, raw in enumerate(ds):
-        groups.append(validate_row(normalise_known_schemas(raw), f"{name}[{split}]", row))
-        if limit is not None and len(groups) >= limit:
+        rankings.append(validate_row(normalise_known_schemas(raw), f"{name}[{split}]", row))
+        if limit is not None and len(rankings) >= limit:
             break
-    return groups
+    return rankings
 
 
 def normalise_known_schemas(raw: dict) -> dict:
@@ -253,14 +253,14 @@ def normalise_known_schemas(raw: dict) -> dict:
     return out
 
 
-def write_groups(groups: list[Group], path: str | Path) -> None:
-    """Write groups as parquet, atomically."""
+def write_rankings(rankings: list[Ranking], path: str | Path) -> None:
+    """Write rankings as parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rlhf_ray.utils.atomic import atomic_write_bytes
 
-    table = pa.Table.from_pylist([asdict(g) for g in groups])
+    table = pa.Table.from_pylist([asdict(g) for g in rankings])
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

@@ -263,7 +263,7 @@ class RLActors:
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        for group in (self.rollout, self.scorer, self.learner):
-            group.shutdown()
+        for actors in (self.rollout, self.scorer, self.learner):
+            actors.shutdown()
         if self.shared is not None:
             remove_placement_group(self.shared)

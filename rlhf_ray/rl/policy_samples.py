@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from rlhf_ray.config import Config
-from rlhf_ray.data.gold import mix_train, policy_group
+from rlhf_ray.data.gold import mix_train, policy_ranking
 from rlhf_ray.data.loaders import labelling_gold
-from rlhf_ray.data.schema import load_groups, read_records, write_groups
+from rlhf_ray.data.schema import load_rankings, read_records, write_rankings
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.prompts import encode_prompts
@@ -52,7 +52,7 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
     ps = cfg.prepare.policy_samples
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name),
                                               trust_remote_code=cfg.policy.trust_remote_code)
-    group = rollout_workers(cfg, setup=connect(cfg.ray, Path(cfg.data.dir) / "logs"))
+    workers = rollout_workers(cfg, setup=connect(cfg.ray, Path(cfg.data.dir) / "logs"))
     samples: dict[str, list[str]] = {}
     start, done = time.monotonic(), 0
     try:
@@ -60,12 +60,12 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
             chunk = prompts[first : first + ps.prompts_per_call]
             for k in sorted({k_of(p) for p in chunk}):
                 part = [p for p in chunk if k_of(p) == k]
-                shards = [part[w :: len(group)] for w in range(len(group))]
+                shards = [part[w :: len(workers)] for w in range(len(workers))]
                 sampling = Sampling(ps.max_new_tokens, ps.temperature, ps.top_p,
                                     seed=derive_seed(cfg.seed, "policy_samples", call))
                 args = {w: (encode_prompts(tokenizer, shard, ps.max_prompt_tokens), k, sampling)
                         for w, shard in enumerate(shards) if shard}
-                refs = group.map("generate", args, cfg.rollout.timeout_s)
+                refs = workers.map("generate", args, cfg.rollout.timeout_s)
                 for w, ref in refs.items():
                     texts = ray.get(ref).texts
                     for i, p in enumerate(shards[w]):
@@ -76,7 +76,7 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
                   f"{rate:.2f} prompt/s ETA {format_duration((len(prompts) - done) / rate)}",
                   file=sys.stderr, flush=True)
     finally:
-        group.shutdown()
+        workers.shutdown()
     return samples
 
 
@@ -112,15 +112,15 @@ def add_policy_samples(cfg: Config) -> dict:
     samples = cached_samples(cfg, prompts, gold_dir)
     gold = labelling_gold(cfg.prepare.gold_labels)
     train = [g for p in prompts if p["split"] == "train"
-             if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=True,
+             if (g := policy_ranking(p, samples[p["prompt_id"]], distinct_gold=True,
                                    gold=gold)) is not None]
     held_out = [g for p in prompts if p["split"] != "train"
-                if (g := policy_group(p, samples[p["prompt_id"]], distinct_gold=False,
+                if (g := policy_ranking(p, samples[p["prompt_id"]], distinct_gold=False,
                                       gold=gold)) is not None]
-    rules = [g for g in load_groups(gold_dir / "train.parquet") if "policy" not in g.generators]
+    rules = [g for g in load_rankings(gold_dir / "train.parquet") if "policy" not in g.generators]
     mixed = mix_train(rules, train, ps.train_share, derive_seed(cfg.seed, "policy_mix"))
-    write_groups(mixed, gold_dir / "train.parquet")
-    write_groups(held_out, gold_dir / "policy.parquet")
+    write_rankings(mixed, gold_dir / "train.parquet")
+    write_rankings(held_out, gold_dir / "policy.parquet")
     return {"train": len(mixed), "train_policy_groups": len(train), "policy": len(held_out)}
 
 

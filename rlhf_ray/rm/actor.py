@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.config import Config
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.rm.metrics import add_sums, summarise
 from rlhf_ray.rm.trainer import EVAL_BATCH, RewardModelTrainer, TrainerSpec
 from rlhf_ray.utils.actor_shell import actor_shell
@@ -22,25 +22,25 @@ class RMTrainerGroup:
         self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag, setup=setup)
         self.group.setup_data_parallel(TrainerSpec.of(cfg), total_steps, cfg.rm.sync_timeout_s)
 
-    def _shards(self, groups: list[Group]) -> list[tuple]:
+    def _shards(self, rankings: list[Ranking]) -> list[tuple]:
         import ray
 
         n = len(self.group)
-        return [(ray.put(groups[r::n]),) for r in range(n)]  # batches travel by the object store
+        return [(ray.put(rankings[r::n]),) for r in range(n)]  # batches travel by the object store
 
-    def train_step(self, groups: list[Group]) -> dict:
-        sums_per_rank = self.group.call("train_step", self._shards(groups),
+    def train_step(self, rankings: list[Ranking]) -> dict:
+        sums_per_rank = self.group.call("train_step", self._shards(rankings),
                                         self.cfg.rm.sync_timeout_s)
         return _combine(sums_per_rank)
 
-    def evaluate(self, groups: list[Group]) -> dict:
+    def evaluate(self, rankings: list[Ranking]) -> dict:
         """Each rank scores its share; under ZeRO-3 the ranks with fewer forward batches then run
         filler forwards (discarded) up to the most any rank has, since every forward gathers on
         every rank."""
-        shards = self._shards(groups)
-        counts = [-(-len(groups[r :: len(self.group)]) // EVAL_BATCH) for r in range(len(self.group))]
+        shards = self._shards(rankings)
+        counts = [-(-len(rankings[r :: len(self.group)]) // EVAL_BATCH) for r in range(len(self.group))]
         most = max(counts) if self.cfg.rm.zero_stage == 3 else 0
-        args = [(*shard, EVAL_BATCH, max(0, most - n), groups[0] if groups else None)
+        args = [(*shard, EVAL_BATCH, max(0, most - n), rankings[0] if rankings else None)
                 for shard, n in zip(shards, counts)]
         return _combine(self.group.call("evaluate", args, self.cfg.rm.sync_timeout_s))
 

@@ -25,7 +25,7 @@ import torch
 from rlhf_ray.cluster import connect
 from rlhf_ray.config import Config, ConfigError
 from rlhf_ray.data.gold_v2 import gold_reward_v2
-from rlhf_ray.data.schema import Group, load_groups, read_records
+from rlhf_ray.data.schema import Ranking, load_rankings, read_records
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm import eval_metrics as M
@@ -63,36 +63,36 @@ def reward_sources(members: dict[str, torch.Tensor], cfg: Config, k: int) -> dic
     return sources
 
 
-def baseline_sources(groups: list[Group]) -> dict[str, torch.Tensor]:
+def baseline_sources(rankings: list[Ranking]) -> dict[str, torch.Tensor]:
     """What every reward model is read against: `oracle` picks by the gold itself (the most
     best-of-n can gain) and `longest` by word count alone (what a length-only reward would gain)."""
-    return {"oracle": torch.tensor([s for g in groups for s in g.scores], dtype=torch.float64),
-            "longest": torch.tensor([float(len(c.split())) for g in groups for c in g.completions],
+    return {"oracle": torch.tensor([s for g in rankings for s in g.scores], dtype=torch.float64),
+            "longest": torch.tensor([float(len(c.split())) for g in rankings for c in g.completions],
                                     dtype=torch.float64)}
 
 
-def gold_v2_of(groups: list[Group], prompts: dict[str, dict]) -> list[list[float]]:
+def gold_v2_of(rankings: list[Ranking], prompts: dict[str, dict]) -> list[list[float]]:
     """Gold v2 of every sample, (prompts, N), from the testbed's prompt records (their
     references)."""
-    return [[gold_reward_v2(prompts[g.prompt_id], c) for c in g.completions] for g in groups]
+    return [[gold_reward_v2(prompts[g.prompt_id], c) for c in g.completions] for g in rankings]
 
 
-def curves(groups: list[Group], sources: dict[str, torch.Tensor], cfg: Config,
+def curves(rankings: list[Ranking], sources: dict[str, torch.Tensor], cfg: Config,
            gold_v2: list[list[float]] | None = None) -> dict:
     """Per source: its best-of-n curve on the testbed's gold (v1), with `gold_v2` the same picks'
     curve on gold v2 (`best_of_n_gold_v2`), its per-prompt Kendall tau with gold (mean, bootstrap
     CI) and the same tau with length partialled out (how much of its ranking is more than
     length)."""
-    k = len(groups[0].completions)
-    gold = [g.scores for g in groups]
-    lengths = [[float(len(c.split())) for c in g.completions] for g in groups]
+    k = len(rankings[0].completions)
+    gold = [g.scores for g in rankings]
+    lengths = [[float(len(c.split())) for c in g.completions] for g in rankings]
     out = {}
-    for name, rewards in {**sources, **baseline_sources(groups)}.items():
-        per_prompt = rewards.view(len(groups), k).tolist()
+    for name, rewards in {**sources, **baseline_sources(rankings)}.items():
+        per_prompt = rewards.view(len(rankings), k).tolist()
         out[name] = {}
-        for key, taus in (("policy_tau", M.kendall_taus(groups, per_prompt)),
+        for key, taus in (("policy_tau", M.kendall_taus(rankings, per_prompt)),
                           ("policy_tau_length_partialled",
-                           M.partial_taus(groups, per_prompt, lengths))):
+                           M.partial_taus(rankings, per_prompt, lengths))):
             low, high = M.bootstrap_ci(taus, M.nanmean, cfg.eval.bootstrap, cfg.eval.ci_level,
                                        cfg.seed)
             out[name][key] = {"value": M.nanmean(taus), "ci_low": low, "ci_high": high}
@@ -117,21 +117,21 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no policy samples; run `rlhf-ray prepare --config C` with "
                                 "prepare.policy_samples.enabled=true first")
-    groups = [g for g in load_groups(path,
+    rankings = [g for g in load_rankings(path,
                                      max_row_mb=cfg.data.max_row_mb) if g.prompt_type in cfg.bon.prompt_types]
-    if not groups:
+    if not rankings:
         raise ValueError(f"{path}: no prompts of bon.prompt_types {cfg.bon.prompt_types}")
-    k = len(groups[0].completions)
-    if any(len(g.completions) != k for g in groups):
+    k = len(rankings[0].completions)
+    if any(len(g.completions) != k for g in rankings):
         raise ValueError(f"{path}: every prompt needs the same number of samples for best-of-n")
     check_placement({"scorer": cfg.scorer}, cluster_nodes(cfg.ray))
     out_dir = Path(cfg.output_dir) / "bon"
     if check_only:
-        return {"checked": "bon", "sources": names, "prompts": len(groups), "N": k,
+        return {"checked": "bon", "sources": names, "prompts": len(rankings), "N": k,
                 "out_dir": str(out_dir)}
     setup = connect(cfg.ray, Path(cfg.output_dir) / "logs")
-    prompts = [g.prompt for g in groups for _ in g.completions]
-    responses = [c for g in groups for c in g.completions]
+    prompts = [g.prompt for g in rankings for _ in g.completions]
+    responses = [c for g in rankings for c in g.completions]
     members = {}
     for name, ref in zip(names, cfg.reward.models):
         pool = ScorerPool(ref, cfg.scorer, cfg.reward.max_length, timeout_s=cfg.scorer.timeout_s,
@@ -144,10 +144,10 @@ def run_bon(cfg: Config, check_only: bool = False) -> dict:
     gold_v2 = None
     if records.exists():  # the gold testbed's references: gold v2 beside the labels' v1
         by_id = {r["prompt_id"]: r for _, _, r in read_records(records, cfg.data.max_row_mb)}
-        gold_v2 = gold_v2_of(groups, by_id) if all(g.prompt_id in by_id for g in groups) else None
-    result = {"data": str(path), "prompts": len(groups), "prompt_types": cfg.bon.prompt_types,
-              "prompt_ids": [g.prompt_id for g in groups], "N": k,
-              "sources": curves(groups, reward_sources(members, cfg, k), cfg, gold_v2)}
+        gold_v2 = gold_v2_of(rankings, by_id) if all(g.prompt_id in by_id for g in rankings) else None
+    result = {"data": str(path), "prompts": len(rankings), "prompt_types": cfg.bon.prompt_types,
+              "prompt_ids": [g.prompt_id for g in rankings], "N": k,
+              "sources": curves(rankings, reward_sources(members, cfg, k), cfg, gold_v2)}
     from rlhf_ray.report.bon_plots import plot_best_of_n
 
     out_dir.mkdir(parents=True, exist_ok=True)

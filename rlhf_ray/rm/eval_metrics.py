@@ -6,15 +6,15 @@ import math
 
 import numpy as np
 
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.utils.stats import bootstrap_ci, nanmean  # noqa: F401  (part of this module's API)
 
 
-def pair_outcomes(groups: list[Group], rewards: list[list[float]]) -> list[list[int]]:
-    """Per group: 1/0 for each preference pair (i before j, gold scores not tied) the rewards get
+def pair_outcomes(rankings: list[Ranking], rewards: list[list[float]]) -> list[list[int]]:
+    """Per ranking: 1/0 for each preference pair (i before j, gold scores not tied) the rewards get
     right."""
     out = []
-    for g, r in zip(groups, rewards):
+    for g, r in zip(rankings, rewards):
         out.append([
             int(r[i] > r[j])
             for i in range(len(r)) for j in range(i + 1, len(r))
@@ -23,19 +23,19 @@ def pair_outcomes(groups: list[Group], rewards: list[list[float]]) -> list[list[
     return out
 
 
-def pairwise_accuracy(groups: list[Group], rewards: list[list[float]]) -> float:
-    flat = [x for row in pair_outcomes(groups, rewards) for x in row]
+def pairwise_accuracy(rankings: list[Ranking], rewards: list[list[float]]) -> float:
+    flat = [x for row in pair_outcomes(rankings, rewards) for x in row]
     return sum(flat) / len(flat) if flat else float("nan")
 
 
-def kendall_taus(groups: list[Group], rewards: list[list[float]]) -> list[float]:
+def kendall_taus(rankings: list[Ranking], rewards: list[list[float]]) -> list[float]:
     """Per-prompt Kendall tau-b between gold scores and rewards (nan where undefined)."""
     from scipy.stats import kendalltau
 
-    return [float(kendalltau(g.scores, r).statistic) for g, r in zip(groups, rewards)]
+    return [float(kendalltau(g.scores, r).statistic) for g, r in zip(rankings, rewards)]
 
 
-def partial_taus(groups: list[Group], rewards: list[list[float]],
+def partial_taus(rankings: list[Ranking], rewards: list[list[float]],
                  control: list[list[float]]) -> list[float]:
     """Per-prompt partial Kendall tau of rewards with gold, `control` (e.g. length) held fixed:
     (t_rg - t_rc t_gc) / sqrt((1 - t_rc^2)(1 - t_gc^2)); nan where undefined (a control that orders
@@ -43,7 +43,7 @@ def partial_taus(groups: list[Group], rewards: list[list[float]],
     from scipy.stats import kendalltau
 
     out = []
-    for g, r, c in zip(groups, rewards, control):
+    for g, r, c in zip(rankings, rewards, control):
         t_rg, t_rc, t_gc = (float(kendalltau(a, b).statistic) for a,
                             b in ((r, g.scores), (r, c), (g.scores, c)))
         denominator = math.sqrt(max(0.0, (1 - t_rc**2) * (1 - t_gc**2)))
@@ -56,13 +56,13 @@ def accuracy_of_rows(rows: list[list[int]]) -> float:
     return sum(flat) / len(flat) if flat else float("nan")
 
 
-def collapse_curves(groups: list[Group], rewards: list[list[float]]) -> dict:
+def collapse_curves(rankings: list[Ranking], rewards: list[list[float]]) -> dict:
     """Mean and sample SD of R = sigmoid(f) by completion index (1 = shortest) per prompt type, and
     the mean absolute gap between the open and closed mean curves (0 = collapse)."""
     out: dict = {}
     for kind in ("open", "closed"):
         rows = [[1 / (1 + math.exp(-x)) for x in reversed(r)] for g,
-                r in zip(groups, rewards) if g.prompt_type == kind]
+                r in zip(rankings, rewards) if g.prompt_type == kind]
         if rows:
             arr = np.array(rows)
             # sample SD over prompts

@@ -12,11 +12,11 @@ import yaml
 from rlhf_ray.cluster import connect
 from rlhf_ray.config import Config, UtilityConfig
 from rlhf_ray.data.loaders import load_split
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm import eval_metrics as M
-from rlhf_ray.rm.objective import flatten_groups
+from rlhf_ray.rm.objective import flatten_rankings
 from rlhf_ray.rm.theory import optimal_rewards
 from rlhf_ray.scoring.pool import ScorerPool
 from rlhf_ray.utils import storage
@@ -34,14 +34,14 @@ def scenarios_of(cfg: Config) -> dict[str, str]:
     return {**GOLD_SPLITS, **(POLICY_SPLIT if has_policy else {})}
 
 
-def _score(pool: ScorerPool, groups: list[Group]):
-    flat = flatten_groups(groups)
+def _score(pool: ScorerPool, rankings: list[Ranking]):
+    flat = flatten_rankings(rankings)
     rewards, hidden = pool.score(flat.prompts, flat.responses, with_hidden=True)
-    per_group, k = [], 0
-    for g in groups:
-        per_group.append(rewards[k : k + len(g.completions)].tolist())
+    per_ranking, k = [], 0
+    for g in rankings:
+        per_ranking.append(rewards[k : k + len(g.completions)].tolist())
         k += len(g.completions)
-    return per_group, hidden.numpy(), flat
+    return per_ranking, hidden.numpy(), flat
 
 
 def _hidden_diagnostics(hidden: np.ndarray, flat) -> dict:
@@ -79,9 +79,9 @@ def trained_utilities(model_ref: str, cfg: Config) -> dict[str, UtilityConfig] |
     return {"open": loss.utility, "closed": loss.utility}
 
 
-def _collapse_metrics(groups, rewards, targets: dict | None) -> dict:
-    curves = M.collapse_curves(groups, rewards)
-    out = {"accuracy": M.pairwise_accuracy(groups, rewards), "curves": curves,
+def _collapse_metrics(rankings, rewards, targets: dict | None) -> dict:
+    curves = M.collapse_curves(rankings, rewards)
+    out = {"accuracy": M.pairwise_accuracy(rankings, rewards), "curves": curves,
            "open_closed_gap": curves.get("open_closed_gap", float("nan"))}
     if targets:
         for kind in ("open", "closed"):
@@ -132,34 +132,34 @@ def evaluate_reward_model(cfg: Config, model_ref: str, check_only: bool = False)
     return result
 
 
-def _load(cfg: Config, split: str) -> list[Group]:
+def _load(cfg: Config, split: str) -> list[Ranking]:
     ref = cfg.data.scenarios.get(split, split)
     return load_split(cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": ref})}),
                       "eval")
 
 
-def _scenario_entry(cfg: Config, pool: ScorerPool, groups: list[Group], split: str, scenario: str) -> dict:
+def _scenario_entry(cfg: Config, pool: ScorerPool, rankings: list[Ranking], split: str, scenario: str) -> dict:
     """One scenario of the gold testbed: accuracy, and (but on val1) Kendall tau, by prompt type too."""
-    rewards, hidden, flat = _score(pool, groups)
-    entry = {"scenario": scenario, "prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
-    entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(groups, rewards), M.accuracy_of_rows)
+    rewards, hidden, flat = _score(pool, rankings)
+    entry = {"scenario": scenario, "prompts": len(rankings), **_hidden_diagnostics(hidden, flat)}
+    entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(rankings, rewards), M.accuracy_of_rows)
     if split != "val1":
-        taus = M.kendall_taus(groups, rewards)
+        taus = M.kendall_taus(rankings, rewards)
         entry["kendall_tau"] = _with_ci(cfg, taus, M.nanmean)
         entry["kendall_tau_by_type"] = {
-            kind: _with_ci(cfg, [t for t, g in zip(taus, groups) if g.prompt_type == kind], M.nanmean)
-            for kind in sorted({g.prompt_type for g in groups})}
+            kind: _with_ci(cfg, [t for t, g in zip(taus, rankings) if g.prompt_type == kind], M.nanmean)
+            for kind in sorted({g.prompt_type for g in rankings})}
     return entry
 
 
-def _testbed_entry(cfg: Config, pool: ScorerPool, groups: list[Group], model_ref: str) -> dict:
+def _testbed_entry(cfg: Config, pool: ScorerPool, rankings: list[Ranking], model_ref: str) -> dict:
     """A testbed without scenarios: the collapse metrics, or accuracy (and tau where scores rank)."""
-    rewards, hidden, flat = _score(pool, groups)
-    entry = {"prompts": len(groups), **_hidden_diagnostics(hidden, flat)}
+    rewards, hidden, flat = _score(pool, rankings)
+    entry = {"prompts": len(rankings), **_hidden_diagnostics(hidden, flat)}
     if cfg.data.testbed == "collapse":
-        entry.update(_collapse_metrics(groups, rewards, trained_utilities(model_ref, cfg)))
+        entry.update(_collapse_metrics(rankings, rewards, trained_utilities(model_ref, cfg)))
         return entry
-    entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(groups, rewards), M.accuracy_of_rows)
-    if all(g.scores for g in groups):
-        entry["kendall_tau"] = _with_ci(cfg, M.kendall_taus(groups, rewards), M.nanmean)
+    entry["accuracy"] = _with_ci(cfg, M.pair_outcomes(rankings, rewards), M.accuracy_of_rows)
+    if all(g.scores for g in rankings):
+        entry["kendall_tau"] = _with_ci(cfg, M.kendall_taus(rankings, rewards), M.nanmean)
     return entry

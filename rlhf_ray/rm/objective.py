@@ -1,7 +1,7 @@
-"""From a batch of ranked groups to one training loss, as the config says.
+"""From a batch of ranking to one training loss, as the config says.
 
-Completions of all groups are flattened into one list (one reward each); every preference inside a
-group becomes a pair (hi, lo) of indices into that list. Pairwise losses (bt, hinge, bt_norm, bt_dr)
+Completions of all rankings are flattened into one list (one reward each); every preference inside a
+ranking becomes a pair (hi, lo) of indices into that list. Pairwise losses (bt, hinge, bt_norm, bt_dr)
 and ranking losses (utility U on sigmoid rewards, optionally prompt-aware) all read the same pairs,
 and BSR reads all rewards of the batch.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_ray.config import LossConfig, UtilityConfig
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.rm import losses as L
 
 
@@ -23,17 +23,17 @@ class FlatBatch:
     hi: torch.Tensor  # (P,) index of the preferred completion of each pair
     lo: torch.Tensor  # (P,)
     pair_open: torch.Tensor  # (P,) bool: the pair's prompt is open-ended
-    num_groups: int
+    num_rankings: int
 
     def to(self, device: torch.device) -> "FlatBatch":
         """The pair indices on the rewards' device (the losses index the rewards with them)."""
         return FlatBatch(self.prompts, self.responses, self.hi.to(device), self.lo.to(device),
-                         self.pair_open.to(device), self.num_groups)
+                         self.pair_open.to(device), self.num_rankings)
 
 
-def flatten_groups(groups: list[Group]) -> FlatBatch:
+def flatten_rankings(rankings: list[Ranking]) -> FlatBatch:
     prompts, responses, hi, lo, pair_open = [], [], [], [], []
-    for g in groups:
+    for g in rankings:
         base = len(responses)
         n = len(g.completions)
         prompts.extend([g.prompt] * n)
@@ -43,7 +43,7 @@ def flatten_groups(groups: list[Group]) -> FlatBatch:
         lo.append(j + base)
         pair_open.append(torch.full((i.numel(),), g.is_open))
     return FlatBatch(prompts, responses, torch.cat(hi), torch.cat(lo), torch.cat(pair_open),
-                     len(groups))
+                     len(rankings))
 
 
 def make_utility(cfg: UtilityConfig) -> L.Utility:
@@ -74,7 +74,7 @@ def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=N
     """Total loss for one (micro-)batch on one rank, in fp32 whatever the model's dtype.
 
     BSR scope `local`: lambda * (mean of this micro-batch's rewards)^2, lambda optionally times the
-    per-device batch size `local_batch_size` (the paper's code; default: this batch's groups), which
+    per-device batch size `local_batch_size` (the paper's code; default: this batch's rankings), which
     does not change when the batch is split into micro-batches. Scope `global`: the mean over all
     data-parallel ranks, scaled so that the averaged gradient equals the full-batch one (see
     losses.bsr_global_penalty).
@@ -89,7 +89,7 @@ def rm_loss(rewards: torch.Tensor, batch: FlatBatch, cfg: LossConfig, dp_group=N
         if cfg.bsr.scope == "global":
             total = total + cfg.bsr.coef * L.bsr_global_penalty(rewards, dp_group)
         else:
-            per_device = local_batch_size if local_batch_size is not None else batch.num_groups
+            per_device = local_batch_size if local_batch_size is not None else batch.num_rankings
             coef = cfg.bsr.coef * (per_device if cfg.bsr.scale_by_local_batch else 1)
             total = total + coef * L.batch_mean_penalty(rewards)
     return total

@@ -45,16 +45,16 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     if stored != cfg.output_dir:
         storage.write_text(storage.join(stored, "config.yaml"), (out / "config.yaml").read_text())
     setup = connect(cfg.ray, out / "logs")
-    group = RMTrainerGroup(cfg, total, tag, setup)
+    trainers = RMTrainerGroup(cfg, total, tag, setup)
     done = 0
     if resumed:
         done = resumed[1]["step"]
-        group.load_state(storage.join(resumed[0], "engine"), done)
+        trainers.load_state(storage.join(resumed[0], "engine"), done)
     log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS, tag=tag,
                     resume_step=done if resumed else None)
     try:
         if evaluation and not resumed:
-            log.log(0, group.evaluate(evaluation), prefix="eval")
+            log.log(0, trainers.evaluate(evaluation), prefix="eval")
         # the batch order is a function of the seed, so a resumed run skips the batches already
         # trained on
         for step, batch in enumerate(epoch_batches(train, cfg.rm.batch_size, cfg.seed,
@@ -63,18 +63,18 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
                 break
             if step <= done:
                 continue
-            log.log(step, group.train_step(batch))
+            log.log(step, trainers.train_step(batch))
             if cfg.rm.save_every and step % cfg.rm.save_every == 0 and step < total:
                 with checkpoints.saving(step, {"batches_done": step}) as (folder, shards):
-                    shards.arrived(group.save_state(storage.join(folder, "engine")))
-        model_dir = group.save(storage.join(stored, "model"))
+                    shards.arrived(trainers.save_state(storage.join(folder, "engine")))
+        model_dir = trainers.save(storage.join(stored, "model"))
         summary = {"model": model_dir, "steps": total, "train_rows": len(train),
-                   "placement": group.group.placement()}
+                   "placement": trainers.group.placement()}
         if evaluation:
-            summary["eval"] = group.evaluate(evaluation)
+            summary["eval"] = trainers.evaluate(evaluation)
             log.log(total, summary["eval"], prefix="eval")
     finally:
         log.close()
-        group.shutdown()
+        trainers.shutdown()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_ray.config import Config, LossConfig, ModelConfig, RMConfig
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.models.reward_model import (
     HiddenCapture,
     encode,
@@ -20,7 +20,7 @@ from rlhf_ray.models.reward_model import (
     value_head,
 )
 from rlhf_ray.rm.metrics import add_sums, batch_sums
-from rlhf_ray.rm.objective import flatten_groups, rm_loss
+from rlhf_ray.rm.objective import flatten_rankings, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
 from rlhf_ray.utils.devices import to_device
 from rlhf_ray.utils.micro_batches import chunk_by_tokens, common_count, split_to_count
@@ -29,17 +29,17 @@ from rlhf_ray.utils.dist import deepspeed_config, gathered_parameters, zero3_ini
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
-def score_groups(model, capture: HiddenCapture, tokenizer, groups: list[Group], max_length: int,
+def score_rankings(model, capture: HiddenCapture, tokenizer, rankings: list[Ranking], max_length: int,
                  device: torch.device):
-    """The groups' completions, tokenised onto `device` and scored: (pairs on `device`, rewards,
+    """The rankings' completions, tokenised onto `device` and scored: (pairs on `device`, rewards,
     h)."""
-    flat = flatten_groups(groups).to(device)
+    flat = flatten_rankings(rankings).to(device)
     batch = to_device(encode(tokenizer, flat.prompts, flat.responses, max_length), device)
     rewards, hidden = rewards_and_hidden(model, capture, batch, tokenizer.pad_token_id)
     return flat, rewards, hidden
 
 
-EVAL_BATCH = 16  # groups per evaluation forward
+EVAL_BATCH = 16  # rankings per evaluation forward
 
 
 @dataclass(frozen=True)
@@ -84,37 +84,37 @@ class RewardModelTrainer:
 
     # -- training -------------------------------------------------------------------------------
 
-    def _forward(self, groups: list[Group]):
-        return score_groups(self.engine, self.capture, self.tokenizer, groups,
+    def _forward(self, rankings: list[Ranking]):
+        return score_rankings(self.engine, self.capture, self.tokenizer, rankings,
                             self.cfg.model.max_length, self.device)
 
-    def micro_batches(self, groups: list[Group]) -> list[list[Group]]:
-        """grad_accum_steps equal parts, or whole groups within rm.micro_batch_tokens (split further
+    def micro_batches(self, rankings: list[Ranking]) -> list[list[Ranking]]:
+        """grad_accum_steps equal parts, or whole rankings within rm.micro_batch_tokens (split further
         to the count of the rank with the most, so every rank runs as many passes)."""
         tc = self.cfg.rm
         if tc.micro_batch_tokens is None:
-            size = math.ceil(len(groups) / tc.grad_accum_steps)
-            return [groups[start : start + size] for start in range(0, len(groups), size)]
+            size = math.ceil(len(rankings) / tc.grad_accum_steps)
+            return [rankings[start : start + size] for start in range(0, len(rankings), size)]
 
-        def rows(group: Group) -> int:
-            return len(group.completions)
+        def rows(ranking: Ranking) -> int:
+            return len(ranking.completions)
 
-        def width(group: Group) -> int:  # its longest completion with the prompt, as encoded
-            n = len(group.completions)
-            return int(encode(self.tokenizer, [group.prompt] * n, group.completions,
+        def width(ranking: Ranking) -> int:  # its longest completion with the prompt, as encoded
+            n = len(ranking.completions)
+            return int(encode(self.tokenizer, [ranking.prompt] * n, ranking.completions,
                               self.cfg.model.max_length)["attention_mask"].sum(-1).max())
 
-        chunks = chunk_by_tokens(groups, rows, width, tc.micro_batch_tokens)
+        chunks = chunk_by_tokens(rankings, rows, width, tc.micro_batch_tokens)
         return split_to_count(chunks, common_count(len(chunks), self.world_size))
 
-    def train_step(self, groups: list[Group]) -> dict:
+    def train_step(self, rankings: list[Ranking]) -> dict:
         """One optimizer step on this rank's shard, in micro-batches. With grad_accum_steps
         DeepSpeed averages the micro-batches' losses; with a token budget each weighs by its share
         of the shard's pairs, so the step's gradient is that of the whole shard's mean loss."""
         self.engine.train()
-        parts = self.micro_batches(groups)
+        parts = self.micro_batches(rankings)
         by_tokens = self.cfg.rm.micro_batch_tokens is not None
-        pairs = sum(flatten_groups(part).hi.numel() for part in parts)
+        pairs = sum(flatten_rankings(part).hi.numel() for part in parts)
         sums: dict = {}
         for i, part in enumerate(parts):
             flat, rewards, hidden = self._forward(part)
@@ -140,15 +140,15 @@ class RewardModelTrainer:
         return sums
 
     @torch.no_grad()
-    def evaluate(self, groups: list[Group], batch_size: int = EVAL_BATCH, extra_forwards: int = 0,
-                 filler: Group | None = None) -> dict:
+    def evaluate(self, rankings: list[Ranking], batch_size: int = EVAL_BATCH, extra_forwards: int = 0,
+                 filler: Ranking | None = None) -> dict:
         """This rank's share's metric sums; then `extra_forwards` forwards of `filler`, discarded,
         so that every ZeRO-3 rank runs as many forwards as the rank with the most (each forward's
         per-layer all-gathers wait for every rank)."""
         self.engine.eval()
         sums: dict = {}
-        for start in range(0, len(groups), batch_size):
-            flat, rewards, hidden = self._forward(groups[start : start + batch_size])
+        for start in range(0, len(rankings), batch_size):
+            flat, rewards, hidden = self._forward(rankings[start : start + batch_size])
             sums = add_sums(sums, batch_sums(rewards, flat.hi, flat.lo, hidden, 0.0))
         for _ in range(extra_forwards):
             self._forward([filler])

@@ -32,11 +32,11 @@ def test_eval_rm_on_gold_writes_every_scenario(ray_local, testbeds, tmp_path):
     assert result["plots"]
 
     # the pool's accuracy and ||h|| on val1 are what one scorer in this process gives, pair by pair
-    from rlhf_ray.data.schema import load_groups
+    from rlhf_ray.data.schema import load_rankings
     from rlhf_ray.scoring.scorer import RewardScorer
 
     scorer, correct, pairs, norms = RewardScorer(model, max_length=128), 0, 0, []
-    for group in load_groups(testbeds / "gold" / "val1.parquet"):
+    for group in load_rankings(testbeds / "gold" / "val1.parquet"):
         rewards, hidden = scorer.score([group.prompt] * len(group.completions), group.completions, with_hidden=True)
         for i in range(len(rewards)):  # completions come best first
             for j in range(i + 1, len(rewards)):

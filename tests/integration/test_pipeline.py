@@ -15,7 +15,7 @@ import pytest
 
 from rlhf_ray.config import load_config
 from rlhf_ray.data.gold import gold_reward
-from rlhf_ray.data.schema import load_groups, read_records
+from rlhf_ray.data.schema import load_rankings, read_records
 from rlhf_ray.rl.policy_samples import CACHE
 from tests.integration.shared import TINY_RLOO, own_fraction
 
@@ -105,7 +105,7 @@ def _assert_the_policys_samples_are_in_the_gold_testbed(gold, train_k: int, eval
     assert {len(v) for pid, v in samples.items() if prompts[pid]["split"] == "train"} == {train_k}
     assert {len(v) for pid, v in samples.items() if prompts[pid]["split"] == "valid"} == {eval_k}
 
-    scenario = load_groups(gold / "policy.parquet")
+    scenario = load_rankings(gold / "policy.parquet")
     assert len(scenario) == valid_prompts and all(prompts[g.prompt_id]["split"] == "valid" for g in scenario)
     for g in scenario:
         p = prompts[g.prompt_id]
@@ -114,7 +114,7 @@ def _assert_the_policys_samples_are_in_the_gold_testbed(gold, train_k: int, eval
         assert g.scores == pytest.approx([gold_reward(p["prompt_type"], p["reference"], c) for c in g.completions],
                                         abs=1e-6)  # stored to 6 decimals
 
-    train = load_groups(gold / "train.parquet")
+    train = load_rankings(gold / "train.parquet")
     policy_groups = [g for g in train if g.generators[0] == "policy"]
     assert len(policy_groups) > 0 and len(train) - len(policy_groups) == len(policy_groups)
     for g in policy_groups:  # one response per gold value: no tied pair
@@ -128,9 +128,9 @@ def _assert_a_second_sampling_reuses_the_cache(cfg, capsys):
     from rlhf_ray.pipeline import check_stages, sample_policy
 
     train = Path(cfg.data.dir) / "gold" / "train.parquet"
-    before = [(g.prompt_id, g.completions, g.scores) for g in load_groups(train)]
+    before = [(g.prompt_id, g.completions, g.scores) for g in load_rankings(train)]
     capsys.readouterr()
     prepare(cfg)
     sample_policy(cfg, check_stages(cfg)[1])
     assert "policy samples: reusing" in capsys.readouterr().err
-    assert [(g.prompt_id, g.completions, g.scores) for g in load_groups(train)] == before
+    assert [(g.prompt_id, g.completions, g.scores) for g in load_rankings(train)] == before

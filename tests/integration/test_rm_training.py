@@ -35,12 +35,12 @@ def _train_losses(out_dir):
 def _reload_rewards(model_dir, groups, max_length):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_ray.rm.objective import flatten_groups
+    from rlhf_ray.rm.objective import flatten_rankings
     from rlhf_ray.models.reward_model import encode
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    flat = flatten_groups(groups)
+    flat = flatten_rankings(groups)
     with torch.no_grad():
         return model(**encode(tokenizer, flat.prompts, flat.responses, max_length)).logits.squeeze(-1)
 
@@ -77,7 +77,7 @@ def _assert_first_step_equals_one_rank(rows, cfg) -> None:
 )
 def test_two_workers_lower_the_loss_and_write_a_loadable_checkpoint(ray_local, testbeds, tmp_path, model, testbed,
                                                                      overrides):
-    from rlhf_ray.data.schema import load_groups
+    from rlhf_ray.data.schema import load_rankings
 
     eval_split = "val1" if testbed == "gold" else "eval"
     cfg = _config(
@@ -93,7 +93,7 @@ def test_two_workers_lower_the_loss_and_write_a_loadable_checkpoint(ray_local, t
     # the checkpoint is a plain HF folder (safetensors) holding the trained weights
     model_dir = tmp_path / "run" / "model"
     assert (model_dir / "model.safetensors").exists() and not list(tmp_path.glob("run/.model.tmp-*"))
-    eval_groups = load_groups(testbeds / testbed / f"{eval_split}.parquet")
+    eval_groups = load_rankings(testbeds / testbed / f"{eval_split}.parquet")
     rewards = _reload_rewards(model_dir, eval_groups, cfg.model.max_length)
     assert torch.isfinite(rewards).all()
     assert rewards.mean().item() == pytest.approx(summary["eval"]["batch_reward_mean"], abs=1e-4)
@@ -148,11 +148,11 @@ def test_zero3_ranks_with_unequal_eval_shares_finish_the_evaluation(ray_local, t
     """Issue 26 (7): 33 eval groups over 2 ZeRO-3 ranks are 17 and 16, two forward batches against one; every
     forward all-gathers each layer on every rank, so the rank with one batch must run a filler forward or
     the other waits until rm.sync_timeout_s. The metrics count every group once."""
-    from rlhf_ray.data.schema import load_groups
+    from rlhf_ray.data.schema import load_rankings
     from rlhf_ray.rm.actor import RMTrainerGroup
 
     cfg = _config(testbeds, tmp_path, "model.name=tiny-llama", "rm.zero_stage=3", "rm.sync_timeout_s=90")
-    groups = load_groups(testbeds / "gold" / "val3.parquet")[:33]
+    groups = load_rankings(testbeds / "gold" / "val3.parquet")[:33]
     assert len(groups) == 33
     trainers = RMTrainerGroup(cfg, total_steps=1)
     try:

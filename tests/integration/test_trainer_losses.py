@@ -5,7 +5,7 @@ import math
 import pytest
 
 from rlhf_ray.config import load_config
-from rlhf_ray.data.schema import load_groups
+from rlhf_ray.data.schema import load_rankings
 from rlhf_ray.rm.metrics import summarise
 from rlhf_ray.utils.dist import reserve_address
 from tests.integration.shared import LOSSES
@@ -31,7 +31,7 @@ def test_every_loss_trains_on_every_testbed(testbeds, address, testbed, loss):
          "rm.lr=1e-3", "rm.warmup_ratio=0", "model.max_length=128", *LOSSES[loss]],
     )
     trainer = RewardModelTrainer(TrainerSpec.of(cfg), 0, 1, *address, total_steps=5)
-    groups = load_groups(testbeds / testbed / "train.parquet")[:size]
+    groups = load_rankings(testbeds / testbed / "train.parquet")[:size]
     steps = [summarise(trainer.train_step(groups)) for _ in range(5)]  # the same batch: it must fit it
     assert all(math.isfinite(s["loss"]) for s in steps)
     assert steps[-1]["loss"] < steps[0]["loss"], [s["loss"] for s in steps]
@@ -46,7 +46,7 @@ def test_micro_batches_by_tokens_give_the_whole_batch_step(testbeds, address):
 
     from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
 
-    groups = load_groups(testbeds / "gold" / "train.parquet")[:4]
+    groups = load_rankings(testbeds / "gold" / "train.parquet")[:4]
 
     def gradient_of_one_step(*extra):
         cfg = load_config(None, ["model.name=tiny-llama", "rm.num_workers=1", "rm.batch_size=4", "rm.lr=1e-3",

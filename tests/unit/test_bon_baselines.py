@@ -7,15 +7,15 @@ import torch
 from scipy.stats import kendalltau
 
 from rlhf_ray.config import load_config
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.rm import eval_metrics as M
 from rlhf_ray.rm.bon import curves
 
 
-def _groups() -> list[Group]:
+def _groups() -> list[Ranking]:
     texts = [["a b", "a b c d", "a", "a b c"], ["x y z", "x", "x y", "w x y z v"], ["p", "p q", "p q r", "p q r s"]]
     gold = [[0.2, 0.9, 0.1, 0.5], [0.7, 0.0, 0.3, 0.4], [0.3, 0.1, 0.8, 0.2]]
-    return [Group(f"g{i}", f"prompt {i}", "open", t, s, ["policy"] * 4) for i, (t, s) in enumerate(zip(texts, gold))]
+    return [Ranking(f"g{i}", f"prompt {i}", "open", t, s, ["policy"] * 4) for i, (t, s) in enumerate(zip(texts, gold))]
 
 
 def test_the_oracle_and_longest_of_n_sit_beside_every_reward_model():

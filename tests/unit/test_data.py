@@ -5,7 +5,7 @@ import pytest
 
 from rlhf_ray.data import gold
 from rlhf_ray.data.collapse import CLOSED_LENGTHS, OPEN_LENGTHS, build_collapse
-from rlhf_ray.data.schema import DataError, load_groups
+from rlhf_ray.data.schema import DataError, load_rankings
 
 
 def _jsonl(tmp_path, rows):
@@ -22,7 +22,7 @@ def test_pair_and_ranked_rows_load(tmp_path):
             {"prompt": "q", "completions": ["a", "b", "c"], "prompt_type": "closed"},
         ],
     )
-    groups = load_groups(f)
+    groups = load_rankings(f)
     assert groups[0].completions == ["good", "bad"] and groups[0].prompt_type == "open"
     assert groups[1].completions == ["a", "b", "c"] and not groups[1].is_open
 
@@ -44,7 +44,7 @@ def test_pair_and_ranked_rows_load(tmp_path):
 def test_malformed_rows_name_file_row_and_field(tmp_path, row, field):
     f = _jsonl(tmp_path, [{"prompt": "ok", "chosen": "a", "rejected": "b"}, row])
     with pytest.raises(DataError) as err:
-        load_groups(f)
+        load_rankings(f)
     message = str(err.value)
     assert str(f) in message and "row 1" in message and f"'{field}'" in message
 
@@ -52,15 +52,15 @@ def test_malformed_rows_name_file_row_and_field(tmp_path, row, field):
 def test_broken_json_and_missing_file(tmp_path):
     f = _jsonl(tmp_path, ['{"prompt": "p", "chosen": "a", "rejected": "b"}', "{not json"])
     with pytest.raises(DataError, match=r"row 1 \(line 2\): not valid JSON"):
-        load_groups(f)
+        load_rankings(f)
     with pytest.raises(DataError, match="not found"):
-        load_groups(tmp_path / "missing.parquet")
+        load_rankings(tmp_path / "missing.parquet")
 
 
 def test_collapse_testbed_construction(tmp_path):
     counts = build_collapse(tmp_path, 12, 4, seed=3)
     assert counts == {"train": 12, "eval": 4}
-    groups = load_groups(tmp_path / "collapse" / "train.parquet")
+    groups = load_rankings(tmp_path / "collapse" / "train.parquet")
     for g in groups:
         lengths = [len(c.split()) for c in g.completions]
         expected = OPEN_LENGTHS if g.is_open else CLOSED_LENGTHS
@@ -69,7 +69,7 @@ def test_collapse_testbed_construction(tmp_path):
         assert g.completions[0].startswith(g.completions[-1])  # truncations of one passage
     assert {g.prompt_type for g in groups} == {"open", "closed"}
     train_ids = {g.prompt for g in groups}
-    assert not train_ids & {g.prompt for g in load_groups(tmp_path / "collapse" / "eval.parquet")}
+    assert not train_ids & {g.prompt for g in load_rankings(tmp_path / "collapse" / "eval.parquet")}
 
 
 def test_testbeds_are_deterministic_for_a_seed(tmp_path):
@@ -88,7 +88,7 @@ def test_testbeds_are_deterministic_for_a_seed(tmp_path):
 def test_gold_testbed_scenarios(tmp_path):
     counts = gold.build_gold(tmp_path, 40, 12, seed=0)
     base = tmp_path / "gold"
-    train, val2, val3, val4 = (load_groups(base / f"{s}.parquet") for s in ("train", "val2", "val3", "val4"))
+    train, val2, val3, val4 = (load_rankings(base / f"{s}.parquet") for s in ("train", "val2", "val3", "val4"))
     p_train = {g.prompt_id for g in val3}
     p_valid = {g.prompt_id for g in val2}
     assert len(p_train) == 40 and len(p_valid) == 12 and not p_train & p_valid
@@ -149,11 +149,11 @@ def test_the_gold_testbed_can_be_labelled_by_gold_v2(tmp_path):
     prompts = {r["prompt_id"]: r for r in pq.read_table(tmp_path / "gold" / "prompts.parquet").to_pylist()}
     checked = 0
     for name in ("val2", "val3"):
-        for g in load_groups(tmp_path / "gold" / f"{name}.parquet"):
+        for g in load_rankings(tmp_path / "gold" / f"{name}.parquet"):
             expected = [round(gold_reward_v2(prompts[g.prompt_id], c), 6) for c in g.completions]
             assert g.scores == expected and g.scores == sorted(g.scores, reverse=True)
             checked += 1
     assert checked == 24
     v1 = gold.build_gold(tmp_path / "v1", 16, 8, seed=0)
-    assert load_groups(tmp_path / "v1" / "gold" / "val3.parquet")[0].scores != \
-        load_groups(tmp_path / "gold" / "val3.parquet")[0].scores and v1["val3"] == 16
+    assert load_rankings(tmp_path / "v1" / "gold" / "val3.parquet")[0].scores != \
+        load_rankings(tmp_path / "gold" / "val3.parquet")[0].scores and v1["val3"] == 16

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.rm import eval_metrics as M
 
 
 def group(scores, prompt_type="open"):
-    return Group("p", "prompt", prompt_type, [f"c{k}" for k in range(len(scores))], list(scores))
+    return Ranking("p", "prompt", prompt_type, [f"c{k}" for k in range(len(scores))], list(scores))
 
 
 def test_kendall_tau_known_values():

@@ -11,7 +11,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from rlhf_ray.config import LossConfig, load_config
-from rlhf_ray.data.schema import Group
+from rlhf_ray.data.schema import Ranking
 from rlhf_ray.models.reward_model import HiddenCapture, last_token_index
 from rlhf_ray.rl.engines.base import Rollouts, Sampling
 from rlhf_ray.rm.objective import rm_loss
@@ -84,9 +84,9 @@ class StandInCausalLM(nn.Module):
         return self.lm_head
 
 
-def _groups() -> list[Group]:
-    return [Group("p0", "the prompt is good", "closed", ["yes it is", "no", "it is bad"], [3.0, 2.0, 1.0]),
-            Group("p1", "a prompt that is open", "open", ["good answer", "bad"], [1.0, 0.0])]
+def _groups() -> list[Ranking]:
+    return [Ranking("p0", "the prompt is good", "closed", ["yes it is", "no", "it is bad"], [3.0, 2.0, 1.0]),
+            Ranking("p1", "a prompt that is open", "open", ["good answer", "bad"], [1.0, 0.0])]
 
 
 LOSS_FAMILIES = {
@@ -102,7 +102,7 @@ LOSS_FAMILIES = {
 def test_an_rm_batch_is_built_scored_and_lost_on_the_gpu(family, monkeypatch):
     import torch.distributed as dist
 
-    from rlhf_ray.rm.trainer import score_groups
+    from rlhf_ray.rm.trainer import score_rankings
 
     def all_reduce_on_device(tensor, group=None):  # nccl reduces device tensors only
         check_on_device(all_reduce=tensor)
@@ -116,7 +116,7 @@ def test_an_rm_batch_is_built_scored_and_lost_on_the_gpu(family, monkeypatch):
     with FakeTensorMode():
         model = StandInRewardModel(len(tokenizer), 8, tokenizer.pad_token_id)
         capture = HiddenCapture(model)
-        flat, rewards, hidden = score_groups(model, capture, tokenizer, _groups(), 32, CUDA)
+        flat, rewards, hidden = score_rankings(model, capture, tokenizer, _groups(), 32, CUDA)
         loss = rm_loss(rewards, flat, LOSS_FAMILIES[family], local_batch_size=2)
     assert rewards.shape == (5,) and hidden.shape == (5, 8) and loss.shape == ()
     assert rewards.device == hidden.device == loss.device == CUDA and flat.hi.device == CUDA

@@ -11,7 +11,7 @@ import pytest
 from rlhf_ray.cli import build_parser, main
 from rlhf_ray.placement import PlacementError, check_placement
 from rlhf_ray.config import ActorGroupConfig, load_config
-from rlhf_ray.data.schema import DataError, load_groups
+from rlhf_ray.data.schema import DataError, load_rankings
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.rl.engines.vllm_ext import RELOAD_LOGGER, DerivedBufferFilter
 from rlhf_ray.rl.prompts import load_prompts
@@ -27,7 +27,7 @@ def test_a_byte_that_is_not_utf8_names_file_row_and_line(tmp_path):
     f = tmp_path / "train.jsonl"
     f.write_bytes((json.dumps(PAIR) + "\n").encode() + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
     with pytest.raises(DataError, match=r"train\.jsonl: row 1 \(line 2\): not UTF-8 text \(byte 0xe9 at column 16\)"):
-        load_groups(f)
+        load_rankings(f)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_bytes(b'{"prompt": "hi"}\n{"prompt": "\xff"}\n')
     with pytest.raises(DataError, match=r"prompts\.jsonl: row 1 \(line 2\): not UTF-8"):
@@ -39,11 +39,11 @@ def test_blank_lines_do_not_make_the_json_check_and_the_field_check_disagree(tmp
     lines = ["", "", json.dumps(PAIR), "{broken", json.dumps({"prompt": "p", "chosen": ""})]
     f.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"row 1 \(line 4\): not valid JSON"):
-        load_groups(f)
+        load_rankings(f)
     lines[3] = json.dumps(PAIR)  # now the field check sees the last row: same numbering
     f.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"row 2 \(line 5\): field 'chosen'"):
-        load_groups(f)
+        load_rankings(f)
 
 
 def test_a_row_over_the_size_limit_fails_naming_the_key(tmp_path):
@@ -52,14 +52,14 @@ def test_a_row_over_the_size_limit_fails_naming_the_key(tmp_path):
     f.write_text(json.dumps(PAIR) + "\n" + json.dumps(big) + "\n")
     with pytest.raises(DataError, match=r"row 1 \(line 2\): 2\.0 MB is larger than the 1 MB limit per row "
                                         r"\(config key data\.max_row_mb\)"):
-        load_groups(f)
-    assert len(load_groups(f, max_row_mb=3)) == 2
+        load_rankings(f)
+    assert len(load_rankings(f, max_row_mb=3)) == 2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist([PAIR, big]), tmp_path / "d.parquet")
     with pytest.raises(DataError, match=r"d\.parquet: row 1: 2\.0 MB is larger"):
-        load_groups(tmp_path / "d.parquet")
+        load_rankings(tmp_path / "d.parquet")
     cfg = load_config(None, [f"data.train={f}", "data.testbed=custom", "data.max_row_mb=0.5"])
     from rlhf_ray.data.loaders import load_split
 

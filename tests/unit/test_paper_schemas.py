@@ -6,7 +6,7 @@ import pytest
 from rlhf_ray.config import load_config
 from rlhf_ray.data.collapse import build_collapse
 from rlhf_ray.data.loaders import load_split
-from rlhf_ray.data.schema import DataError, load_groups
+from rlhf_ray.data.schema import DataError, load_rankings
 
 WORDS = " ".join(f"word{k}" for k in range(120))
 
@@ -22,7 +22,7 @@ def test_bsr_paper_val2_to_val4_schema(tmp_path):
         **{f"response_{k}_text": f"answer {k}" for k in range(1, 5)},
         "all_scores": [0.1, 0.9, 0.5, 0.3],
     }])
-    g = load_groups(f)[0]
+    g = load_rankings(f)[0]
     assert g.prompt == "Explain rain." and g.completions == ["answer 2", "answer 3", "answer 4", "answer 1"]
     assert g.scores == [0.9, 0.5, 0.3, 0.1]
 
@@ -32,7 +32,7 @@ def test_bsr_paper_train_schema_chat_messages(tmp_path):
         "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}],
         "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}],
     }])
-    g = load_groups(f)[0]
+    g = load_rankings(f)[0]
     assert (g.prompt, g.completions) == ("Hi?", ["Hello!", "Go away."])
 
 
@@ -53,6 +53,6 @@ def test_longform_schema_builds_the_collapse_testbed(tmp_path):
         {"input": f"Write about topic {i}.", "output": WORDS} for i in range(10)
     ] + [{"input": "too short", "output": "few words"}])
     build_collapse(tmp_path / "tb", 6, 2, seed=0, source=str(src))
-    groups = load_groups(tmp_path / "tb" / "collapse" / "train.parquet")
+    groups = load_rankings(tmp_path / "tb" / "collapse" / "train.parquet")
     assert len(groups) == 6 and all(g.prompt.startswith("Write about topic") for g in groups)
     assert all(len(g.completions[0].split()) in (80, 74) for g in groups)

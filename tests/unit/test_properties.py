@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhf_ray.config import ConfigError, load_config
-from rlhf_ray.data.schema import DataError, load_groups, normalise_known_schemas, validate_row
+from rlhf_ray.data.schema import DataError, load_rankings, normalise_known_schemas, validate_row
 from rlhf_ray.rl.rloo import rloo_advantages
 from rlhf_ray.rm import losses as L
 
@@ -48,7 +48,7 @@ def test_any_row_validates_or_raises_a_data_error_naming_file_and_row(raw):
 def test_a_file_with_one_bad_row_fails_naming_that_row_and_good_files_load_whole(tmp_path, good, where, bad):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in good))
-    assert [g.completions for g in load_groups(path)] == [r["completions"] for r in good]
+    assert [g.completions for g in load_rankings(path)] == [r["completions"] for r in good]
     try:
         validate_row(normalise_known_schemas(dict(bad)), "x", 0)
         return  # the extra row happens to be valid
@@ -59,7 +59,7 @@ def test_a_file_with_one_bad_row_fails_naming_that_row_and_good_files_load_whole
     lines.insert(where, json.dumps(bad))
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=rf"d\.jsonl: row {where}\b"):
-        load_groups(path)
+        load_rankings(path)
 
 
 override_keys = st.sampled_from(["rm.num_workers", "rm.lr", "rm.batch_size", "loss.name", "loss.bsr.coef",

@@ -14,6 +14,9 @@ class PolicyConfig(PretrainedConfig):
     copy)."""
 
     name: str = "smollm2-135m"
+    # a system turn before each prompt, in the chat template (None: the template's own default,
+    # SmolLM2's "You are a helpful AI assistant named SmolLM..."); also the key of the policy samples
+    system_prompt: str | None = None
 
 
 class ScorerConfig(ActorGroupConfig):

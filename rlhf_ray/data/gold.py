@@ -24,7 +24,7 @@ Response generators (named; each derives a response from the prompt's reference 
 - M_valid: noisy (40% of words replaced by random corpus words), hedged ("I'm not sure, but maybe"
   + first half), repetitive (the first 8 words three times), rambling (two unrelated references)
 
-Files under gold/ (ranked-ranking schema, completions best first by gold, `scores` = gold):
+Files under gold/ (ranking schema, completions best first by gold, `scores` = gold):
   train.parquet  D_train: P_train, 2 of the 4 M_train responses (random), ordered by gold
   val1.parquet   in-domain: the other 2 M_train responses of the same prompts
   val2.parquet   prompt-disjoint: P_valid x M_train (4 responses)

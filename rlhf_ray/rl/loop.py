@@ -186,7 +186,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.policy.name))
 
     def encode(batch: list[dict]) -> list[list[int]]:
-        return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens)
+        return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens, cfg.policy.system_prompt)
 
     rl, log = RLActors(cfg, cfg.rloo.steps, connect(cfg.ray, out / "logs")), None
     try:

@@ -37,6 +37,8 @@ def cache_key(cfg: Config, prompts: list[dict]) -> str:
     what = {"policy": [cfg.policy.name, cfg.policy.dtype, files], "seed": cfg.seed,
             "prompts": [(p["prompt_id"], p["prompt"], p["split"]) for p in prompts],
             "sampling": ps.model_dump(exclude={"enabled", "train_share", "prompts_per_call"})}
+    if cfg.policy.system_prompt:  # absent when unset: caches from before the key existed stay valid
+        what["system_prompt"] = cfg.policy.system_prompt
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -63,7 +65,8 @@ def sample_policy(cfg: Config, prompts: list[dict], k_of) -> dict[str, list[str]
                 shards = [part[w :: len(workers)] for w in range(len(workers))]
                 sampling = Sampling(ps.max_new_tokens, ps.temperature, ps.top_p,
                                     seed=derive_seed(cfg.seed, "policy_samples", call))
-                args = {w: (encode_prompts(tokenizer, shard, ps.max_prompt_tokens), k, sampling)
+                args = {w: (encode_prompts(tokenizer, shard, ps.max_prompt_tokens,
+                                          cfg.policy.system_prompt), k, sampling)
                         for w, shard in enumerate(shards) if shard}
                 refs = workers.map("generate", args, cfg.rollout.timeout_s)
                 for w, ref in refs.items():

@@ -74,16 +74,19 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
     return rows
 
 
-def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int) -> list[list[int]]:
-    """Each prompt as the policy sees it: a user turn in its chat template, when it has one."""
+def encode_prompts(tokenizer, prompts: list[dict], max_tokens: int,
+                   system_prompt: str | None = None) -> list[list[int]]:
+    """Each prompt as the policy sees it: a user turn in its chat template, when it has one, after
+    `system_prompt` as a system turn when one is given (`policy.system_prompt`)."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     out = []
     for p in prompts:
         if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}],
-                                                add_generation_prompt=True)
+            turns = system + [{"role": "user", "content": p["prompt"]}]
+            ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True)
             ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-        else:
-            ids = tokenizer(p["prompt"])["input_ids"]
+        else:  # no template: the system prompt, if any, as a first line
+            ids = tokenizer("\n".join([*(t["content"] for t in system), p["prompt"]]))["input_ids"]
         out.append(list(ids)[-max_tokens:])
     return out
 

@@ -28,3 +28,36 @@ def test_prompt_file_rows_are_validated(tmp_path):
     f.write_text(json.dumps({"prompt": "Hi"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
     with pytest.raises(DataError, match=r"row 1 \(line 2\): field 'prompt'"):
         load_prompts(load_config(None, [f"rloo.prompts={f}"]))
+
+
+def test_a_system_prompt_replaces_the_templates_default_system_turn():
+    from transformers import AutoTokenizer
+
+    from rlhf_ray.models.aliases import resolve_model
+    from rlhf_ray.rl.prompts import encode_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    prompt = [{"prompt": "How was your weekend?"}]
+    default = tokenizer.decode(encode_prompts(tokenizer, prompt, 192)[0])
+    brief = tokenizer.decode(encode_prompts(tokenizer, prompt, 192, "Reply in one sentence.")[0])
+    assert "named SmolLM" in default and "Reply in one sentence." not in default
+    assert "Reply in one sentence." in brief and "named SmolLM" not in brief
+    assert brief.rstrip().endswith("assistant") and "How was your weekend?" in brief
+
+
+def test_the_policy_samples_cache_key_holds_the_system_prompt_only_when_one_is_set(tmp_path):
+    from rlhf_ray.rl.policy_samples import cache_key
+
+    prompts = [{"prompt_id": "a", "prompt": "Hi", "split": "train"}]
+    unset = cache_key(load_config(None, []), prompts)
+    assert cache_key(load_config(None, ["policy.system_prompt=null"]), prompts) == unset
+    assert cache_key(load_config(None, ["policy.system_prompt=Be brief."]), prompts) != unset
+
+
+def test_the_token_cap_script_counts_a_reply_cut_unless_it_ended_within_the_cap():
+    from scripts.token_cap import cut_at, wilson
+
+    assert not cut_at(40, True, 48) and not cut_at(48, True, 48)
+    assert cut_at(49, True, 48) and cut_at(30, False, 48)  # unfinished: cut at any cap
+    low, high = wilson(10, 100)
+    assert low < 0.10 < high and 0.04 < low < 0.06 and 0.16 < high < 0.18

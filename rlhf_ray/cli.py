@@ -126,8 +126,8 @@ def _cmd_plan(cfg, args) -> str:
     from rlhf_ray.plan import Machine, check_fits, format_plan, job_of, plan_groups
 
     job = args.job or job_of(yaml.safe_load(open(args.config)) or {})
-    groups = plan_groups(cfg, job)
     machine = Machine(args.gpu_memory_gb, args.gpus_per_node, args.host_memory_gb)
+    groups = plan_groups(cfg, job, machine)
     print("\n".join(format_plan(groups, machine)), flush=True)
     check_fits(groups, machine)
     verdict = (f"every {job} group fits {args.gpu_memory_gb:g} GB GPUs (estimates; see README, GPUs)"

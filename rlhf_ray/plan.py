@@ -6,9 +6,18 @@ and ZeRO stage z: weights P*b (/N at z=3), gradients P*b (/N from z=2) plus thei
 P*4/N (bf16 from z=1), optimizer states P*(8 + 4 if bf16: the fp32 master copy) (/N from z=1);
 activations for the micro-batch's T tokens: T * layers * (what a layer saves per token) * b, or with
 gradient checkpointing T * layers * hidden * b plus one layer's; the learner's logits chunk C *
-vocab * 4 * 3 (fp32 logits, their softmax, their gradient); its frozen reference P*b. vLLM: weights,
-the KV cache (`rollout.kv_cache_gb`) and the sampler's logits. A scorer: weights and one layer's
-activations of a batch. Each GPU also pays the CUDA context and allocator slack (a fixed term).
+vocab * 4 * 3 (fp32 logits, their softmax, their gradient); its frozen reference P*b. On GPUs a rank
+of a data-parallel group also holds DeepSpeed's communication buckets (5e8 elements by default, at
+most its gradients) and NCCL's buffers, a ZeRO-3 rank the parameters it gathers ahead (the prefetch
+bucket), and a learner the weight-sync buckets (a gathered bucket and its flat copy). vLLM: weights,
+the KV cache (`rollout.kv_cache_gb`, or what `rollout.gpu_memory_utilization` of the GPU leaves), the
+start-up profile's activations for `max_num_batched_tokens` tokens and the sampler's fp32 logits for
+`max_num_seqs` rows (vLLM's GPU defaults: 1024 and 16384 on GPUs of >= 70 GiB, 256 and 8192 below),
+CUDA graphs unless eager, and a received sync bucket. A scorer: weights and one layer's activations
+of a batch. Each GPU process also pays the CUDA context and allocator slack (a fixed term). A rollout
+worker colocated with a learner rank shares its GPU: the plan checks the two together in each
+phase (generating: the engine awake, the learner's states resident unless offloaded; training: the
+learner's whole step, the engine asleep at level 2, only its CUDA context and graphs left).
 
 Host memory per actor: its process (torch, transformers, Ray's worker; vLLM's engine is larger), the
 weights staged on the host while a model loads (a ZeRO-3 rank its partition), an offloaded
@@ -27,8 +36,19 @@ from rlhf_ray.models.architectures import Architecture, architecture
 GIB = float(1 << 30)
 # CUDA context, cuBLAS workspace, allocator slack: measured 0.5-1 GB per process
 CUDA_CONTEXT = 0.8 * GIB
-# vLLM's default max_num_seqs: the sampler holds this many rows of logits at once
-SAMPLER_ROWS = 256
+# vLLM 0.32's defaults for LLM(...) by GPU memory (engine/arg_utils.py): (max_num_seqs,
+# max_num_batched_tokens) at >= 70 GiB (H100, H200; an A100 80GB gets the smaller ones, so this errs
+# high there) and below
+VLLM_BATCH_DEFAULTS = {70: (1024, 16384), 0: (256, 8192)}
+# vLLM's CUDA graphs (its log says the true figure at start-up: "Graph capturing ... took X GiB")
+CUDA_GRAPHS = 1.0 * GIB
+# NCCL's buffers per process in a group: NCCL_BUFFSIZE 4 MiB per channel and peer, 0.2-0.6 GB seen
+NCCL_BUFFERS = 0.5 * GIB
+# DeepSpeed's defaults: reduce / allgather buckets of 5e8 elements, ZeRO-3's prefetch bucket 5e7
+DEEPSPEED_BUCKET = 5e8
+ZERO3_PREFETCH = 5e7
+# what torch reports of a GPU sold as N GB: an H100 80GB shows 79.2 GiB (`total_memory`)
+REPORTED_SHARE = 0.99
 SCORER_BATCH = 32  # RewardScorer's batch
 # an actor's process with torch, transformers, DeepSpeed and Ray's worker: 0.6-0.9 GB RSS
 PROCESS_HOST = 1.0 * GIB
@@ -51,6 +71,9 @@ class GroupPlan:
     once: dict[str, float] = field(default_factory=dict)
     actors: int = 1  # actors in the group
     gpus_per_actor: float = 0.0
+    # the keys that change its memory, for the error when it does not fit
+    advice: str = "micro-batch tokens, gradient checkpointing, ZeRO stage, ranks"
+    problem: str = ""  # a reason it cannot start whatever the GPU (check_fits raises it)
 
     @property
     def total(self) -> float:
@@ -110,6 +133,21 @@ def training_terms(arch: Architecture, dtype: str, ranks: int, zero_stage: int, 
     }
 
 
+def communication_terms(arch: Architecture, dtype: str, ranks: int, zero_stage: int,
+                        with_lm_head: bool) -> dict[str, float]:
+    """What a rank of a data-parallel group on GPUs holds to communicate: DeepSpeed's buckets
+    (gradients reduced in fp32 when accumulated so, and at stages 1-2 the updated parameters'
+    all-gather), ZeRO-3's prefetched parameters, NCCL's buffers. Nothing with one rank."""
+    if ranks <= 1:
+        return {}
+    p, b = arch.params(with_lm_head), _bytes(dtype)
+    grad_bytes = 4 if dtype != "bfloat16" or zero_stage >= 1 else 2
+    buckets = min(DEEPSPEED_BUCKET, p) * (grad_bytes + (b if zero_stage in (1, 2) else 0))
+    return {"DeepSpeed buckets": buckets,
+            **({"ZeRO-3 prefetch": min(ZERO3_PREFETCH, p) * b} if zero_stage == 3 else {}),
+            "NCCL buffers": NCCL_BUFFERS}
+
+
 def _rm_tokens(cfg: Config) -> int:
     tc = cfg.rm
     if tc.micro_batch_tokens is not None:
@@ -134,9 +172,12 @@ def rm_trainer_plan(cfg: Config) -> GroupPlan:
     terms = training_terms(arch, mc.dtype, tc.num_workers, tc.zero_stage, _rm_tokens(cfg),
                            mc.gradient_checkpointing, with_lm_head=False)
     on_gpu = tc.num_gpus > 0
+    if on_gpu:
+        terms.update(communication_terms(arch, mc.dtype, tc.num_workers, tc.zero_stage, False),
+                     **{"CUDA context": CUDA_CONTEXT})
     plan = GroupPlan("rm",
                      f"reward-model trainer ({mc.name}, {tc.num_workers} ranks, ZeRO-{tc.zero_stage})",
-                     {**terms, **({"CUDA context": CUDA_CONTEXT} if on_gpu else {})}, on_gpu=on_gpu)
+                     terms, on_gpu=on_gpu)
     return with_host(plan, tc, loading_weights=terms["weights"] if on_gpu else 0)
 
 
@@ -163,6 +204,9 @@ def learner_plan(cfg: Config) -> GroupPlan:
     terms["logits chunk"] = min(lc.logits_chunk_tokens, tokens) * arch.vocab * 4 * 3
     on_gpu = lc.num_gpus > 0
     if on_gpu:
+        terms.update(communication_terms(arch, pc.dtype, lc.num_workers, lc.zero_stage, True))
+        # a bucket gathered where the parameters are and its flat copy (collective, ipc)
+        terms["weight-sync buckets"] = 2 * sync_bucket_bytes(cfg, arch)
         terms["CUDA context"] = CUDA_CONTEXT
     plan = GroupPlan("learner",
                      f"RLOO learner ({pc.name}, {lc.num_workers} ranks, ZeRO-{lc.zero_stage})",
@@ -176,33 +220,104 @@ def learner_plan(cfg: Config) -> GroupPlan:
 def staged_copy(transport: str) -> bool:
     """Whether weight delivery by `transport` (`rollout.sync`) stages a whole host copy on the
     way."""
-    from rlhf_ray.rl.sync import transport_class
-
-    return transport_class(transport).stages_host_copy
+    return _transport(transport).stages_host_copy
 
 
-def rollout_plan(cfg: Config) -> GroupPlan:
+def sync_bucket_bytes(cfg: Config, arch: Architecture) -> float:
+    """One weight-sync bucket: `rollout.sync_bucket_mb`, or the largest tensor (the embedding)
+    alone."""
+    return max(cfg.rollout.sync_bucket_mb * (1 << 20), arch.vocab * arch.hidden * _bytes(cfg.policy.dtype))
+
+
+def vllm_batch_limits(cfg: Config, machine: "Machine") -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens): the rollout section's, else vLLM's default for a GPU
+    of this machine's size."""
+    rc = cfg.rollout
+    size = 70 if machine.gpu_bytes >= 70 * GIB else 0
+    seqs, tokens = VLLM_BATCH_DEFAULTS[size]
+    return rc.max_num_seqs or seqs, rc.max_num_batched_tokens or tokens
+
+
+def rollout_plan(cfg: Config, machine: "Machine") -> GroupPlan:
+    """On a GPU: what vLLM holds after start-up (its profile run's activations and sampler logits
+    stay reserved in its pool); `gpu_memory_utilization`, when set, is its whole share and the KV
+    cache is what that leaves."""
     arch = architecture(cfg.policy.name, "policy.name")
     rc = cfg.rollout
-    whole = arch.params() * _bytes(cfg.policy.dtype)
-    terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB,
-             "sampler logits": SAMPLER_ROWS * arch.vocab * 4,
-             **({"CUDA context": CUDA_CONTEXT} if rc.num_gpus else {})}
-    plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=rc.num_gpus > 0)
+    b, whole = _bytes(cfg.policy.dtype), arch.params() * _bytes(cfg.policy.dtype)
+    if not rc.num_gpus:
+        terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB,
+                 "sampler logits": 256 * arch.vocab * 4}
+        plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=False)
+    else:
+        seqs, tokens = vllm_batch_limits(cfg, machine)
+        terms = {"weights": whole,
+                 "activations": tokens * max(2 * arch.intermediate, 4 * arch.hidden) * b,
+                 "sampler logits": seqs * arch.vocab * 4 * 2,  # fp32 logits and processed log-probs
+                 **({"CUDA graphs": CUDA_GRAPHS} if not rc.enforce_eager else {}),
+                 **({"received sync bucket": sync_bucket_bytes(cfg, arch)}
+                    if _transport(rc.sync).receives_bucket_on_gpu else {})}
+        plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine}, max_num_seqs {seqs}, "
+                         f"max_num_batched_tokens {tokens})", terms,
+                         advice="rollout.kv_cache_gb, gpu_memory_utilization, max_num_seqs, "
+                                "max_num_batched_tokens, enforce_eager")
+        if rc.gpu_memory_utilization:
+            share = rc.gpu_memory_utilization * machine.gpu_bytes
+            kv = share - sum(terms.values())
+            if kv <= 0:
+                plan.problem = (f"rollout.gpu_memory_utilization={rc.gpu_memory_utilization:g} of "
+                                f"{machine.gpu_bytes / GIB:.1f} GiB leaves no KV cache after vLLM's "
+                                f"weights, activations, sampler and graphs ({sum(terms.values()) / GIB:.1f} "
+                                "GiB): raise it, or lower rollout.max_num_seqs / max_num_batched_tokens")
+            terms["KV cache (what gpu_memory_utilization leaves)"] = max(kv, 0.0)
+        else:
+            terms["KV cache"] = rc.kv_cache_gb * GIB
+        terms["CUDA context"] = CUDA_CONTEXT
     return with_host(plan, rc, process=VLLM_PROCESS_HOST if rc.engine == "vllm" else PROCESS_HOST,
                      received_weights=whole if staged_copy(rc.sync) else 0,
                      loading_weights=whole if rc.num_gpus else 0)
 
 
-def plan_groups(cfg: Config, job: str) -> list[GroupPlan]:
+def _transport(sync: str):
+    from rlhf_ray.rl.sync import transport_class
+
+    return transport_class(sync)
+
+
+def colocated_plan(cfg: Config, rollout: GroupPlan, learner: GroupPlan) -> GroupPlan:
+    """A learner rank and a rollout worker on one GPU, in the worse of the two phases: generating
+    (the engine awake; the learner's weights, reference and, unless offloaded, its gradients and
+    optimizer states resident) and training (the learner's whole step; the engine asleep at level
+    2 keeps its CUDA context and graphs)."""
+    lc = cfg.learner
+    idle = {"gradients", "optimizer states"} if lc.offload_states_while_generating else set()
+    resident = {k: v for k, v in learner.terms.items()
+                if k not in idle | {"activations", "logits chunk", "weight-sync buckets"}}
+    asleep = {k: v for k, v in rollout.terms.items() if k in ("CUDA context", "CUDA graphs")}
+    phases = {"generating": {**{f"rollout: {k}": v for k, v in rollout.terms.items()},
+                             **{f"learner: {k}": v for k, v in resident.items()}},
+              "training": {**{f"learner: {k}": v for k, v in learner.terms.items()},
+                           **{f"rollout asleep: {k}": v for k, v in asleep.items()}}}
+    worse = max(phases, key=lambda name: sum(phases[name].values()))
+    return GroupPlan("colocated", f"learner rank + rollout worker on one GPU (worse phase: {worse})",
+                     phases[worse], on_gpu=True, actors=0, problem=rollout.problem,
+                     advice="learner.offload_states_while_generating, offload_reference, "
+                            "rollout.gpu_memory_utilization or kv_cache_gb")
+
+
+def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list[GroupPlan]:
     """The groups `job` starts: `train-rm` (trainers, and eval-rm's scorers), `rloo` (rollout,
-    scorers, learner)."""
+    scorers, learner, and their shared GPU when colocated); `machine` sizes vLLM's defaults."""
+    machine = machine or Machine()
     if job == "rloo":
         reward = cfg.reward
         widest = max(reward.models, key=lambda ref: architecture(ref, "reward.models").params())
         scorers = scorer_plan(widest, "reward.models", reward.dtype, reward.max_length, cfg.scorer,
                               count=len(reward.models))
-        return [rollout_plan(cfg), scorers, learner_plan(cfg)]
+        rollout, learner = rollout_plan(cfg, machine), learner_plan(cfg)
+        if cfg.rollout.colocate_with_learner and rollout.on_gpu and learner.on_gpu:
+            return [rollout, scorers, learner, colocated_plan(cfg, rollout, learner)]
+        return [rollout, scorers, learner]
     scorers = scorer_plan(cfg.model.name, "model.name", cfg.model.dtype, cfg.model.max_length,
                           cfg.scorer)
     return [rm_trainer_plan(cfg), scorers]
@@ -218,9 +333,13 @@ class Machine:
     """What a plan is checked against: one GPU's memory, GPUs and host memory of a node (None:
     unchecked)."""
 
-    gpu_memory_gb: float = 80.0
+    gpu_memory_gb: float = 80.0  # as the card is sold: it reports REPORTED_SHARE of that in GiB
     gpus_per_node: int = 8
     host_memory_gb: float | None = None
+
+    @property
+    def gpu_bytes(self) -> float:
+        return self.gpu_memory_gb * REPORTED_SHARE * GIB
 
 
 def host_per_node(groups: list[GroupPlan], gpus_per_node: int) -> dict[str, float]:
@@ -232,11 +351,12 @@ def host_per_node(groups: list[GroupPlan], gpus_per_node: int) -> dict[str, floa
 def format_plan(groups: list[GroupPlan], machine: Machine) -> list[str]:
     lines = []
     for g in groups:
-        where = (f"per GPU of {machine.gpu_memory_gb:g} GB" if g.on_gpu
-                 else "per actor, on the host (no GPU in the config)")
-        verdict = ("fits" if g.total <= machine.gpu_memory_gb * GIB else "DOES NOT FIT") if g.on_gpu else "host"
+        where = (f"per GPU of {machine.gpu_memory_gb:g} GB ({machine.gpu_bytes / GIB:.1f} GiB usable)"
+                 if g.on_gpu else "per actor, on the host (no GPU in the config)")
+        verdict = ("fits" if g.total <= machine.gpu_bytes and not g.problem
+                   else "DOES NOT FIT") if g.on_gpu else "host"
         lines.append(f"{g.group}: {g.what}: {g.total / GIB:.1f} GB {where}: {verdict}")
-        lines += [f"    {name:<18} {value / GIB:8.2f} GB" for name, value in g.terms.items()]
+        lines += [f"    {name:<34} {value / GIB:8.2f} GB" for name, value in g.terms.items()]
     per_group = host_per_node(groups, machine.gpus_per_node)
     total = sum(per_group.values())
     limit = machine.host_memory_gb
@@ -255,11 +375,14 @@ def format_plan(groups: list[GroupPlan], machine: Machine) -> list[str]:
 
 def check_fits(groups: list[GroupPlan], machine: Machine) -> None:
     for g in groups:
-        if g.on_gpu and g.total > machine.gpu_memory_gb * GIB:
+        if g.on_gpu and g.problem:
+            raise PlanError(f"{g.group}: {g.problem}")
+        if g.on_gpu and g.total > machine.gpu_bytes:
             name, value = g.largest
-            raise PlanError(f"{g.group} needs {g.total / GIB:.1f} GB per GPU, over {machine.gpu_memory_gb:g} GB; its "
-                            f"largest term is {name} ({value / GIB:.1f} GB): see the memory keys of the '{g.group}' "
-                            f"section (micro-batch tokens, gradient checkpointing, ZeRO stage, ranks)")
+            raise PlanError(f"{g.group} needs {g.total / GIB:.1f} GB per GPU, over {machine.gpu_memory_gb:g} GB "
+                            f"({machine.gpu_bytes / GIB:.1f} GiB usable); its largest term is {name} "
+                            f"({value / GIB:.1f} GB): see the memory keys of the '{g.group}' section "
+                            f"({g.advice})")
     per_group = host_per_node(groups, machine.gpus_per_node)
     if machine.host_memory_gb is not None and sum(per_group.values()) > machine.host_memory_gb * GIB:
         group = max(per_group, key=per_group.__getitem__)

@@ -54,6 +54,11 @@ class RolloutConfig(ActorGroupConfig):
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
     enforce_eager: Optional[bool] = None
     enable_prefix_caching: bool = False
+    # vLLM's batch limits (None: vLLM's defaults, on a GPU of >= 70 GiB 1024 sequences and 16384
+    # tokens a step, 256 and 8192 below): they size its activations and the sampler's logits at
+    # start-up, which `rlhf-ray plan` counts
+    max_num_seqs: Optional[int] = Field(None, ge=1)
+    max_num_batched_tokens: Optional[int] = Field(None, ge=16)
     # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner
     # gathers one bucket at a time, so the sync's extra memory on every rank is one bucket
     sync_bucket_mb: float = Field(256.0, gt=0)

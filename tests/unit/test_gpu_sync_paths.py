@@ -4,6 +4,7 @@ flat cuda buffer after its layout, every wait carries the group's timeout, and t
 stay on the GPU for vLLM to copy from."""
 from datetime import timedelta
 
+import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -66,8 +67,8 @@ def test_the_receiver_keeps_the_bucket_on_the_gpu():
             torch.zeros(64, dtype=torch.uint8)]
     channel = _channel(RecordingGroup(feed))
     channel.device = torch.device("cpu")  # FakeTensorMode cannot fill buffers: the path is the cuda one's but here
-    buckets = channel.receive()
-    assert len(buckets) == 1 and dict(buckets[0].tensors())["v"].shape == (2, 3)
+    assert channel.receive_count() == 1
+    assert dict(channel.receive_bucket().tensors())["v"].shape == (2, 3)
     with FakeTensorMode():
         flat = torch.empty(24, dtype=torch.uint8, device=CUDA)
         on_gpu = Weights(["w"], ["float32"], [(2, 3)], [flat], {})
@@ -116,7 +117,7 @@ def test_an_ipc_bucket_on_the_gpu_is_settled_before_the_next_is_fetched(monkeypa
             yield f"w{self.index}", None
 
     monkeypatch.setattr(W, "rebuild", lambda shared: CudaBucket(shared["index"]))
-    monkeypatch.setattr(W, "device_of", lambda bucket: CUDA)
+    monkeypatch.setattr("rlhf_ray.rl.sync.buckets.device_of", lambda bucket: CUDA)
     monkeypatch.setattr("torch.cuda.synchronize", lambda device=None: events.append(("synchronize", device)))
 
     def fetch(index):
@@ -127,3 +128,47 @@ def test_an_ipc_bucket_on_the_gpu_is_settled_before_the_next_is_fetched(monkeypa
     assert names == ["w0", "w1"]
     assert events == [("fetch", 0), ("read", 0), ("synchronize", CUDA), ("fetch", 1), ("read", 1),
                       ("synchronize", CUDA)]
+
+
+def test_the_collective_receiver_loads_each_bucket_before_it_receives_the_next():
+    """Issue 26 (11): the receiver held every bucket of a sync (a whole model on its GPU) before its
+    engine loaded any; now the engine's reload reads bucket i before bucket i + 1 is received."""
+    from rlhf_ray.rl.sync.collective import CollectiveReceiver
+
+    events = []
+
+    class RecordingChannel:
+        def receive_count(self):
+            events.append("count")
+            return 3
+
+        def receive_bucket(self):
+            index = sum(e.startswith("bucket") for e in events)
+            events.append(f"bucket {index}")
+            return Weights.of({f"w{index}": torch.full((2,), float(index))})
+
+    def apply(weights, version):
+        for name, tensor in weights.tensors():  # as vLLM's reload reads its weights iterator
+            events.append(f"load {name}")
+
+    receiver = CollectiveReceiver("rollout-0", apply)
+    receiver.channel = RecordingChannel()
+    result = receiver.receive(version=4)
+    assert events == ["count", "bucket 0", "load w0", "bucket 1", "load w1", "bucket 2", "load w2"]
+    assert result["buckets"] == 3 and result["version"] == 4 and result["bytes"] == 3 * 2 * 4
+
+
+def test_a_broadcast_that_fails_mid_sync_names_the_worker_and_the_version():
+    from rlhf_ray.rl.sync.collective import CollectiveReceiver
+
+    class BrokenChannel:
+        def receive_count(self):
+            return 2
+
+        def receive_bucket(self):
+            raise RuntimeError("Connection closed by peer")
+
+    receiver = CollectiveReceiver("rollout-1", lambda weights, version: dict(weights.tensors()))
+    receiver.channel = BrokenChannel()
+    with pytest.raises(TimeoutError, match="rollout-1: .*weight broadcast for version 5 failed: Connection closed"):
+        receiver.receive(version=5)

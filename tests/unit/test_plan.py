@@ -43,7 +43,8 @@ def test_the_gpu_recipes_fit_80_gb(recipe, job):
 
 
 def test_a_recipe_without_checkpointing_does_not_fit_and_says_why(capsys):
-    with pytest.raises(PlanError, match=r"rm needs .* GB per GPU, over 80 GB; its largest term is activations"):
+    with pytest.raises(PlanError,
+                       match=r"rm needs .* GB per GPU, over 80 GB \(79.2 GiB usable\); its largest term is activ"):
         check_fits(plan_groups(load_config("configs/paper_bsr_rm.yaml", ["model.gradient_checkpointing=false"]),
                                "train-rm"), Machine(80))
     assert main(["plan", "--config", "configs/paper_bsr_rm.yaml", "model.gradient_checkpointing=false"]) == 2
@@ -77,3 +78,65 @@ def test_host_memory_per_node_counts_the_actors_a_node_holds_and_rank_0s_publish
     check_fits(list(groups.values()), Machine(80, 8, sum(per_node.values()) / GIB + 1))
     assert main(["plan", "--config", "configs/paper_rloo_gpu.yaml", "--host-memory-gb", "10"]) == 2
     assert "host memory per node" in capsys.readouterr().out
+
+
+COLOCATED = ["rollout.colocate_with_learner=true", "rollout.num_workers=4", "rollout.num_gpus=0.5",
+             "learner.num_gpus=0.5", "rollout.sync=ipc"]
+
+
+def _groups(overrides, machine=Machine(80)):
+    return {g.group: g for g in plan_groups(load_config("configs/paper_rloo_gpu.yaml", overrides), "rloo",
+                                            machine)}
+
+
+def test_a_colocated_learner_rank_and_engine_are_checked_together_on_their_one_gpu():
+    """Issue 26 (9): each was checked against a whole GPU."""
+    groups = _groups(COLOCATED)
+    shared, learner, rollout = groups["colocated"], groups["learner"], groups["rollout"]
+    resident = sum(v for k, v in learner.terms.items()
+                   if k not in ("activations", "logits chunk", "weight-sync buckets"))
+    assert shared.total == pytest.approx(rollout.total + resident)  # generating is the worse phase here
+    assert "generating" in shared.what and shared.actors == 0  # no host memory of its own
+    # each alone fits 80 GB, together they do not
+    big = _groups(COLOCATED + ["rollout.kv_cache_gb=60"])
+    assert big["rollout"].total < Machine(80).gpu_bytes and big["learner"].total < Machine(80).gpu_bytes
+    with pytest.raises(PlanError, match=r"colocated needs .* GB per GPU, over 80 GB .* rollout: KV cache .*"
+                                        r"offload_states_while_generating"):
+        check_fits(list(big.values()), Machine(80))
+    offloaded = _groups(COLOCATED + ["learner.zero_stage=2", "learner.offload_states_while_generating=true"])
+    assert not any("optimizer states" in k for k in offloaded["colocated"].terms if k.startswith("learner"))
+    assert "colocated" not in _groups([])
+
+
+def test_gpu_memory_utilization_is_the_engines_whole_share_and_must_leave_a_kv_cache():
+    rollout = _groups(["rollout.gpu_memory_utilization=0.5"])["rollout"]
+    assert rollout.total == pytest.approx(0.5 * Machine(80).gpu_bytes + rollout.terms["CUDA context"])
+    assert rollout.terms["KV cache (what gpu_memory_utilization leaves)"] > 20 * GIB
+    starved = _groups(["rollout.gpu_memory_utilization=0.03"])
+    with pytest.raises(PlanError, match=r"rollout: rollout.gpu_memory_utilization=0.03 of 79.2 GiB leaves no KV"):
+        check_fits(list(starved.values()), Machine(80))
+
+
+def test_vllms_gpu_defaults_size_its_activations_and_sampler_unless_the_keys_say():
+    h100, small = _groups([])["rollout"], _groups([], Machine(40))["rollout"]
+    assert h100.terms["sampler logits"] == 1024 * QWEN.vocab * 8
+    assert small.terms["sampler logits"] == 256 * QWEN.vocab * 8
+    assert h100.terms["activations"] == 2 * small.terms["activations"]  # 16384 vs 8192 tokens
+    assert "max_num_seqs 1024" in h100.what and "CUDA graphs" in h100.terms
+    set_ = _groups(["rollout.max_num_seqs=64", "rollout.max_num_batched_tokens=4096", "rollout.enforce_eager=true"])
+    assert set_["rollout"].terms["sampler logits"] == 64 * QWEN.vocab * 8 and "CUDA graphs" not in set_["rollout"].terms
+    assert "received sync bucket" in _groups(["rollout.sync=collective"])["rollout"].terms
+    assert "received sync bucket" not in h100.terms  # the object store stages on the host
+
+
+def test_gpu_ranks_count_deepspeeds_buckets_nccls_buffers_and_the_usable_memory():
+    learner = _groups([])["learner"].terms
+    assert learner["DeepSpeed buckets"] == 5e8 * 4  # fp32 gradient reduction (bf16 with fp32 accumulation)
+    assert learner["ZeRO-3 prefetch"] == 5e7 * 2 and learner["NCCL buffers"] > 0
+    one = _groups(["learner.num_workers=1"])["learner"].terms
+    assert "DeepSpeed buckets" not in one and "NCCL buffers" not in one
+    assert "ZeRO-3 prefetch" not in _groups(["learner.zero_stage=2"])["learner"].terms
+    assert Machine(80).gpu_bytes == pytest.approx(79.2 * GIB)  # an H100 80GB as torch reports it
+    from rlhf_ray.plan import GroupPlan
+    with pytest.raises(PlanError, match=r"over 80 GB \(79.2 GiB usable\)"):
+        check_fits([GroupPlan("learner", "x", {"weights": 79.5 * GIB})], Machine(80))

@@ -11,7 +11,8 @@ class VLLMEngine:
                  trust_remote_code: bool = False, sync_timeout_s: float = 120.0, seed: int = 0,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  enforce_eager: bool | None = None, enable_prefix_caching: bool = False,
-                 sleeps: bool = False):
+                 sleeps: bool = False, max_num_seqs: int | None = None,
+                 max_num_batched_tokens: int | None = None):
         """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by
         `gpu_memory_utilization` when set (else `kv_cache_gb`), tensor parallelism over Ray workers
         in this actor's placement group, and with `sleeps` (colocated with a learner rank) vLLM's
@@ -40,6 +41,10 @@ class VLLMEngine:
             **memory,
             **parallel,
             **({"enable_sleep_mode": True} if self.sleeps else {}),
+            # vLLM's own defaults where unset
+            **{key: value for key, value in (("max_num_seqs", max_num_seqs),
+                                             ("max_num_batched_tokens", max_num_batched_tokens))
+               if value is not None},
             trust_remote_code=trust_remote_code,
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,

@@ -83,6 +83,9 @@ class Transport(ABC):
     # a whole host copy of the weights staged on the way (the object store's): the memory plan
     # counts it
     stages_host_copy = False
+    # a receiver on a GPU takes each bucket into its own GPU buffer (not mapped from the sender's,
+    # not staged on the host): the memory plan counts one bucket there
+    receives_bucket_on_gpu = False
 
     def __init__(self, senders, receivers, timeout_s: float):
         self.senders, self.receivers, self.timeout_s = senders, receivers, timeout_s

@@ -127,3 +127,27 @@ class BucketSource:
                 if send is not None:
                     results.append(send(weights))
         return results, peak
+
+
+class BucketStream:
+    """The buckets of one sync, taken one at a time while a loader iterates `tensors()` (what vLLM's
+    reload or the HF engine's `load_state_dict` reads in place of a `Weights`), so a receiver holds
+    one bucket beyond its model, never a whole copy. `take(i)` returns (bucket i, the number of
+    buckets, the bytes the sender held gathered for it) or raises TimeoutError."""
+
+    def __init__(self, take: Callable[[int], tuple[Weights, int, int]]):
+        self.take, self.nbytes, self.count, self.gathered_peak_bytes = take, 0, 0, 0
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        index, self.count = 0, 1
+        while index < self.count:
+            bucket, self.count, gathered = self.take(index)
+            self.gathered_peak_bytes = max(self.gathered_peak_bytes, gathered)
+            self.nbytes += bucket.nbytes
+            yield from bucket.tensors()
+            device = device_of(bucket)
+            # the loader's copies out of this bucket may still be queued on the stream: finish them
+            # before the next take lets the sender (ipc) or the allocator (nccl) reuse its memory
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            index += 1

@@ -18,7 +18,7 @@ import torch
 from rlhf_ray.config import ConfigError
 from rlhf_ray.rl.engines.base import Weights
 from rlhf_ray.rl.sync.base import Delivery, Receiver, Sender, Transport
-from rlhf_ray.rl.sync.buckets import device_of, layout_of, pack_flat, split_flat
+from rlhf_ray.rl.sync.buckets import BucketStream, device_of, layout_of, pack_flat, split_flat
 from rlhf_ray.utils.dist import tcp_store
 
 
@@ -70,12 +70,12 @@ class BroadcastChannel:
         self._broadcast(pack_flat(weights, layout, device_of(weights)))
         return weights.nbytes
 
-    def receive(self) -> list[Weights]:
-        """Every bucket of one sync, as rank 0 sent them."""
-        count = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
-        return [self._receive_bucket() for _ in range(count)]
+    def receive_count(self) -> int:
+        """How many buckets this sync has (rank 0's `send_count`)."""
+        return int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
 
-    def _receive_bucket(self) -> Weights:
+    def receive_bucket(self) -> Weights:
+        """The next bucket, as rank 0 sent it."""
         size = int(self._broadcast(torch.zeros(1, dtype=torch.int64)).cpu()[0])
         layout = json.loads(self._broadcast(torch.empty(size,
                                                         dtype=torch.uint8)).cpu().numpy().tobytes())
@@ -113,16 +113,24 @@ class CollectiveReceiver(Receiver):
         self.channel = BroadcastChannel(rank, world_size, addr, port, timeout_s)
 
     def receive(self, version: int) -> dict:
-        """Take rank 0's broadcast, then load it as the object-store route does."""
-        try:
-            buckets = self.channel.receive()
-        except RuntimeError as err:  # gloo/nccl timeout or a peer gone
-            raise TimeoutError(f"{self.name}: weight broadcast for version {version} failed: {err}") from err
-        return self.load(version, *buckets)
+        """Take rank 0's broadcast bucket by bucket while the engine loads them (`BucketStream`):
+        a receiver holds one bucket beyond its model, never a whole copy."""
+        channel = self.channel
+
+        def take(index: int) -> tuple[Weights, int, int]:
+            try:
+                count = channel.receive_count() if index == 0 else stream.count
+                return channel.receive_bucket(), count, 0
+            except RuntimeError as err:  # gloo/nccl timeout or a peer gone
+                raise TimeoutError(f"weight broadcast for version {version} failed: {err}") from err
+
+        stream = BucketStream(take)
+        return {**self.apply_timed(version, stream), "buckets": stream.count}
 
 
 class Collective(Transport):
     name = "collective"
+    receives_bucket_on_gpu = True
     Sender = CollectiveSender
     Receiver = CollectiveReceiver
 

@@ -8,14 +8,14 @@ it.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from rlhf_ray.config import ConfigError
 from rlhf_ray.rl.engines.base import Weights
 from rlhf_ray.rl.sync.base import Delivery, Receiver, Sender, Transport
-from rlhf_ray.rl.sync.buckets import device_of, layout_of, pack_flat, split_flat
+from rlhf_ray.rl.sync.buckets import BucketStream, device_of, layout_of, pack_flat, split_flat
 
 
 def share(weights: Weights) -> tuple[torch.Tensor, dict]:
@@ -49,29 +49,16 @@ def rebuild(shared: dict) -> Weights:
     return split_flat(pickle.loads(shared["handle"]), shared["layout"])
 
 
-class SharedBuckets:
-    """The buckets of one sync, pulled one at a time while a loader iterates `tensors()`: `fetch(i)`
-    returns bucket i's `share` dict (with `count`, the number of buckets), or raises TimeoutError.
-    What vLLM's reload or the HF engine's `load_state_dict` reads in place of a `Weights`."""
+class SharedBuckets(BucketStream):
+    """The buckets of one sync, mapped one at a time while a loader iterates `tensors()`: `fetch(i)`
+    returns bucket i's `share` dict (with `count`, the number of buckets), or raises TimeoutError."""
 
     def __init__(self, fetch: Callable[[int], dict]):
-        self.fetch, self.nbytes, self.count, self.gathered_peak_bytes = fetch, 0, 0, 0
+        def take(index: int) -> tuple[Weights, int, int]:
+            shared = fetch(index)
+            return rebuild(shared), shared["count"], shared["gathered_bytes"]
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        index, self.count = 0, 1
-        while index < self.count:
-            shared = self.fetch(index)
-            self.count = shared["count"]
-            self.gathered_peak_bytes = max(self.gathered_peak_bytes, shared["gathered_bytes"])
-            bucket = rebuild(shared)
-            self.nbytes += bucket.nbytes
-            yield from bucket.tensors()
-            device = device_of(bucket)
-            # vLLM's copies out of this bucket may still be queued on the stream:
-            if device.type == "cuda":
-                # finish them before the next fetch lets the sender reuse it
-                torch.cuda.synchronize(device)
-            index += 1
+        super().__init__(take)
 
 
 class SharingSender(Sender):

@@ -101,3 +101,45 @@ def test_specs_give_run_storage_and_zero3_groups_that_fit_a_node_pack_on_it():
         for group in (cfg.rm, cfg.learner):
             if group.zero_stage == 3 and group.num_workers * group.num_gpus <= 8:
                 assert group.placement_strategy in ("PACK", "STRICT_PACK"), recipe
+
+
+def test_the_launcher_spec_passes_rays_own_validation():
+    """`ray up`'s own checks (the autoscaler's schema, no unknown keys), as it would run them."""
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    doc = yaml.safe_load((CLUSTER / "aws-gpu-cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(doc)))
+    doc["efa_network"] = {}  # what an unknown key gets: so the check above can fail
+    with pytest.raises(Exception, match="efa_network"):
+        validate_config(prepare_config(doc))
+
+
+def test_gpu_nodes_give_nccl_a_fast_network_locked_memory_and_the_nvls_guard():
+    """Issue 26 (14): without these NCCL falls back to TCP between nodes."""
+    doc = yaml.safe_load((CLUSTER / "aws-gpu-cluster.yaml").read_text())
+    cards = {"p5.48xlarge": 32, "p4d.24xlarge": 4}  # network cards per instance type, one EFA each
+    gpu_types = [t for t in doc["available_node_types"].values() if t["node_config"]["InstanceType"] in cards]
+    assert {t["node_config"]["InstanceType"] for t in gpu_types} == set(cards)  # H100 and A100 nodes
+    for t in gpu_types:
+        nics = t["node_config"]["NetworkInterfaces"]
+        assert len(nics) == cards[t["node_config"]["InstanceType"]] and all(n["InterfaceType"] == "efa" for n in nics)
+        assert sorted(n["NetworkCardIndex"] for n in nics) == list(range(len(nics)))
+        assert len({n["SubnetId"] for n in nics}) == 1 and "GroupName" in t["node_config"]["Placement"]
+    options = " ".join(doc["docker"]["run_options"])
+    assert "memlock=-1:-1" in options and "/dev/infiniband" in options
+    start = " ".join(doc["worker_start_ray_commands"])
+    assert "FI_PROVIDER=efa" in start and "NCCL_NVLS_ENABLE=0" in start
+    docker = (CLUSTER / "Dockerfile").read_text()
+    assert "efa_installer.sh" in docker and "/opt/amazon/ofi-nccl/lib" in docker and "rdma-core" in docker
+    assert "ENV NCCL_NVLS_ENABLE=0" in docker
+    for name in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
+        spec = yaml.safe_load((CLUSTER / name).read_text())
+        spec = spec["spec"] if spec["kind"] == "RayCluster" else spec["spec"]["rayClusterSpec"]
+        for group in spec["workerGroupSpecs"]:
+            for container in _pod_containers(group):
+                assert container["resources"]["limits"]["vpc.amazonaws.com/efa"] == "32", name
+                assert "IPC_LOCK" in container["securityContext"]["capabilities"]["add"], name
+    job = yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+    assert "NCCL_NVLS_ENABLE" in job["spec"]["runtimeEnvYAML"] and "FI_PROVIDER" in job["spec"]["runtimeEnvYAML"]

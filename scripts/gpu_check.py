@@ -1,13 +1,18 @@
 """A few minutes on one GPU (torch + transformers + DeepSpeed, no Ray, no vLLM, no network): the actors'
-plain cores on a randomly initialised model of a real shape, in bf16, world size 1 (nccl).
+plain cores on a randomly initialised model of a real shape, in bf16, world size 1 (nccl), on the
+paths a first cluster run would break on.
 
     python scripts/gpu_check.py --out docs/results/gpu            # Qwen2.5-1.5B shape, on the GPU
     python scripts/gpu_check.py --shape tiny-llama --out /tmp/x   # the same steps on the CPU (a test runs it)
 
-Runs a reward-model training step, an RLOO learner update, a scorer batch and an HF generation step;
-prints and writes (check.json) each step's time, tokens/s, model-FLOPs utilisation against this GPU's
-bf16 matmul peak measured in the same run, and peak memory (torch.cuda.max_memory_allocated) against
-`rlhf-ray plan`'s estimate for the same settings.
+Steps: a ZeRO-3 reward-model training step with a fresh value head (its seeded init under ZeRO-3), a
+ZeRO-3 RLOO learner update, a ZeRO-2 learner's state offload and reload around an update (what a
+colocated learner does while its engine generates), a weight-sync bucket shared with a second process
+(CUDA IPC on a GPU, a shared-memory file on the CPU; bit-exact, GB/s), a scorer batch and an HF
+generation step. Each step starts from a clean baseline (the previous step's objects freed, garbage
+collected, the CUDA cache emptied) and reports its peak above that baseline beside `rlhf-ray plan`'s
+estimate for the same settings, its time, tokens/s and model-FLOPs utilisation against this GPU's
+bf16 matmul peak measured in the same run. Writes check.json.
 """
 from __future__ import annotations
 
@@ -73,14 +78,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_gb(device: str) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+def _peak_gb(device: str, baseline: float) -> float | None:
+    """The step's peak above its baseline (bytes allocated when it started), in GiB."""
+    return (torch.cuda.max_memory_allocated() - baseline) / 2**30 if device == "cuda" else None
 
 
-def _reset(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def _reset(device: str) -> float:
+    """A clean baseline: the previous step's objects collected (DeepSpeed engines hold cycles), the
+    CUDA cache emptied, the peak counter reset; returns the bytes still allocated."""
+    import gc
+
+    gc.collect()
+    if device != "cuda":
+        return 0.0
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return float(torch.cuda.memory_allocated())
 
 
 def _timed(device: str, fn, repeats: int):
@@ -93,93 +107,185 @@ def _timed(device: str, fn, repeats: int):
     return out, (time.perf_counter() - start) / repeats
 
 
-def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
+class Check:
+    """One run's shared settings: the model folder and its shape, the device, the measured peak."""
+
+    def __init__(self, shape: str, seq: int, batch: int, repeats: int):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.arch, self.seq, self.batch, self.repeats = KNOWN[SHAPES[shape]], seq, batch, repeats
+        self.folder = Path(tempfile.mkdtemp(prefix="gpu-check-")) / "model"
+        build_model_folder(shape, self.folder)
+        self.peak = matmul_peak_tflops(self.device)
+        self.text = " ".join(f"w{i % 2000}" for i in range(seq // 2))
+
+    def entry(self, seconds: float, tokens: int | None, flops: float | None, baseline: float,
+              planned: float | None, **extra) -> dict:
+        """A step's measurements; tokens and FLOPs None where the step moves bytes, not tokens."""
+        return {"seconds": seconds, "tokens_per_s": tokens / seconds if tokens else None,
+                "mfu": flops / seconds / 1e12 / self.peak if flops else None,
+                "peak_memory_gb": _peak_gb(self.device, baseline),
+                "planned_gb": planned / 2**30 if planned else None, **extra}
+
+    def learner_config(self, zero_stage: int):
+        return load_config(None, [f"policy.name={self.folder}", "policy.dtype=bfloat16",
+                                  "policy.gradient_checkpointing=true", "rollout.k=2",
+                                  f"rloo.max_prompt_tokens={self.seq // 2}",
+                                  f"rollout.max_new_tokens={self.seq // 2}",
+                                  f"learner.micro_batch_size={self.batch}",
+                                  f"learner.zero_stage={zero_stage}", "learner.warmup_ratio=0"])
+
+    def rollouts(self):
+        from rlhf_ray.rl.engines.base import Rollouts
+
+        g, half, n = torch.Generator().manual_seed(0), self.seq // 2, self.batch
+        prompts = [torch.randint(3, self.arch.vocab, (half,), generator=g).tolist() for _ in range(n // 2)]
+        responses = [torch.randint(3, self.arch.vocab, (half,), generator=g).tolist() for _ in range(n)]
+        return Rollouts([p for p in prompts for _ in range(2)], responses, [[0.0] * half] * n,
+                        [False] * n, [], 2, 0), torch.randn(n)
+
+
+def rm_step_zero3(c: Check) -> dict:
+    """A reward-model step at ZeRO-3 with a fresh value head (drawn by its seeded generator while
+    ZeRO-3 holds the head gathered on the GPU)."""
     from rlhf_ray.data.schema import Ranking
-    from rlhf_ray.plan import learner_plan, rm_trainer_plan
-    from rlhf_ray.rl.engines.base import Rollouts, Sampling
-    from rlhf_ray.rl.engines.hf import HFEngine
-    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
+    from rlhf_ray.plan import rm_trainer_plan
     from rlhf_ray.rm.trainer import RewardModelTrainer, TrainerSpec
-    from rlhf_ray.scoring.scorer import RewardScorer
     from rlhf_ray.utils.dist import reserve_address
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    arch = KNOWN[SHAPES[shape]]
-    folder = Path(tempfile.mkdtemp(prefix="gpu-check-")) / "model"
-    build_model_folder(shape, folder)
-    peak = matmul_peak_tflops(device)
-    result = {"shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-              "torch": torch.__version__, "bf16_matmul_peak_tflops": peak, "steps": {}}
-    text = " ".join(f"w{i % 2000}" for i in range(seq // 2))
+    cfg = load_config(None, [f"model.name={c.folder}", "model.dtype=bfloat16",
+                             "model.gradient_checkpointing=true", f"model.max_length={c.seq}",
+                             "rm.num_workers=1", f"rm.batch_size={c.batch}", "rm.zero_stage=3",
+                             "rm.warmup_ratio=0"])
+    baseline = _reset(c.device)
+    trainer = RewardModelTrainer(TrainerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=10)
+    rankings = [Ranking(f"p{i}", c.text, "closed", [c.text + " w1", c.text + " w2"], [1.0, 0.0])
+                for i in range(c.batch)]
+    _, seconds = _timed(c.device, lambda: trainer.train_step(rankings), c.repeats)
+    tokens = 2 * c.batch * c.seq
+    return c.entry(seconds, tokens, 6 * c.arch.params(False) * tokens * 4 / 3, baseline,
+                   rm_trainer_plan(cfg).total, zero_stage=3)
 
-    # a reward-model step: `batch` pairs of ~seq tokens, gradient checkpointing, bf16, ZeRO-1
-    rm_cfg = load_config(None, [f"model.name={folder}", "model.dtype=bfloat16", "model.gradient_checkpointing=true",
-                                f"model.max_length={seq}", "rm.num_workers=1", f"rm.batch_size={batch}",
-                                "rm.zero_stage=1", "rm.warmup_ratio=0"])
-    _reset(device)
-    trainer = RewardModelTrainer(TrainerSpec.of(rm_cfg), 0, 1, *reserve_address(), total_steps=10)
-    groups = [Ranking(f"p{i}", text, "closed", [text + " w1", text + " w2"], [1.0, 0.0]) for i in range(batch)]
 
-    def rm_step():
-        return trainer.train_step(groups)
+def learner_update_zero3(c: Check) -> dict:
+    """An RLOO learner update at ZeRO-3: k = 2, prompts and responses of seq / 2 tokens."""
+    from rlhf_ray.plan import learner_plan
+    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
+    from rlhf_ray.utils.dist import reserve_address
 
-    _, seconds = _timed(device, rm_step, repeats)
-    tokens = 2 * batch * seq
-    result["steps"]["rm_train_step"] = _entry(seconds, tokens, 6 * arch.params(False) * tokens * 4 / 3, peak,
-                                              _peak_gb(device), rm_trainer_plan(rm_cfg).total / 2**30)
-    trainer = None  # freed before the next step measures its peak
-    # an RLOO learner update: k=2, prompts and responses of seq/2 tokens, chunked logits
-    rl_cfg = load_config(None, [f"policy.name={folder}", "policy.dtype=bfloat16", "policy.gradient_checkpointing=true",
-                                "rollout.k=2", f"rloo.max_prompt_tokens={seq // 2}",
-                                f"rollout.max_new_tokens={seq // 2}", f"learner.micro_batch_size={batch}",
-                                "learner.zero_stage=1", "learner.warmup_ratio=0"])
-    _reset(device)
-    learner = RLOOLearner(LearnerSpec.of(rl_cfg), 0, 1, *reserve_address(), total_steps=10)
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, arch.vocab, (seq // 2,), generator=g).tolist() for _ in range(batch // 2)]
-    responses = [torch.randint(3, arch.vocab, (seq // 2,), generator=g).tolist() for _ in range(batch)]
-    rollouts = Rollouts([p for p in prompts for _ in range(2)], responses, [[0.0] * (seq // 2)] * batch,
-                        [False] * batch, [], 2, 0)
-    scores = torch.randn(batch)
+    cfg = c.learner_config(3)
+    baseline = _reset(c.device)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=10)
+    rollouts, scores = c.rollouts()
+    _, seconds = _timed(c.device, lambda: learner.update(rollouts, scores), c.repeats)
+    tokens = c.batch * c.seq
+    flops = (6 + 2) * c.arch.params() * tokens * 4 / 3  # policy fwd + bwd (+ recompute), reference fwd
+    return c.entry(seconds, tokens, flops, baseline, learner_plan(cfg).total, zero_stage=3)
 
-    def learner_step():
-        return learner.update(rollouts, scores)
 
-    _, seconds = _timed(device, learner_step, repeats)
-    tokens = batch * seq
-    flops = (6 + 2) * arch.params() * tokens * 4 / 3  # policy forward+backward (+ recompute), reference forward
-    result["steps"]["learner_update"] = _entry(seconds, tokens, flops, peak, _peak_gb(device),
-                                               learner_plan(rl_cfg).total / 2**30)
-    learner = None
-    # a scorer batch and an HF generation step
-    _reset(device)
-    scorer = RewardScorer(str(folder), max_length=seq, batch_size=batch, dtype="bfloat16")
+def learner_offload(c: Check) -> dict:
+    """A ZeRO-2 learner's optimizer states and gradients to the host and back around an update, as
+    a colocated learner does while its engine generates: the GPU bytes freed, the update after."""
+    from rlhf_ray.plan import learner_plan
+    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
+    from rlhf_ray.utils.dist import reserve_address
 
-    def score_batch():
-        return scorer.score([text] * batch, [text] * batch)
+    cfg = c.learner_config(2)
+    baseline = _reset(c.device)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=10)
+    rollouts, scores = c.rollouts()
+    learner.update(rollouts, scores)  # the optimizer states exist from the first step
+    allocated = torch.cuda.memory_allocated if c.device == "cuda" else (lambda: 0)
+    before = allocated()
+    start = time.perf_counter()
+    offloaded = learner.offload_states()
+    freed = before - allocated()
+    reloaded = learner.reload_states()
+    round_trip = time.perf_counter() - start
+    _, seconds = _timed(c.device, lambda: learner.update(rollouts, scores), 1)
+    tokens = c.batch * c.seq
+    return c.entry(seconds, tokens, 8 * c.arch.params() * tokens * 4 / 3, baseline,
+                   learner_plan(cfg).total, zero_stage=2, offload=offloaded, reload=reloaded,
+                   freed_gb=freed / 2**30, offload_round_trip_s=round_trip)
 
-    _, seconds = _timed(device, score_batch, repeats)
-    result["steps"]["scorer_batch"] = _entry(seconds, batch * seq, 2 * arch.params(False) * batch * seq, peak,
-                                             _peak_gb(device), None)
-    scorer = None
-    _reset(device)
-    engine = HFEngine(str(folder), dtype="bfloat16")
+
+def _map_and_copy(shared: dict, queue) -> None:
+    """In the second process: map the bucket, copy it out, hand back its bytes' checksum inputs."""
+    from rlhf_ray.rl.sync.ipc import rebuild
+
+    start = time.perf_counter()
+    bucket = rebuild(shared)
+    copies = [t.clone() for _, t in bucket.tensors()]
+    if copies and copies[0].is_cuda:
+        torch.cuda.synchronize()
+    queue.put((time.perf_counter() - start, [t.cpu() for t in copies]))
+
+
+def ipc_bucket(c: Check) -> dict:
+    """A weight-sync bucket of the model's real tensors shared with a second process (CUDA IPC on a
+    GPU, a shared-memory file on the CPU): bit-exact, and the mapping side's GB/s."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_ray.rl.engines.base import Weights
+    from rlhf_ray.rl.sync.ipc import share
+
+    baseline = _reset(c.device)
+    model = AutoModelForCausalLM.from_pretrained(c.folder, dtype=torch.bfloat16).to(c.device)
+    params = dict(list(model.named_parameters())[:8])
+    weights = Weights.of({k: v.detach() for k, v in params.items()}, on_device=True)
+    buffer, shared = share(weights)
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_map_and_copy, args=(shared, queue))
+    child.start()
+    seconds, received = queue.get(timeout=300)
+    child.join(timeout=60)
+    exact = all(torch.equal(a.cpu(), b) for (_, a), b in zip(weights.tensors(), received))
+    del buffer
+    return c.entry(seconds, None, None, baseline, None, bytes=weights.nbytes, bit_exact=exact,
+                   gb_per_s=weights.nbytes / seconds / 1e9, child_exit=child.exitcode)
+
+
+def scorer_batch(c: Check) -> dict:
+    from rlhf_ray.scoring.scorer import RewardScorer
+
+    baseline = _reset(c.device)
+    scorer = RewardScorer(str(c.folder), max_length=c.seq, batch_size=c.batch, dtype="bfloat16")
+    _, seconds = _timed(c.device, lambda: scorer.score([c.text] * c.batch, [c.text] * c.batch),
+                        c.repeats)
+    return c.entry(seconds, c.batch * c.seq, 2 * c.arch.params(False) * c.batch * c.seq, baseline, None)
+
+
+def hf_generate(c: Check) -> dict:
+    from rlhf_ray.rl.engines.base import Sampling
+    from rlhf_ray.rl.engines.hf import HFEngine
+
+    baseline = _reset(c.device)
+    engine = HFEngine(str(c.folder), dtype="bfloat16")
+    prompts = [r for r in c.rollouts()[0].prompt_ids[::2]]
     new_tokens = 32
+    _, seconds = _timed(c.device, lambda: engine.generate(prompts, 2, Sampling(new_tokens, 0.7, 1.0, seed=0)),
+                        1)
+    tokens = len(prompts) * 2 * new_tokens
+    return c.entry(seconds, tokens, 2 * c.arch.params() * tokens, baseline, None)
 
-    def generate():
-        return engine.generate(prompts, 2, Sampling(new_tokens, 0.7, 1.0, seed=0))
 
-    _, seconds = _timed(device, generate, 1)
-    result["steps"]["hf_generate"] = _entry(seconds, batch * new_tokens, 2 * arch.params() * batch * new_tokens, peak,
-                                            _peak_gb(device), None)
+STEPS = {"rm_train_step_zero3": rm_step_zero3, "learner_update_zero3": learner_update_zero3,
+         "learner_offload_reload": learner_offload, "ipc_bucket": ipc_bucket,
+         "scorer_batch": scorer_batch, "hf_generate": hf_generate}
+
+
+def run(shape: str, out: Path, seq: int, batch: int, repeats: int = 3) -> dict:
+    c = Check(shape, seq, batch, repeats)
+    result = {"shape": shape, "device": torch.cuda.get_device_name() if c.device == "cuda" else "cpu",
+              "torch": torch.__version__, "bf16_matmul_peak_tflops": c.peak, "steps": {}}
+    for name, step in STEPS.items():
+        start = time.perf_counter()
+        result["steps"][name] = step(c)  # each step's objects are freed when it returns
+        print(f"[gpu-check] {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "check.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _entry(seconds: float, tokens: int, flops: float, peak_tflops: float, peak_gb, planned_gb) -> dict:
-    return {"seconds": seconds, "tokens_per_s": tokens / seconds, "mfu": flops / seconds / 1e12 / peak_tflops,
-            "peak_memory_gb": peak_gb, "planned_gb": planned_gb}
 
 
 def main() -> None:
@@ -193,9 +299,11 @@ def main() -> None:
     result = run(args.shape, Path(args.out), args.seq, args.batch, args.repeats)
     for name, step in result["steps"].items():
         memory = "" if step["peak_memory_gb"] is None else (
-            f", peak {step['peak_memory_gb']:.1f} GB" + (f" (plan {step['planned_gb']:.1f} GB)" if step["planned_gb"]
-                                                         else ""))
-        print(f"{name}: {step['seconds']:.3f} s, {step['tokens_per_s']:.0f} tokens/s, MFU {step['mfu']:.1%}{memory}")
+            f", peak {step['peak_memory_gb']:.2f} GB above its baseline"
+            + (f" (plan {step['planned_gb']:.2f} GB)" if step["planned_gb"] else ""))
+        rate = (f", {step['tokens_per_s']:.0f} tokens/s, MFU {step['mfu']:.1%}" if step["tokens_per_s"]
+                else f", {step['gb_per_s']:.2f} GB/s, bit-exact {step['bit_exact']}")
+        print(f"{name}: {step['seconds']:.3f} s{rate}{memory}")
     print(f"bf16 matmul peak {result['bf16_matmul_peak_tflops']:.1f} TFLOP/s on {result['device']}; "
           f"{args.out}/check.json")
 

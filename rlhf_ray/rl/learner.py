@@ -12,7 +12,7 @@ from rlhf_ray.config import Config, LearnerConfig, PolicyConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.rl.engines.base import Rollouts
-from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, response_logprobs
+from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, run_logprobs_as_forward
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
 from rlhf_ray.rl.phases import LearnerStats
 from rlhf_ray.rl.rank_shares import merge_rollouts
@@ -118,8 +118,9 @@ class RLOOLearner:
         ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, pc.dtype == "bfloat16")
         # ZeRO-3: the trained policy is built partitioned, never whole on a rank
         with zero3_init(ds_cfg):
-            policy = load()
-        self.reference = load().eval().requires_grad_(False)  # whole: it runs outside DeepSpeed
+            policy = run_logprobs_as_forward(load(), zero3=lc.zero_stage == 3)
+        # whole: it runs outside DeepSpeed
+        self.reference = run_logprobs_as_forward(load(), zero3=False).eval().requires_grad_(False)
         # an offloaded reference waits on the CPU and visits the device for its forwards
         # (`_reference_on_device`)
         self.reference.to("cpu" if lc.offload_reference else self.device)
@@ -136,8 +137,9 @@ class RLOOLearner:
         # gradient checkpointing drops the KV cache in training, which the shared-prompt layout
         # needs
         shared = not (self.cfg.policy.gradient_checkpointing and model.training)
-        return response_logprobs(model, batch, self.cfg.temperature, with_entropy,
-                                 lc.logits_chunk_tokens, shared_prompt=shared)
+        # the model's own call (run_logprobs_as_forward): its top-level hooks run, ZeRO-3's among them
+        return model(batch, self.cfg.temperature, with_entropy, lc.logits_chunk_tokens,
+                     shared_prompt=shared)
 
     @contextlib.contextmanager
     def _reference_on_device(self):

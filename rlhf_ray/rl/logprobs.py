@@ -12,6 +12,7 @@ FakeTensorMode, which cannot apply Python slicing to cuda tensors on a CPU-only 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -62,11 +63,11 @@ def pack(rollouts: Rollouts, pad_id: int, device: torch.device | str = "cpu") ->
                   torch.tensor(behaviour, dtype=torch.float32, device=device) if sampled else None)
 
 
-def _chunk_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                    temperature: float, with_entropy: bool):
+def _chunk_logprobs(weight: torch.Tensor, bias: torch.Tensor | None, hidden: torch.Tensor,
+                    targets: torch.Tensor, temperature: float, with_entropy: bool):
     """log p(target) and the entropy (detached) of the next-token distributions of (n, H)
-    positions."""
-    logits = head(hidden).float() / temperature
+    positions, the LM head's `weight` (and `bias`) applied to them."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature
     log_z = torch.logsumexp(logits, -1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
     if not with_entropy:
@@ -86,8 +87,8 @@ def chunked_token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets:
     logps, entropies = [], []
     for start in range(0, n * t, chunk_tokens):
         size = min(chunk_tokens, n * t - start)
-        piece = (head, flat_h.narrow(0, start, size), flat_t.narrow(0, start, size), temperature,
-                 with_entropy)
+        piece = (head.weight, head.bias, flat_h.narrow(0, start, size), flat_t.narrow(0, start, size),
+                 temperature, with_entropy)
         # keep only this chunk's input for the backward
         if torch.is_grad_enabled() and flat_h.requires_grad:
             logp, entropy = checkpoint(_chunk_logprobs, *piece, use_reentrant=False)
@@ -97,6 +98,40 @@ def chunked_token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets:
         entropies.append(entropy)
     logp = torch.cat(logps).reshape(n, t)
     return logp, torch.cat(entropies).reshape(n, t) if with_entropy else None
+
+
+class ChunkedHead(torch.nn.Module):
+    """The LM head over chunks of positions as one module call, whatever the number of chunks: the
+    weight is applied directly (`_chunk_logprobs`), never by calling the head module once per chunk,
+    so the modules a forward calls are the same every step and ZeRO-3's trace of them completes (it
+    then prefetches). The head is held, not registered as a child: the model's parameter names and
+    state dict stay its own. Under ZeRO-3 the head's weight is this module's external parameter
+    (gathered for its forward and backward)."""
+
+    def __init__(self, head: torch.nn.Module, zero3: bool = False):
+        super().__init__()
+        object.__setattr__(self, "head", head)
+        if zero3:
+            from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+            for param in head.parameters():
+                register_external_parameter(self, param)
+
+    def forward(self, hidden, targets, temperature: float, chunk_tokens: int, with_entropy: bool):
+        return chunked_token_logprobs(self.head, hidden, targets, temperature, chunk_tokens,
+                                      with_entropy)
+
+
+def run_logprobs_as_forward(model: torch.nn.Module, zero3: bool) -> torch.nn.Module:
+    """`model(batch, temperature, ...)` becomes `response_logprobs(model, batch, ...)`, called through
+    the model's own `__call__`: hooks on the top module run every forward (DeepSpeed's ZeRO-3 ends
+    its step's trace there; calling the decoder and the head directly never did, so its trace never
+    completed and every gather waited), and the head is one `ChunkedHead` call. Before DeepSpeed
+    wraps the model, so its hooks cover the new module."""
+    _, head = _backbone_and_head(model)
+    model.add_module("chunked_head", ChunkedHead(head, zero3))
+    model.forward = functools.partial(response_logprobs, model)
+    return model
 
 
 def _backbone_and_head(model):
@@ -119,6 +154,7 @@ def response_logprobs(model, batch: Packed, temperature: float, with_entropy: bo
     gradient checkpointing, which drops the cache in training), every sample as prompt +
     response."""
     backbone, head = _backbone_and_head(model)
+    head = getattr(model, "chunked_head", None) or ChunkedHead(head)
     k, width_r = batch.k, batch.mask.shape[1]
     if shared_prompt:
         prompt = backbone(input_ids=batch.prompt_ids, attention_mask=batch.prompt_attn,
@@ -146,8 +182,7 @@ def response_logprobs(model, batch: Packed, temperature: float, with_entropy: bo
                        attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
                        use_cache=False)
         hidden = out.last_hidden_state.narrow(1, width_p - 1, width_r)
-    return chunked_token_logprobs(head, hidden, batch.response_ids, temperature, chunk_tokens,
-                                  with_entropy)
+    return head(hidden, batch.response_ids, temperature, chunk_tokens, with_entropy)
 
 
 def group_micro_batches(rollouts: Rollouts, size: int,

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py runs its four steps at a tiny shape on the CPU and writes what it measured
+"""scripts/gpu_check.py runs its six steps at a tiny shape on the CPU and writes what it measured
 (on a GPU it runs the same code at the Qwen2.5-1.5B shape)."""
 import json
 import subprocess
@@ -17,7 +17,18 @@ def test_the_gpu_check_script_runs_every_step_at_a_tiny_shape(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "check.json").read_text())
-    assert set(result["steps"]) == {"rm_train_step", "learner_update", "scorer_batch", "hf_generate"}
-    for step in result["steps"].values():
-        assert step["seconds"] > 0 and step["tokens_per_s"] > 0 and step["mfu"] > 0
-    assert result["steps"]["learner_update"]["planned_gb"] > 0 and "learner_update:" in done.stdout
+    assert set(result["steps"]) == {"rm_train_step_zero3", "learner_update_zero3", "learner_offload_reload",
+                                    "ipc_bucket", "scorer_batch", "hf_generate"}
+    for name, step in result["steps"].items():
+        assert step["seconds"] > 0, name
+        if name != "ipc_bucket":
+            assert step["tokens_per_s"] > 0 and step["mfu"] > 0, name
+    steps = result["steps"]
+    assert steps["rm_train_step_zero3"]["zero_stage"] == 3 and steps["learner_update_zero3"]["zero_stage"] == 3
+    assert steps["learner_update_zero3"]["planned_gb"] > 0 and steps["rm_train_step_zero3"]["planned_gb"] > 0
+    # the bucket came back bit-exact from the second process (a shared-memory file on the CPU)
+    assert steps["ipc_bucket"]["bit_exact"] is True and steps["ipc_bucket"]["child_exit"] == 0
+    assert steps["ipc_bucket"]["bytes"] > 0 and steps["ipc_bucket"]["gb_per_s"] > 0
+    # on the CPU the learner's states are on the host already: said, not hidden
+    assert steps["learner_offload_reload"]["offload"].startswith("skipped")
+    assert "learner_update_zero3:" in done.stdout and "bit-exact True" in done.stdout

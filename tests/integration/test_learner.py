@@ -115,3 +115,22 @@ def test_sequence_kl_is_the_evaluated_policys_own_kl_to_the_reference():
             mine = response_logprobs(policy, one, 1.0)[0] - response_logprobs(reference, one, 1.0)[0]
         assert kl[g * k : g * k + k] == pytest.approx(((mine * one.mask).sum(-1)).tolist(), abs=1e-4)
     assert any(abs(x) > 1e-4 for x in kl)  # the update moved the policy
+
+
+def test_a_zero3_learner_completes_deepspeeds_trace_so_it_can_prefetch():
+    """Issue 26 (10): the learner called the decoder and the LM head directly, so ZeRO-3's start-of-step
+    hook on the top module never ran and its trace of module calls never completed (every gather on
+    demand). Now each forward is the model's own call and the head one module call however many chunks:
+    after two updates of different lengths (different chunk counts) the trace is complete."""
+    cfg = load_config(None, ["policy.name=tiny-llama", "learner.zero_stage=3", "learner.micro_batch_size=2",
+                             "learner.logits_chunk_tokens=4", "learner.warmup_ratio=0", "rollout.temperature=1.0"])
+    torch.manual_seed(0)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=3)
+    coordinator = learner.engine.optimizer.parameter_offload.get_param_coordinator()
+    assert not coordinator.is_complete_trace()
+    for seed, prompts in ((0, 2), (1, 3)):  # other lengths: other chunk counts
+        learner.update(random_rollouts(2, prompts, seed, vocab=200, prompt_len=(4, 3)),
+                       torch.randn(2 * prompts))
+    assert coordinator.is_complete_trace()
+    assert learner.engine.module.chunked_head is not None
+    assert not any(name.startswith("chunked_head") for name, _ in learner.engine.module.named_parameters())

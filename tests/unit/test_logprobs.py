@@ -43,7 +43,8 @@ def test_chunked_logprobs_and_gradients_equal_the_whole_logits(chunk):
     head = torch.nn.Linear(16, 50, bias=False)
     hidden = torch.randn(3, 7, 16, requires_grad=True)
     targets = torch.randint(0, 50, (3, 7))
-    whole, whole_entropy = _chunk_logprobs(head, hidden.reshape(21, 16), targets.reshape(21), 0.7, True)
+    whole, whole_entropy = _chunk_logprobs(head.weight, head.bias, hidden.reshape(21, 16), targets.reshape(21),
+                                           0.7, True)
     whole.sum().backward()
     grad_h, grad_w = hidden.grad.clone(), head.weight.grad.clone()
     hidden.grad, head.weight.grad = None, None

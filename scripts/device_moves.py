@@ -1,0 +1,154 @@
+"""Mutation check of the fake-CUDA tests: remove each device move in `rlhf_ray/`, one at a time, and
+run `pytest -m fake_cuda`; every removal must make some test fail.
+
+A device move is a `.to(X)` call whose argument is not a dtype (a device, a module's or tensor's
+place) and a `device=` argument of a call (a tensor built where the batch lives). Each would be a
+device-mismatch error on the first GPU run that no CPU test sees unless the fake-CUDA tests do.
+The package and tests are copied to a scratch folder and mutated there, never in place.
+
+    .venv/bin/python scripts/device_moves.py [--out docs/results/device_moves.json] [--jobs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("rlhf_ray", "tests", "configs", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    path: str  # relative to the repository
+    line: int
+    removed: str  # the source text taken out
+    start: int  # character offsets in the file
+    end: int
+    replacement: str
+
+
+def _offsets(source: str) -> list[int]:
+    starts, total = [], 0
+    for line in source.splitlines(keepends=True):
+        starts.append(total)
+        total += len(line)
+    return starts
+
+
+def _is_dtype(text: str) -> bool:
+    return text.endswith("dtype") or text.startswith("torch.") and not text.startswith("torch.device")
+
+
+def mutants_of(path: Path, source: str) -> list[Mutant]:
+    """Every device move of one file, each as the edit that removes it."""
+    starts, rel = _offsets(source), str(path.relative_to(ROOT))
+    where = lambda node, end=False: (starts[(node.end_lineno if end else node.lineno) - 1]  # noqa: E731
+                                     + (node.end_col_offset if end else node.col_offset))
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "to" and len(node.args) == 1 and not node.keywords:
+            arg = ast.get_source_segment(source, node.args[0])
+            if not _is_dtype(arg):
+                receiver = ast.get_source_segment(source, func.value)
+                found.append(Mutant(rel, node.lineno, f".to({arg})", where(node), where(node, True),
+                                    receiver))
+        for i, kw in enumerate(node.keywords):
+            if kw.arg == "device":
+                # from the end of what precedes it (the comma goes too) to its own end
+                before = node.keywords[i - 1].value if i else (node.args[-1] if node.args else None)
+                start = where(before, True) if before is not None else where(kw)
+                end = where(kw.value, True)
+                if before is None and i + 1 < len(node.keywords):  # first of several: its comma after
+                    end = where(node.keywords[i + 1])
+                found.append(Mutant(rel, kw.lineno, source[start:end].strip(", \n"), start, end, ""))
+    return sorted(found, key=lambda m: (m.path, m.start))
+
+
+def all_mutants() -> list[Mutant]:
+    return [m for path in sorted((ROOT / "rlhf_ray").rglob("*.py"))
+            for m in mutants_of(path, path.read_text())]
+
+
+def run_tests(scratch: Path, timeout_s: float) -> tuple[bool, str]:
+    """Whether the fake-CUDA tests pass in `scratch`, and the first failing test's id."""
+    env = {**os.environ, "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m",
+                           "fake_cuda", "tests"], cwd=scratch, env=env, capture_output=True, text=True,
+                          timeout=timeout_s)
+    failed = next((line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")), "")
+    return proc.returncode == 0, failed
+
+
+def scratch_copy(parent: Path, index: int) -> Path:
+    scratch = parent / f"copy{index}"
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, scratch / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, scratch / name)
+    return scratch
+
+
+def check(mutant: Mutant, scratch: Path, timeout_s: float) -> dict:
+    target = scratch / mutant.path
+    original = target.read_text()
+    target.write_text(original[: mutant.start] + mutant.replacement + original[mutant.end :])
+    try:
+        passed, failed = run_tests(scratch, timeout_s)
+    finally:
+        target.write_text(original)
+    return {**asdict(mutant), "caught": not passed, "failing_test": failed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write every mutant and its verdict here (JSON)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants checked at once (one copy each)")
+    parser.add_argument("--timeout-s", type=float, default=300.0)
+    args = parser.parse_args()
+    mutants = all_mutants()
+    results, start = [], time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="device-moves-") as tmp:
+        copies = [scratch_copy(Path(tmp), i) for i in range(args.jobs)]
+        passed, failed = run_tests(copies[0], args.timeout_s)
+        if not passed:  # a mutant is only caught if the unmutated tests pass
+            print(f"[device-moves] the fake-CUDA tests fail unmutated ({failed})", file=sys.stderr)
+            return 2
+        batches = [mutants[i :: args.jobs] for i in range(args.jobs)]
+
+        def work(j: int) -> None:
+            for mutant in batches[j]:
+                results.append(check(mutant, copies[j], args.timeout_s))
+                rate = len(results) / (time.monotonic() - start)
+                print(f"[device-moves] {len(results)}/{len(mutants)} {rate * 60:.1f}/min ETA "
+                      f"{(len(mutants) - len(results)) / rate:.0f} s", file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(work, range(args.jobs)))
+    results.sort(key=lambda r: (r["path"], r["start"]))
+    survivors = [r for r in results if not r["caught"]]
+    for r in results:
+        verdict = f"caught by {r['failing_test']}" if r["caught"] else "SURVIVED"
+        print(f"{r['path']}:{r['line']}  {r['removed']!r}: {verdict}")
+    print(f"{len(results) - len(survivors)} of {len(results)} device moves caught by a fake-CUDA test")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"mutants": results, "survived": len(survivors)}, indent=1))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -209,7 +209,8 @@ def learner_offload(c: Check) -> dict:
 
 
 def _map_and_copy(shared: dict, queue) -> None:
-    """In the second process: map the bucket, copy it out, hand back its bytes' checksum inputs."""
+    """In the second process: map the bucket, copy it out, hand back the copies' bytes (plain bytes:
+    tensors on the queue would be shared again and die with this process)."""
     from rlhf_ray.rl.sync.ipc import rebuild
 
     start = time.perf_counter()
@@ -217,7 +218,11 @@ def _map_and_copy(shared: dict, queue) -> None:
     copies = [t.clone() for _, t in bucket.tensors()]
     if copies and copies[0].is_cuda:
         torch.cuda.synchronize()
-    queue.put((time.perf_counter() - start, [t.cpu() for t in copies]))
+    queue.put((time.perf_counter() - start, [_raw(t) for t in copies]))
+
+
+def _raw(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()
 
 
 def ipc_bucket(c: Check) -> dict:
@@ -240,7 +245,8 @@ def ipc_bucket(c: Check) -> dict:
     child.start()
     seconds, received = queue.get(timeout=300)
     child.join(timeout=60)
-    exact = all(torch.equal(a.cpu(), b) for (_, a), b in zip(weights.tensors(), received))
+    sent = [_raw(t) for _, t in weights.tensors()]
+    exact = len(sent) == len(received) and all(a == b for a, b in zip(sent, received))
     del buffer
     return c.entry(seconds, None, None, baseline, None, bytes=weights.nbytes, bit_exact=exact,
                    gb_per_s=weights.nbytes / seconds / 1e9, child_exit=child.exitcode)

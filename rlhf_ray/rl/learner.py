@@ -27,6 +27,25 @@ from rlhf_ray.utils.dist import deepspeed_config, zero3_init
 from rlhf_ray.utils.train_state import load_engine_state, save_engine_state
 
 
+def place_reference(reference: torch.nn.Module, offloaded: bool, device: torch.device) -> None:
+    """The frozen reference's home: the learner's device, or, offloaded, the CPU (it visits the
+    device for its forwards: `reference_on_device`)."""
+    reference.to("cpu" if offloaded else device)
+
+
+@contextlib.contextmanager
+def reference_on_device(reference: torch.nn.Module, offloaded: bool, device: torch.device):
+    """The reference on `device` for the block; an offloaded one goes back to the CPU after."""
+    if not offloaded:
+        yield
+        return
+    reference.to(device)
+    try:
+        yield
+    finally:
+        reference.to("cpu")
+
+
 def packed_parts(rollouts: Rollouts, scores: torch.Tensor, micro_batches: list[list[int]],
                  pad_id: int, device: torch.device) -> list[tuple[Packed, torch.Tensor]]:
     """Each micro-batch's packed tensors and scores, on the learner's device."""
@@ -41,7 +60,7 @@ def micro_batch_loss(lc: LearnerConfig, logp_new, logp_old, logp_ref, batch: Pac
     reference folded in; a whitened estimator with the whole batch's `batch_sums`), the behaviour
     correction's weights (`learner.correction`, from the engine's log-probs), then the clipped loss.
     Returns (loss, clip fraction, advantages, per-token KL, the correction's sums or None)."""
-    adv, token_kl = advantages_of(lc.variant, scores.to(logp_old), logp_old, logp_ref, batch.mask,
+    adv, token_kl = advantages_of(lc.variant, scores.to(logp_old.dtype), logp_old, logp_ref, batch.mask,
                                   reward_beta(lc),
                                   batch.k, lc.kl_estimator, lc.estimator, batch_sums)
     weights, correction = None, None
@@ -121,9 +140,7 @@ class RLOOLearner:
             policy = run_logprobs_as_forward(load(), zero3=lc.zero_stage == 3)
         # whole: it runs outside DeepSpeed
         self.reference = run_logprobs_as_forward(load(), zero3=False).eval().requires_grad_(False)
-        # an offloaded reference waits on the CPU and visits the device for its forwards
-        # (`_reference_on_device`)
-        self.reference.to("cpu" if lc.offload_reference else self.device)
+        place_reference(self.reference, lc.offload_reference, self.device)
         self.engine = training_engine(policy, ds_cfg, pc.gradient_checkpointing, lc.lr, 0.0,
                                       lc.schedule,
                                       int(lc.warmup_ratio * total_steps),
@@ -141,16 +158,8 @@ class RLOOLearner:
         return model(batch, self.cfg.temperature, with_entropy, lc.logits_chunk_tokens,
                      shared_prompt=shared)
 
-    @contextlib.contextmanager
     def _reference_on_device(self):
-        if not self.cfg.learner.offload_reference:
-            yield
-            return
-        self.reference.to(self.device)
-        try:
-            yield
-        finally:
-            self.reference.to("cpu")
+        return reference_on_device(self.reference, self.cfg.learner.offload_reference, self.device)
 
     def micro_batches(self, rollouts: Rollouts) -> list[list[int]]:
         """This rank's micro-batches; by a token budget their number can differ between ranks, so
@@ -234,7 +243,7 @@ class RLOOLearner:
         lc = self._settings()
 
         def centred(batch, scores, logp_old, ref):
-            return advantages_of(lc.variant, scores.to(logp_old), logp_old, ref, batch.mask,
+            return advantages_of(lc.variant, scores.to(logp_old.dtype), logp_old, ref, batch.mask,
                                  reward_beta(lc), batch.k,
                                  lc.kl_estimator, centring(lc.estimator))[0]
 

@@ -53,6 +53,19 @@ class StandInRewardModel(nn.Module):
         return SimpleNamespace(logits=per_position.gather(1, last).squeeze(1))
 
 
+class OneDeviceCheck(torch.overrides.TorchFunctionMode):
+    """What a real GPU checks and FakeTensorMode lets pass: `stack` and `cat` take tensors of one device
+    only (FakeTensorMode lets a 0-dim cpu tensor join cuda ones, as if it were a scalar)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.stack, torch.cat) and args:
+            devices = {t.device for t in args[0] if isinstance(t, torch.Tensor)}
+            if len(devices) > 1:
+                raise RuntimeError(f"{func.__name__}: tensors on {sorted(map(str, devices))}")
+        return func(*args, **kwargs)
+
+
 class StandInCache:
     def batch_repeat_interleave(self, k: int) -> None:
         self.repeated = k
@@ -113,7 +126,7 @@ def test_an_rm_batch_is_built_scored_and_lost_on_the_gpu(family, monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", all_reduce_on_device)
     monkeypatch.setattr(dist, "get_world_size", two_ranks)
     tokenizer = word_tokenizer()
-    with FakeTensorMode():
+    with FakeTensorMode(), OneDeviceCheck():
         model = StandInRewardModel(len(tokenizer), 8, tokenizer.pad_token_id)
         capture = HiddenCapture(model)
         flat, rewards, hidden = score_rankings(model, capture, tokenizer, _groups(), 32, CUDA)
@@ -159,6 +172,7 @@ def test_a_learner_micro_batch_is_packed_and_lost_on_the_gpu(variant, kl, correc
         lc = LearnerConfig(variant=variant, kl_estimator=kl, correction=correction, estimator=estimator, beta=0.05)
         loss, clip_frac, adv, token_kl, sums = micro_batch_loss(lc, logp, logp.detach(), logp_ref, batch, part_scores,
                                                                 4.0)
+    assert part_scores.device == CUDA  # moved once, where the micro-batch is packed
     assert logp.shape == (4, 3) and entropy.shape == (4, 3) and loss.shape == ()
     tensors = (batch.mask, batch.prompt_ids, batch.behaviour_logp, logp, logp_ref, loss, clip_frac, adv, token_kl)
     assert {t.device for t in (*tensors, *sums.values())} == {CUDA}
@@ -234,3 +248,83 @@ def test_a_fresh_value_head_is_drawn_where_the_seeded_generator_lives():
     with pytest.raises(RuntimeError, match="a cpu generator for a cuda tensor"):
         with FakeTensorMode(allow_non_fake_inputs=True), GeneratorDeviceCheck():
             torch.zeros(1, 8, device=CUDA).normal_(0.0, 1.0, generator=torch.Generator())
+
+
+class CpuModel(nn.Module):
+    """A model as its loader returns it, on the CPU until the role moves it; `device` is where the last
+    `.to` sent it (a module's `.to` cannot swap FakeTensorMode's parameters, so it is recorded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.score = nn.Linear(4, 1)  # a value head, for the scorer's HiddenCapture
+        self.device, self.moves = torch.device("cpu"), []
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.moves.append(self.device)
+        return self
+
+
+def test_the_scorer_and_the_hf_engine_move_their_loaded_models_to_the_gpu(monkeypatch):
+    """Issue 26 (15): removing either move passed every test before."""
+    import rlhf_ray.rl.engines.hf as hf
+    import rlhf_ray.scoring.scorer as scorer
+
+    for module in (hf, scorer):
+        monkeypatch.setattr(module, "resolve_device", lambda device, key: CUDA)
+        monkeypatch.setattr(module, "resolve_dtype", lambda dtype, device, key: torch.float32)
+    monkeypatch.setattr(scorer, "load_tokenizer", lambda ref, trust: word_tokenizer())
+    monkeypatch.setattr(scorer, "load_reward_model", lambda *args, **kwargs: CpuModel())
+    monkeypatch.setattr(hf, "load_causal_lm", lambda *args, **kwargs: CpuModel())
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *args, **kwargs: word_tokenizer())
+    reward = scorer.RewardScorer("some/model", device="cuda")
+    engine = hf.HFEngine("some/policy", device="cuda")
+    assert reward.model.device == CUDA and engine.model.device == CUDA
+
+
+def test_the_scorers_pass_their_section_device_on(monkeypatch):
+    """The RL scorer gives `scorer.device` to each member; eval-rm's pool gives it to each actor."""
+    import rlhf_ray.rl.scorer as rl_scorer
+    import rlhf_ray.scoring.pool as pool
+
+    members, actors = [], []
+    monkeypatch.setattr(rl_scorer, "RewardScorer", lambda *args, **kwargs: members.append(kwargs))
+    monkeypatch.setattr(pool, "ActorGroup", lambda *args, **kwargs: actors.append(kwargs))
+    cfg = load_config(None, ["reward.models=[a,b]", "scorer.device=cuda:1"])
+    rl_scorer.RLScorer(cfg.reward, device=cfg.scorer.device)
+    pool.ScorerPool("a", cfg.scorer)
+    assert [m["device"] for m in members] == ["cuda:1", "cuda:1"] and actors[0]["device"] == "cuda:1"
+
+
+def test_the_reference_lives_where_the_offload_setting_says_and_visits_the_gpu():
+    from rlhf_ray.rl.learner import place_reference, reference_on_device
+
+    resident, offloaded = CpuModel(), CpuModel()
+    place_reference(resident, False, CUDA)
+    place_reference(offloaded, True, CUDA)
+    assert resident.device == CUDA and offloaded.moves == [torch.device("cpu")]
+    with reference_on_device(offloaded, True, CUDA):
+        assert offloaded.device == CUDA
+    assert offloaded.device == torch.device("cpu")
+    with reference_on_device(resident, False, CUDA):  # a resident reference stays put
+        assert resident.moves == [CUDA]
+
+
+def test_the_rank_order_check_gathers_on_the_gpu(monkeypatch):
+    """nccl gathers device tensors only: both buffers of the start-up rank check are on the GPU."""
+    import torch.distributed as dist
+
+    from rlhf_ray.utils.dist import gathered_ranks
+
+    class Gathered(Exception):
+        pass
+
+    def all_gather_on_device(out, tensor):
+        check_on_device(out=out, tensor=tensor)
+        raise Gathered  # fake tensors hold no values to read back
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(dist, "all_gather_into_tensor", all_gather_on_device)
+    with FakeTensorMode(), pytest.raises(Gathered):
+        gathered_ranks(2, 1)

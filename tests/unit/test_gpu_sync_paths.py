@@ -11,6 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from rlhf_ray.rl.engines.base import Weights
 from rlhf_ray.rl.sync.collective import BroadcastChannel
 
+pytestmark = pytest.mark.fake_cuda  # with test_fake_cuda.py, what scripts/device_moves.py runs
 CUDA = torch.device("cuda", 0)
 
 
@@ -172,3 +173,21 @@ def test_a_broadcast_that_fails_mid_sync_names_the_worker_and_the_version():
     receiver.channel = BrokenChannel()
     with pytest.raises(TimeoutError, match="rollout-1: .*weight broadcast for version 5 failed: Connection closed"):
         receiver.receive(version=5)
+
+
+def test_an_empty_bucket_and_a_shared_bucket_are_built_on_the_gpu(monkeypatch):
+    """Issue 26 (15): a bucket with no tensors is still a cuda buffer, and the buffer an ipc sender shares is
+    on the GPU (a CUDA IPC handle, not a host copy)."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from rlhf_ray.rl.sync.buckets import layout_of, pack_flat
+    from rlhf_ray.rl.sync.ipc import share
+
+    pickled = []
+    monkeypatch.setattr(ForkingPickler, "dumps", classmethod(lambda cls, obj: pickled.append(obj.device) or b"h"))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        empty = Weights([], [], [], [], {})
+        assert pack_flat(empty, layout_of(empty), CUDA).device == CUDA
+        weights = Weights.of({"w": torch.empty(3, 5, device=CUDA)}, on_device=True)
+        flat, shared = share(weights)
+    assert flat.device == CUDA and pickled == [CUDA] and shared["handle"] == b"h"

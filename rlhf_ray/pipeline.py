@@ -12,6 +12,8 @@ seed. A stage that already finished with the same config and inputs is reused, n
 """
 from __future__ import annotations
 
+import json
+
 import sys
 import time
 from functools import partial
@@ -33,8 +35,11 @@ from rlhf_ray.rm.train import train_reward_model
 def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path,
                  seed: int) -> Config:
     """A stage's config file (None: the pipeline's own), with what the pipeline shares and its
-    overrides."""
-    return child_config(cfg, ref, overrides, output_dir, seed)
+    overrides. The policy's system turn is shared: the reward models learn from the policy's
+    samples under it, and RLOO trains that same policy."""
+    shared = ([f"policy.system_prompt={json.dumps(cfg.policy.system_prompt)}"]
+              if cfg.policy.system_prompt else [])
+    return child_config(cfg, ref, overrides, output_dir, seed, shared)
 
 
 def say(name: str, text: str) -> None:

@@ -3,7 +3,7 @@ per reward source and gold, whether the gold gain turns down, falls from the sta
 whether it beats length-only best-of-n; with the demo's RLOO curve (its policy's own KL) beside them.
 
     python scripts/bon_over_optimisation.py runs/bon64_v1/bon/bon.json runs/bon64_v2/bon/bon.json \
-        --rl docs/results/demo/pipeline.json --out docs/results/bon64
+        --rl docs/results/demo_48_tokens/pipeline.json --out docs/results/bon64
 
 Every CI is a percentile bootstrap over prompts (paired by prompt where two values are compared), from
 the per-prompt values in bon.json. Writes over_optimisation.json and over_optimisation.png.

@@ -36,7 +36,8 @@ def _run(s: dict, overlap: bool) -> dict:
                 "rollout.num_cpus=0.5", "rollout.num_threads=1", "rollout.resources={rollout_node: 1}",
                 "scorer.num_workers=1", "scorer.num_cpus=0.5", "scorer.resources={rollout_node: 1}",
                 "learner.num_cpus=1", "learner.num_threads=1", "learner.resources={learner_node: 1}",
-                f"learner.lr={s['lr']}", "learner.warmup_ratio=0", "tensorboard=false"])
+                f"learner.lr={s['lr']}", "learner.warmup_ratio=0", "tensorboard=false",
+                "policy.system_prompt=null"])  # as the runs measured before the config had one
             run_rloo(cfg)
             rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     finally:

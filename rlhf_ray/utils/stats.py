@@ -19,6 +19,9 @@ def bootstrap_ci(per_prompt: list, statistic: Callable = nanmean, n: int = 1000,
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     k = len(per_prompt)
-    stats = [statistic([per_prompt[i] for i in rng.integers(0, k, k)]) for _ in range(n)]
+    stats = np.asarray([statistic([per_prompt[i] for i in rng.integers(0, k, k)]) for _ in range(n)],
+                       dtype=float)
+    if not np.isfinite(stats).any():  # e.g. every prompt's tau undefined (all tied): no interval
+        return (float("nan"), float("nan"))
     alpha = (1 - level) / 2
     return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))

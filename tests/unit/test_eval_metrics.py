@@ -54,3 +54,19 @@ def test_collapse_curves_and_gap():
     np.testing.assert_allclose(curves["open"]["mean"], np.linspace(0.05, 0.95, 8), atol=1e-9)
     assert curves["open_closed_gap"] > 0.2
     assert M.l1_to_target([0, 0.5, 1], [0, 0, 1]) == pytest.approx(1 / 6)
+
+
+def test_a_bootstrap_over_undefined_values_is_an_undefined_interval_without_a_warning():
+    """Every prompt's tau undefined (all tied, as a tiny random policy's empty replies give): (nan, nan),
+    not numpy's 'All-NaN slice' warning in the user's output."""
+    import math
+    import warnings
+
+    from rlhf_ray.utils.stats import bootstrap_ci
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = bootstrap_ci([float("nan")] * 5, n=50)
+        assert math.isnan(low) and math.isnan(high)
+        low, high = bootstrap_ci([float("nan"), 1.0, 2.0], n=50)
+    assert 1.0 <= low <= high <= 2.0

@@ -247,7 +247,8 @@ def rollout_plan(cfg: Config, machine: "Machine") -> GroupPlan:
     b, whole = _bytes(cfg.policy.dtype), arch.params() * _bytes(cfg.policy.dtype)
     if not rc.num_gpus:
         terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB,
-                 "sampler logits": 256 * arch.vocab * 4}
+                 # vLLM-CPU's default max_num_seqs for one worker: the GPU default below 70 GiB
+                 "sampler logits": VLLM_BATCH_DEFAULTS[0][0] * arch.vocab * 4}
         plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=False)
     else:
         seqs, tokens = vllm_batch_limits(cfg, machine)

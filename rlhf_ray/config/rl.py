@@ -180,6 +180,9 @@ class RLOOConfig(Section):
     # ... and every this many steps too: held-out gold and proxy against the KL (the RL
     # over-optimisation curve) and what the monitor reads. None: before and after only.
     eval_every: Optional[int] = Field(None, ge=1)
+    # samples per held-out prompt; None: as many as a training prompt gets (rollout.k). Fewer
+    # samples keep every prompt in the paired comparison at a fraction of the cost.
+    eval_k: Optional[int] = Field(None, ge=1)
     monitor: MonitorConfig = MonitorConfig()
     # One-step off-policy: while the learner trains on batch t, the rollout workers generate the
     # next max_staleness batches with the weights they hold (at most that many versions old)

@@ -98,10 +98,12 @@ class RLActors:
         rc = self.cfg.rollout
         return Sampling(rc.max_new_tokens, rc.temperature, rc.top_p, seed=seed)
 
-    def start_generation(self, prompt_ids: list[list[int]], sampling: Sampling) -> PendingGeneration:
-        """Prompts split over the rollout workers, generating with the weights they hold now while
-        the caller goes on (overlap); `finish_generation` waits for them."""
-        n, k = len(self.rollout), self.cfg.rollout.k
+    def start_generation(self, prompt_ids: list[list[int]], sampling: Sampling,
+                         k: int | None = None) -> PendingGeneration:
+        """Prompts split over the rollout workers, k samples each (rollout.k unless given),
+        generating with the weights they hold now while the caller goes on (overlap);
+        `finish_generation` waits for them."""
+        n, k = len(self.rollout), k or self.cfg.rollout.k
         shard_index = [i for i in shards_by_load([len(p) for p in prompt_ids], n) if i]
         version = self.delivery.version
         args = {w: ([prompt_ids[i] for i in idx], k, sampling, version) for w,
@@ -117,8 +119,8 @@ class RLActors:
         return Generation(refs, generating.shard_index, generating.weights_version,
                           [self.read_generated.remote(ref) for ref in refs])
 
-    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Generation:
-        return self.finish_generation(self.start_generation(prompt_ids, sampling))
+    def _generate(self, prompt_ids: list[list[int]], sampling: Sampling, k: int) -> Generation:
+        return self.finish_generation(self.start_generation(prompt_ids, sampling, k))
 
     def _replay(self, worker: int, args: tuple) -> tuple:
         """A restarted rollout worker: the current weights (`Transport.replay`), then its generate
@@ -150,22 +152,23 @@ class RLActors:
         return self.start_generation(prompt_ids,
                                      self._sampling(derive_seed(self.cfg.seed, "generate", step)))
 
-    def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict],
+    def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict], k: int,
                  baselines: dict[str, list[float]] | None = None) -> list[dict]:
-        """Generate and score held-out prompts with the current weights (no learning). Per worker,
+        """Generate k samples of each held-out prompt with the current weights and score them
+        (no learning). Per worker,
         one record of its share (what `policy_eval` reads, and what a kept policy's held_out.json
         holds): its `Generated` and `Scores` fields, its prompts' indices and its samples' sequence
         KLs."""
         import ray
 
         generation = self._generate(prompt_ids,
-                                    self._sampling(derive_seed(self.cfg.seed, "evaluate")))
+                                    self._sampling(derive_seed(self.cfg.seed, "evaluate")), k)
         scores = ray.get(self.score(generation, prompts, baselines))
-        kl = self._sequence_kl(generation)
+        kl = self._sequence_kl(generation, k)
         parts, at = [], 0
         for generated, scored, idx in zip(ray.get(generation.generated), scores,
                                           generation.shard_index):
-            n = len(idx) * self.cfg.rollout.k  # each worker's share: its samples' KLs in order
+            n = len(idx) * k  # each worker's share: its samples' KLs in order
             parts.append({**asdict(generated), **asdict(scored), "prompt_index": idx,
                           "kl": kl[at : at + n]})
             at += n
@@ -191,10 +194,11 @@ class RLActors:
             first_group += len(generation.shard_index[j])
         return [[*samples[r], *rewards[r]] for r in range(n)]
 
-    def _sequence_kl(self, generation: Generation) -> list[float]:
-        """The evaluated policy's own KL to the reference, per sample of `generation` (in the order
-        of its refs): every learner rank computes its prompt groups' (`RLOOLearner.sequence_kl`)."""
-        n, k = len(self.learner), self.cfg.rollout.k
+    def _sequence_kl(self, generation: Generation, k: int) -> list[float]:
+        """The evaluated policy's own KL to the reference, per sample of `generation` (k per prompt,
+        in the order of its refs): every learner rank computes its prompt groups'
+        (`RLOOLearner.sequence_kl`)."""
+        n = len(self.learner)
         shares = self._rank_shares(generation)
         refs = [a.sequence_kl.remote(*shares[r]) for r, a in enumerate(self.learner.actors)]
         total = sum(len(idx) for idx in generation.shard_index) * k

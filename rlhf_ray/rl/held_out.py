@@ -12,8 +12,13 @@ from rlhf_ray.rl.policy_eval import held_out_point
 from rlhf_ray.utils import storage
 
 
+def eval_k(cfg: Config) -> int:
+    """Samples per held-out prompt: `rloo.eval_k`, else as many as a training prompt gets."""
+    return cfg.rloo.eval_k or cfg.rollout.k
+
+
 def held_out_point_of(cfg: Config, scores: list[dict], held_out: list[dict], step: int) -> dict:
-    return held_out_point(scores, len(held_out), cfg.rollout.k, step, cfg.rloo.bootstrap,
+    return held_out_point(scores, len(held_out), eval_k(cfg), step, cfg.rloo.bootstrap,
                           cfg.rloo.ci_level, cfg.seed)
 
 
@@ -85,7 +90,8 @@ class HeldOutCurve:
 
     def evaluate(self) -> list[dict]:
         """The held-out prompts generated and scored by the current policy (no learning)."""
-        return self.rl.evaluate(self.encode(self.prompts), self.prompts, self.baselines)
+        return self.rl.evaluate(self.encode(self.prompts), self.prompts, eval_k(self.cfg),
+                                self.baselines)
 
     def due(self, step: int) -> bool:
         every = self.cfg.rloo.eval_every

@@ -12,7 +12,7 @@ from rlhf_ray.cluster import ActorGroupError, connect
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
-from rlhf_ray.rl.held_out import HeldOutCurve, held_out_point_of, keep_best
+from rlhf_ray.rl.held_out import HeldOutCurve, eval_k, held_out_point_of, keep_best
 from rlhf_ray.rl.overlap import GenerationQueue
 from rlhf_ray.rl.phases import Generated, Generation, Scores
 from rlhf_ray.rl.policy_eval import policy_change
@@ -163,7 +163,7 @@ def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_
     if curve.stopped_at_best:
         summary["policy_step"] = curve.monitor.best.step
     if plan.held_out:
-        summary["held_out"] = policy_change(curve.before, after, len(plan.held_out), cfg.rollout.k,
+        summary["held_out"] = policy_change(curve.before, after, len(plan.held_out), eval_k(cfg),
                                             cfg.rloo.bootstrap, cfg.rloo.ci_level, cfg.seed)
     return summary
 

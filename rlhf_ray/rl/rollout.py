@@ -62,7 +62,7 @@ class RolloutWorker:
 
         self.name = name
         self.engine = make_engine(spec, resolve_model(spec.model))
-        self.receiver = transport_class(transport).Receiver(name, self.engine.load_weights)
+        self.receiver = transport_class(transport).Receiver(name, self.engine)
         self.said_skipped = False
 
     def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling,

@@ -2,7 +2,10 @@
 tested here by being registered): bucketed delivery from a 2-rank ZeRO-3 learner to 2 vLLM-CPU workers
 (object store; gloo broadcast; shared memory with worker i colocated with rank i): every rank holds at
 most one bucket gathered at a time (plus a tensor larger than a bucket), and after the delivery vLLM's
-log-probs equal the learner's for the same tokens."""
+log-probs equal the learner's for the same tokens. Again at tensor parallelism 2 (issue 26): one
+engine of two vLLM-CPU worker processes, each a rank of its own in the broadcast group, or each
+loading the object store's weights in chunks and keeping its shard (ipc needs colocation, which
+pairs a learner rank with a one-worker engine: refused at TP > 1)."""
 import pytest
 import torch
 
@@ -17,9 +20,14 @@ pytestmark = pytest.mark.slow
 NEEDS = {"ipc": ["rollout.colocate_with_learner=true"]}
 
 
-@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+# (transport, tensor parallelism): every transport with one-worker engines, and at TP = 2 the two
+# that work without colocation
+CASES = [(t, 1) for t in sorted(TRANSPORTS)] + [("collective", 2), ("object_store", 2)]
+
+
+@pytest.mark.parametrize("transport, tp", CASES, ids=[f"{t}-tp{tp}" for t, tp in CASES])
 def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_learner(ray_local, testbeds, tmp_path,
-                                                                                   transport):
+                                                                                   transport, tp):
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,7 +38,8 @@ def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_lear
 
     cfg = load_config(None, [
         f"output_dir={tmp_path}", f"data.dir={testbeds}", *TINY_RLOO, "rollout.max_new_tokens=6",
-        "rollout.num_workers=2", f"rollout.sync={transport}", *NEEDS.get(transport, []),
+        f"rollout.num_workers={2 if tp == 1 else 1}", f"rollout.tensor_parallel_size={tp}",
+        f"rollout.sync={transport}", *NEEDS.get(transport, []),
         "rollout.sync_bucket_mb=1", "rollout.temperature=0.7",
         "learner.num_workers=2", "learner.zero_stage=3", "learner.lr=1e-3", "rloo.prompts_per_step=2",
         "reward.models=[tiny-llama]", "scorer.num_workers=1"])
@@ -46,6 +55,8 @@ def test_a_zero3_learner_syncs_bucket_by_bucket_and_vllm_then_scores_as_the_lear
         largest = max(p.numel() * p.element_size() for p in policy.parameters())
         assert 0 < synced.gathered_peak_bytes <= 2**20 + largest  # one bucket, or one larger tensor
         assert all(r["buckets"] > 3 and r["version"] == 1 for r in synced.loaded)
+        if transport == "collective":  # every worker of the engine received every bucket itself
+            assert [r["workers"] for r in synced.loaded] == [tp] * len(synced.loaded)
         rl.save_policy(str(tmp_path / "policy"))
         learner = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").eval()
         after = rl.finish_generation(rl.generate(ids, 2))

@@ -117,14 +117,16 @@ def test_rloo_configs_name_a_policy_and_prompts_that_resolve(path):
 @pytest.mark.parametrize("overrides, message", [
     (["learner.offload_states_while_generating=true", "learner.zero_stage=3"], "zero_stage 1 or 2"),
     (["learner.offload_states_while_generating=true"], "zero_stage 1 or 2"),
-    (["rollout.tensor_parallel_size=2"], "tensor-parallel rollout engines are not supported yet"),
+    (["rollout.tensor_parallel_size=2", "rollout.num_gpus=1"], "engines on GPUs are not built yet"),
+    (["rollout.tensor_parallel_size=2", "rollout.engine=hf"], "HF generate. has no tensor parallelism"),
+    (["rollout.tensor_parallel_size=2", "rollout.colocate_with_learner=true"], "colocation pairs"),
 ])
 def test_gpu_settings_that_would_fail_on_a_cluster_are_refused_at_load(overrides, message):
     """Issue 26 (4, 5, 6): each refused with an error naming its keys, never a hang or a silent no-op."""
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
     fine = {"learner.zero_stage=3": "learner.zero_stage=2", "rollout.sync=collective": "rollout.sync=ipc",
-            "rollout.tensor_parallel_size=2": "rollout.tensor_parallel_size=1"}
+            "rollout.tensor_parallel_size=2": "rollout.tensor_parallel_size=1"}  # (TP = 2 on the CPU: fine)
     fixed = [fine.get(o, o) for o in overrides]
     if "learner.offload_states_while_generating=true" in fixed and "learner.zero_stage=2" not in fixed:
         fixed.append("learner.zero_stage=1")

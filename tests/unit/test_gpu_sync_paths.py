@@ -3,6 +3,7 @@ each broadcast and its wait. A bucket is built from the parameters where they ar
 flat cuda buffer after its layout, every wait carries the group's timeout, and the receiver's tensors
 stay on the GPU for vLLM to copy from."""
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,7 +153,7 @@ def test_the_collective_receiver_loads_each_bucket_before_it_receives_the_next()
         for name, tensor in weights.tensors():  # as vLLM's reload reads its weights iterator
             events.append(f"load {name}")
 
-    receiver = CollectiveReceiver("rollout-0", apply)
+    receiver = CollectiveReceiver("rollout-0", SimpleNamespace(load_weights=apply))  # an HF engine's shape
     receiver.channel = RecordingChannel()
     result = receiver.receive(version=4)
     assert events == ["count", "bucket 0", "load w0", "bucket 1", "load w1", "bucket 2", "load w2"]
@@ -169,7 +170,8 @@ def test_a_broadcast_that_fails_mid_sync_names_the_worker_and_the_version():
         def receive_bucket(self):
             raise RuntimeError("Connection closed by peer")
 
-    receiver = CollectiveReceiver("rollout-1", lambda weights, version: dict(weights.tensors()))
+    receiver = CollectiveReceiver("rollout-1", SimpleNamespace(
+        load_weights=lambda weights, version: dict(weights.tensors())))
     receiver.channel = BrokenChannel()
     with pytest.raises(TimeoutError, match="rollout-1: .*weight broadcast for version 5 failed: Connection closed"):
         receiver.receive(version=5)
@@ -191,3 +193,28 @@ def test_an_empty_bucket_and_a_shared_bucket_are_built_on_the_gpu(monkeypatch):
         weights = Weights.of({"w": torch.empty(3, 5, device=CUDA)}, on_device=True)
         flat, shared = share(weights)
     assert flat.device == CUDA and pickled == [CUDA] and shared["handle"] == b"h"
+
+
+def test_an_engine_that_receives_in_its_workers_takes_a_rank_per_worker_and_names_itself_when_one_fails():
+    """Issue 26 (TP): a vLLM engine of t workers takes t ranks of the broadcast group, and a worker's failure
+    mid-broadcast (as vLLM's RPC raises it) names the rollout worker and the version."""
+    from rlhf_ray.rl.sync.collective import CollectiveReceiver
+
+    class TwoWorkerEngine:
+        broadcast_ranks = 2
+
+        def load_weights(self, weights, version):
+            raise AssertionError("a TP engine receives in its workers, not through the actor")
+
+        def join_broadcast(self, first_rank, world_size, addr, port, timeout_s):
+            self.joined = (first_rank, world_size)
+
+        def receive_broadcast(self, version):
+            raise RuntimeError("Worker TP1 failed: Connection closed by peer")
+
+    receiver = CollectiveReceiver("rollout-3", TwoWorkerEngine())
+    assert receiver.ranks() == 2
+    receiver.join(7, 9, "127.0.0.1", 1, 5.0)
+    assert receiver.engine.joined == (7, 9) and receiver.channel is None
+    with pytest.raises(TimeoutError, match="rollout-3: weight sync to version 6 failed: Worker TP1"):
+        receiver.receive(version=6)

@@ -140,3 +140,13 @@ def test_gpu_ranks_count_deepspeeds_buckets_nccls_buffers_and_the_usable_memory(
     from rlhf_ray.plan import GroupPlan
     with pytest.raises(PlanError, match=r"over 80 GB \(79.2 GiB usable\)"):
         check_fits([GroupPlan("learner", "x", {"weights": 79.5 * GIB})], Machine(80))
+
+
+def test_a_tensor_parallel_cpu_engine_counts_a_kv_cache_and_a_process_per_worker():
+    """vLLM's kv_cache_memory_bytes is per worker, and each further TP worker is a process of its own."""
+    from rlhf_ray.plan import VLLM_TP_WORKER_HOST, rollout_plan
+
+    one, two = (rollout_plan(load_config("configs/rloo_smollm2.yaml", [f"rollout.tensor_parallel_size={t}"]),
+                             Machine(80)) for t in (1, 2))
+    assert two.terms["KV cache"] == 2 * one.terms["KV cache"] and two.terms["weights"] == one.terms["weights"]
+    assert two.host["process"] == one.host["process"] + VLLM_TP_WORKER_HOST

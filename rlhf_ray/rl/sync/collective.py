@@ -1,6 +1,9 @@
 """`rollout.sync: collective`: a process group of trainer rank 0 and every receiver (gloo on CPU,
 nccl on GPU), in which rank 0 broadcasts the bucket count, then per bucket its layout (names,
 dtypes, shapes, aliases) and its tensors as one flat buffer. On GPUs the buckets never leave them.
+A vLLM engine receives inside its own workers, each at a rank of its own (a tensor-parallel engine
+of t workers takes t consecutive ranks; vLLM's weight-transfer engine `BucketBroadcastReceiver`);
+an engine without workers (HF generate) receives in the rollout actor's process.
 
 The group is its own (a TCPStore and a ProcessGroup object, not torch.distributed's default group),
 so it lives beside the trainer's DeepSpeed group. Every collective has the group's timeout: a peer
@@ -11,6 +14,7 @@ broadcast.
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import torch
@@ -108,13 +112,31 @@ class CollectiveReceiver(Receiver):
     def __init__(self, *args):
         super().__init__(*args)
         self.channel: BroadcastChannel | None = None
+        # the engine's workers are the group's members (vLLM), not this process
+        self.in_engine = hasattr(self.engine, "join_broadcast")
+
+    def ranks(self) -> int:
+        """How many ranks of the group this receiver takes (a TP engine: one per worker)."""
+        return self.engine.broadcast_ranks if self.in_engine else 1
 
     def join(self, rank: int, world_size: int, addr: str, port: int, timeout_s: float) -> None:
-        self.channel = BroadcastChannel(rank, world_size, addr, port, timeout_s)
+        """Join at `rank` (and the next `ranks() - 1`)."""
+        if self.in_engine:
+            self.engine.join_broadcast(rank, world_size, addr, port, timeout_s)
+        else:
+            self.channel = BroadcastChannel(rank, world_size, addr, port, timeout_s)
 
     def receive(self, version: int) -> dict:
-        """Take rank 0's broadcast bucket by bucket while the engine loads them (`BucketStream`):
-        a receiver holds one bucket beyond its model, never a whole copy."""
+        """Take rank 0's broadcast bucket by bucket while the engine loads them (`BucketStream`,
+        or the same in every engine worker): a receiver holds one bucket beyond its model, never a
+        whole copy."""
+        if self.in_engine:
+            start = time.monotonic()
+            try:
+                got = self.engine.receive_broadcast(version)
+            except (RuntimeError, TimeoutError) as err:  # a worker's, as vLLM's RPC raises it
+                raise TimeoutError(f"{self.name}: weight sync to version {version} failed: {err}") from err
+            return {"sync_s": time.monotonic() - start, "version": version, **got}
         channel = self.channel
 
         def take(index: int) -> tuple[Weights, int, int]:
@@ -147,12 +169,18 @@ class Collective(Transport):
         self.regroup = False
 
     def connect(self) -> None:
-        """Trainer rank 0 (rank 0 of the group) and every receiver (ranks 1..) form one group."""
+        """Trainer rank 0 (rank 0 of the group) and every receiver (ranks 1.., as many each as it
+        takes) form one group."""
+        import ray
+
         addr, port = self.senders.call_one(0, "reserve_address")
-        world = len(self.receivers) + 1
+        ranks = ray.get([a.receive_weights.remote("ranks") for a in self.receivers.actors],
+                        timeout=self.timeout_s)
+        first = [1 + sum(ranks[:i]) for i in range(len(ranks))]
+        world = 1 + sum(ranks)
         refs = [self.senders.actors[0].send_weights.remote("join", world, addr, port,
                                                            self.timeout_s)]
-        refs += [a.receive_weights.remote("join", i + 1, world, addr, port, self.timeout_s)
+        refs += [a.receive_weights.remote("join", first[i], world, addr, port, self.timeout_s)
                  for i, a in enumerate(self.receivers.actors)]
         self.receivers.wait(refs, "join", self.timeout_s,
                             [self.senders.names[0], *self.receivers.names])

@@ -173,6 +173,28 @@ class MonitorConfig(Section):
     kl_factor: float = Field(2.0, gt=1)  # raise_kl multiplies learner.beta by this
 
 
+class OnlineRMConfig(Section):
+    """Online reward training (issue 27): the reward-model trainers (the `rm` section: ranks,
+    optimizer, ZeRO; `model` and `loss` as train-rm's, warm-started from `reward.models[0]`) live in
+    the RLOO job; every `every` steps they ask a labeller about that step's samples, train on the
+    new labels, the earlier ones and the original data, and the scorers score the next steps with
+    the new version."""
+
+    enabled: bool = False
+    every: int = Field(2, ge=1)  # refresh after every this many steps
+    # which samples to ask about (rl/online/requests.py)
+    selection: Literal["best_vs_worst", "random", "disagreement"] = "best_vs_worst"
+    labeller: Literal["gold", "queue"] = "gold"
+    gold: Literal["v1", "v2"] = "v2"  # the gold labeller's version
+    queue_timeout_s: float = Field(600.0, gt=0)  # the queue labeller goes on without answers after
+    # comparisons (ranking k responses costs k - 1): for the run (None: no limit) and per refresh
+    budget_total: Optional[int] = Field(None, ge=1)
+    budget_per_refresh: int = Field(32, ge=1)
+    original_share: float = Field(0.5, ge=0, lt=1)  # of each refresh's rows, the original data
+    replay_capacity: int = Field(4096, ge=1)  # earlier labels kept, the newest
+    passes: int = Field(1, ge=1)  # over each refresh's rows
+
+
 class RLOOConfig(Section):
     # the gold testbed's prompts (with references for the gold reward), or a file
     prompts: str = "gold"

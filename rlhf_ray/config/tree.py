@@ -7,7 +7,8 @@ from typing import Literal, Optional, Union
 from pydantic import field_validator, model_validator
 
 from rlhf_ray.config.base import RayConfig, Section
-from rlhf_ray.config.rl import LearnerConfig, PolicyConfig, RewardConfig, RLOOConfig, RolloutConfig, ScorerConfig
+from rlhf_ray.config.rl import (LearnerConfig, OnlineRMConfig, PolicyConfig, RewardConfig, RLOOConfig,
+                               RolloutConfig, ScorerConfig)
 from rlhf_ray.config.rm import DataConfig, EvalConfig, LossConfig, ModelConfig, RMConfig
 from rlhf_ray.config.stages import BonConfig, ExperimentConfig, PipelineConfig, PrepareConfig
 
@@ -26,6 +27,7 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     learner: LearnerConfig = LearnerConfig()
     rloo: RLOOConfig = RLOOConfig()
+    online_rm: OnlineRMConfig = OnlineRMConfig()
     eval: EvalConfig = EvalConfig()
     prepare: PrepareConfig = PrepareConfig()
     pipeline: PipelineConfig = PipelineConfig()
@@ -40,6 +42,18 @@ class Config(Section):
     # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when
     # there is none), auto (start fresh when there is none, saying so), false
     resume: Union[bool, Literal["auto"]] = False
+
+    @model_validator(mode="after")
+    def _online_rm_trains_the_one_reward_model(self):
+        if self.online_rm.enabled and (len(self.reward.models) != 1 or self.reward.transform != "none"):
+            raise ValueError(f"online_rm.enabled: the RM trainers refresh one reward model, scored as it is: "
+                             f"set reward.models to one model (has {len(self.reward.models)}) and "
+                             f"reward.transform=none (is {self.reward.transform})")
+        if self.online_rm.enabled and (self.rloo.save_every or self.resume):
+            raise ValueError("online_rm.enabled with rloo.save_every / resume: a checkpoint does not hold the RM "
+                             "trainers, the replay buffer or the label spend yet, so a resumed run would score "
+                             "with the wrong reward model; run it without checkpoints")
+        return self
 
     @model_validator(mode="after")
     def _prompt_groups_split_evenly(self):

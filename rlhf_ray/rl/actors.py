@@ -245,6 +245,12 @@ class RLActors:
                 baselines[p["prompt_id"]] = row[:m]
         return baselines
 
+    def load_reward_model(self, model_dir: str, version: int) -> None:
+        """Every scorer scores with the reward model at `model_dir` (version `version`) from the next
+        step on; a scorer Ray restarts later starts from `reward.models` again (not handled yet)."""
+        self.scorer.call("load_reward_model", [(model_dir, version)] * len(self.scorer),
+                         self.cfg.scorer.timeout_s)
+
     def set_beta(self, beta: float) -> None:
         self.learner.call("set_beta", [(beta,)] * len(self.learner), self.cfg.learner.timeout_s)
 

@@ -4,6 +4,7 @@ then the final policy and the summary."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,31 @@ def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int, baselines=None
     return StepResult(batch, generation, generated, scores, metrics)
 
 
+def refresh_reward_model(cfg: Config, rl, online, step: int, result: StepResult) -> dict:
+    """Online reward training after step `step`: label some of its samples, train, and have every
+    scorer score the next steps with the new version; the reward model's tau with the labeller's
+    gold on this step's samples before and after."""
+    import ray
+
+    from rlhf_ray.data.loaders import labelling_gold
+    from rlhf_ray.rl.online.refresh import gold_tau, prompt_groups
+
+    index = result.generation.shard_index
+    groups = prompt_groups(result.batch, result.generated, result.scores, index)
+    gold_of = labelling_gold(cfg.online_rm.gold)
+    gold = [[gold_of(g.prompt, r) for r in g.responses] for g in groups]
+    done = online.refresh(step, groups)
+    rl.load_reward_model(done.model_dir, done.version)
+    rescored = ray.get(rl.score(result.generation, result.batch))
+    if done.note:
+        print(f"[rloo] reward-model refresh at step {step}: {done.note}", file=sys.stderr, flush=True)
+    return {"rm_refreshed_to": done.version, "labels_spent": done.spent, "labels_total": done.spent_total,
+            "rm_refresh_rows": done.rows, "rm_refresh_s": done.seconds,
+            "rm_tau_before": gold_tau(groups, gold),
+            "rm_tau_after": gold_tau(prompt_groups(result.batch, result.generated, rescored, index), gold),
+            **{f"rm_{key}": done.train[key] for key in ("loss", "accuracy") if key in done.train}}
+
+
 def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutCurve) -> None:
     state = {"position": position, "held_out_before": curve.before, "curve": curve.curve}
     with plan.checkpoints.saving(step, state) as (folder, shards):
@@ -135,13 +161,16 @@ def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutC
 
 
 def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, encode,
-          done: int, baselines=None) -> int:
-    """Steps done+1 .. rloo.steps, or until the monitor stops the run; returns the last step run."""
+          done: int, baselines=None, online=None) -> int:
+    """Steps done+1 .. rloo.steps, or until the monitor stops the run; returns the last step run.
+    `online`: the RM trainers of online reward training, refreshed every online_rm.every steps."""
     out, run = Path(cfg.output_dir), cfg.rloo
     queue = GenerationQueue(rl, plan.loader, encode, run.generation_lag, run.steps)
     step = done
     for step in range(done + 1, run.steps + 1):
         result = rloo_step(cfg, rl, queue, step, baselines)
+        if online is not None and step % cfg.online_rm.every == 0:
+            result.metrics.update(refresh_reward_model(cfg, rl, online, step, result))
         write_samples(out / "samples.jsonl", step, result.batch, result.generated, result.scores,
                       result.generation.shard_index)
         log.log(step, {**result.metrics, "prompt_ids": [p["prompt_id"] for p in result.batch]})
@@ -188,8 +217,13 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     def encode(batch: list[dict]) -> list[list[int]]:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens, cfg.policy.system_prompt)
 
-    rl, log = RLActors(cfg, cfg.rloo.steps, connect(cfg.ray, out / "logs")), None
+    setup = connect(cfg.ray, out / "logs")
+    rl, log, online = RLActors(cfg, cfg.rloo.steps, setup), None, None
     try:
+        if cfg.online_rm.enabled:  # the RM trainers beside the other three roles
+            from rlhf_ray.rl.online.refresh import OnlineRewardTraining
+
+            online = OnlineRewardTraining(cfg, setup, plan.stored)
         baselines = None  # LSC / PAR's: the initial policy's rewards, by prompt id
         if cfg.reward.transform != "none":
             every = plan.prompts + plan.held_out
@@ -197,9 +231,9 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         done, curve = start(cfg, rl, plan, encode, baselines)  # done > 0: resumed
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
-        last_step = train(cfg, rl, plan, curve, log, encode, done, baselines)
+        last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, online)
         policy, after = curve.final(last_step)
-        placement = rl.placement()
+        placement = {**rl.placement(), **(online.placement() if online else {})}
     except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
         latest = plan.checkpoints.latest()
         hint = (f"resume from {latest[0]} with --resume" if latest
@@ -208,6 +242,8 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     finally:
         if log is not None:
             log.close()
+        if online is not None:
+            online.shutdown()
         rl.shutdown()
     summary = summary_of(cfg, plan, curve, done, last_step, policy, after, placement)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -46,7 +46,8 @@ class Generated:
 class Scores:
     """One worker's samples as a scorer scored them, in sample order: the reward trained on, the
     proxy reward before the transform, each member's reward, gold v1 and v2 (tracked, NaN without a
-    reference), and the scorer's time."""
+    reference), the scorer's time, and the reward-model version that scored them (0: the one the run
+    started with; online reward training makes more)."""
 
     train: list[float]
     proxy: list[float]
@@ -54,6 +55,7 @@ class Scores:
     gold: list[float]
     gold_v2: list[float]
     score_s: float
+    rm_version: int = 0
 
 
 def generated_of(rollouts) -> Generated:

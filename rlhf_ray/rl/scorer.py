@@ -25,10 +25,18 @@ from rlhf_ray.utils.actor_shell import actor_shell
 class RLScorer:
     def __init__(self, reward_cfg: RewardConfig, device: str = "auto"):
         """`reward_cfg`: the `reward` section (its own, typed); `device`: `scorer.device`."""
-        self.cfg = reward_cfg
+        self.cfg, self.device = reward_cfg, device
         self.members = [RewardScorer(m, reward_cfg.max_length, device=device,
                                      dtype=reward_cfg.dtype)
                         for m in reward_cfg.models]
+        self.version = 0  # of the reward model (online reward training refreshes it)
+
+    def load_reward_model(self, model_dir: str, version: int) -> int:
+        """Score with the reward model saved at `model_dir` (a refresh's; one member) from now on."""
+        self.members = [RewardScorer(model_dir, self.cfg.max_length, device=self.device,
+                                     dtype=self.cfg.dtype)]
+        self.version = version
+        return version
 
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
@@ -66,7 +74,7 @@ class RLScorer:
             raise FloatingPointError(f"non-finite training rewards for samples {bad[:10]} (prompts "
                                      f"{sorted({per_sample[i]['prompt_id'] for i in bad})[:5]})")
         return Scores(train.tolist(), proxy.tolist(), members.tolist(), gold, gold_v2,
-                      time.monotonic() - start)
+                      time.monotonic() - start, self.version)
 
 
 RLScorerActor = actor_shell(RLScorer, "RLScorerActor")  # `scorer-<i>`

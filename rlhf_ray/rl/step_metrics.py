@@ -73,7 +73,18 @@ def step_metrics(generated: list[Generated], scores: list[Scores], learner_stats
         "sync_bytes": synced.loaded[0]["bytes"] if synced.loaded else 0, "samples": len(proxy),
         "k": k, "sync_buckets": synced.loaded[0]["buckets"] if synced.loaded else 0,
         "sync_gathered_peak_mb": synced.gathered_peak_bytes / 2**20,
+        "rm_version": one_version(scores),
     }
+
+
+def one_version(scores: list[Scores]) -> int:
+    """The reward-model version that scored a step: one per step (a refresh happens between steps),
+    or the step is not a step of this algorithm."""
+    versions = sorted({s.rm_version for s in scores})
+    if len(versions) != 1:
+        raise RuntimeError(f"one step was scored by reward-model versions {versions}: a scorer missed a "
+                           "refresh")
+    return versions[0]
 
 
 def write_samples(path: Path, step: int, batch: list[dict], generated: list[Generated],
@@ -86,5 +97,6 @@ def write_samples(path: Path, step: int, batch: list[dict], generated: list[Gene
             for j, text in enumerate(texts.texts):
                 prompt = batch[index[j // k]]
                 row = {"step": step, "prompt_id": prompt["prompt_id"], "response": text,
-                       "proxy": scored.proxy[j], "gold": scored.gold[j], "train": scored.train[j]}
+                       "proxy": scored.proxy[j], "gold": scored.gold[j], "train": scored.train[j],
+                       "rm_version": scored.rm_version}
                 f.write(json.dumps(row) + "\n")

@@ -12,6 +12,7 @@ STREAMS = {
                   0),          # LSC/PAR reference responses of the prompt chunk starting at `index`
     "policy_samples": (7907, 1),  # `prepare`'s policy samples, generate call `index`
     "policy_mix": (7901, 2),      # which rule-made groups the mixed train split keeps
+    "online_rm": (7883, 3),       # online reward training: which samples to ask about, the rows mixed
 }
 
 

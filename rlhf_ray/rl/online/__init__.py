@@ -1,10 +1,11 @@
-"""Online reward training inside the RL job (issue 27; in progress): the pure parts, testable
-without Ray.
+"""Online reward training inside the RLOO job (issue 27, `online_rm`): the RM trainers refreshed from
+labels on the current policy's samples.
 
     requests.py   which of a step's samples to ask about (best_vs_worst, random, disagreement)
     labellers.py  gold and queue labellers behind one interface; the label budget
     replay.py     what a refresh trains on: fresh labels, earlier ones, the original data
+    refresh.py    the RM trainer group in the job and one refresh of it
 
-Not built yet: the RM trainer group in `rlhf-ray rloo`, the versioned scorer weights, the refresh in
-the driver loop (see the README's Online reward training).
+The driver's side is `rl/loop.py` `refresh_reward_model`; what is not built yet: README, Online
+reward training.
 """

@@ -1,0 +1,109 @@
+"""The RM trainer group inside the RLOO job and one refresh of it (issue 27): a step's samples ->
+label requests -> labels -> the refresh's rows (fresh, replayed, original) -> a warm-started update
+on the data-parallel trainers (train-rm's, with its losses) -> the new version saved, for the
+scorers to load."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhf_ray.config import Config
+from rlhf_ray.data.loaders import labelling_gold, load_split
+from rlhf_ray.data.schema import Ranking
+from rlhf_ray.rl.online.labellers import GoldLabeller, LabelBudget, QueueLabeller
+from rlhf_ray.rl.online.replay import ReplayBuffer, for_training, training_mix
+from rlhf_ray.rl.online.requests import PromptGroup, select
+from rlhf_ray.rl.phases import Generated, Scores
+from rlhf_ray.utils import storage
+from rlhf_ray.utils.seeds import derive_seed
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """One refresh: the version it made and where that is saved, the comparisons it spent and the
+    run's total so far, the labeller's note (fewer answers than asked), the rows it trained on, the
+    trainers' metrics of its last optimizer step (empty: no step) and its seconds."""
+
+    version: int
+    model_dir: str
+    spent: int
+    spent_total: int
+    note: str
+    rows: int
+    train: dict
+    seconds: float
+
+
+def prompt_groups(batch: list[dict], generated: list[Generated], scores: list[Scores],
+                  shard_index: list[list[int]]) -> list[PromptGroup]:
+    """The step's samples per prompt (in batch order), with each reward model's scores of them."""
+    groups: dict[int, PromptGroup] = {}
+    for texts, scored, index in zip(generated, scores, shard_index):
+        k = len(texts.texts) // max(len(index), 1)
+        for n, i in enumerate(index):
+            members = tuple(tuple(m[n * k:(n + 1) * k]) for m in scored.members)
+            groups[i] = PromptGroup(batch[i], tuple(texts.texts[n * k:(n + 1) * k]), members)
+    return [groups[i] for i in sorted(groups)]
+
+
+def gold_tau(groups: list[PromptGroup], gold: list[list[float]]) -> float:
+    """Mean over prompts of Kendall's tau between the (first) reward model's scores and the gold's
+    (prompts whose gold or scores are all tied left out; NaN when none is left)."""
+    import math
+
+    from scipy.stats import kendalltau
+
+    taus = [kendalltau(g.scores[0], truth).statistic for g, truth in zip(groups, gold)]
+    taus = [t for t in taus if not math.isnan(t)]
+    return sum(taus) / len(taus) if taus else math.nan
+
+
+def trainer_config(cfg: Config) -> Config:
+    """The RM trainers' config in the RL job: train-rm's sections, warm-started from the reward
+    model being served, at a constant learning rate (a refresh is not a run with an end)."""
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"name": cfg.reward.models[0]}),
+        "rm": cfg.rm.model_copy(update={"schedule": "constant", "warmup_ratio": 0.0})})
+
+
+class OnlineRewardTraining:
+    def __init__(self, cfg: Config, setup, stored: str):
+        """`stored`: the run's storage folder, where each version is saved (every scorer reads it)."""
+        from rlhf_ray.rm.actor import RMTrainerGroup
+
+        oc = self.oc = cfg.online_rm
+        self.cfg, self.stored = trainer_config(cfg), stored
+        self.trainers = RMTrainerGroup(self.cfg, total_steps=1 << 30, tag="online", setup=setup)
+        self.labeller = (GoldLabeller(labelling_gold(oc.gold)) if oc.labeller == "gold" else
+                         QueueLabeller(Path(cfg.output_dir) / "labels", oc.queue_timeout_s))
+        self.budget = LabelBudget(oc.budget_total, oc.budget_per_refresh)
+        self.replay = ReplayBuffer(oc.replay_capacity)
+        self.original: list[Ranking] = load_split(self.cfg, "train") or []
+        self.rng = random.Random(derive_seed(cfg.seed, "online_rm"))
+        self.version = 0
+
+    def refresh(self, step: int, groups: list[PromptGroup]) -> Refresh:
+        """Ask about `groups` (a step's), train on the answers, save the next version."""
+        start, oc = time.monotonic(), self.oc
+        requests = select(groups, oc.selection, self.budget.allowance(), self.rng, f"step{step}")
+        labels = self.labeller.label(requests, refresh=step)
+        self.budget.charge(labels.spent)
+        fresh = [for_training(r, oc.selection) for r in labels.rankings]
+        rows = training_mix(fresh, self.replay, self.original, oc.original_share, self.rng)
+        self.replay.add(fresh, step)
+        size, metrics = self.cfg.rm.batch_size, {}
+        for _ in range(oc.passes):  # whole batches only: every rank gets its share of each
+            for b in range(len(rows) // size):
+                metrics = self.trainers.train_step(rows[b * size:(b + 1) * size])
+        self.version += 1
+        model_dir = self.trainers.save(storage.join(self.stored, "reward_models", f"v{self.version}"))
+        return Refresh(self.version, model_dir, labels.spent, self.budget.spent, labels.note, len(rows),
+                       metrics, time.monotonic() - start)
+
+    def placement(self) -> dict[str, str]:
+        return self.trainers.group.placement()
+
+    def shutdown(self) -> None:
+        self.trainers.shutdown()

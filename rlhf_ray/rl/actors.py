@@ -91,6 +91,9 @@ class RLActors:
             transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
             cfg.learner.timeout_s)
         self.delivery.connect()
+        # (where, version) of the reward model the scorers serve, once online reward training made
+        # one (None: reward.models, version 0)
+        self.reward_model: tuple[str, int] | None = None
         if self.shared is not None:
             self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own
 
@@ -131,21 +134,29 @@ class RLActors:
     def score(self, generation: Generation, prompts: list[dict],
               baselines: dict[str, list[float]] | None = None) -> list:
         """Each rollout worker's output goes to a scorer (round robin); refs of small `Scores`, one
-        per ref of `generation`. `baselines`: LSC / PAR's reference rewards by prompt id. A scorer
-        holds no state, so one that Ray restarted simply scores again."""
+        per ref of `generation`. `baselines`: LSC / PAR's reference rewards by prompt id. A scorer's
+        only state is the reward model it serves, so one that Ray restarted loads the current one
+        (online reward training's) and scores again."""
         n, refs = len(self.scorer), []
+        version = self.reward_model[1] if self.reward_model else 0
 
         def shard(j: int) -> tuple:
             mine = [prompts[i] for i in generation.shard_index[j]]
-            if baselines is None:
-                return generation.refs[j], mine
-            return generation.refs[j], mine, [baselines[p["prompt_id"]] for p in mine]
+            ours = None if baselines is None else [baselines[p["prompt_id"]] for p in mine]
+            return generation.refs[j], mine, ours, version
 
         for start in range(0, len(generation.refs), n):  # one call per scorer at a time
             batch = {j - start: shard(j) for j in range(start, min(start + n, len(generation.refs)))}
-            done = self.scorer.map("score", batch, self.cfg.scorer.timeout_s)
+            done = self.scorer.map("score", batch, self.cfg.scorer.timeout_s,
+                                   on_restart=self._reload_scorer)
             refs += [done[j] for j in range(len(batch))]
         return refs
+
+    def _reload_scorer(self, index: int, args: tuple) -> None:
+        """A restarted scorer: the reward model the others score with, loaded before its retried
+        call (an actor runs one caller's calls in order)."""
+        if self.reward_model is not None:
+            self.scorer.actors[index].load_reward_model.remote(*self.reward_model)
 
     def generate(self, prompt_ids: list[list[int]], step: int) -> PendingGeneration:
         """Step `step`'s samples, started: the workers generate while the driver goes on."""
@@ -247,9 +258,10 @@ class RLActors:
 
     def load_reward_model(self, model_dir: str, version: int) -> None:
         """Every scorer scores with the reward model at `model_dir` (version `version`) from the next
-        step on; a scorer Ray restarts later starts from `reward.models` again (not handled yet)."""
+        step on; a scorer Ray restarts later loads it before scoring again (`_reload_scorer`)."""
         self.scorer.call("load_reward_model", [(model_dir, version)] * len(self.scorer),
                          self.cfg.scorer.timeout_s)
+        self.reward_model = (model_dir, version)
 
     def set_beta(self, beta: float) -> None:
         self.learner.call("set_beta", [(beta,)] * len(self.learner), self.cfg.learner.timeout_s)

@@ -42,9 +42,15 @@ class RLScorer:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
 
     def score(self, rollouts: Rollouts, prompts: list[dict],
-              baselines: list[list[float]] | None = None) -> Scores:
+              baselines: list[list[float]] | None = None, expected_version: int = 0) -> Scores:
         """`baselines`: for LSC / PAR, each prompt's reference rewards (the initial policy's), in
-        `prompts`' order."""
+        `prompts`' order. `expected_version`: the reward model the driver last had the scorers load;
+        a scorer Ray restarted since holds `reward.models` again and says so instead of scoring."""
+        if self.version != expected_version:
+            from rlhf_ray.cluster import Restarted
+
+            raise Restarted(f"scorer has reward-model version {self.version}, the driver loaded "
+                            f"{expected_version}: it was restarted")
         start = time.monotonic()
         k, cfg = rollouts.k, self.cfg
         per_sample = [prompts[i // k] for i in range(len(rollouts))]

@@ -128,3 +128,16 @@ def test_a_refresh_trains_on_fresh_and_earlier_labels_and_its_share_of_the_origi
     assert ReplayBuffer.from_state(json.loads(json.dumps(replay.state()))) == replay
     with pytest.raises(ValueError, match="original_share=1"):
         training_mix([], replay, [], 1, random.Random(0))
+
+
+def test_a_scorer_that_missed_a_refresh_says_it_was_restarted_instead_of_scoring():
+    """A scorer Ray restarted holds `reward.models` (version 0) again: it refuses to score for a driver that
+    loaded version 2, so the group reloads it and retries (RLActors._reload_scorer), never a step scored by
+    the wrong reward model."""
+    from rlhf_ray.cluster import Restarted
+    from rlhf_ray.rl.scorer import RLScorer
+
+    scorer = RLScorer.__new__(RLScorer)  # no models needed: it refuses before scoring
+    scorer.version = 0
+    with pytest.raises(Restarted, match="version 0, the driver loaded 2"):
+        scorer.score(rollouts=None, prompts=[], expected_version=2)

@@ -314,7 +314,10 @@ def colocated_plan(cfg: Config, rollout: GroupPlan, learner: GroupPlan) -> Group
 
 def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list[GroupPlan]:
     """The groups `job` starts: `train-rm` (trainers, and eval-rm's scorers), `rloo` (rollout,
-    scorers, learner, and their shared GPU when colocated); `machine` sizes vLLM's defaults."""
+    scorers, learner, their shared GPU when colocated, and the RM trainers with `online_rm`);
+    `machine` sizes vLLM's defaults."""
+    from rlhf_ray.rl.online.refresh import trainer_config
+
     machine = machine or Machine()
     if job == "rloo":
         reward = cfg.reward
@@ -322,9 +325,11 @@ def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list
         scorers = scorer_plan(widest, "reward.models", reward.dtype, reward.max_length, cfg.scorer,
                               count=len(reward.models))
         rollout, learner = rollout_plan(cfg, machine), learner_plan(cfg)
+        # online reward training: the RM trainers in the same job
+        online = [rm_trainer_plan(trainer_config(cfg))] if cfg.online_rm.enabled else []
         if cfg.rollout.colocate_with_learner and rollout.on_gpu and learner.on_gpu:
-            return [rollout, scorers, learner, colocated_plan(cfg, rollout, learner)]
-        return [rollout, scorers, learner]
+            return [rollout, scorers, learner, colocated_plan(cfg, rollout, learner), *online]
+        return [rollout, scorers, learner, *online]
     scorers = scorer_plan(cfg.model.name, "model.name", cfg.model.dtype, cfg.model.max_length,
                           cfg.scorer)
     return [rm_trainer_plan(cfg), scorers]

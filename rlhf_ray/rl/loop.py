@@ -80,7 +80,8 @@ def plan_run(cfg: Config) -> RunPlan:
     checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rloo.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
     transport_class(cfg.rollout.sync).check(cfg.rollout, cfg.learner)
-    check_placement({"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner},
+    groups = {"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner}
+    check_placement({**groups, **({"rm": cfg.rm} if cfg.online_rm.enabled else {})},
                     cluster_nodes(cfg.ray))
     return RunPlan(prompts, held_out, loader, stored, checkpoints, resume_from)
 

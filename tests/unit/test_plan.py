@@ -150,3 +150,11 @@ def test_a_tensor_parallel_cpu_engine_counts_a_kv_cache_and_a_process_per_worker
                              Machine(80)) for t in (1, 2))
     assert two.terms["KV cache"] == 2 * one.terms["KV cache"] and two.terms["weights"] == one.terms["weights"]
     assert two.host["process"] == one.host["process"] + VLLM_TP_WORKER_HOST
+
+
+def test_online_reward_training_adds_the_rm_trainers_to_the_rloo_plan():
+    cfg = load_config("configs/rloo_smollm2.yaml", ["online_rm.enabled=true", "reward.models=[minilm-l6]",
+                                                    "rm.num_workers=2"])
+    groups = {g.group: g for g in plan_groups(cfg, "rloo")}
+    assert set(groups) == {"rollout", "scorer", "learner", "rm"} and groups["rm"].actors == 2
+    assert "minilm-l6" in groups["rm"].what  # warm-started from the reward model it serves

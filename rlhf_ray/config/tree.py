@@ -49,10 +49,6 @@ class Config(Section):
             raise ValueError(f"online_rm.enabled: the RM trainers refresh one reward model, scored as it is: "
                              f"set reward.models to one model (has {len(self.reward.models)}) and "
                              f"reward.transform=none (is {self.reward.transform})")
-        if self.online_rm.enabled and (self.rloo.save_every or self.resume):
-            raise ValueError("online_rm.enabled with rloo.save_every / resume: a checkpoint does not hold the RM "
-                             "trainers, the replay buffer or the label spend yet, so a resumed run would score "
-                             "with the wrong reward model; run it without checkpoints")
         return self
 
     @model_validator(mode="after")

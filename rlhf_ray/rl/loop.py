@@ -86,10 +86,13 @@ def plan_run(cfg: Config) -> RunPlan:
     return RunPlan(prompts, held_out, loader, stored, checkpoints, resume_from)
 
 
-def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None) -> tuple[int, HeldOutCurve]:
+def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None,
+          online=None) -> tuple[int, HeldOutCurve]:
     """Where the run begins: (steps done, the held-out curve so far). Fresh: step 0, the held-out
     prompts scored by the initial policy. Resumed from `plan.resume_from`: the learner's state, its
-    weights on the workers, the loader position, the saved scores and curve."""
+    weights on the workers, the loader position, the saved scores and curve; with online reward
+    training the RM trainers' state, replay buffer and label spend, and the scorers on its
+    version."""
     out = Path(cfg.output_dir)
     if plan.resume_from is None:
         done, curve = 0, HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out, None, [],
@@ -100,6 +103,10 @@ def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None) -> tuple[int, 
     else:
         path, state = plan.resume_from
         rl.load_state(storage.join(path, "engine"), version=state["step"])
+        if online is not None:
+            online.load_state(storage.join(path, "engine"), state["online_rm"], state["step"])
+            if online.version:
+                rl.load_reward_model(online.model_dir, online.version)
         plan.loader.position = state["position"]
         done = state["step"]
         curve = HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out,
@@ -155,10 +162,17 @@ def refresh_reward_model(cfg: Config, rl, online, step: int, result: StepResult)
             **{f"rm_{key}": done.train[key] for key in ("loss", "accuracy") if key in done.train}}
 
 
-def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutCurve) -> None:
+def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutCurve,
+                    online=None) -> None:
+    """The learner's state (and the online RM trainers', replay buffer and label spend) at `step`."""
     state = {"position": position, "held_out_before": curve.before, "curve": curve.curve}
     with plan.checkpoints.saving(step, state) as (folder, shards):
-        shards.arrived(rl.save_state(storage.join(folder, "engine")))
+        engine = storage.join(folder, "engine")
+        files = rl.save_state(engine)
+        if online is not None:
+            state["online_rm"], rm_files = online.save_state(engine)
+            files = [*files, *rm_files]
+        shards.arrived(files)
 
 
 def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, encode,
@@ -178,7 +192,8 @@ def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, e
         if curve.due(step):  # the over-optimisation curve
             curve.observe(step)
         if run.save_every and step % run.save_every == 0 and step < run.steps:
-            save_checkpoint(rl, plan, step, queue.resume_position(run.prompts_per_step), curve)
+            save_checkpoint(rl, plan, step, queue.resume_position(run.prompts_per_step), curve,
+                            online)
         if curve.stops:
             break
     return step
@@ -229,7 +244,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         if cfg.reward.transform != "none":
             every = plan.prompts + plan.held_out
             baselines = rl.reference_rewards(encode(every), every)
-        done, curve = start(cfg, rl, plan, encode, baselines)  # done > 0: resumed
+        done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
         last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, online)

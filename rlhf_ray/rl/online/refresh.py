@@ -36,6 +36,11 @@ class Refresh:
     seconds: float
 
 
+def _jsonable(rng_state: tuple) -> list:
+    version, internal, gauss = rng_state
+    return [version, list(internal), gauss]
+
+
 def prompt_groups(batch: list[dict], generated: list[Generated], scores: list[Scores],
                   shard_index: list[list[int]]) -> list[PromptGroup]:
     """The step's samples per prompt (in batch order), with each reward model's scores of them."""
@@ -82,7 +87,7 @@ class OnlineRewardTraining:
         self.replay = ReplayBuffer(oc.replay_capacity)
         self.original: list[Ranking] = load_split(self.cfg, "train") or []
         self.rng = random.Random(derive_seed(cfg.seed, "online_rm"))
-        self.version = 0
+        self.version, self.model_dir = 0, cfg.reward.models[0]
 
     def refresh(self, step: int, groups: list[PromptGroup]) -> Refresh:
         """Ask about `groups` (a step's), train on the answers, save the next version."""
@@ -98,9 +103,30 @@ class OnlineRewardTraining:
             for b in range(len(rows) // size):
                 metrics = self.trainers.train_step(rows[b * size:(b + 1) * size])
         self.version += 1
-        model_dir = self.trainers.save(storage.join(self.stored, "reward_models", f"v{self.version}"))
-        return Refresh(self.version, model_dir, labels.spent, self.budget.spent, labels.note, len(rows),
-                       metrics, time.monotonic() - start)
+        self.model_dir = self.trainers.save(storage.join(self.stored, "reward_models",
+                                                         f"v{self.version}"))
+        return Refresh(self.version, self.model_dir, labels.spent, self.budget.spent, labels.note,
+                       len(rows), metrics, time.monotonic() - start)
+
+    # the checkpoint's part: the trainers' DeepSpeed state (`save_state` into `engine/online_rm/`
+    # of the step's folder) and the rest as JSON in its state.json
+    ENGINE = "online_rm"
+
+    def save_state(self, engine_folder: str) -> tuple[dict, list[list[str]]]:
+        """(the JSON state, every rank's files relative to `engine_folder`)."""
+        files = self.trainers.save_state(storage.join(engine_folder, self.ENGINE))
+        state = {"version": self.version, "model_dir": self.model_dir,
+                 "budget": {"spent": self.budget.spent, "refreshes": self.budget.refreshes},
+                 "replay": self.replay.state(), "rng": _jsonable(self.rng.getstate())}
+        return state, [[f"{self.ENGINE}/{f}" for f in rank] for rank in files]
+
+    def load_state(self, engine_folder: str, state: dict, step: int) -> None:
+        self.trainers.load_state(storage.join(engine_folder, self.ENGINE), step)
+        self.version, self.model_dir = state["version"], state["model_dir"]
+        self.budget.spent, self.budget.refreshes = state["budget"]["spent"], list(state["budget"]["refreshes"])
+        self.replay = ReplayBuffer.from_state(state["replay"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
 
     def placement(self) -> dict[str, str]:
         return self.trainers.group.placement()

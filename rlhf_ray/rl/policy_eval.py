@@ -97,12 +97,16 @@ def held_out_point(scores: list[dict], n_prompts: int, k: int, step: int, bootst
     """One point of the RL over-optimisation curve: held-out gold (v1 and v2) and proxy (means over
     prompts, with bootstrap CIs) of the policy after `step` updates, at that policy's own KL to the
     reference on these samples (`kl`: the mean over prompts of its samples' sequence KL, nats), the
-    share of replies the token cap cut, and the members' disagreement."""
+    share of replies the token cap cut, and the members' disagreement; `per_prompt`: each prompt's
+    mean of gold, gold v2, proxy, length and KL (in prompt order), so a change between any two
+    points can be paired by prompt."""
     point = {"step": step, "kl": nanmean(per_prompt_means(scores, "kl", n_prompts, k)),
              "cut_rate": nanmean(per_prompt_means(scores, "cut", n_prompts, k)),
-             "disagreement": disagreement(scores)}
+             "disagreement": disagreement(scores),
+             "per_prompt": {key: per_prompt_means(scores, key, n_prompts, k)
+                            for key in ("gold", "gold_v2", "proxy", "length", "kl")}}
     for key in ("gold", "gold_v2", "proxy"):
-        per_prompt = per_prompt_means(scores, key, n_prompts, k)
+        per_prompt = point["per_prompt"][key]
         low, high = bootstrap_ci(per_prompt, nanmean, bootstrap, level, seed)
         point.update({key: nanmean(per_prompt), f"{key}_ci_low": low, f"{key}_ci_high": high})
     return point

@@ -21,6 +21,8 @@ def test_the_curve_point_sits_at_the_evaluated_samples_own_kl():
     assert point["kl"] == pytest.approx((2 + 1 + 6) / 3)
     assert point["cut_rate"] == pytest.approx((0.5 + 0 + 1) / 3)
     assert point["step"] == 4 and point["gold_v2"] == pytest.approx(0.2)
+    # shipped per prompt, so a change between any two points pairs by prompt
+    assert point["per_prompt"]["kl"] == pytest.approx([1, 6, 2]) and len(point["per_prompt"]["gold_v2"]) == 3
 
 
 def test_the_change_ships_its_per_prompt_values():

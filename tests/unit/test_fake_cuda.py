@@ -283,7 +283,8 @@ def test_the_scorer_and_the_hf_engine_move_their_loaded_models_to_the_gpu(monkey
 
 
 def test_the_scorers_pass_their_section_device_on(monkeypatch):
-    """The RL scorer gives `scorer.device` to each member; eval-rm's pool gives it to each actor."""
+    """The RL scorer gives `scorer.device` to each member, and to a refreshed reward model (online reward
+    training); eval-rm's pool gives it to each actor."""
     import rlhf_ray.rl.scorer as rl_scorer
     import rlhf_ray.scoring.pool as pool
 
@@ -291,9 +292,10 @@ def test_the_scorers_pass_their_section_device_on(monkeypatch):
     monkeypatch.setattr(rl_scorer, "RewardScorer", lambda *args, **kwargs: members.append(kwargs))
     monkeypatch.setattr(pool, "ActorGroup", lambda *args, **kwargs: actors.append(kwargs))
     cfg = load_config(None, ["reward.models=[a,b]", "scorer.device=cuda:1"])
-    rl_scorer.RLScorer(cfg.reward, device=cfg.scorer.device)
+    scorer = rl_scorer.RLScorer(cfg.reward, device=cfg.scorer.device)
+    scorer.load_reward_model("runs/x/reward_models/v1", 1)
     pool.ScorerPool("a", cfg.scorer)
-    assert [m["device"] for m in members] == ["cuda:1", "cuda:1"] and actors[0]["device"] == "cuda:1"
+    assert [m["device"] for m in members] == ["cuda:1"] * 3 and actors[0]["device"] == "cuda:1"
 
 
 def test_the_reference_lives_where_the_offload_setting_says_and_visits_the_gpu():

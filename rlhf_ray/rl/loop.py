@@ -143,13 +143,11 @@ def refresh_reward_model(cfg: Config, rl, online, step: int, result: StepResult)
     gold on this step's samples before and after."""
     import ray
 
-    from rlhf_ray.data.loaders import labelling_gold
-    from rlhf_ray.rl.online.refresh import gold_tau, prompt_groups
+    from rlhf_ray.rl.online.refresh import gold_by_group, gold_tau, prompt_groups
 
     index = result.generation.shard_index
     groups = prompt_groups(result.batch, result.generated, result.scores, index)
-    gold_of = labelling_gold(cfg.online_rm.gold)
-    gold = [[gold_of(g.prompt, r) for r in g.responses] for g in groups]
+    gold = gold_by_group(result.scores, index, cfg.online_rm.gold)  # the scorers computed it
     done = online.refresh(step, groups)
     rl.load_reward_model(done.model_dir, done.version)
     rescored = ray.get(rl.score(result.generation, result.batch))

@@ -53,6 +53,18 @@ def prompt_groups(batch: list[dict], generated: list[Generated], scores: list[Sc
     return [groups[i] for i in sorted(groups)]
 
 
+def gold_by_group(scores: list[Scores], shard_index: list[list[int]], version: str) -> list[list[float]]:
+    """Each prompt's samples' gold (`v1` or `v2`), as the scorers computed it, in the order of
+    `prompt_groups`."""
+    by_prompt: dict[int, list[float]] = {}
+    for scored, index in zip(scores, shard_index):
+        values = scored.gold if version == "v1" else scored.gold_v2
+        k = len(values) // max(len(index), 1)
+        for n, i in enumerate(index):
+            by_prompt[i] = list(values[n * k:(n + 1) * k])
+    return [by_prompt[i] for i in sorted(by_prompt)]
+
+
 def gold_tau(groups: list[PromptGroup], gold: list[list[float]]) -> float:
     """Mean over prompts of Kendall's tau between the (first) reward model's scores and the gold's
     (prompts whose gold or scores are all tied left out; NaN when none is left)."""

@@ -97,7 +97,11 @@ class RewardConfig(Section):
     uwo_lambda: float = Field(0.5, ge=0)
     transform: Literal["none", "lsc", "par"] = "none"
     reference_samples: int = Field(2, ge=1)  # reference-policy responses per prompt for LSC / PAR
-    train_on_gold: bool = False  # the gold reward is tracked always, trained on only if set
+    # What the policy is trained on: the reward models' (shaped) reward, or, as reference arms of
+    # an experiment, the gold itself (v1 or v2: the ceiling) or the reply's length alone (its word
+    # count / 32, so its spread across a prompt's samples is of a reward model's order). The gold
+    # is tracked always.
+    train_on: Literal["reward_model", "gold_v1", "gold_v2", "length"] = "reward_model"
     max_length: int = Field(256, ge=8)
 
     @model_validator(mode="after")
@@ -182,6 +186,11 @@ class OnlineRMConfig(Section):
 
     enabled: bool = False
     every: int = Field(2, ge=1)  # refresh after every this many steps
+    # `online`: each refresh on the step's own samples. `upfront`: the same refreshes (steps //
+    # every of them, the same labels and training rows) all before step 1, each on a batch of the
+    # initial policy's samples (prompts drawn apart from the training order), then frozen: the
+    # frozen arm of the frozen-vs-online experiment at equal labels and training compute.
+    schedule: Literal["online", "upfront"] = "online"
     # which samples to ask about (rl/online/requests.py)
     selection: Literal["best_vs_worst", "random", "disagreement"] = "best_vs_worst"
     labeller: Literal["gold", "queue"] = "gold"

@@ -158,10 +158,12 @@ class RLActors:
         if self.reward_model is not None:
             self.scorer.actors[index].load_reward_model.remote(*self.reward_model)
 
-    def generate(self, prompt_ids: list[list[int]], step: int) -> PendingGeneration:
-        """Step `step`'s samples, started: the workers generate while the driver goes on."""
+    def generate(self, prompt_ids: list[list[int]], step: int,
+                 stream: str = "generate") -> PendingGeneration:
+        """Step `step`'s samples, started: the workers generate while the driver goes on (their
+        sampling seeded by `stream`, a `derive_seed` stream, and `step`)."""
         return self.start_generation(prompt_ids,
-                                     self._sampling(derive_seed(self.cfg.seed, "generate", step)))
+                                     self._sampling(derive_seed(self.cfg.seed, stream, step)))
 
     def evaluate(self, prompt_ids: list[list[int]], prompts: list[dict], k: int,
                  baselines: dict[str, list[float]] | None = None) -> list[dict]:

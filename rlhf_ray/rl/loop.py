@@ -21,7 +21,9 @@ from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, 
 from rlhf_ray.rl.step_metrics import step_metrics, write_samples
 from rlhf_ray.rl.sync import transport_class
 from rlhf_ray.utils import storage
+from rlhf_ray.utils.atomic import atomic_write_bytes
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
+from rlhf_ray.utils.seeds import derive_seed
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
@@ -137,27 +139,79 @@ def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int, baselines=None
     return StepResult(batch, generation, generated, scores, metrics)
 
 
-def refresh_reward_model(cfg: Config, rl, online, step: int, result: StepResult) -> dict:
-    """Online reward training after step `step`: label some of its samples, train, and have every
-    scorer score the next steps with the new version; the reward model's tau with the labeller's
-    gold on this step's samples before and after."""
-    import ray
-
+def reward_model_metrics(cfg: Config, rl, online, step: int, result: StepResult) -> dict:
+    """Online reward training's part of step `step`: the served reward model's Kendall tau with the
+    labeller's gold on the step's samples (`rm_tau`, every step), then the refresh when one is due
+    (schedule `online`, every online_rm.every steps)."""
     from rlhf_ray.rl.online.refresh import gold_by_group, gold_tau, prompt_groups
 
     index = result.generation.shard_index
     groups = prompt_groups(result.batch, result.generated, result.scores, index)
     gold = gold_by_group(result.scores, index, cfg.online_rm.gold)  # the scorers computed it
-    done = online.refresh(step, groups)
+    metrics = {"rm_tau": gold_tau(groups, gold)}
+    if cfg.online_rm.schedule == "online" and step % cfg.online_rm.every == 0:
+        metrics.update(refresh_reward_model(rl, online, step, result, groups, gold))
+    return metrics
+
+
+def refresh_reward_model(rl, online, step: int, result: StepResult, groups, gold,
+                         tag: str | None = None) -> dict:
+    """Label some of `result`'s samples, train, and have every scorer score the next steps with the
+    new version; the reward model's tau with the gold on these samples before and after."""
+    import ray
+
+    from rlhf_ray.rl.online.refresh import gold_tau, prompt_groups
+
+    done = online.refresh(step, groups, tag)
     rl.load_reward_model(done.model_dir, done.version)
     rescored = ray.get(rl.score(result.generation, result.batch))
     if done.note:
-        print(f"[rloo] reward-model refresh at step {step}: {done.note}", file=sys.stderr, flush=True)
+        print(f"[rloo] reward-model refresh {tag or step}: {done.note}", file=sys.stderr, flush=True)
+    index = result.generation.shard_index
     return {"rm_refreshed_to": done.version, "labels_spent": done.spent, "labels_total": done.spent_total,
             "rm_refresh_rows": done.rows, "rm_refresh_s": done.seconds,
             "rm_tau_before": gold_tau(groups, gold),
             "rm_tau_after": gold_tau(prompt_groups(result.batch, result.generated, rescored, index), gold),
             **{f"rm_{key}": done.train[key] for key in ("loss", "accuracy") if key in done.train}}
+
+
+def refresh_upfront(cfg: Config, rl, online, plan: RunPlan, encode) -> list[dict]:
+    """online_rm.schedule `upfront` (the frozen arm): the refreshes an online run would make, all
+    before step 1, each on a batch of the initial policy's samples; the prompts come in an order of
+    their own, so the training batches are the online run's. Returns each refresh's metrics."""
+    import ray
+
+    from rlhf_ray.rl.online.refresh import gold_by_group, prompt_groups
+
+    loader = PromptLoader(plan.prompts, cfg.rloo.prompts_per_step,
+                          derive_seed(cfg.seed, "upfront"))
+    count, done = cfg.rloo.steps // cfg.online_rm.every, []
+    for n in range(1, count + 1):
+        batch = loader.next()
+        generation = rl.finish_generation(rl.generate(encode(batch), n, stream="upfront"))
+        result = StepResult(batch, generation, ray.get(generation.generated),
+                            ray.get(rl.score(generation, batch)), {})
+        index = generation.shard_index
+        groups = prompt_groups(batch, result.generated, result.scores, index)
+        gold = gold_by_group(result.scores, index, cfg.online_rm.gold)
+        done.append({"refresh": n, **refresh_reward_model(rl, online, 0, result, groups, gold,
+                                                          f"upfront{n}")})
+        print(f"[rloo] upfront reward-model refresh {n}/{count}: version {done[-1]['rm_refreshed_to']}, "
+              f"{done[-1]['labels_total']} labels", file=sys.stderr, flush=True)
+    return done
+
+
+def upfront_refreshes(cfg: Config, rl, online, plan: RunPlan, encode) -> list[dict]:
+    """The upfront schedule's refreshes: run on a fresh run (and saved to the run folder), read
+    back on a resumed one (the checkpoint holds the reward model they made); none otherwise."""
+    path = Path(cfg.output_dir) / "online_rm_upfront.json"
+    if cfg.online_rm.schedule != "upfront":
+        return []
+    if plan.resume_from is not None:
+        return json.loads(path.read_text()) if path.exists() else []
+    done = refresh_upfront(cfg, rl, online, plan, encode)
+    atomic_write_bytes(path, json.dumps(done, indent=2).encode())
+    return done
 
 
 def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutCurve,
@@ -182,8 +236,8 @@ def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, e
     step = done
     for step in range(done + 1, run.steps + 1):
         result = rloo_step(cfg, rl, queue, step, baselines)
-        if online is not None and step % cfg.online_rm.every == 0:
-            result.metrics.update(refresh_reward_model(cfg, rl, online, step, result))
+        if online is not None:
+            result.metrics.update(reward_model_metrics(cfg, rl, online, step, result))
         write_samples(out / "samples.jsonl", step, result.batch, result.generated, result.scores,
                       result.generation.shard_index)
         log.log(step, {**result.metrics, "prompt_ids": [p["prompt_id"] for p in result.batch]})
@@ -242,6 +296,8 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         if cfg.reward.transform != "none":
             every = plan.prompts + plan.held_out
             baselines = rl.reference_rewards(encode(every), every)
+        # the frozen arm's refreshes, before the step-0 evaluation scores with them
+        upfront = upfront_refreshes(cfg, rl, online, plan, encode) if online is not None else []
         done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
@@ -260,5 +316,8 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             online.shutdown()
         rl.shutdown()
     summary = summary_of(cfg, plan, curve, done, last_step, policy, after, placement)
+    if online is not None:
+        summary["online_rm"] = {"schedule": cfg.online_rm.schedule, "version": online.version,
+                                "labels_spent": online.budget.spent, "upfront_refreshes": upfront}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

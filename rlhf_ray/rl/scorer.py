@@ -22,6 +22,20 @@ from rlhf_ray.scoring.scorer import RewardScorer
 from rlhf_ray.utils.actor_shell import actor_shell
 
 
+LENGTH_SCALE = 32.0  # words per unit of the length-only reward
+
+
+def training_reward(train_on: str, shaped: torch.Tensor, gold: list[float], gold_v2: list[float],
+                    texts: list[str]) -> torch.Tensor:
+    """What the learner trains on (`reward.train_on`): the reward models' shaped reward, the gold
+    (v1 or v2), or the reply's word count / LENGTH_SCALE."""
+    if train_on == "reward_model":
+        return shaped
+    if train_on == "length":
+        return torch.tensor([len(t.split()) / LENGTH_SCALE for t in texts], dtype=shaped.dtype)
+    return torch.tensor(gold if train_on == "gold_v1" else gold_v2, dtype=shaped.dtype)
+
+
 class RLScorer:
     def __init__(self, reward_cfg: RewardConfig, device: str = "auto"):
         """`reward_cfg`: the `reward` section (its own, typed); `device`: `scorer.device`."""
@@ -74,7 +88,7 @@ class RLScorer:
         ]
         gold_v2 = [gold_reward_v2(p, text) if p.get("reference") else math.nan
                    for p, text in zip(per_sample, rollouts.texts)]
-        train = torch.tensor(gold) if cfg.train_on_gold else shaped
+        train = training_reward(cfg.train_on, shaped, gold, gold_v2, rollouts.texts)
         if not torch.isfinite(train).all():
             bad = [i for i, v in enumerate(train.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(f"non-finite training rewards for samples {bad[:10]} (prompts "

@@ -13,6 +13,8 @@ STREAMS = {
     "policy_samples": (7907, 1),  # `prepare`'s policy samples, generate call `index`
     "policy_mix": (7901, 2),      # which rule-made groups the mixed train split keeps
     "online_rm": (7883, 3),       # online reward training: which samples to ask about, the rows mixed
+    "upfront": (7877, 5),         # online_rm.schedule upfront: its prompt order, its refresh `index`'s
+                                  # rollout sampling
 }
 
 

@@ -24,6 +24,9 @@ def _online(tmp_path, testbeds, *extra) -> dict:
         "rm.num_workers=2", "rm.num_cpus=0.5", "rm.batch_size=4", "rm.lr=1e-3", "model.max_length=96", *extra]))
 
 
+ONLINE_ROWS = [8, 16, 20]  # the three refreshes' training rows: (fresh + replayed) x 2
+
+
 def _rows(folder) -> list[dict]:
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
@@ -45,7 +48,8 @@ def test_the_reward_model_learns_from_the_policy_it_judges_within_one_job_and_re
     assert [r["rm_refreshed_to"] for r in rows] == [1, 2, 3]
     # 4 prompts x k = 2: each group ranked costs 1 comparison; the run's budget of 10 leaves 2 for the third
     assert [r["labels_spent"] for r in rows] == [4, 4, 2] and [r["labels_total"] for r in rows] == [4, 8, 10]
-    assert rows[0]["rm_refresh_rows"] == 8  # 4 fresh + as many original rows (original_share 0.5)
+    # 4 fresh + as many original rows (original_share 0.5); then the replayed labels join the fresh
+    assert [r["rm_refresh_rows"] for r in rows] == ONLINE_ROWS
     assert all(r["rm_loss"] == r["rm_loss"] and r["rm_refresh_s"] > 0 for r in rows)
     # (NaN where every prompt's gold ties: tiny-llama's 8-token replies often score alike)
     taus = [r[key] for r in rows for key in ("rm_tau_before", "rm_tau_after")]
@@ -55,6 +59,23 @@ def test_the_reward_model_learns_from_the_policy_it_judges_within_one_job_and_re
     assert {"rm-trainer-online-0", "rm-trainer-online-1", "rollout-0", "scorer-0", "learner-0"} <= set(
         summary["placement"])
     assert all((tmp_path / "reward_models" / f"v{v}" / "model.safetensors").exists() for v in (1, 2, 3))
+
+
+def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then_stays_frozen(
+        ray_local, testbeds, tmp_path):
+    """The frozen arm of the frozen-vs-online experiment: the online run's three refreshes, with the
+    same labels and training rows, all on the initial policy's samples before step 1; every step is
+    then scored by the last version, and the served model's tau with the gold is logged each step."""
+    summary = _online(tmp_path, testbeds, "online_rm.schedule=upfront")
+    upfront = json.loads((tmp_path / "online_rm_upfront.json").read_text())
+    assert [u["rm_refreshed_to"] for u in upfront] == [1, 2, 3]
+    assert [u["labels_spent"] for u in upfront] == [4, 4, 2]
+    assert [u["rm_refresh_rows"] for u in upfront] == ONLINE_ROWS
+    assert summary["online_rm"]["upfront_refreshes"] == upfront
+    assert summary["online_rm"]["labels_spent"] == 10 and summary["online_rm"]["version"] == 3
+    rows = _rows(tmp_path)
+    assert [r["rm_version"] for r in rows] == [3, 3, 3]
+    assert not any("rm_refreshed_to" in r for r in rows) and all("rm_tau" in r for r in rows)
 
 
 def test_online_reward_training_refuses_what_it_cannot_do_yet():

@@ -101,10 +101,12 @@ class OnlineRewardTraining:
         self.rng = random.Random(derive_seed(cfg.seed, "online_rm"))
         self.version, self.model_dir = 0, cfg.reward.models[0]
 
-    def refresh(self, step: int, groups: list[PromptGroup]) -> Refresh:
-        """Ask about `groups` (a step's), train on the answers, save the next version."""
+    def refresh(self, step: int, groups: list[PromptGroup], tag: str | None = None) -> Refresh:
+        """Ask about `groups` (a step's), train on the answers, save the next version (`tag`: the
+        requests' id prefix, `step<step>` unless given)."""
         start, oc = time.monotonic(), self.oc
-        requests = select(groups, oc.selection, self.budget.allowance(), self.rng, f"step{step}")
+        requests = select(groups, oc.selection, self.budget.allowance(), self.rng,
+                          tag or f"step{step}")
         labels = self.labeller.label(requests, refresh=step)
         self.budget.charge(labels.spent)
         fresh = [for_training(r, oc.selection) for r in labels.rankings]

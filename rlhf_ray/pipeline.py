@@ -51,7 +51,24 @@ def seeds_of(cfg: Config) -> list[int]:
 
 
 def run_name(variant: str, seed: int, cfg: Config) -> str:
-    return variant if len(seeds_of(cfg)) == 1 else f"{variant}-s{seed}"
+    """A stage's folder name: the variant, with `-s<seed>` whenever the config lists its seeds (so a
+    pilot run with `pipeline.seeds=[0]` is reused by the run of every seed)."""
+    return variant if not cfg.pipeline.seeds else f"{variant}-s{seed}"
+
+
+def rloo_runs_of(cfg: Config) -> list[tuple[str, str, int, list[str]]]:
+    """Every RLOO run as (target, arm, seed, the arm's overrides), seed by seed (`arm` "": none)."""
+    pc, runs = cfg.pipeline, []
+    unknown = set(pc.rloo_arm_seeds) - set(pc.rloo_arms)
+    if unknown:
+        raise ConfigError(f"config key 'pipeline.rloo_arm_seeds': {sorted(unknown)} are not "
+                          f"pipeline.rloo_arms ({list(pc.rloo_arms)})")
+    arms = pc.rloo_arms or {"": []}
+    for seed in seeds_of(cfg):
+        for target in rloo_targets(cfg):
+            runs += [(target, arm, seed, overrides) for arm, overrides in arms.items()
+                     if seed in pc.rloo_arm_seeds.get(arm, [seed])]
+    return runs
 
 
 def rloo_targets(cfg: Config) -> list[str]:
@@ -84,9 +101,12 @@ def check_stages(cfg: Config) -> tuple[dict[tuple[str, int], Config], Config]:
         train_reward_model(rm_cfg, check_only=True)
     # the reward models do not exist yet: their backbone stands in for them in the check
     first = next(iter(rm_cfgs.values()))
-    rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, f"reward.models=[{first.model.name}]"],
-                          out / "rloo", cfg.seed)
-    run_rloo(rl_cfg, check_only=True)
+    rloo_runs_of(cfg)
+    for overrides in (pc.rloo_arms or {"": []}).values():  # each arm's config, with its own keys
+        rl_cfg = stage_config(cfg, pc.rloo, [*pc.rloo_overrides, *overrides,
+                                             f"reward.models=[{first.model.name}]"],
+                              out / "rloo", cfg.seed)
+        run_rloo(rl_cfg, check_only=True)
     return rm_cfgs, rl_cfg
 
 
@@ -152,17 +172,18 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
                                   rl_cfg.rloo.prompt_types)
 
     rloo_runs = []
-    runs = [(target, seed) for seed in seeds_of(cfg) for target in rloo_targets(cfg)]
-    for i, (target, seed) in enumerate(runs, start=1):
+    runs = rloo_runs_of(cfg)
+    for i, (target, arm, seed, arm_overrides) in enumerate(runs, start=1):
         members = [(m, seed) for m in pc.ensembles.get(target, [target])]
-        say(name, f"RLOO {i}/{len(runs)} against {run_name(target, seed, cfg)} ({pc.rloo})")
+        label = f"{target}-{arm}" if arm else target
+        say(name, f"RLOO {i}/{len(runs)} against {run_name(label, seed, cfg)} ({pc.rloo})")
         rl_cfg = stage_config(cfg, pc.rloo,
-                              [*pc.rloo_overrides,
+                              [*pc.rloo_overrides, *arm_overrides,
                                f"reward.models=[{', '.join(models[m] for m in members)}]"],
-                              out / "rloo" / run_name(target, seed, cfg), seed)
+                              out / "rloo" / run_name(label, seed, cfg), seed)
         summary = stages.reuse_or_run(rl_cfg, Path(rl_cfg.output_dir) / "summary.json",
                                       [summaries[m] for m in members], partial(run_rloo, rl_cfg))
-        rloo_runs.append({"reward_model": target, "seed": seed, "run_dir": rl_cfg.output_dir,
+        rloo_runs.append({"reward_model": label, "seed": seed, "run_dir": rl_cfg.output_dir,
                           "summary": summary})
 
     minutes = (time.monotonic() - start) / 60

@@ -84,6 +84,10 @@ class PipelineConfig(Section):
     ensembles: dict[str, list[str]] = {}
     # reward models / ensembles RLOO runs against; None: all
     rloo_against: Optional[list[str]] = None
+    # An experiment's arms: name -> RLOO overrides of its own (after rloo_overrides); each arm runs
+    # against every target and seed, as `<target>-<arm>`. Empty: one run per target and seed.
+    rloo_arms: dict[str, list[str]] = {}
+    rloo_arm_seeds: dict[str, list[int]] = {}  # arm -> the seeds it runs on (absent: every seed)
     best_of_n: bool = True  # best-of-n curves of every reward model (needs prepare.policy_samples)
     # a stage that finished with the same config and inputs is not run again
     reuse_finished: bool = True

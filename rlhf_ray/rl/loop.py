@@ -143,12 +143,13 @@ def reward_model_metrics(cfg: Config, rl, online, step: int, result: StepResult)
     """Online reward training's part of step `step`: the served reward model's Kendall tau with the
     labeller's gold on the step's samples (`rm_tau`, every step), then the refresh when one is due
     (schedule `online`, every online_rm.every steps)."""
-    from rlhf_ray.rl.online.refresh import gold_by_group, gold_tau, prompt_groups
+    from rlhf_ray.rl.online.refresh import gold_by_group, gold_tau, gold_taus, prompt_groups
 
     index = result.generation.shard_index
     groups = prompt_groups(result.batch, result.generated, result.scores, index)
     gold = gold_by_group(result.scores, index, cfg.online_rm.gold)  # the scorers computed it
-    metrics = {"rm_tau": gold_tau(groups, gold)}
+    # per prompt (in prompt_ids' order) too, so a CI over prompts can be derived
+    metrics = {"rm_tau": gold_tau(groups, gold), "rm_tau_per_prompt": gold_taus(groups, gold)}
     if cfg.online_rm.schedule == "online" and step % cfg.online_rm.every == 0:
         metrics.update(refresh_reward_model(rl, online, step, result, groups, gold))
     return metrics

@@ -76,6 +76,7 @@ def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then
     rows = _rows(tmp_path)
     assert [r["rm_version"] for r in rows] == [3, 3, 3]
     assert not any("rm_refreshed_to" in r for r in rows) and all("rm_tau" in r for r in rows)
+    assert all(len(r["rm_tau_per_prompt"]) == len(r["prompt_ids"]) == 4 for r in rows)
 
 
 def test_online_reward_training_refuses_what_it_cannot_do_yet():

@@ -65,15 +65,19 @@ def gold_by_group(scores: list[Scores], shard_index: list[list[int]], version: s
     return [by_prompt[i] for i in sorted(by_prompt)]
 
 
-def gold_tau(groups: list[PromptGroup], gold: list[list[float]]) -> float:
-    """Mean over prompts of Kendall's tau between the (first) reward model's scores and the gold's
-    (prompts whose gold or scores are all tied left out; NaN when none is left)."""
-    import math
-
+def gold_taus(groups: list[PromptGroup], gold: list[list[float]]) -> list[float]:
+    """Per prompt, Kendall's tau between the (first) reward model's scores of its samples and the
+    gold's (NaN where the gold or the scores all tie)."""
     from scipy.stats import kendalltau
 
-    taus = [kendalltau(g.scores[0], truth).statistic for g, truth in zip(groups, gold)]
-    taus = [t for t in taus if not math.isnan(t)]
+    return [float(kendalltau(g.scores[0], truth).statistic) for g, truth in zip(groups, gold)]
+
+
+def gold_tau(groups: list[PromptGroup], gold: list[list[float]]) -> float:
+    """The mean of `gold_taus` over the prompts where it is defined (NaN when none is)."""
+    import math
+
+    taus = [t for t in gold_taus(groups, gold) if not math.isnan(t)]
     return sum(taus) / len(taus) if taus else math.nan
 
 

@@ -79,8 +79,9 @@ def testbeds(tmp_path_factory):
 # the next file when it is free, so the long ones must not be left for the end.
 LONGEST_FIRST = ("test_pipeline.py", "test_resume.py", "test_storage.py", "test_first_hour.py",
                  "test_fault_tolerance.py", "test_rm_training.py", "test_benchmarks.py", "test_eval_rm.py",
-                 "test_ray_jobs.py", "test_rloo_loop.py", "test_overlap.py",
-                 "test_weight_sync.py", "test_colocation.py", "test_gpu_placement.py", "test_trainer_losses.py")
+                 "test_weight_sync.py", "test_online_rm.py", "test_device_moves.py", "test_ray_jobs.py",
+                 "test_rloo_loop.py", "test_overlap.py", "test_weight_sync_tp.py", "test_colocation.py",
+                 "test_gpu_placement.py", "test_trainer_losses.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -55,3 +55,54 @@ def scrape_metrics(names: list[str], run: str, timeout_s: float = 90, expect: di
         time.sleep(2)
     raise AssertionError(f"metrics endpoint after {timeout_s} s: missing {sorted(set(names) - set(found))}, "
                          f"got {found}, expected {expect}")
+
+
+# what a weight transport needs beside its name: ipc maps rank i's memory, so worker i shares its machine
+SYNC_NEEDS = {"ipc": ["rollout.colocate_with_learner=true"]}
+
+
+def check_sync(testbeds, tmp_path, transport: str, tp: int, learner_ranks: int) -> None:
+    """Generate, learn one step, sync with `transport` to engines of `tp` workers, then vLLM's
+    log-probs of fresh samples equal the learner's."""
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_ray.models.aliases import resolve_model
+    from rlhf_ray.rl.actors import RLActors
+    from rlhf_ray.rl.logprobs import pack, response_logprobs
+    from rlhf_ray.config import load_config
+    from rlhf_ray.rl.prompts import encode_prompts, load_prompts
+
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", f"data.dir={testbeds}", *TINY_RLOO, "rollout.max_new_tokens=6",
+        f"rollout.num_workers={2 if tp == 1 else 1}", f"rollout.tensor_parallel_size={tp}",
+        f"rollout.sync={transport}", *SYNC_NEEDS.get(transport, []),
+        "rollout.sync_bucket_mb=1", "rollout.temperature=0.7",
+        f"learner.num_workers={learner_ranks}", "learner.zero_stage=3", "learner.lr=1e-3", "rloo.prompts_per_step=2",
+        "reward.models=[tiny-llama]", "scorer.num_workers=1"])
+    prompts = load_prompts(cfg)[:2]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-llama"))
+    ids = encode_prompts(tokenizer, prompts, 64)
+    rl = RLActors(cfg, total_steps=2)
+    try:
+        generation = rl.finish_generation(rl.generate(ids, 1))
+        rl.learn(generation, rl.score(generation, prompts))  # the policy moves away from the workers' copy
+        synced = rl.sync(1)
+        policy = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-llama"))
+        largest = max(p.numel() * p.element_size() for p in policy.parameters())
+        assert 0 < synced.gathered_peak_bytes <= 2**20 + largest  # one bucket, or one larger tensor
+        assert all(r["buckets"] > 3 and r["version"] == 1 for r in synced.loaded)
+        if transport == "collective":  # every worker of the engine received every bucket itself
+            assert [r["workers"] for r in synced.loaded] == [tp] * len(synced.loaded)
+        rl.save_policy(str(tmp_path / "policy"))
+        learner = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").eval()
+        after = rl.finish_generation(rl.generate(ids, 2))
+        for rollouts in ray.get(after.refs):
+            assert rollouts.weights_version == 1
+            with torch.no_grad():
+                mine, _ = response_logprobs(learner, pack(rollouts, pad_id=0), temperature=0.7)
+            for row, logprobs in enumerate(rollouts.logprobs):  # vLLM's, after temperature (processed)
+                torch.testing.assert_close(torch.tensor(logprobs), mine[row, : len(logprobs)], atol=2e-4, rtol=0)
+    finally:
+        rl.shutdown()

@@ -66,7 +66,7 @@ def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then
     """The frozen arm of the frozen-vs-online experiment: the online run's three refreshes, with the
     same labels and training rows, all on the initial policy's samples before step 1; every step is
     then scored by the last version, and the served model's tau with the gold is logged each step."""
-    summary = _online(tmp_path, testbeds, "online_rm.schedule=upfront")
+    summary = _online(tmp_path, testbeds, "online_rm.schedule=upfront", "rm.num_workers=1")
     upfront = json.loads((tmp_path / "online_rm_upfront.json").read_text())
     assert [u["rm_refreshed_to"] for u in upfront] == [1, 2, 3]
     assert [u["labels_spent"] for u in upfront] == [4, 4, 2]

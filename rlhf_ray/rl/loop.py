@@ -164,10 +164,13 @@ def refresh_reward_model(rl, online, step: int, result: StepResult, groups, gold
     from rlhf_ray.rl.online.refresh import gold_tau, prompt_groups
 
     done = online.refresh(step, groups, tag)
-    rl.load_reward_model(done.model_dir, done.version)
-    rescored = ray.get(rl.score(result.generation, result.batch))
     if done.note:
         print(f"[rloo] reward-model refresh {tag or step}: {done.note}", file=sys.stderr, flush=True)
+    if done.skipped:  # the scorers go on with the version they serve
+        return {"rm_refresh_skipped": done.skipped, "labels_spent": done.spent,
+                "labels_total": done.spent_total, "rm_refresh_s": done.seconds}
+    rl.load_reward_model(done.model_dir, done.version)
+    rescored = ray.get(rl.score(result.generation, result.batch))
     index = result.generation.shard_index
     return {"rm_refreshed_to": done.version, "labels_spent": done.spent, "labels_total": done.spent_total,
             "rm_refresh_rows": done.rows, "rm_refresh_s": done.seconds,
@@ -197,7 +200,7 @@ def refresh_upfront(cfg: Config, rl, online, plan: RunPlan, encode) -> list[dict
         gold = gold_by_group(result.scores, index, cfg.online_rm.gold)
         done.append({"refresh": n, **refresh_reward_model(rl, online, 0, result, groups, gold,
                                                           f"upfront{n}")})
-        print(f"[rloo] upfront reward-model refresh {n}/{count}: version {done[-1]['rm_refreshed_to']}, "
+        print(f"[rloo] upfront reward-model refresh {n}/{count}: version {online.version}, "
               f"{done[-1]['labels_total']} labels", file=sys.stderr, flush=True)
     return done
 

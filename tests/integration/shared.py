@@ -106,3 +106,17 @@ def check_sync(testbeds, tmp_path, transport: str, tp: int, learner_ranks: int) 
                 torch.testing.assert_close(torch.tensor(logprobs), mine[row, : len(logprobs)], atol=2e-4, rtol=0)
     finally:
         rl.shutdown()
+
+
+def wait_for_step(out, step, thread, result, timeout_s=300):
+    """Until `out`/metrics.jsonl has step `step` (the run in `thread` writing it; `result` holds its
+    error if it stops)."""
+    import json
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and thread.is_alive():
+        path = out / "metrics.jsonl"
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} was not logged: {result.get('error')!r}")

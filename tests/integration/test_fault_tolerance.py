@@ -4,7 +4,6 @@ and every prompt batch is consumed exactly once, in order; a killed learner then
 message naming it and the checkpoint to resume from."""
 import json
 import threading
-import time
 
 import pytest
 
@@ -12,7 +11,7 @@ from rlhf_ray.cluster import ActorGroupError
 from rlhf_ray.config import load_config
 from rlhf_ray.rl.loop import run_rloo
 from rlhf_ray.rl.prompts import PromptLoader, load_prompts
-from tests.integration.shared import TINY_RLOO
+from tests.integration.shared import TINY_RLOO, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +38,6 @@ def _in_thread(cfg):
     return thread, result
 
 
-def _wait_for_step(out, step, thread, result, timeout_s=300):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and thread.is_alive():
-        path = out / "metrics.jsonl"
-        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} was not logged: {result.get('error')!r}")
-
-
 def test_killed_rollout_worker_and_scorer_are_restarted_and_a_killed_learner_ends_the_run(ray_local, testbeds,
                                                                                          tmp_path):
     """One run (actor start-up is most of a run's time here): the rollout worker killed mid-generation of
@@ -58,11 +47,11 @@ def test_killed_rollout_worker_and_scorer_are_restarted_and_a_killed_learner_end
 
     cfg = _cfg(tmp_path, testbeds, "rloo.overlap=true", "rloo.save_every=1", "rloo.steps=40")
     thread, result = _in_thread(cfg)  # overlap: the next batch generating while this one learns
-    _wait_for_step(tmp_path, 1, thread, result)
+    wait_for_step(tmp_path, 1, thread, result)
     ray.kill(ray.get_actor("rollout-1"), no_restart=False)  # mid-generation of step 2's batch
-    _wait_for_step(tmp_path, 2, thread, result)
+    wait_for_step(tmp_path, 2, thread, result)
     ray.kill(ray.get_actor("scorer-0"), no_restart=False)
-    _wait_for_step(tmp_path, 4, thread, result)  # the restarted scorer scored steps 3 and 4
+    wait_for_step(tmp_path, 4, thread, result)  # the restarted scorer scored steps 3 and 4
     ray.kill(ray.get_actor("learner-0"), no_restart=True)
     thread.join(timeout=300)
 

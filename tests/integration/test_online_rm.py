@@ -4,12 +4,13 @@ ranks that step's samples, the trainers take a warm-started step on them (with t
 rows), and every scorer scores the next step with the new version, which the step's metrics and every
 sample record."""
 import json
+import threading
 
 import pytest
 
 from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.rl.loop import run_rloo
-from tests.integration.shared import TINY_RLOO
+from tests.integration.shared import TINY_RLOO, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,40 @@ def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then
     assert [r["rm_version"] for r in rows] == [3, 3, 3]
     assert not any("rm_refreshed_to" in r for r in rows) and all("rm_tau" in r for r in rows)
     assert all(len(r["rm_tau_per_prompt"]) == len(r["prompt_ids"]) == 4 for r in rows)
+
+
+def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarted_group_goes_on(
+        ray_local, testbeds, tmp_path):
+    """rm-trainer-online-0 killed after step 1: the next refresh is skipped with the reason logged (the
+    scorers keep their version), the trainers come back warm-started from the served version, the
+    skipped refresh's labels stay in the replay buffer, and the later refreshes make the next versions;
+    the run ends normally having spent its whole budget."""
+    import ray
+
+    result, done = {}, threading.Event()
+
+    def run():
+        try:
+            result["summary"] = _online(tmp_path, testbeds, "rloo.steps=4", "online_rm.budget_total=16")
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            result["error"] = err
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_for_step(tmp_path, 1, thread, result)
+    ray.kill(ray.get_actor("rm-trainer-online-0"), no_restart=True)
+    thread.join(timeout=600)
+    assert "summary" in result, result
+    rows = _rows(tmp_path)
+    skipped = [r for r in rows if "rm_refresh_skipped" in r]
+    # the kill lands before step 2's refresh (steps take seconds); under load it may land later
+    assert len(skipped) == 1 and "rm-trainer-online-0" in skipped[0]["rm_refresh_skipped"], skipped
+    after = [r for r in rows if r["step"] > skipped[0]["step"]]
+    versions = [r["rm_refreshed_to"] for r in rows if "rm_refreshed_to" in r]
+    assert versions == list(range(1, len(versions) + 1)) and len(versions) == 3
+    assert all(r["rm_version"] == r["step"] - 2 for r in after)  # one version behind the step count
+    assert rows[-1]["labels_total"] == 16 and result["summary"]["online_rm"]["version"] == 3
 
 
 def test_online_reward_training_refuses_what_it_cannot_do_yet():

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf_ray.cluster import ActorGroupError
 from rlhf_ray.config import Config
 from rlhf_ray.data.loaders import labelling_gold, load_split
 from rlhf_ray.data.schema import Ranking
@@ -24,7 +25,8 @@ from rlhf_ray.utils.seeds import derive_seed
 class Refresh:
     """One refresh: the version it made and where that is saved, the comparisons it spent and the
     run's total so far, the labeller's note (fewer answers than asked), the rows it trained on, the
-    trainers' metrics of its last optimizer step (empty: no step) and its seconds."""
+    trainers' metrics of its last optimizer step (empty: no step), its seconds, and why it made no
+    version, if it did not."""
 
     version: int
     model_dir: str
@@ -34,6 +36,17 @@ class Refresh:
     rows: int
     train: dict
     seconds: float
+    skipped: str = ""  # why no version was made (an RM trainer died: the group was restarted)
+
+
+def _alive(name: str) -> bool:
+    import ray
+
+    try:
+        ray.get_actor(name)
+        return True
+    except ValueError:
+        return False
 
 
 def _jsonable(rng_state: tuple) -> list:
@@ -81,22 +94,21 @@ def gold_tau(groups: list[PromptGroup], gold: list[list[float]]) -> float:
     return sum(taus) / len(taus) if taus else math.nan
 
 
-def trainer_config(cfg: Config) -> Config:
-    """The RM trainers' config in the RL job: train-rm's sections, warm-started from the reward
-    model being served, at a constant learning rate (a refresh is not a run with an end)."""
+def trainer_config(cfg: Config, warm_start: str) -> Config:
+    """The RM trainers' config in the RL job: train-rm's sections, warm-started from `warm_start`
+    (the reward model being served), at a constant learning rate (a refresh is not a run with an
+    end)."""
     return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"name": cfg.reward.models[0]}),
+        "model": cfg.model.model_copy(update={"name": warm_start}),
         "rm": cfg.rm.model_copy(update={"schedule": "constant", "warmup_ratio": 0.0})})
 
 
 class OnlineRewardTraining:
     def __init__(self, cfg: Config, setup, stored: str):
         """`stored`: the run's storage folder, where each version is saved (every scorer reads it)."""
-        from rlhf_ray.rm.actor import RMTrainerGroup
-
         oc = self.oc = cfg.online_rm
-        self.cfg, self.stored = trainer_config(cfg), stored
-        self.trainers = RMTrainerGroup(self.cfg, total_steps=1 << 30, tag="online", setup=setup)
+        self.cfg, self.stored, self.setup = trainer_config(cfg, cfg.reward.models[0]), stored, setup
+        self.trainers = self._start_trainers(self.cfg)
         self.labeller = (GoldLabeller(labelling_gold(oc.gold)) if oc.labeller == "gold" else
                          QueueLabeller(Path(cfg.output_dir) / "labels", oc.queue_timeout_s))
         self.budget = LabelBudget(oc.budget_total, oc.budget_per_refresh)
@@ -104,6 +116,31 @@ class OnlineRewardTraining:
         self.original: list[Ranking] = load_split(self.cfg, "train") or []
         self.rng = random.Random(derive_seed(cfg.seed, "online_rm"))
         self.version, self.model_dir = 0, cfg.reward.models[0]
+
+    def _start_trainers(self, cfg: Config):
+        from rlhf_ray.rm.actor import RMTrainerGroup
+
+        return RMTrainerGroup(cfg, total_steps=1 << 30, tag="online", setup=self.setup)
+
+    def _restart_trainers(self) -> None:
+        """A new group, warm-started from the version being served (the optimizer's moments start
+        afresh), once the old group's actors are gone (their names are reused)."""
+        names = self.trainers.group.names
+        self.trainers.shutdown()
+        deadline = time.monotonic() + 60
+        while any(_alive(name) for name in names) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.trainers = self._start_trainers(trainer_config(self.cfg, self.model_dir))
+
+    def _train_and_save(self, rows: list[Ranking]) -> dict:
+        size, metrics = self.cfg.rm.batch_size, {}
+        for _ in range(self.oc.passes):  # whole batches only: every rank gets its share of each
+            for b in range(len(rows) // size):
+                metrics = self.trainers.train_step(rows[b * size:(b + 1) * size])
+        self.model_dir = self.trainers.save(storage.join(self.stored, "reward_models",
+                                                         f"v{self.version + 1}"))
+        self.version += 1
+        return metrics
 
     def refresh(self, step: int, groups: list[PromptGroup], tag: str | None = None) -> Refresh:
         """Ask about `groups` (a step's), train on the answers, save the next version (`tag`: the
@@ -115,16 +152,17 @@ class OnlineRewardTraining:
         self.budget.charge(labels.spent)
         fresh = [for_training(r, oc.selection) for r in labels.rankings]
         rows = training_mix(fresh, self.replay, self.original, oc.original_share, self.rng)
-        self.replay.add(fresh, step)
-        size, metrics = self.cfg.rm.batch_size, {}
-        for _ in range(oc.passes):  # whole batches only: every rank gets its share of each
-            for b in range(len(rows) // size):
-                metrics = self.trainers.train_step(rows[b * size:(b + 1) * size])
-        self.version += 1
-        self.model_dir = self.trainers.save(storage.join(self.stored, "reward_models",
-                                                         f"v{self.version}"))
-        return Refresh(self.version, self.model_dir, labels.spent, self.budget.spent, labels.note,
-                       len(rows), metrics, time.monotonic() - start)
+        self.replay.add(fresh, step)  # before training: a refresh that fails keeps its labels
+        try:
+            metrics, skipped = self._train_and_save(rows), ""
+        except ActorGroupError as err:
+            skipped = (f"refresh skipped: {err}; the RM trainers were restarted from version "
+                       f"{self.version}, and this refresh's {len(fresh)} labels are kept for the next")
+            metrics = {}
+            self._restart_trainers()
+        note = "; ".join(x for x in (labels.note, skipped) if x)
+        return Refresh(self.version, self.model_dir, labels.spent, self.budget.spent, note,
+                       len(rows), metrics, time.monotonic() - start, skipped)
 
     # the checkpoint's part: the trainers' DeepSpeed state (`save_state` into `engine/online_rm/`
     # of the step's folder) and the rest as JSON in its state.json

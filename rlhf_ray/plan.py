@@ -326,7 +326,7 @@ def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list
                               count=len(reward.models))
         rollout, learner = rollout_plan(cfg, machine), learner_plan(cfg)
         # online reward training: the RM trainers in the same job
-        online = [rm_trainer_plan(trainer_config(cfg))] if cfg.online_rm.enabled else []
+        online = [rm_trainer_plan(trainer_config(cfg, cfg.reward.models[0]))] if cfg.online_rm.enabled else []
         if cfg.rollout.colocate_with_learner and rollout.on_gpu and learner.on_gpu:
             return [rollout, scorers, learner, colocated_plan(cfg, rollout, learner), *online]
         return [rollout, scorers, learner, *online]

@@ -96,7 +96,8 @@ def test_specs_give_run_storage_and_zero3_groups_that_fit_a_node_pack_on_it():
     for pod in pods:  # one ReadWriteMany volume at /shared in every pod: storage every node sees
         assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
         assert any(m["mountPath"] == "/shared" for c in pod["containers"] for m in c["volumeMounts"])
-    for recipe in ("rm_gpu_cluster.yaml", "paper_bsr_rm.yaml", "paper_rloo_gpu.yaml"):
+    for recipe in ("rm_gpu_cluster.yaml", "paper_bsr_rm.yaml", "paper_rloo_gpu.yaml",
+                   "paper_rloo_gpu_online.yaml"):
         cfg = load_config(ROOT / "configs" / recipe)
         for group in (cfg.rm, cfg.learner):
             if group.zero_stage == 3 and group.num_workers * group.num_gpus <= 8:

@@ -34,6 +34,7 @@ def test_checkpointing_and_token_budgets_shrink_activations_and_chunks_bound_the
 
 
 @pytest.mark.parametrize("recipe, job", [("configs/paper_rloo_gpu.yaml", "rloo"),
+                                         ("configs/paper_rloo_gpu_online.yaml", "rloo"),
                                          ("configs/rm_gpu_cluster.yaml", "train-rm"),
                                          ("configs/paper_bsr_rm.yaml", "train-rm")])
 def test_the_gpu_recipes_fit_80_gb(recipe, job):
@@ -150,6 +151,11 @@ def test_a_tensor_parallel_cpu_engine_counts_a_kv_cache_and_a_process_per_worker
                              Machine(80)) for t in (1, 2))
     assert two.terms["KV cache"] == 2 * one.terms["KV cache"] and two.terms["weights"] == one.terms["weights"]
     assert two.host["process"] == one.host["process"] + VLLM_TP_WORKER_HOST
+
+
+def test_the_online_gpu_recipe_places_four_rm_trainer_ranks_on_gpus_of_their_own():
+    groups = {g.group: g for g in plan_groups(load_config("configs/paper_rloo_gpu_online.yaml"), "rloo")}
+    assert groups["rm"].actors == 4 and groups["rm"].on_gpu and "paper_bsr_rm_qwen25_3b" in groups["rm"].what
 
 
 def test_online_reward_training_adds_the_rm_trainers_to_the_rloo_plan():

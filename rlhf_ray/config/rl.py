@@ -202,6 +202,11 @@ class OnlineRMConfig(Section):
     original_share: float = Field(0.5, ge=0, lt=1)  # of each refresh's rows, the original data
     replay_capacity: int = Field(4096, ge=1)  # earlier labels kept, the newest
     passes: int = Field(1, ge=1)  # over each refresh's rows
+    # Steps a refresh may train while the run goes on, scored by the previous version: 0, it ends
+    # before the next step is scored (the reward model never lags); 1, the next step is generated,
+    # scored by the previous version and learned while it trains, and the step after waits for it.
+    # Above 0, which step a version first scores depends on timing (samples.jsonl says which).
+    max_staleness: int = Field(0, ge=0)
 
 
 class RLOOConfig(Section):

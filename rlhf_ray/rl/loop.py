@@ -4,7 +4,6 @@ then the final policy and the summary."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +13,16 @@ from rlhf_ray.config import Config, dump_config
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rl.held_out import HeldOutCurve, eval_k, held_out_point_of, keep_best
+from rlhf_ray.rl.online.driver import RefreshDriver, upfront_refreshes
+from rlhf_ray.rl.online.refresh import OnlineRewardTraining
 from rlhf_ray.rl.overlap import GenerationQueue
-from rlhf_ray.rl.phases import Generated, Generation, Scores
+from rlhf_ray.rl.phases import StepResult
 from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
 from rlhf_ray.rl.step_metrics import step_metrics, write_samples
 from rlhf_ray.rl.sync import transport_class
 from rlhf_ray.utils import storage
-from rlhf_ray.utils.atomic import atomic_write_bytes
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
-from rlhf_ray.utils.seeds import derive_seed
 from rlhf_ray.utils.train_state import Checkpoints
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
@@ -41,18 +40,6 @@ class RunPlan:
     stored: str
     checkpoints: Checkpoints
     resume_from: tuple | None
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """One step: its prompts, samples (refs), what the driver read of them, their scores, its
-    metrics."""
-
-    batch: list[dict]
-    generation: Generation
-    generated: list[Generated]
-    scores: list[Scores]
-    metrics: dict
 
 
 def timed(phase, *args):
@@ -139,85 +126,6 @@ def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int, baselines=None
     return StepResult(batch, generation, generated, scores, metrics)
 
 
-def reward_model_metrics(cfg: Config, rl, online, step: int, result: StepResult) -> dict:
-    """Online reward training's part of step `step`: the served reward model's Kendall tau with the
-    labeller's gold on the step's samples (`rm_tau`, every step), then the refresh when one is due
-    (schedule `online`, every online_rm.every steps)."""
-    from rlhf_ray.rl.online.refresh import gold_by_group, gold_tau, gold_taus, prompt_groups
-
-    index = result.generation.shard_index
-    groups = prompt_groups(result.batch, result.generated, result.scores, index)
-    gold = gold_by_group(result.scores, index, cfg.online_rm.gold)  # the scorers computed it
-    # per prompt (in prompt_ids' order) too, so a CI over prompts can be derived
-    metrics = {"rm_tau": gold_tau(groups, gold), "rm_tau_per_prompt": gold_taus(groups, gold)}
-    if cfg.online_rm.schedule == "online" and step % cfg.online_rm.every == 0:
-        metrics.update(refresh_reward_model(rl, online, step, result, groups, gold))
-    return metrics
-
-
-def refresh_reward_model(rl, online, step: int, result: StepResult, groups, gold,
-                         tag: str | None = None) -> dict:
-    """Label some of `result`'s samples, train, and have every scorer score the next steps with the
-    new version; the reward model's tau with the gold on these samples before and after."""
-    import ray
-
-    from rlhf_ray.rl.online.refresh import gold_tau, prompt_groups
-
-    done = online.refresh(step, groups, tag)
-    if done.note:
-        print(f"[rloo] reward-model refresh {tag or step}: {done.note}", file=sys.stderr, flush=True)
-    if done.skipped:  # the scorers go on with the version they serve
-        return {"rm_refresh_skipped": done.skipped, "labels_spent": done.spent,
-                "labels_total": done.spent_total, "rm_refresh_s": done.seconds}
-    rl.load_reward_model(done.model_dir, done.version)
-    rescored = ray.get(rl.score(result.generation, result.batch))
-    index = result.generation.shard_index
-    return {"rm_refreshed_to": done.version, "labels_spent": done.spent, "labels_total": done.spent_total,
-            "rm_refresh_rows": done.rows, "rm_refresh_s": done.seconds,
-            "rm_tau_before": gold_tau(groups, gold),
-            "rm_tau_after": gold_tau(prompt_groups(result.batch, result.generated, rescored, index), gold),
-            **{f"rm_{key}": done.train[key] for key in ("loss", "accuracy") if key in done.train}}
-
-
-def refresh_upfront(cfg: Config, rl, online, plan: RunPlan, encode) -> list[dict]:
-    """online_rm.schedule `upfront` (the frozen arm): the refreshes an online run would make, all
-    before step 1, each on a batch of the initial policy's samples; the prompts come in an order of
-    their own, so the training batches are the online run's. Returns each refresh's metrics."""
-    import ray
-
-    from rlhf_ray.rl.online.refresh import gold_by_group, prompt_groups
-
-    loader = PromptLoader(plan.prompts, cfg.rloo.prompts_per_step,
-                          derive_seed(cfg.seed, "upfront"))
-    count, done = cfg.rloo.steps // cfg.online_rm.every, []
-    for n in range(1, count + 1):
-        batch = loader.next()
-        generation = rl.finish_generation(rl.generate(encode(batch), n, stream="upfront"))
-        result = StepResult(batch, generation, ray.get(generation.generated),
-                            ray.get(rl.score(generation, batch)), {})
-        index = generation.shard_index
-        groups = prompt_groups(batch, result.generated, result.scores, index)
-        gold = gold_by_group(result.scores, index, cfg.online_rm.gold)
-        done.append({"refresh": n, **refresh_reward_model(rl, online, 0, result, groups, gold,
-                                                          f"upfront{n}")})
-        print(f"[rloo] upfront reward-model refresh {n}/{count}: version {online.version}, "
-              f"{done[-1]['labels_total']} labels", file=sys.stderr, flush=True)
-    return done
-
-
-def upfront_refreshes(cfg: Config, rl, online, plan: RunPlan, encode) -> list[dict]:
-    """The upfront schedule's refreshes: run on a fresh run (and saved to the run folder), read
-    back on a resumed one (the checkpoint holds the reward model they made); none otherwise."""
-    path = Path(cfg.output_dir) / "online_rm_upfront.json"
-    if cfg.online_rm.schedule != "upfront":
-        return []
-    if plan.resume_from is not None:
-        return json.loads(path.read_text()) if path.exists() else []
-    done = refresh_upfront(cfg, rl, online, plan, encode)
-    atomic_write_bytes(path, json.dumps(done, indent=2).encode())
-    return done
-
-
 def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutCurve,
                     online=None) -> None:
     """The learner's state (and the online RM trainers', replay buffer and label spend) at `step`."""
@@ -232,27 +140,32 @@ def save_checkpoint(rl, plan: RunPlan, step: int, position: int, curve: HeldOutC
 
 
 def train(cfg: Config, rl, plan: RunPlan, curve: HeldOutCurve, log: RunLogger, encode,
-          done: int, baselines=None, online=None) -> int:
+          done: int, baselines=None, refreshes=None) -> int:
     """Steps done+1 .. rloo.steps, or until the monitor stops the run; returns the last step run.
-    `online`: the RM trainers of online reward training, refreshed every online_rm.every steps."""
+    `refreshes`: online reward training's `RefreshDriver` (a refresh every online_rm.every steps)."""
     out, run = Path(cfg.output_dir), cfg.rloo
     queue = GenerationQueue(rl, plan.loader, encode, run.generation_lag, run.steps)
     step = done
     for step in range(done + 1, run.steps + 1):
         result = rloo_step(cfg, rl, queue, step, baselines)
-        if online is not None:
-            result.metrics.update(reward_model_metrics(cfg, rl, online, step, result))
+        if refreshes is not None:  # a checkpoint and the run's end hold no refresh in flight
+            result.metrics.update(refreshes.after_step(step, result,
+                                                       step == run.steps or _saves(run, step)))
         write_samples(out / "samples.jsonl", step, result.batch, result.generated, result.scores,
                       result.generation.shard_index)
         log.log(step, {**result.metrics, "prompt_ids": [p["prompt_id"] for p in result.batch]})
         if curve.due(step):  # the over-optimisation curve
             curve.observe(step)
-        if run.save_every and step % run.save_every == 0 and step < run.steps:
+        if _saves(run, step):
             save_checkpoint(rl, plan, step, queue.resume_position(run.prompts_per_step), curve,
-                            online)
+                            refreshes.online if refreshes else None)
         if curve.stops:
             break
     return step
+
+
+def _saves(run, step: int) -> bool:
+    return bool(run.save_every) and step % run.save_every == 0 and step < run.steps
 
 
 def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_step: int,
@@ -290,10 +203,9 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens, cfg.policy.system_prompt)
 
     setup = connect(cfg.ray, out / "logs")
-    rl, log, online = RLActors(cfg, cfg.rloo.steps, setup), None, None
+    rl, log, online, refreshes = RLActors(cfg, cfg.rloo.steps, setup), None, None, None
     try:
         if cfg.online_rm.enabled:  # the RM trainers beside the other three roles
-            from rlhf_ray.rl.online.refresh import OnlineRewardTraining
 
             online = OnlineRewardTraining(cfg, setup, plan.stored)
         baselines = None  # LSC / PAR's: the initial policy's rewards, by prompt id
@@ -301,11 +213,13 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             every = plan.prompts + plan.held_out
             baselines = rl.reference_rewards(encode(every), every)
         # the frozen arm's refreshes, before the step-0 evaluation scores with them
-        upfront = upfront_refreshes(cfg, rl, online, plan, encode) if online is not None else []
+        upfront = (upfront_refreshes(cfg, rl, online, plan.prompts, encode,
+                                     plan.resume_from is not None) if online is not None else [])
         done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
         truncate_jsonl(out / "samples.jsonl", done or None)
-        last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, online)
+        refreshes = RefreshDriver(cfg, rl, online) if online is not None else None
+        last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, refreshes)
         policy, after = curve.final(last_step)
         placement = {**rl.placement(), **(online.placement() if online else {})}
     except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
@@ -316,6 +230,8 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     finally:
         if log is not None:
             log.close()
+        if refreshes is not None:
+            refreshes.shutdown()
         if online is not None:
             online.shutdown()
         rl.shutdown()

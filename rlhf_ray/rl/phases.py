@@ -82,3 +82,15 @@ class LearnerStats:
     learn_s: float
     entropy: float | None = None
     correction: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step: its prompts, samples (refs), what the driver read of them, their scores, its
+    metrics."""
+
+    batch: list[dict]
+    generation: Generation
+    generated: list[Generated]
+    scores: list[Scores]
+    metrics: dict

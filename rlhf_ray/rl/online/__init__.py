@@ -5,7 +5,8 @@ labels on the current policy's samples.
     labellers.py  gold and queue labellers behind one interface; the label budget
     replay.py     what a refresh trains on: fresh labels, earlier ones, the original data
     refresh.py    the RM trainer group in the job and one refresh of it
+    driver.py     the driver's side: when a refresh starts, runs beside the steps and is loaded;
+                  the upfront schedule (the frozen arm)
 
-The driver's side is `rl/loop.py` `refresh_reward_model`; what is not built yet: README, Online
-reward training.
+What is not built yet: README, Online reward training.
 """

@@ -28,7 +28,7 @@ host too. Per node: each group's actors that share one node (a GPU group as many
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rlhf_ray.config import Config, ConfigError
 from rlhf_ray.models.architectures import Architecture, architecture
@@ -327,6 +327,11 @@ def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list
         rollout, learner = rollout_plan(cfg, machine), learner_plan(cfg)
         # online reward training: the RM trainers in the same job
         online = [rm_trainer_plan(trainer_config(cfg, cfg.reward.models[0]))] if cfg.online_rm.enabled else []
+        if cfg.online_rm.enabled and cfg.online_rm.labeller == "judge":  # the judge's own actors
+            judge = cfg.online_rm.judge
+            online.append(replace(scorer_plan(judge.model, "online_rm.judge.model", judge.dtype,
+                                              judge.max_length, judge), group="judge",
+                                  what="the judge (a reward model ranking label requests)"))
         if cfg.rollout.colocate_with_learner and rollout.on_gpu and learner.on_gpu:
             return [rollout, scorers, learner, colocated_plan(cfg, rollout, learner), *online]
         return [rollout, scorers, learner, *online]

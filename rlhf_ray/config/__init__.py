@@ -10,7 +10,7 @@ they live: `base` (what sections are made of), `rm`, `rl` and `stages` (each rol
 from rlhf_ray.config.base import ActorGroupConfig, ConfigError, PretrainedConfig, RayConfig, Section
 from rlhf_ray.config.loading import (MOVED_KEYS, apply_overrides, config_from_dict, dump_config,
                                      find_config, load_config)
-from rlhf_ray.config.rl import (LearnerConfig, MonitorConfig, OnlineRMConfig, PolicyConfig,
+from rlhf_ray.config.rl import (JudgeConfig, LearnerConfig, MonitorConfig, OnlineRMConfig, PolicyConfig,
                                 RewardConfig, RLOOConfig, RolloutConfig, ScorerConfig)
 from rlhf_ray.config.rm import (BSRConfig, DataConfig, EvalConfig, LossConfig, ModelConfig,
                                 PromptAwareConfig, RMConfig, UtilityConfig)
@@ -24,7 +24,8 @@ __all__ = ["ActorGroupConfig", "BSRConfig", "BonConfig", "Config", "ConfigError"
            "ModelConfig",
            "MonitorConfig", "PipelineConfig", "PolicyConfig", "PolicySamplesConfig",
            "PrepareConfig",
-           "OnlineRMConfig", "PretrainedConfig", "PromptAwareConfig", "RLOOConfig", "RMConfig", "RayConfig",
+           "JudgeConfig", "OnlineRMConfig", "PretrainedConfig", "PromptAwareConfig", "RLOOConfig",
+           "RMConfig", "RayConfig",
            "RewardConfig",
            "RolloutConfig", "ScorerConfig", "Section", "UtilityConfig", "apply_overrides",
            "config_from_dict", "dump_config", "find_config", "load_config"]

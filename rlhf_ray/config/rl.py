@@ -177,6 +177,18 @@ class MonitorConfig(Section):
     kl_factor: float = Field(2.0, gt=1)  # raise_kl multiplies learner.beta by this
 
 
+class JudgeConfig(ActorGroupConfig):
+    """The model judge of online reward training (`online_rm.labeller: judge`): a reward model
+    (checkpoint, alias or hub id) on actors of its own (`judge-<i>`) that ranks each request's
+    responses by its reward. A judge that fails or takes longer than `timeout_s` costs the refresh
+    its fresh labels, never the run."""
+
+    model: Optional[str] = None
+    max_length: int = Field(256, ge=8)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    timeout_s: float = Field(300.0, gt=0)
+
+
 class OnlineRMConfig(Section):
     """Online reward training (issue 27): the reward-model trainers (the `rm` section: ranks,
     optimizer, ZeRO; `model` and `loss` as train-rm's, warm-started from `reward.models[0]`) live in
@@ -193,7 +205,8 @@ class OnlineRMConfig(Section):
     schedule: Literal["online", "upfront"] = "online"
     # which samples to ask about (rl/online/requests.py)
     selection: Literal["best_vs_worst", "random", "disagreement"] = "best_vs_worst"
-    labeller: Literal["gold", "queue"] = "gold"
+    labeller: Literal["gold", "queue", "judge"] = "gold"
+    judge: JudgeConfig = JudgeConfig()  # the `judge` labeller's model and actors
     gold: Literal["v1", "v2"] = "v2"  # the gold labeller's version
     queue_timeout_s: float = Field(600.0, gt=0)  # the queue labeller goes on without answers after
     # comparisons (ranking k responses costs k - 1): for the run (None: no limit) and per refresh
@@ -207,6 +220,13 @@ class OnlineRMConfig(Section):
     # scored by the previous version and learned while it trains, and the step after waits for it.
     # Above 0, which step a version first scores depends on timing (samples.jsonl says which).
     max_staleness: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _judge_names_its_model(self):
+        if self.labeller == "judge" and not self.judge.model:
+            raise ValueError("online_rm.labeller=judge: set online_rm.judge.model to the reward model "
+                             "that judges (a checkpoint, an alias or a hub id)")
+        return self
 
 
 class RLOOConfig(Section):

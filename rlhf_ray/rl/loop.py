@@ -70,7 +70,9 @@ def plan_run(cfg: Config) -> RunPlan:
     resume_from = checkpoints.resume_point(cfg.resume)
     transport_class(cfg.rollout.sync).check(cfg.rollout, cfg.learner)
     groups = {"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner}
-    check_placement({**groups, **({"rm": cfg.rm} if cfg.online_rm.enabled else {})},
+    online = cfg.online_rm
+    check_placement({**groups, **({"rm": cfg.rm} if online.enabled else {}),
+                     **({"judge": online.judge} if online.enabled and online.labeller == "judge" else {})},
                     cluster_nodes(cfg.ray))
     return RunPlan(prompts, held_out, loader, stored, checkpoints, resume_from)
 

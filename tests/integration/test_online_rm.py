@@ -114,6 +114,39 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     assert rows[-1]["labels_total"] == 16 and result["summary"]["online_rm"]["version"] == 3
 
 
+def test_the_judge_ranks_by_its_reward_on_its_own_actors_and_a_dead_judge_costs_labels_not_the_run(ray_local):
+    """The `judge` labeller: a reward model on actors of its own ranks each request's responses by its
+    reward (the same order as the model scored in this process); with a judge actor killed, a refresh gets
+    no labels and a note naming it, and nothing waits past the judge's timeout."""
+    import ray
+
+    from rlhf_ray.config import JudgeConfig
+    from rlhf_ray.rl.online.judge import JudgeLabeller
+    from rlhf_ray.rl.online.requests import LabelRequest
+    from rlhf_ray.scoring.scorer import RewardScorer
+
+    requests = [LabelRequest(f"r{i}", {"prompt_id": f"p{i}", "prompt": f"Question {i}?", "prompt_type": "open"},
+                             ("yes, it is", "no", "maybe later today", "it depends")) for i in range(3)]
+    judge = JudgeLabeller(JudgeConfig(model="tiny-llama", num_workers=2, num_cpus=0.25, max_length=64,
+                                      timeout_s=120))
+    try:
+        labels = judge.label(requests, 1)
+        assert judge.group.names == ["judge-0", "judge-1"] and labels.spent == 9 and not labels.note
+        local = RewardScorer("tiny-llama", 64)
+        for request, ranking in zip(requests, labels.rankings):
+            rewards = local.score([request.prompt["prompt"]] * 4, list(request.responses)).tolist()
+            best_first = sorted(range(4), key=lambda i: -rewards[i])
+            assert ranking.prompt_id == request.prompt["prompt_id"]
+            assert ranking.completions == [request.responses[i] for i in best_first]
+        ray.kill(ray.get_actor("judge-1"), no_restart=True)
+        failed = judge.label(requests, 2)
+        assert failed.rankings == [] and failed.spent == 0 and "judge-1" in failed.note
+    finally:
+        judge.shutdown()
+
+
 def test_online_reward_training_refuses_what_it_cannot_do_yet():
     with pytest.raises(ConfigError, match="set reward.models to one model"):
         load_config(None, ["online_rm.enabled=true", "reward.models=[tiny-llama, tiny-llama]"])
+    with pytest.raises(ConfigError, match="online_rm.judge.model"):
+        load_config(None, ["online_rm.enabled=true", "online_rm.labeller=judge"])

@@ -164,3 +164,8 @@ def test_online_reward_training_adds_the_rm_trainers_to_the_rloo_plan():
     groups = {g.group: g for g in plan_groups(cfg, "rloo")}
     assert set(groups) == {"rollout", "scorer", "learner", "rm"} and groups["rm"].actors == 2
     assert "minilm-l6" in groups["rm"].what  # warm-started from the reward model it serves
+    judged = load_config("configs/rloo_smollm2.yaml", ["online_rm.enabled=true", "reward.models=[minilm-l6]",
+                                                       "online_rm.labeller=judge", "online_rm.judge.model=minilm-l6",
+                                                       "online_rm.judge.num_workers=2"])
+    judge = {g.group: g for g in plan_groups(judged, "rloo")}["judge"]
+    assert judge.actors == 2 and judge.terms["weights"] == groups["scorer"].terms["weights"]

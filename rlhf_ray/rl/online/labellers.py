@@ -55,7 +55,7 @@ class LabelBudget:
         self.refreshes.append(spent)
 
 
-def _ranking(request: LabelRequest, order: list[int], scores: list[float] | None = None) -> Ranking:
+def ranking_of(request: LabelRequest, order: list[int], scores: list[float] | None = None) -> Ranking:
     p = request.prompt
     return Ranking(p["prompt_id"], p["prompt"], p.get("prompt_type", "open"),
                    [request.responses[i] for i in order], scores or [], [])
@@ -72,7 +72,7 @@ class GoldLabeller:
         for request in requests:
             scores = [self.gold(request.prompt, r) for r in request.responses]
             order = sorted(range(len(scores)), key=lambda i: -scores[i])
-            rankings.append(_ranking(request, order, [round(scores[i], 6) for i in order]))
+            rankings.append(ranking_of(request, order, [round(scores[i], 6) for i in order]))
         return Labels(rankings, sum(r.cost for r in requests))
 
 
@@ -107,7 +107,7 @@ class QueueLabeller:
         note = ("" if len(done) == len(requests) else
                 f"{answers}: {len(done)} of {len(requests)} requests answered within "
                 f"{self.timeout_s:g} s; going on with those")
-        return Labels([_ranking(r, answered[r.request_id]) for r in done],
+        return Labels([ranking_of(r, answered[r.request_id]) for r in done],
                       sum(r.cost for r in done), note)
 
     @staticmethod

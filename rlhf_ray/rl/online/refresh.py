@@ -103,14 +103,26 @@ def trainer_config(cfg: Config, warm_start: str) -> Config:
         "rm": cfg.rm.model_copy(update={"schedule": "constant", "warmup_ratio": 0.0})})
 
 
+def labeller_of(cfg: Config, setup=None):
+    """`online_rm.labeller`'s labeller: the gold, the queue under the run folder, or the judge's
+    actors."""
+    oc = cfg.online_rm
+    if oc.labeller == "gold":
+        return GoldLabeller(labelling_gold(oc.gold))
+    if oc.labeller == "queue":
+        return QueueLabeller(Path(cfg.output_dir) / "labels", oc.queue_timeout_s)
+    from rlhf_ray.rl.online.judge import JudgeLabeller
+
+    return JudgeLabeller(oc.judge, setup)
+
+
 class OnlineRewardTraining:
     def __init__(self, cfg: Config, setup, stored: str):
         """`stored`: the run's storage folder, where each version is saved (every scorer reads it)."""
         oc = self.oc = cfg.online_rm
         self.cfg, self.stored, self.setup = trainer_config(cfg, cfg.reward.models[0]), stored, setup
         self.trainers = self._start_trainers(self.cfg)
-        self.labeller = (GoldLabeller(labelling_gold(oc.gold)) if oc.labeller == "gold" else
-                         QueueLabeller(Path(cfg.output_dir) / "labels", oc.queue_timeout_s))
+        self.labeller = labeller_of(cfg, setup)
         self.budget = LabelBudget(oc.budget_total, oc.budget_per_refresh)
         self.replay = ReplayBuffer(oc.replay_capacity)
         self.original: list[Ranking] = load_split(self.cfg, "train") or []
@@ -185,7 +197,10 @@ class OnlineRewardTraining:
         self.rng.setstate((version, tuple(internal), gauss))
 
     def placement(self) -> dict[str, str]:
-        return self.trainers.group.placement()
+        judge = getattr(self.labeller, "group", None)
+        return {**self.trainers.group.placement(), **(judge.placement() if judge else {})}
 
     def shutdown(self) -> None:
         self.trainers.shutdown()
+        if hasattr(self.labeller, "shutdown"):  # the judge's actors
+            self.labeller.shutdown()

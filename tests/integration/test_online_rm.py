@@ -92,7 +92,8 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
 
     def run():
         try:
-            result["summary"] = _online(tmp_path, testbeds, "rloo.steps=4", "online_rm.budget_total=16")
+            result["summary"] = _online(tmp_path, testbeds, "rloo.steps=4", "online_rm.budget_total=16",
+                                        "rm.num_workers=1", "scorer.num_workers=1")
         except Exception as err:  # noqa: BLE001 - handed to the test
             result["error"] = err
         done.set()

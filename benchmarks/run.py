@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, machine, measure_isolated, plot_losses, plot_ratios, ratio_spread, spread, table
 
-BENCHES = ("rm", "rloo", "rollout", "efficiency", "overlap")
+BENCHES = ("rm", "rloo", "rollout", "efficiency", "overlap", "online")
 
 
 def settings(quick: bool, threads: int, data_dir: str) -> dict:
@@ -39,6 +39,11 @@ def settings(quick: bool, threads: int, data_dir: str) -> dict:
                     "reward_model": "tiny-llama" if quick else "minilm-l6", "prompts": 2, "k": 4 if quick else 2,
                     "max_new_tokens": 8 if quick else 160, "lr": 1e-5, "steps": 3 if quick else 5,
                     "warmup": 1 if quick else 2},
+        # the demo's RL step (issue 27's cost target: a refresh at most 35% of the on-policy step)
+        "online": {**base, "policy": "tiny-llama" if quick else "smollm2-135m",
+                   "reward_model": "tiny-llama" if quick else "minilm-l6", "prompts": 2 if quick else 8,
+                   "k": 2 if quick else 4, "max_new_tokens": 8 if quick else 160, "lr": 2e-5,
+                   "steps": 3 if quick else 6, "warmup": 1 if quick else 2},
         "efficiency": {**base, "policy": "tiny-llama" if quick else "smollm2-135m", "prompts": 2 if quick else 4,
                        "k": 4, "max_new_tokens": 8 if quick else 48, "micro_batch_size": 8, "lr": 1e-5,
                        "steps": 2 if quick else 3, "warmup": 1, "rm_model": "tiny-llama" if quick else "minilm-l6",
@@ -165,6 +170,23 @@ def bench_overlap(s: dict, repeats: int) -> tuple[dict, list]:
     return {"settings": s, "runs": per}, rows
 
 
+def bench_online(s: dict, repeats: int) -> tuple[dict, list]:
+    """The RL step with online reward training (a refresh after every step) against the step
+    without it, and with the refresh overlapping the next step, same config and seed."""
+    systems = ("frozen", "online", "online_overlap")
+    per = [alternate(i, [(name, lambda name=name: measure_isolated("online_refresh", name, s))
+                         for name in systems]) for i in range(repeats)]
+
+    def share(system: str) -> list[float]:  # the step's time that online training adds, of the step
+        return [(p[system]["step_s"] - p["frozen"]["step_s"]) / p[system]["step_s"] for p in per]
+
+    rows = [_row("online refresh's share of the RL step (refresh before the next step)", spread(share("online")),
+                 "<= 0.35", 0.35, lower=True),
+            _row("online refresh's share of the RL step (overlapping the next step)",
+                 spread(share("online_overlap")), "<= 0.35", 0.35, lower=True)]
+    return {"settings": s, "runs": per}, rows
+
+
 def _row(name: str, ratio: dict, target: str, value: float, lower: bool = False) -> dict:
     """A ratio and its target; `met` is None for a reported ratio without a target."""
     met = None if target == "(report)" else ratio["median"] <= value if lower else ratio["median"] >= value
@@ -189,7 +211,7 @@ def main(argv=None) -> dict:
     path = out / "results.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": {}, "results": {}, "rows_by_bench": {}}
     runners = {"rm": bench_rm, "rloo": bench_rloo, "rollout": bench_rollout, "efficiency": bench_efficiency,
-               "overlap": bench_overlap}
+               "overlap": bench_overlap, "online": bench_online}
     for name in args.only:
         print(f"[benchmarks] {name} ...", flush=True)
         result, rows = runners[name](cfg[name], args.repeats)

@@ -82,7 +82,8 @@ class RefreshDriver:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-ADDED = ("labels_spent", "rm_refresh_s", "rm_refresh_rows", "rm_wait_s")
+ADDED = ("labels_spent", "rm_refresh_s", "rm_refresh_rows", "rm_wait_s", "rm_label_s", "rm_train_s",
+         "rm_load_s", "rm_rescore_s")
 
 
 def merged(refreshes: list[dict]) -> dict:
@@ -106,11 +107,14 @@ def load_refresh(rl, done: Refresh, result: StepResult, groups, gold, tag: str =
         print(f"[rloo] reward-model refresh {tag or done.version}: {done.note}", file=sys.stderr,
               flush=True)
     spent = {"labels_spent": done.spent, "labels_total": done.spent_total,
-             "rm_refresh_s": done.seconds}
+             "rm_refresh_s": done.seconds, **(done.parts or {})}
     if done.skipped:  # the scorers go on with the version they serve
         return {"rm_refresh_skipped": done.skipped, **spent}
+    began = time.monotonic()
     rl.load_reward_model(done.model_dir, done.version)
-    rescored = ray.get(rl.score(result.generation, result.batch))
+    loaded = time.monotonic()
+    rescored = ray.get(rl.score(result.generation, result.batch))  # for the tau after: measuring
+    spent.update(rm_load_s=loaded - began, rm_rescore_s=time.monotonic() - loaded)
     after = prompt_groups(result.batch, result.generated, rescored, result.generation.shard_index)
     return {"rm_refreshed_to": done.version, **spent, "rm_refresh_rows": done.rows,
             "rm_tau_before": gold_tau(groups, gold), "rm_tau_after": gold_tau(after, gold),

@@ -25,8 +25,8 @@ from rlhf_ray.utils.seeds import derive_seed
 class Refresh:
     """One refresh: the version it made and where that is saved, the comparisons it spent and the
     run's total so far, the labeller's note (fewer answers than asked), the rows it trained on, the
-    trainers' metrics of its last optimizer step (empty: no step), its seconds, and why it made no
-    version, if it did not."""
+    trainers' metrics of its last optimizer step (empty: no step), its seconds, why it made no
+    version, if it did not, and its seconds by part."""
 
     version: int
     model_dir: str
@@ -37,6 +37,7 @@ class Refresh:
     train: dict
     seconds: float
     skipped: str = ""  # why no version was made (an RM trainer died: the group was restarted)
+    parts: dict | None = None  # seconds of each part: rm_label_s, rm_train_s (training and saving)
 
 
 def _alive(name: str) -> bool:
@@ -161,6 +162,7 @@ class OnlineRewardTraining:
         requests = select(groups, oc.selection, self.budget.allowance(), self.rng,
                           tag or f"step{step}")
         labels = self.labeller.label(requests, refresh=step)
+        labelled = time.monotonic()
         self.budget.charge(labels.spent)
         fresh = [for_training(r, oc.selection) for r in labels.rankings]
         rows = training_mix(fresh, self.replay, self.original, oc.original_share, self.rng)
@@ -173,8 +175,9 @@ class OnlineRewardTraining:
             metrics = {}
             self._restart_trainers()
         note = "; ".join(x for x in (labels.note, skipped) if x)
+        parts = {"rm_label_s": labelled - start, "rm_train_s": time.monotonic() - labelled}
         return Refresh(self.version, self.model_dir, labels.spent, self.budget.spent, note,
-                       len(rows), metrics, time.monotonic() - start, skipped)
+                       len(rows), metrics, time.monotonic() - start, skipped, parts)
 
     # the checkpoint's part: the trainers' DeepSpeed state (`save_state` into `engine/online_rm/`
     # of the step's folder) and the rest as JSON in its state.json

@@ -91,9 +91,9 @@ class RLActors:
             transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
             cfg.learner.timeout_s)
         self.delivery.connect()
-        # (where, version) of the reward model the scorers serve, once online reward training made
-        # one (None: reward.models, version 0)
-        self.reward_model: tuple[str, int] | None = None
+        # (folder, version, weights ref) of the reward model the scorers serve, once online reward
+        # training made one (None: reward.models, version 0)
+        self.reward_model: tuple[str, int, object] | None = None
         if self.shared is not None:
             self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own
 
@@ -156,7 +156,11 @@ class RLActors:
         """A restarted scorer: the reward model the others score with, loaded before its retried
         call (an actor runs one caller's calls in order)."""
         if self.reward_model is not None:
-            self.scorer.actors[index].load_reward_model.remote(*self.reward_model)
+            model_dir, version, weights = self.reward_model
+            if weights is not None:
+                self.scorer.actors[index].load_weights.remote(weights, version)
+            else:
+                self.scorer.actors[index].load_reward_model.remote(model_dir, version)
 
     def generate(self, prompt_ids: list[list[int]], step: int,
                  stream: str = "generate") -> PendingGeneration:
@@ -258,12 +262,18 @@ class RLActors:
                 baselines[p["prompt_id"]] = row[:m]
         return baselines
 
-    def load_reward_model(self, model_dir: str, version: int) -> None:
-        """Every scorer scores with the reward model at `model_dir` (version `version`) from the next
-        step on; a scorer Ray restarts later loads it before scoring again (`_reload_scorer`)."""
-        self.scorer.call("load_reward_model", [(model_dir, version)] * len(self.scorer),
-                         self.cfg.scorer.timeout_s)
-        self.reward_model = (model_dir, version)
+    def load_reward_model(self, model_dir: str, version: int, weights=None) -> None:
+        """Every scorer scores with the reward model version `version` from the next step on: its
+        weights through the object store (`weights`, a ref the driver never fetches: loaded in place
+        into the model each scorer holds) or, without them, read from `model_dir` (a resume). A
+        scorer Ray restarts later loads it before scoring again (`_reload_scorer`)."""
+        if weights is not None:
+            self.scorer.call("load_weights", [(weights, version)] * len(self.scorer),
+                             self.cfg.scorer.timeout_s)
+        else:
+            self.scorer.call("load_reward_model", [(model_dir, version)] * len(self.scorer),
+                             self.cfg.scorer.timeout_s)
+        self.reward_model = (model_dir, version, weights)
 
     def set_beta(self, beta: float) -> None:
         self.learner.call("set_beta", [(beta,)] * len(self.learner), self.cfg.learner.timeout_s)

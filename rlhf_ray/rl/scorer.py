@@ -52,6 +52,17 @@ class RLScorer:
         self.version = version
         return version
 
+    def load_weights(self, weights: dict, version: int) -> int:
+        """Score with `weights` (a refresh's state dict, through the object store) from now on,
+        loaded in place into the one reward model this scorer holds (the same architecture: the
+        trainers were warm-started from it)."""
+        if len(self.members) != 1:
+            raise ValueError(f"load_weights refreshes one reward model; this scorer holds "
+                             f"{len(self.members)} (reward.models)")
+        self.members[0].model.load_state_dict(weights)
+        self.version = version
+        return version
+
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
 

@@ -169,6 +169,16 @@ class RewardModelTrainer:
         load_engine_state(self.engine, path)
         self.step = step
 
+    def weights(self) -> dict | None:
+        """The model's state dict as CPU tensors on rank 0 (None on the others): what a scorer loads
+        in place. Every rank must call this (ZeRO-3 gathers)."""
+        module = self.engine.module
+        with gathered_parameters(module.parameters(), self.cfg.rm.zero_stage):
+            if self.rank != 0:
+                return None
+            # copies: ZeRO-3 frees the gathered storage on leaving the context
+            return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+
     def save(self, path: str) -> str | None:
         """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes
         it into a temporary folder and renames it into place. Every rank must call this (ZeRO-3

@@ -52,6 +52,7 @@ def test_the_reward_model_learns_from_the_policy_it_judges_within_one_job_and_re
     # 4 fresh + as many original rows (original_share 0.5); then the replayed labels join the fresh
     assert [r["rm_refresh_rows"] for r in rows] == ONLINE_ROWS
     assert all(r["rm_loss"] == r["rm_loss"] and r["rm_refresh_s"] > 0 for r in rows)
+    assert all(r["rm_delivery"] == "object_store" for r in rows)  # the weights went by the object store
     # (NaN where every prompt's gold ties: tiny-llama's 8-token replies often score alike)
     taus = [r[key] for r in rows for key in ("rm_tau_before", "rm_tau_after")]
     assert all(t != t or -1 <= t <= 1 for t in taus) and any(t == t for t in taus)

@@ -141,3 +141,26 @@ def test_a_scorer_that_missed_a_refresh_says_it_was_restarted_instead_of_scoring
     scorer.version = 0
     with pytest.raises(Restarted, match="version 0, the driver loaded 2"):
         scorer.score(rollouts=None, prompts=[], expected_version=2)
+
+
+def test_a_scorer_loads_a_refreshs_weights_in_place_and_serves_that_version():
+    """What the object store carries to every scorer after a refresh (`RLScorer.load_weights`): a state
+    dict loaded into the model it holds; its rewards are the new weights' and its version the refresh's."""
+    import torch
+
+    from rlhf_ray.config import RewardConfig
+    from rlhf_ray.models.reward_model import value_head
+    from rlhf_ray.rl.scorer import RLScorer
+
+    scorer = RLScorer(RewardConfig(models=["tiny-llama"], max_length=64))
+    prompts, responses = ["Hello?", "Why?"], ["Hi there.", "Because."]
+    before = scorer.member_rewards(prompts, responses)
+    original = {k: v.clone() for k, v in scorer.members[0].model.state_dict().items()}
+    head = value_head(scorer.members[0].model)
+    name = next(n for n, p in scorer.members[0].model.named_parameters() if p is head.weight)
+    refreshed = {**original, name: original[name] * 2}
+    assert scorer.load_weights(refreshed, 3) == 3 and scorer.version == 3
+    after = scorer.member_rewards(prompts, responses)
+    assert not torch.allclose(after, before)
+    scorer.load_weights(original, 4)
+    torch.testing.assert_close(scorer.member_rewards(prompts, responses), before)

@@ -111,10 +111,11 @@ def load_refresh(rl, done: Refresh, result: StepResult, groups, gold, tag: str =
     if done.skipped:  # the scorers go on with the version they serve
         return {"rm_refresh_skipped": done.skipped, **spent}
     began = time.monotonic()
-    rl.load_reward_model(done.model_dir, done.version)
+    rl.load_reward_model(done.model_dir, done.version, done.weights)
     loaded = time.monotonic()
     rescored = ray.get(rl.score(result.generation, result.batch))  # for the tau after: measuring
-    spent.update(rm_load_s=loaded - began, rm_rescore_s=time.monotonic() - loaded)
+    spent.update(rm_load_s=loaded - began, rm_rescore_s=time.monotonic() - loaded,
+                 rm_delivery="storage" if done.weights is None else "object_store")
     after = prompt_groups(result.batch, result.generated, rescored, result.generation.shard_index)
     return {"rm_refreshed_to": done.version, **spent, "rm_refresh_rows": done.rows,
             "rm_tau_before": gold_tau(groups, gold), "rm_tau_after": gold_tau(after, gold),

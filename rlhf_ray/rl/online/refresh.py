@@ -38,6 +38,7 @@ class Refresh:
     seconds: float
     skipped: str = ""  # why no version was made (an RM trainer died: the group was restarted)
     parts: dict | None = None  # seconds of each part: rm_label_s, rm_train_s (training and saving)
+    weights: object = None  # the new version's weights in the object store (a ref), for the scorers
 
 
 def _alive(name: str) -> bool:
@@ -155,6 +156,14 @@ class OnlineRewardTraining:
         self.version += 1
         return metrics
 
+    def _publish(self):
+        """The version's weights to the object store, or None if a trainer died after the save
+        (the scorers then read the saved version)."""
+        try:
+            return self.trainers.publish()
+        except ActorGroupError:
+            return None
+
     def refresh(self, step: int, groups: list[PromptGroup], tag: str | None = None) -> Refresh:
         """Ask about `groups` (a step's), train on the answers, save the next version (`tag`: the
         requests' id prefix, `step<step>` unless given)."""
@@ -167,8 +176,10 @@ class OnlineRewardTraining:
         fresh = [for_training(r, oc.selection) for r in labels.rankings]
         rows = training_mix(fresh, self.replay, self.original, oc.original_share, self.rng)
         self.replay.add(fresh, step)  # before training: a refresh that fails keeps its labels
+        weights = None
         try:
             metrics, skipped = self._train_and_save(rows), ""
+            weights = self._publish()
         except ActorGroupError as err:
             skipped = (f"refresh skipped: {err}; the RM trainers were restarted from version "
                        f"{self.version}, and this refresh's {len(fresh)} labels are kept for the next")
@@ -177,7 +188,7 @@ class OnlineRewardTraining:
         note = "; ".join(x for x in (labels.note, skipped) if x)
         parts = {"rm_label_s": labelled - start, "rm_train_s": time.monotonic() - labelled}
         return Refresh(self.version, self.model_dir, labels.spent, self.budget.spent, note,
-                       len(rows), metrics, time.monotonic() - start, skipped, parts)
+                       len(rows), metrics, time.monotonic() - start, skipped, parts, weights)
 
     # the checkpoint's part: the trainers' DeepSpeed state (`save_state` into `engine/online_rm/`
     # of the step's folder) and the rest as JSON in its state.json

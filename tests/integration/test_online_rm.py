@@ -82,11 +82,12 @@ def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then
 
 
 def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarted_group_goes_on(
-        ray_local, testbeds, tmp_path):
+        ray_local, testbeds, tmp_path, capfd):
     """rm-trainer-online-0 killed after step 1: the next refresh is skipped with the reason logged (the
     scorers keep their version), the trainers come back warm-started from the served version, the
     skipped refresh's labels stay in the replay buffer, and the later refreshes make the next versions;
-    the run ends normally having spent its whole budget."""
+    the scorer killed after step 2 comes back with the current version (a step scored by another would
+    be refused); the run ends normally having spent its whole budget."""
     import ray
 
     result, done = {}, threading.Event()
@@ -103,6 +104,8 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     thread.start()
     wait_for_step(tmp_path, 1, thread, result)
     ray.kill(ray.get_actor("rm-trainer-online-0"), no_restart=True)
+    wait_for_step(tmp_path, 2, thread, result)
+    ray.kill(ray.get_actor("scorer-0"), no_restart=False)  # Ray restarts it: it must serve the current version
     thread.join(timeout=600)
     assert "summary" in result, result
     rows = _rows(tmp_path)
@@ -114,6 +117,7 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     assert versions == list(range(1, len(versions) + 1)) and len(versions) == 3
     assert all(r["rm_version"] == r["step"] - 2 for r in after)  # one version behind the step count
     assert rows[-1]["labels_total"] == 16 and result["summary"]["online_rm"]["version"] == 3
+    assert "scorer-0 was restarted" in capfd.readouterr().err  # and was given the current version
 
 
 def test_the_judge_ranks_by_its_reward_on_its_own_actors_and_a_dead_judge_costs_labels_not_the_run(ray_local):

@@ -91,7 +91,14 @@ def seed_measures(online: dict, frozen: dict) -> dict:
     o_len, f_len = _curve(online, "length")[-1], _curve(frozen, "length")[-1]
     d_gold = [o - f for o, f in zip(o_gold, f_gold)]
     d_len = [o - f for o, f in zip(o_len, f_len)]
-    return {"frozen_over_optimisation": over_optimisation(frozen),
+    o_start, f_start = _curve(online, "gold_v2")[0], _curve(frozen, "gold_v2")[0]
+    # the arms' step-0 samples are separate draws from the same policy (vLLM's sampler is not
+    # replayed exactly, issue 28): their difference is the noise floor, and the difference of the
+    # changes, prompt by prompt, takes it out
+    changes = [(o - o0) - (f - f0) for o, o0, f, f0 in zip(o_gold, o_start, f_gold, f_start)]
+    return {"step0_online_minus_frozen_gold_v2": _paired(f_start, o_start),
+            "online_minus_frozen_change_gold_v2": _ci(changes),
+            "frozen_over_optimisation": over_optimisation(frozen),
             "online_over_optimisation": over_optimisation(online),
             "online_minus_frozen_gold_v2": _paired(f_gold, o_gold),
             "online_minus_frozen_tau_late": _unpaired(late_taus(frozen), late_taus(online)),

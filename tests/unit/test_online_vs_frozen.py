@@ -41,6 +41,8 @@ def test_the_measures_find_what_the_runs_were_made_to_show(tmp_path):
     assert not seed["online_over_optimisation"]["over_optimises"]
     assert seed["online_minus_frozen_tau_late"]["ci_low"] > 0.2
     assert seed["online_minus_frozen_length"]["value"] == 0
+    # each arm's noise is the same at every step here, so the difference of the changes is exact
+    assert abs(seed["online_minus_frozen_change_gold_v2"]["value"] - 0.10) < 1e-9
     # no length difference: the gain at no length difference is the gain
     assert abs(seed["online_minus_frozen_gold_v2_at_no_length_difference"]["value"] - gain["value"]) < 1e-9
     assert result["missing"] == ["online-s1", "frozen-s1", "online-s2", "frozen-s2", "gold-s0", "length-s0"]

@@ -267,12 +267,11 @@ class RLActors:
         weights through the object store (`weights`, a ref the driver never fetches: loaded in place
         into the model each scorer holds) or, without them, read from `model_dir` (a resume). A
         scorer Ray restarts later loads it before scoring again (`_reload_scorer`)."""
-        if weights is not None:
-            self.scorer.call("load_weights", [(weights, version)] * len(self.scorer),
-                             self.cfg.scorer.timeout_s)
-        else:
-            self.scorer.call("load_reward_model", [(model_dir, version)] * len(self.scorer),
-                             self.cfg.scorer.timeout_s)
+        method, args = (("load_weights", (weights, version)) if weights is not None else
+                        ("load_reward_model", (model_dir, version)))
+        # a scorer Ray restarts during the load is given it again once back (`map` retries)
+        self.scorer.map(method, dict.fromkeys(range(len(self.scorer)), args),
+                        self.cfg.scorer.timeout_s)
         self.reward_model = (model_dir, version, weights)
 
     def set_beta(self, beta: float) -> None:

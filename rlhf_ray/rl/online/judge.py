@@ -62,5 +62,8 @@ class JudgeLabeller:
                                                        [round(scores[i], 6) for i in order])
         return Labels([by_id[r.request_id] for r in requests], sum(r.cost for r in requests))
 
+    def placement(self) -> dict[str, str]:
+        return self.group.placement()
+
     def shutdown(self) -> None:
         self.group.shutdown()

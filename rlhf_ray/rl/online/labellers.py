@@ -1,5 +1,6 @@
 """Labellers behind one interface (issue 27): `label(requests, refresh) -> Labels`, each answered
-request a `Ranking` (best first). Labels cost comparisons (`LabelRequest.cost`); `LabelBudget`
+request a `Ranking` (best first); `placement()` and `shutdown()` for the actors a labeller runs
+(none here; the judge's in `judge.py`). Labels cost comparisons (`LabelRequest.cost`); `LabelBudget`
 holds the run's total and per-refresh limits and what was spent.
 
 - `GoldLabeller`: the testbed's gold reward (v1 or v2), the stand-in for human labels.
@@ -61,7 +62,17 @@ def ranking_of(request: LabelRequest, order: list[int], scores: list[float] | No
                    [request.responses[i] for i in order], scores or [], [])
 
 
-class GoldLabeller:
+class InProcessLabeller:
+    """A labeller with no actors of its own (the gold, the queue): nothing to place or stop."""
+
+    def placement(self) -> dict[str, str]:
+        return {}
+
+    def shutdown(self) -> None:
+        pass
+
+
+class GoldLabeller(InProcessLabeller):
     """Ranks by the gold reward (`gold(prompt record, response)`); ties keep the request's order."""
 
     def __init__(self, gold: Callable[[dict, str], float]):
@@ -76,7 +87,7 @@ class GoldLabeller:
         return Labels(rankings, sum(r.cost for r in requests))
 
 
-class QueueLabeller:
+class QueueLabeller(InProcessLabeller):
     """Requests out to a file, answers back from a file (see the module's docstring)."""
 
     def __init__(self, folder: str | Path, timeout_s: float, poll_s: float = 1.0,

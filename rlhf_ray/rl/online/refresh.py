@@ -120,7 +120,8 @@ def labeller_of(cfg: Config, setup=None):
 
 class OnlineRewardTraining:
     def __init__(self, cfg: Config, setup, stored: str):
-        """`stored`: the run's storage folder, where each version is saved (every scorer reads it)."""
+        """`stored`: the run's storage folder, where each version is saved (a resumed run's scorers
+        read it; otherwise the weights reach them through the object store)."""
         oc = self.oc = cfg.online_rm
         self.cfg, self.stored, self.setup = trainer_config(cfg, cfg.reward.models[0]), stored, setup
         self.trainers = self._start_trainers(self.cfg)
@@ -146,14 +147,12 @@ class OnlineRewardTraining:
             time.sleep(0.2)
         self.trainers = self._start_trainers(trainer_config(self.cfg, self.model_dir))
 
-    def _train_and_save(self, rows: list[Ranking]) -> dict:
+    def _train(self, rows: list[Ranking]) -> dict:
+        """`passes` passes over `rows`; the metrics of the last optimizer step (empty: none)."""
         size, metrics = self.cfg.rm.batch_size, {}
         for _ in range(self.oc.passes):  # whole batches only: every rank gets its share of each
             for b in range(len(rows) // size):
                 metrics = self.trainers.train_step(rows[b * size:(b + 1) * size])
-        self.model_dir = self.trainers.save(storage.join(self.stored, "reward_models",
-                                                         f"v{self.version + 1}"))
-        self.version += 1
         return metrics
 
     def _publish(self):
@@ -178,7 +177,10 @@ class OnlineRewardTraining:
         self.replay.add(fresh, step)  # before training: a refresh that fails keeps its labels
         weights = None
         try:
-            metrics, skipped = self._train_and_save(rows), ""
+            metrics, skipped = self._train(rows), ""
+            self.model_dir = self.trainers.save(storage.join(self.stored, "reward_models",
+                                                             f"v{self.version + 1}"))
+            self.version += 1
             weights = self._publish()
         except ActorGroupError as err:
             skipped = (f"refresh skipped: {err}; the RM trainers were restarted from version "
@@ -211,10 +213,8 @@ class OnlineRewardTraining:
         self.rng.setstate((version, tuple(internal), gauss))
 
     def placement(self) -> dict[str, str]:
-        judge = getattr(self.labeller, "group", None)
-        return {**self.trainers.group.placement(), **(judge.placement() if judge else {})}
+        return {**self.trainers.group.placement(), **self.labeller.placement()}
 
     def shutdown(self) -> None:
         self.trainers.shutdown()
-        if hasattr(self.labeller, "shutdown"):  # the judge's actors
-            self.labeller.shutdown()
+        self.labeller.shutdown()

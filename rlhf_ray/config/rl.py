@@ -214,6 +214,9 @@ class OnlineRMConfig(Section):
     budget_per_refresh: int = Field(32, ge=1)
     original_share: float = Field(0.5, ge=0, lt=1)  # of each refresh's rows, the original data
     replay_capacity: int = Field(4096, ge=1)  # earlier labels kept, the newest
+    # at most this many rows a refresh (None: all): every fresh label, a sample of the replay
+    # buffer, the original share; keeps a refresh's time flat as the buffer grows
+    max_rows: Optional[int] = Field(None, ge=1)
     passes: int = Field(1, ge=1)  # over each refresh's rows
     # Steps a refresh may train while the run goes on, scored by the previous version: 0, it ends
     # before the next step is scored (the reward model never lags); 1, the next step is generated,

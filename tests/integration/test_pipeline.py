@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_with_small_settings(tmp_path, capsys):
     demo = load_config("configs/demo.yaml").pipeline
     first = next(iter(demo.reward_models))
-    rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5"]
+    # one scorer where the demo has two (eval-rm, best-of-n): the scoring pool's sharding is tested apart
+    rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5", "scorer.num_workers=1"]
     rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=2", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
             "rloo.eval_every=1", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
     overrides = [f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}", "tensorboard=false",
                  "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=16", "prepare.sizes.gold_valid_prompts=6",
                  "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
-                 "prepare.policy_samples.max_new_tokens=8", f"pipeline.rm_overrides=[{', '.join(rm)}]",
+                 "prepare.policy_samples.max_new_tokens=8", "scorer.num_workers=1",
+                 f"pipeline.rm_overrides=[{', '.join(rm)}]",
                  f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]"]
     done = _demo(overrides)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -130,6 +130,26 @@ def test_a_refresh_trains_on_fresh_and_earlier_labels_and_its_share_of_the_origi
         training_mix([], replay, [], 1, random.Random(0))
 
 
+def test_max_rows_keeps_every_fresh_label_and_samples_the_replay_and_original_to_fit():
+    def rows(tag, n):
+        return [Ranking(f"{tag}-{i}", "p", "open", ["a", "b"]) for i in range(n)]
+
+    replay = ReplayBuffer(capacity=100)
+    replay.add(rows("old", 40), refresh=1)
+
+    def kinds(mix):
+        return {k: [r.prompt_id.split("-")[0] for r in mix].count(k) for k in ("new", "old", "orig")}
+
+    capped = training_mix(rows("new", 6), replay, rows("orig", 100), 0.5, random.Random(0), max_rows=20)
+    assert kinds(capped) == {"new": 6, "old": 4, "orig": 10}  # half labelled, fresh first
+    assert len({r.prompt_id for r in capped}) == 20
+    # a cap above what there is changes nothing; fresh labels over the cap all stay, no original
+    assert kinds(training_mix(rows("new", 6), replay, rows("orig", 100), 0.5, random.Random(0),
+                              max_rows=500)) == {"new": 6, "old": 40, "orig": 46}
+    assert kinds(training_mix(rows("new", 30), replay, rows("orig", 100), 0.5, random.Random(0),
+                              max_rows=20)) == {"new": 30, "old": 0, "orig": 0}
+
+
 def test_a_scorer_that_missed_a_refresh_says_it_was_restarted_instead_of_scoring():
     """A scorer Ray restarted holds `reward.models` (version 0) again: it refuses to score for a driver that
     loaded version 2, so the group reloads it and retries (RLActors._reload_scorer), never a step scored by

@@ -173,7 +173,8 @@ class OnlineRewardTraining:
         labelled = time.monotonic()
         self.budget.charge(labels.spent)
         fresh = [for_training(r, oc.selection) for r in labels.rankings]
-        rows = training_mix(fresh, self.replay, self.original, oc.original_share, self.rng)
+        rows = training_mix(fresh, self.replay, self.original, oc.original_share, self.rng,
+                            oc.max_rows)
         self.replay.add(fresh, step)  # before training: a refresh that fails keeps its labels
         weights = None
         try:

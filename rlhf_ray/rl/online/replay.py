@@ -47,13 +47,21 @@ class ReplayBuffer:
 
 
 def training_mix(fresh: list[Ranking], replay: ReplayBuffer, original: list[Ranking],
-                 original_share: float, rng: random.Random) -> list[Ranking]:
+                 original_share: float, rng: random.Random, max_rows: int | None = None) -> list[Ranking]:
     """This refresh's rows: the fresh labels, the replay buffer's, and as many original rows (a
-    seeded sample) as make them `original_share` of the whole; shuffled."""
+    seeded sample) as make them `original_share` of the whole; shuffled. With `max_rows`, at most
+    that many: every fresh label, then a seeded sample of the replay buffer up to the labelled
+    share, then the original rows (a refresh's cost stays flat as the buffer grows)."""
     if not 0 <= original_share < 1:
         raise ValueError(f"original_share={original_share}: use a share in [0, 1)")
-    labelled = fresh + replay.rows
+    replayed = replay.rows
+    if max_rows is not None:
+        room = max(round(max_rows * (1 - original_share)) - len(fresh), 0)
+        replayed = rng.sample(replayed, room) if room < len(replayed) else replayed
+    labelled = fresh + replayed
     wanted = round(len(labelled) * original_share / (1 - original_share))
+    if max_rows is not None:
+        wanted = min(wanted, max(max_rows - len(labelled), 0))
     rows = labelled + rng.sample(original, min(wanted, len(original)))
     rng.shuffle(rows)
     return rows

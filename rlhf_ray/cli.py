@@ -121,11 +121,10 @@ def _cmd_bon(cfg, args) -> str:
 
 
 def _cmd_plan(cfg, args) -> str:
-    import yaml
-
+    from rlhf_ray.config.loading import read_config_tree
     from rlhf_ray.plan import Machine, check_fits, format_plan, job_of, plan_groups
 
-    job = args.job or job_of(yaml.safe_load(open(args.config)) or {})
+    job = args.job or job_of(read_config_tree(args.config))
     machine = Machine(args.gpu_memory_gb, args.gpus_per_node, args.host_memory_gb)
     groups = plan_groups(cfg, job, machine)
     print("\n".join(format_plan(groups, machine)), flush=True)
@@ -258,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides anywhere on the line (`k=v --resume k2=v2`): what follows a flag comes back unparsed
+    args, extra = parser.parse_known_args(argv)
+    unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
     # quiet libraries here too
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
     name = args.command

@@ -17,11 +17,20 @@ ACTOR_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
+# Usage reporting off in every library a run starts (vLLM, Ray, Hugging Face; DO_NOT_TRACK for the
+# rest): a run is offline unless the user turns one on in their environment, which then wins.
+USAGE_REPORTING_OFF = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                       "HF_HUB_DISABLE_TELEMETRY": "1"}
+ACTOR_ENV.update(USAGE_REPORTING_OFF)
+
+
+def usage_reporting_env() -> dict[str, str]:
+    """USAGE_REPORTING_OFF, each key as the user's environment sets it where it does."""
+    return {k: os.environ.get(k, v) for k, v in USAGE_REPORTING_OFF.items()}
 
 
 TCMALLOC_PATHS = ("{prefix}/lib/tcmalloc/libtcmalloc_minimal.so.4",  # scripts/setup.sh puts it here
@@ -49,8 +58,8 @@ def actor_env(threads: int | None, tcmalloc: str = "auto") -> dict[str, str]:
     (`ray.tcmalloc`), and NCCL's NVLS off unless the driver's environment says otherwise (its
     all-gather misorders slices when ranks and GPUs are permuted, NCCL issue #1906, and Ray does not
     order GPUs by rank)."""
-    env = {**ACTOR_ENV, "OMP_NUM_THREADS": str(threads or 1), "MKL_NUM_THREADS": str(threads or 1),
-           "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
+    env = {**ACTOR_ENV, **usage_reporting_env(), "OMP_NUM_THREADS": str(threads or 1),
+           "MKL_NUM_THREADS": str(threads or 1), "NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
     library = tcmalloc_library(tcmalloc)
     if library:
         env["LD_PRELOAD"] = ":".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
@@ -117,7 +126,7 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
                 include_dashboard=cfg.include_dashboard,
                 dashboard_host=cfg.dashboard_host,
                 namespace=cfg.namespace,
-                runtime_env={"env_vars": dict(ACTOR_ENV)},
+                runtime_env={"env_vars": {**ACTOR_ENV, **usage_reporting_env()}},
                 **quiet,
             )
 

@@ -354,6 +354,14 @@ class Machine:
     gpus_per_node: int = 8
     host_memory_gb: float | None = None
 
+    def __post_init__(self):
+        import math
+
+        for flag, value in (("--gpu-memory-gb", self.gpu_memory_gb), ("--gpus-per-node", self.gpus_per_node),
+                            ("--host-memory-gb", self.host_memory_gb)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{flag} {value}: a machine's value must be a finite number above 0")
+
     @property
     def gpu_bytes(self) -> float:
         return self.gpu_memory_gb * REPORTED_SHARE * GIB

@@ -82,20 +82,39 @@ def config_from_dict(tree: dict, source: str = "<dict>") -> Config:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def read_config_tree(path: str | Path) -> dict:
+    """A config file's YAML mapping; anything else (missing, a folder, unreadable, binary, not YAML,
+    not a mapping) is one ConfigError naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder: name a YAML file, e.g. configs/demo.yaml") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not text (byte {err.start} is not UTF-8): "
+                          "name a YAML file") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or the defaults when path is None), apply overrides, validate."""
     tree: dict = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        tree = read_config_tree(path)
     apply_overrides(tree, overrides or [])
     if overrides:
         source += f" with overrides {' '.join(overrides)}"

@@ -69,6 +69,8 @@ def load_split(cfg: Config, which: str) -> list[Ranking] | None:
             raise DataError(f"config key 'data.{which}': write a hub dataset as hub:<name>:<split>, got {ref!r}")
         return load_hub_dataset(name, split, limit)
     if ref.endswith(DATA_SUFFIXES):
+        if Path(ref).is_dir():
+            raise DataError(f"config key 'data.{which}': {ref} is a folder, not a .parquet/.jsonl file")
         return load_rankings(ref, limit, data.max_row_mb)
     if data.testbed == "custom":
         raise DataError(f"config key 'data.{which}': {ref!r} is not a .parquet/.jsonl file or hub:<name>:<split>")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -128,6 +129,10 @@ def read_records(path: Path,
     checked for its size and a JSONL line for UTF-8 and JSON before it is parsed, naming the row."""
     limit = int(max_row_mb * 2**20)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a data file (name a .parquet or .jsonl file)")
+    if path.exists() and not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot be read (permission denied)")
     if suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -4,6 +4,7 @@ then the final policy and the summary."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from rlhf_ray.rl.step_metrics import step_metrics, write_samples
 from rlhf_ray.rl.sync import transport_class
 from rlhf_ray.utils import storage
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
-from rlhf_ray.utils.train_state import Checkpoints
+from rlhf_ray.utils.train_state import Checkpoints, ResumeError
 
 PROGRESS_KEYS = ("proxy_reward_mean", "gold_reward_mean", "kl", "response_length", "step_s")
 
@@ -100,6 +101,7 @@ def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None,
                 rl.load_reward_model(online.model_dir, online.version)
         plan.loader.position = state["position"]
         done = state["step"]
+        print(f"[rloo] resumed from step {done} (checkpoint {path})", file=sys.stderr, flush=True)
         curve = HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out,
                              state["held_out_before"], state.get("curve", []), baselines)
     if curve.monitor.beta != cfg.learner.beta:  # raised by the monitor before the checkpoint
@@ -184,6 +186,15 @@ def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_
     return summary
 
 
+def _resume_hint(checkpoints: Checkpoints) -> str:
+    try:
+        latest = checkpoints.latest()
+    except ResumeError:  # every checkpoint damaged
+        latest = None
+    return (f"resume from {latest[0]} with --resume" if latest
+            else "no checkpoint to resume from (set rloo.save_every)")
+
+
 def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     """The RLOO run of `cfg`. Its prompts, models, resume point and placement are checked before any
     actor starts; `check_only` stops there."""
@@ -225,10 +236,7 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         policy, after = curve.final(last_step)
         placement = {**rl.placement(), **(online.placement() if online else {})}
     except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
-        latest = plan.checkpoints.latest()
-        hint = (f"resume from {latest[0]} with --resume" if latest
-                else "no checkpoint to resume from (set rloo.save_every)")
-        raise ActorGroupError(f"{err}. The run stopped; {hint}") from err
+        raise ActorGroupError(f"{err}. The run stopped; {_resume_hint(plan.checkpoints)}") from err
     finally:
         if log is not None:
             log.close()

@@ -53,8 +53,9 @@ def load_prompts(cfg: Config, split: str | None = None) -> list[dict]:
                    r in enumerate(datasets.load_dataset(name, split=hub_split))]
     else:
         path = Path(cfg.rloo.prompts)
-        if not path.exists():
-            raise DataError(f"config key 'rloo.prompts': no file {path} (use gold, a .jsonl/.parquet file or "
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise DataError(f"config key 'rloo.prompts': {path} {what} (use gold, a .jsonl/.parquet file or "
                             "hub:<name>:<split>)")
         records = list(read_records(path, cfg.data.max_row_mb))
     rows = []

@@ -5,6 +5,7 @@ The driver holds no weights; batches go to the trainer actors through the Ray ob
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rlhf_ray.cluster import connect
@@ -50,6 +51,7 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     if resumed:
         done = resumed[1]["step"]
         trainers.load_state(storage.join(resumed[0], "engine"), done)
+        print(f"[train-rm] resumed from step {done} (checkpoint {resumed[0]})", file=sys.stderr, flush=True)
     log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS, tag=tag,
                     resume_step=done if resumed else None)
     try:

@@ -11,6 +11,18 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 (private temporaries); what is renamed into place gets the
+    mode any other file or folder the run writes gets (0644/0755 under the usual umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path):
     """Yield a temporary folder beside `target`; on success replace `target` with it."""
@@ -19,6 +31,7 @@ def atomic_dir(target: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _usual_mode(tmp, directory=True)
         backup = None
         if target.exists():
             backup = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -40,6 +53,7 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _usual_mode(Path(tmp), directory=False)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

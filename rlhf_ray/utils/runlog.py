@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 
+
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -17,8 +18,19 @@ def truncate_jsonl(path: Path, keep_through_step: int | None) -> None:
     if keep_through_step is None or not path.exists():
         path.unlink(missing_ok=True)
         return
-    rows = [line for line in path.read_text().splitlines() if json.loads(line).get("step",
-                                                                                   0) <= keep_through_step]
+    lines, rows = path.read_text().splitlines(), []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the row a crash cut off mid-write: cut cleanly
+                break
+            from rlhf_ray.utils.train_state import ResumeError
+
+            raise ResumeError(f"{path}: line {number} is not valid JSON (only a last row may be cut off): "
+                              "mend or remove it to resume") from None
+        if row.get("step", 0) <= keep_through_step:
+            rows.append(line)
     path.write_text("".join(line + "\n" for line in rows))
 
 

@@ -117,6 +117,36 @@ def read_text(location: str | Path) -> str:
         return f.read().decode()
 
 
+def file_sizes(location: str | Path) -> dict[str, int]:
+    """Every file under a folder, relative path -> size in bytes (empty when there is none)."""
+    if not is_remote(location):
+        root = Path(location)
+        return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+                if p.is_file()} if root.is_dir() else {}
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(str(location))
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return {}
+    infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    return {info.path[len(path.rstrip("/")) + 1:]: info.size for info in infos
+            if info.type == fs.FileType.File}
+
+
+def crc32(location: str | Path) -> int | None:
+    """A local file's CRC-32 (read in 16 MiB blocks); None on a URI, where reading a checkpoint back
+    to check it would cost a download: there the sizes are checked."""
+    if is_remote(location):
+        return None
+    import zlib
+
+    value = 0
+    with open(location, "rb") as f:
+        while block := f.read(16 << 20):
+            value = zlib.crc32(block, value)
+    return value
+
+
 def delete_dir(location: str | Path) -> None:
     if not is_remote(location):
         import shutil

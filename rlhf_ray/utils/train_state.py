@@ -5,10 +5,12 @@ A checkpoint is a folder `checkpoints/step-000004` holding
 - `engine/`: every data-parallel rank's DeepSpeed state (weights, optimizer, scheduler) and its RNG
   states: each rank writes its own files (into storage, or on a URI into its node's scratch folder
   and then uploads them) and says which (`save_engine_state`);
-- `state.json`: the driver's state (step, data position, whatever it needs to continue), written by
-  the driver last, once every rank's files are there: a folder is a checkpoint only with its
+- `state.json`: the driver's state (step, data position, whatever it needs to continue) and a
+  manifest of every other file's size and CRC-32 (sizes only in a URI's storage), written by the
+  driver last, once every rank's files are there: a folder is a checkpoint only with its
   `state.json`, so a crash mid-save leaves an incomplete folder that is ignored and cleared by the
-  next save.
+  next save. A resume checks the manifest before anything starts and falls back to the newest
+  checkpoint that is intact, saying which and why.
 """
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ class Checkpoints:
                                                                                f))]
         if missing:
             raise FileNotFoundError(f"{folder}: the ranks' files {missing[:5]} did not arrive; not committed")
-        storage.write_text(storage.join(folder, "state.json"), json.dumps({"step": step, **state}))
+        storage.write_text(storage.join(folder, "state.json"),
+                           json.dumps({"step": step, **state, MANIFEST: manifest_of(folder)}))
         self._prune()
 
     def complete(self) -> list[str]:
@@ -88,11 +91,21 @@ class Checkpoints:
         return [storage.join(self.root, name) for name in sorted(done, key=_step_of)]
 
     def latest(self) -> tuple[str, dict] | None:
-        """The newest complete checkpoint and its driver state, or None."""
-        done = self.complete()
-        if not done:
-            return None
-        return done[-1], json.loads(storage.read_text(storage.join(done[-1], "state.json")))
+        """The newest complete checkpoint that is intact and its driver state, or None. A damaged
+        one (its state.json unreadable, a file missing, cut or changed) is passed over, saying why;
+        none intact while some are damaged is an error naming the damage."""
+        damage = []
+        for folder in reversed(self.complete()):
+            state, problem = read_state(folder)
+            if problem is None:
+                for earlier in damage:
+                    print(f"[rlhf-ray] {earlier}: resuming from {folder} instead", file=sys.stderr, flush=True)
+                return folder, state
+            damage.append(f"checkpoint {folder} is damaged ({problem})")
+        if damage:
+            raise ResumeError(f"{damage[0]}, and no earlier checkpoint is intact"
+                              + (f" ({len(damage) - 1} more damaged)" if len(damage) > 1 else ""))
+        return None
 
     def resume_point(self, resume: bool | str) -> tuple[str, dict] | None:
         """Where a run with `resume` (false, true or "auto") begins: None (fresh) or the newest
@@ -112,6 +125,37 @@ class Checkpoints:
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep] if self.keep > 0 else []:
             storage.delete_dir(old)
+
+
+MANIFEST = "manifest"  # state.json's key: every other file of the checkpoint, [size, crc32 or None]
+
+
+def manifest_of(folder: str) -> dict[str, list]:
+    return {name: [size, storage.crc32(storage.join(folder, name))]
+            for name, size in storage.file_sizes(folder).items() if name != "state.json"}
+
+
+def read_state(folder: str) -> tuple[dict | None, str | None]:
+    """(the driver's state, None) for an intact checkpoint, else (None, what is wrong with it).
+    A checkpoint written before manifests (no `manifest` key) is taken as it is."""
+    try:
+        state = json.loads(storage.read_text(storage.join(folder, "state.json")))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "state.json is not valid JSON: cut off or overwritten"
+    if not isinstance(state, dict) or "step" not in state:
+        return None, "state.json holds no step"
+    expected = state.pop(MANIFEST, None)
+    if expected is None:
+        return state, None
+    sizes = storage.file_sizes(folder)
+    for name, (size, crc) in sorted(expected.items()):
+        if name not in sizes:
+            return None, f"{name} is missing"
+        if sizes[name] != size:
+            return None, f"{name} is {sizes[name]} bytes, {size} when saved"
+        if crc is not None and storage.crc32(storage.join(folder, name)) != crc:
+            return None, f"{name} differs from what was saved (CRC-32)"
+    return state, None
 
 
 class Shards:

@@ -67,6 +67,9 @@ def test_rloo_resumes_after_sigkill_with_the_same_batches(testbeds, tmp_path):
 
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed_from_step"] in (2, 4)
+    step = summary["resumed_from_step"]
+    checkpoint = killed / "checkpoints" / f"step-{step:06d}"
+    assert f"[rloo] resumed from step {step} (checkpoint {checkpoint})" in resumed.stderr
     assert summary["steps"] == 6 and summary["prompt_position"] == 12
     batches = [(r["step"], r["prompt_ids"]) for r in _rows(killed) if r["split"] == "train"]
     # each step once (rows after the checkpoint were redone), on the batches an uninterrupted run draws
@@ -77,7 +80,7 @@ def test_rloo_resumes_after_sigkill_with_the_same_batches(testbeds, tmp_path):
     assert kept == ["step-000002", "step-000004"]
 
 
-def test_reward_model_training_resumes_to_the_same_losses(ray_local, testbeds, tmp_path):
+def test_reward_model_training_resumes_to_the_same_losses(ray_local, testbeds, tmp_path, capsys):
     def cfg(out, *extra):
         return load_config("configs/rm_bt_gold.yaml", [
             f"output_dir={out}", f"data.dir={testbeds}", "tensorboard=false", "model.name=tiny-llama",
@@ -93,7 +96,10 @@ def test_reward_model_training_resumes_to_the_same_losses(ray_local, testbeds, t
     rows = [r for r in _rows(whole) if r["step"] <= 2]
     (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (cut / "checkpoints" / ".step-000004.tmp").mkdir()  # a save the crash interrupted: ignored
+    capsys.readouterr()
     train_reward_model(cfg(cut, "resume=true"))
+    checkpoint = cut / "checkpoints" / "step-000002"
+    assert f"[train-rm] resumed from step 2 (checkpoint {checkpoint})" in capsys.readouterr().err
 
     def losses(out):
         return {r["step"]: r["loss"] for r in _rows(out) if r["split"] == "train"}

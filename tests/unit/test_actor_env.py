@@ -61,3 +61,22 @@ def test_nvls_is_off_in_the_actors_unless_the_driver_says_otherwise_and_a_reorde
     check_rank_order([0, 1, 2], 3)
     with pytest.raises(RuntimeError, match=r"returned \[1, 0, 2\], not \[0, 1, 2\].*NCCL_NVLS_ENABLE=0"):
         check_rank_order([1, 0, 2], 3)
+
+
+def test_usage_reporting_is_off_in_the_driver_and_the_actors_unless_the_user_turns_it_on(monkeypatch):
+    """Issue 28 (8): vLLM's, Ray's and Hugging Face's usage reporting off by default; a user's own
+    setting wins, in the actors too."""
+    from rlhf_ray.cli import main
+    from rlhf_ray.cluster import USAGE_REPORTING_OFF, actor_env
+
+    for key in USAGE_REPORTING_OFF:
+        monkeypatch.delenv(key, raising=False)
+    env = actor_env(1, "off")
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    main(["plan", "--config", "configs/rloo_smollm2.yaml"])  # the CLI sets them for its own process
+    import os
+
+    assert all(os.environ[k] == v for k, v in USAGE_REPORTING_OFF.items())
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    assert actor_env(1, "off")["RAY_USAGE_STATS_ENABLED"] == "1"

@@ -42,6 +42,9 @@ class Config(Section):
     # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when
     # there is none), auto (start fresh when there is none, saying so), false
     resume: Union[bool, Literal["auto"]] = False
+    # a resume whose config differs from the checkpoint's in a key that defines the run (seed,
+    # prompts, batch shape, models, loss, optimizer): refused naming the keys, or allowed (said so)
+    resume_changes: Literal["refuse", "allow"] = "refuse"
 
     @model_validator(mode="after")
     def _online_rm_trains_the_one_reward_model(self):

@@ -67,7 +67,8 @@ def plan_run(cfg: Config) -> RunPlan:
     loader = PromptLoader(prompts, cfg.rloo.prompts_per_step, cfg.seed)
     check_models(cfg)
     stored = storage.run_folder(cfg.storage_path, cfg.output_dir)
-    checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rloo.keep_checkpoints)
+    checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rloo.keep_checkpoints,
+                              cfg.model_dump(mode="json"), cfg.resume_changes)
     resume_from = checkpoints.resume_point(cfg.resume)
     transport_class(cfg.rollout.sync).check(cfg.rollout, cfg.learner)
     groups = {"rollout": cfg.rollout, "scorer": cfg.scorer, "learner": cfg.learner}

@@ -33,7 +33,8 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
     # a missing path fails here; alias caches are built once, here
     resolve_model(cfg.model.name, "model.name", fetch=False)
     stored = storage.run_folder(cfg.storage_path, cfg.output_dir)  # checkpoints and the model
-    checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rm.keep_checkpoints)
+    checkpoints = Checkpoints(storage.join(stored, "checkpoints"), cfg.rm.keep_checkpoints,
+                              cfg.model_dump(mode="json"), cfg.resume_changes)
     resumed = checkpoints.resume_point(cfg.resume)
     check_placement({"rm": cfg.rm}, cluster_nodes(cfg.ray))
     if check_only:

@@ -64,8 +64,11 @@ class Checkpoints:
     """The driver's side: numbered checkpoint folders under `root` (a folder or a URI), committed by
     `state.json` once every rank's files have arrived."""
 
-    def __init__(self, root: str | Path, keep: int = 2):
-        self.root, self.keep = str(root), keep
+    def __init__(self, root: str | Path, keep: int = 2, definition: dict | None = None,
+                 changes: str = "refuse"):
+        """`definition`: the run's config (JSON-able), saved in every state.json and compared on resume
+        (`changes`: `resume_changes`, refuse or allow a change to a key that defines the run)."""
+        self.root, self.keep, self.definition, self.changes = str(root), keep, definition, changes
 
     @contextlib.contextmanager
     def saving(self, step: int, state: dict):
@@ -81,7 +84,8 @@ class Checkpoints:
         if missing:
             raise FileNotFoundError(f"{folder}: the ranks' files {missing[:5]} did not arrive; not committed")
         storage.write_text(storage.join(folder, "state.json"),
-                           json.dumps({"step": step, **state, MANIFEST: manifest_of(folder)}))
+                           json.dumps({"step": step, **state, CONFIG: self.definition,
+                                       MANIFEST: manifest_of(folder)}))
         self._prune()
 
     def complete(self) -> list[str]:
@@ -120,13 +124,32 @@ class Checkpoints:
         elif found is None:
             raise ResumeError(f"--resume: no complete checkpoint under {self.root} (checkpoints in the run's "
                               "storage); run without --resume, or with resume=auto to start fresh when there is none")
+        if found is not None:
+            self._check_definition(*found)
         return found
+
+    def _check_definition(self, folder: str, state: dict) -> None:
+        from rlhf_ray.config.resume import run_definition_changes
+
+        saved = state.pop(CONFIG, None)
+        if saved is None or self.definition is None:
+            return
+        changes = run_definition_changes(saved, self.definition)
+        if not changes:
+            return
+        shown = ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes[:6])
+        shown += f" and {len(changes) - 6} more" if len(changes) > 6 else ""
+        if self.changes != "allow":
+            raise ResumeError(f"--resume: this run's config differs from {folder}'s in what defines the run: "
+                              f"{shown}; resume with the checkpoint's values, or set resume_changes=allow")
+        print(f"[rlhf-ray] resume_changes=allow: resuming {folder} with {shown}", file=sys.stderr, flush=True)
 
     def _prune(self) -> None:
         for old in self.complete()[: -self.keep] if self.keep > 0 else []:
             storage.delete_dir(old)
 
 
+CONFIG = "config"  # state.json's key: the run's config when it was saved
 MANIFEST = "manifest"  # state.json's key: every other file of the checkpoint, [size, crc32 or None]
 
 

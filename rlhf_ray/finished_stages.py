@@ -53,11 +53,32 @@ def finished_result(result_file: Path, key: dict) -> dict | None:
     if not (marker.exists() and result_file.exists()):
         return None
     try:
-        if json.loads(marker.read_text()) != key:
+        saved = json.loads(marker.read_text())
+        if saved.get("inputs_sha256") != key["inputs_sha256"] or not same_config(saved.get("config", {}),
+                                                                                   key["config"]):
             return None
         return json.loads(result_file.read_text())
     except json.JSONDecodeError:  # a file cut short by a crash: the stage runs again
         return None
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def same_config(saved: dict, current: dict) -> bool:
+    """Whether a stage finished with `saved` ran what `current` asks for. A key a later version of
+    rlhf-ray added counts as the same when `current` leaves it at its built-in default (the stage
+    ran as that default does), and a key it removed is ignored: an upgrade keeps finished stages."""
+    old, new = _flat(saved), _flat(current)
+    defaults = _flat(yaml.safe_load(yaml.safe_dump(Config().model_dump(exclude={"pipeline"}))))
+    return all(old[k] == v if k in old else v == defaults.get(k, v) for k, v in new.items())
 
 
 def mark_finished(result_file: Path, key: dict) -> None:

@@ -53,6 +53,24 @@ def test_a_stage_is_reused_with_the_same_config_and_inputs_only(tmp_path):
     assert finished_result(result, stage_key(cfg, ["testbed-hash", upstream])) is None
 
 
+def test_a_stage_finished_by_an_earlier_version_is_reused_unless_a_new_key_is_set_away_from_its_default(
+        tmp_path):
+    """A later rlhf-ray adds config keys (here `resume_changes`, `online_rm.max_rows`) and drops others: a
+    stage an earlier version finished is still the same stage when the new keys stay at their defaults."""
+    import json
+
+    cfg = load_config("configs/rm_bt_gold.yaml", ["rm.epochs=2"])
+    result = _finished_stage(tmp_path, cfg, ["testbed-hash"])
+    marker = result.parent / "pipeline_stage.json"
+    older = json.loads(marker.read_text())
+    del older["config"]["resume_changes"], older["config"]["online_rm"]["max_rows"]
+    older["config"]["rm"]["a_key_since_removed"] = 3
+    marker.write_text(json.dumps(older))
+    assert finished_result(result, stage_key(cfg, ["testbed-hash"])) is not None
+    changed = load_config("configs/rm_bt_gold.yaml", ["rm.epochs=2", "online_rm.max_rows=64"])
+    assert finished_result(result, stage_key(changed, ["testbed-hash"])) is None
+
+
 def test_a_stage_without_its_marker_or_with_a_cut_result_runs_again(tmp_path):
     cfg = load_config("configs/rm_bt_gold.yaml")
     result = _finished_stage(tmp_path, cfg, ["t"])

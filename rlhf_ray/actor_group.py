@@ -200,9 +200,20 @@ class ActorGroup:
             remove_placement_group(self.placement_group)
 
 
+CAUSE_CHARS = 120  # of an actor's error in the one line the driver prints; the rest is in its log
+
+
 def _cause(err: Exception) -> str:
+    """What went wrong in an actor, in a few words: the exception it raised, or for a dead process
+    Ray's exit detail (its ~800-character message lists the actor's ids and common causes)."""
     cause = getattr(err, "cause", None)
     if cause is not None and not isinstance(cause, type(err)):
-        return f"{type(cause).__name__}: {cause}"
-    text = str(err).strip().splitlines()
-    return text[-1] if text else type(err).__name__
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        full = " ".join(str(err).split())
+        detail = full.partition("Worker exit detail: ")[2].partition(" Some common causes")[0]
+        lines = str(err).strip().splitlines()
+        text = (f"its process died ({detail.rstrip('. ')})" if detail
+                else lines[-1] if lines else type(err).__name__)
+    text = " ".join(text.split())
+    return text if len(text) <= CAUSE_CHARS else text[:CAUSE_CHARS - 3] + "..."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 from rlhf_ray.cluster import ACTOR_ENV, ActorGroupError
@@ -256,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_log(err: Exception, cfg) -> str:
+    """An actor's error in full (Ray's message and the chain of causes) to <output_dir>/logs/error.log:
+    the terminal's line carries the actor, a short cause and the next step."""
+    import traceback
+
+    path = Path(cfg.output_dir) / "logs" / "error.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(traceback.format_exception(err)))
+    return f" (details: {path})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # overrides anywhere on the line (`k=v --resume k2=v2`): what follows a flag comes back unparsed
@@ -277,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     # ResumeError, PlacementError too
     except (ConfigError, DataError, FileNotFoundError, ActorGroupError) as err:
         sys.stdout.flush()
-        print(f"rlhf-ray {name}: error: {err}", file=sys.stderr, flush=True)
+        details = _error_log(err, cfg) if isinstance(err, ActorGroupError) else ""
+        print(f"rlhf-ray {name}: error: {err}{details}", file=sys.stderr, flush=True)
         return 2
     sys.stderr.flush()
     print(f"[{name}] {result}", flush=True)  # the last line: the result and where it is written

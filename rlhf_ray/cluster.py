@@ -108,6 +108,8 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
                        cfg.tcmalloc)
     if ray.is_initialized():
         return setup
+    if setup.log_dir is not None:
+        raylet_messages_to(setup.log_dir / "raylet.log")
     os.environ.update({k: v for k, v in ACTOR_ENV.items() if k not in os.environ})
     quiet = {} if cfg.log_to_driver else {"logging_level": logging.ERROR, "log_to_driver": False}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -132,6 +134,26 @@ def connect(cfg: RayConfig, log_dir: str | Path | None = None) -> ActorSetup:
 
     start_local_instance(start)
     return setup
+
+
+def raylet_messages_to(log_file: Path) -> None:
+    """Ray prints each worker's death on the driver's terminal as a ~700-character `(raylet)` line,
+    with no setting to turn it off (`listen_error_messages` in ray/_private/worker.py hands them to
+    `print_to_stdstream`); unless `ray.log_to_driver`, they go to `log_file` instead. The driver's
+    own lines stay, and every other message Ray prints goes where it did."""
+    from ray._private import worker
+
+    original = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
+
+    def print_to_stdstream(data, ignore_prefix):
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as f:
+            f.write("".join(f"{line}\n" for line in data.get("lines", [])))
+
+    print_to_stdstream.__wrapped__ = original
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def start_local_instance(start, attempts: int = 2) -> None:

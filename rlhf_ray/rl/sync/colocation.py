@@ -22,10 +22,20 @@ class Colocated:
     def connect(self) -> None:
         self.inner.connect()
 
+    def _engines(self, method: str, *args) -> None:
+        """`method` on every engine; one that Ray restarted (killed between calls) is called again
+        once it is back, as generation is: it wakes with its initial weights, and the delivery
+        that follows, or the replay when it next generates, gives it the current ones."""
+        import ray
+
+        refs = self.receivers.map(method, dict.fromkeys(range(len(self.receivers)), args),
+                                  self.engine_timeout_s)
+        ray.get(list(refs.values()))
+
     def sleep_engines(self) -> None:
         """The engines give the GPU up: at start-up before the trainers load, then before each
         update."""
-        self.receivers.call("sleep", timeout_s=self.engine_timeout_s)
+        self._engines("sleep")
 
     def before_update(self) -> None:
         self.sleep_engines()
@@ -33,12 +43,9 @@ class Colocated:
             self.senders.call("reload_states", timeout_s=self.trainer_timeout_s)
 
     def deliver(self, version: int) -> Delivery:
-        n = len(self.receivers)
-        # room for the new weights
-        self.receivers.call("wake_up", [("weights",)] * n, self.engine_timeout_s)
+        self._engines("wake_up", "weights")  # room for the new weights
         delivery = self.inner.deliver(version)
-        # ... then the KV cache
-        self.receivers.call("wake_up", [("kv_cache",)] * n, self.engine_timeout_s)
+        self._engines("wake_up", "kv_cache")  # ... then the KV cache
         if self.offload_states:
             # until the next update
             self.senders.call("offload_states", timeout_s=self.trainer_timeout_s)

@@ -166,7 +166,8 @@ class ActorGroup:
                                 deadline) if retry is not None and restarted else None
                 if new_ref is None:
                     verb = "died during" if died else "failed in"
-                    raise ActorGroupError(f"{names[position]} {verb} {method}: {_cause(err)}") from err
+                    raise ActorGroupError(f"{names[position]} {verb} {method}: {_cause(err)}",
+                                          names[position], died) from err
                 pending[position] = new_ref
 
     def _wait_restarted(self, index: int, method: str, deadline: float) -> None:
@@ -185,7 +186,7 @@ class ActorGroup:
                 time.sleep(0.5)
             except ray.exceptions.RayActorError as err:
                 raise ActorGroupError(f"{self.names[index]} died during {method} and was not restarted: "
-                                      f"{_cause(err)}") from err
+                                      f"{_cause(err)}", self.names[index], True) from err
             except ray.exceptions.GetTimeoutError:
                 break
         raise ActorGroupError(f"{self.names[index]}: not back from a restart before {method}'s deadline")

@@ -67,7 +67,12 @@ def actor_env(threads: int | None, tcmalloc: str = "auto") -> dict[str, str]:
 
 
 class ActorGroupError(RuntimeError):
-    """An actor died, raised, or did not answer in time; the message names it."""
+    """An actor died, raised, or did not answer in time; the message names it (`actor`: its name,
+    where one actor is to blame; `died`: its process is gone)."""
+
+    def __init__(self, message: str, actor: str | None = None, died: bool = False):
+        super().__init__(message)
+        self.actor, self.died = actor, died
 
 
 class Restarted(RuntimeError):

@@ -79,7 +79,8 @@ class RLActors:
             self.rollout.call("sleep", timeout_s=rc.timeout_s)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
                                  setup=setup)
-        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner,
+        # learner.max_restarts counts the driver's restarts of the run (rl/loop.py), never Ray's
+        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner.model_copy(update={"max_restarts": 0}),
                                   shared_placement=self.shared, setup=setup)
         self.learner.setup_data_parallel(LearnerSpec.of(cfg), total_steps, cfg.learner.timeout_s)
         # cuts a worker's output into the ranks' shares

@@ -187,27 +187,55 @@ def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_
     return summary
 
 
-def _resume_hint(checkpoints: Checkpoints) -> str:
+def _latest_intact(checkpoints: Checkpoints) -> tuple[str, dict] | None:
     try:
-        latest = checkpoints.latest()
+        return checkpoints.latest()
     except ResumeError:  # every checkpoint damaged
-        latest = None
+        return None
+
+
+def _resume_hint(latest: tuple[str, dict] | None) -> str:
     return (f"resume from {latest[0]} with --resume" if latest
             else "no checkpoint to resume from (set rloo.save_every)")
 
 
 def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     """The RLOO run of `cfg`. Its prompts, models, resume point and placement are checked before any
-    actor starts; `check_only` stops there."""
+    actor starts; `check_only` stops there. A learner rank that dies takes the optimizer state with
+    it: the driver then restarts the run from its newest intact checkpoint, as `--resume` would (every
+    actor anew, the batches after the checkpoint drawn again), up to `learner.max_restarts` times."""
+    plan = plan_run(cfg)
+    if check_only:
+        return {"checked": "rloo", "prompts": len(plan.prompts), "held_out": len(plan.held_out),
+                "output_dir": cfg.output_dir}
+    restarts = []
+    while True:
+        try:
+            summary = _run(cfg, plan)
+            break
+        except ActorGroupError as err:
+            latest = _latest_intact(plan.checkpoints)
+            learner_died = err.died and (err.actor or "").startswith("learner-")
+            if not learner_died or latest is None or len(restarts) >= cfg.learner.max_restarts:
+                raise ActorGroupError(f"{err}. The run stopped; {_resume_hint(latest)}", err.actor,
+                                      err.died) from err
+            restarts.append({"after": str(err), "from": latest[0], "step": latest[1]["step"]})
+            print(f"[rloo] {err}: restarting from {latest[0]} (learner restart {len(restarts)} of "
+                  f"{cfg.learner.max_restarts})", file=sys.stderr, flush=True)
+            cfg = cfg.model_copy(update={"resume": True})
+            plan = plan_run(cfg)
+    summary["learner_restarts"] = restarts
+    (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _run(cfg: Config, plan: RunPlan) -> dict:
+    """One attempt at the run: the actors start, train from `plan`'s resume point, and stop."""
     from transformers import AutoTokenizer
 
     from rlhf_ray.rl.actors import RLActors
 
     out = Path(cfg.output_dir)
-    plan = plan_run(cfg)
-    if check_only:
-        return {"checked": "rloo", "prompts": len(plan.prompts), "held_out": len(plan.held_out),
-                "output_dir": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     # the driver holds no weights
@@ -236,8 +264,6 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
         last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, refreshes)
         policy, after = curve.final(last_step)
         placement = {**rl.placement(), **(online.placement() if online else {})}
-    except ActorGroupError as err:  # e.g. the learner died: say where the run can resume from
-        raise ActorGroupError(f"{err}. The run stopped; {_resume_hint(plan.checkpoints)}") from err
     finally:
         if log is not None:
             log.close()
@@ -250,5 +276,4 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     if online is not None:
         summary["online_rm"] = {"schedule": cfg.online_rm.schedule, "version": online.version,
                                 "labels_spent": online.budget.spent, "upfront_refreshes": upfront}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

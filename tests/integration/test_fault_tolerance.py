@@ -1,7 +1,8 @@
 """Fault tolerance on a local Ray instance with real actors: a rollout worker and a scorer killed
 mid-run (with overlapped generation) are restarted by Ray and their work retried, so the run goes on
-and every prompt batch is consumed exactly once, in order; a killed learner then ends the run with a
-message naming it and the checkpoint to resume from."""
+and every prompt batch is consumed exactly once, in order; a killed learner makes the driver restart the
+run from its newest checkpoint (`learner.max_restarts`, 1); killed again, it ends the run with a message
+naming it and the checkpoint to resume from."""
 import json
 import threading
 
@@ -38,11 +39,13 @@ def _in_thread(cfg):
     return thread, result
 
 
-def test_killed_rollout_worker_and_scorer_are_restarted_and_a_killed_learner_ends_the_run(ray_local, testbeds,
-                                                                                         tmp_path):
+def test_killed_actors_are_restarted_a_killed_learner_restarts_the_run_and_a_second_ends_it(ray_local, testbeds,
+                                                                                          tmp_path, capsys):
     """One run (actor start-up is most of a run's time here): the rollout worker killed mid-generation of
     step 2's batch, a scorer after step 2, both restarted and their work retried, so steps 2-4 consume
-    their batches once and in order; then the learner, which ends the run naming it and the checkpoint."""
+    their batches once and in order; then the learner, and the driver restarts the run from the newest
+    checkpoint, redoing the steps after it; then the learner again, which ends the run naming it and the
+    checkpoint."""
     import ray
 
     cfg = _cfg(tmp_path, testbeds, "rloo.overlap=true", "rloo.save_every=1", "rloo.steps=40")
@@ -53,23 +56,42 @@ def test_killed_rollout_worker_and_scorer_are_restarted_and_a_killed_learner_end
     ray.kill(ray.get_actor("scorer-0"), no_restart=False)
     wait_for_step(tmp_path, 4, thread, result)  # the restarted scorer scored steps 3 and 4
     ray.kill(ray.get_actor("learner-0"), no_restart=True)
+    restarted = _wait_for_line(capsys, "restarting from", thread, result)
+    wait_for_step(tmp_path, 6, thread, result)  # the restarted run trains on
+    ray.kill(ray.get_actor("learner-0"), no_restart=True)
     thread.join(timeout=300)
 
+    assert "[rloo] learner-0 died during" in restarted and "(learner restart 1 of 1)" in restarted
     err = result.get("error")
     assert isinstance(err, ActorGroupError), result
     assert "learner-0" in str(err) and "with --resume" in str(err) and "checkpoints/step-" in str(err)
     assert len(str(err).replace(str(tmp_path), "")) < 220, str(err)  # the actor, the cause, the next step
     checkpoint = str(err).split("resume from ")[1].split(" with")[0]
     complete = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*") if (p / "state.json").exists())
-    assert checkpoint.rsplit("/", 1)[1] == complete[-1]  # the newest complete one (step 4's save may be cut off)
-    # a step's row is logged before its checkpoint is saved: with step 4 logged, step 3's was complete
-    assert json.loads((tmp_path / "checkpoints" / complete[-1] / "state.json").read_text())["step"] >= 3
+    assert checkpoint.rsplit("/", 1)[1] == complete[-1]  # the newest complete one (a later save may be cut off)
+    # a step's row is logged before its checkpoint is saved: with step 6 logged, step 5's was complete
+    assert json.loads((tmp_path / "checkpoints" / complete[-1] / "state.json").read_text())["step"] >= 5
 
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     loader = PromptLoader(load_prompts(cfg), 4, cfg.seed)
     expected = [[p["prompt_id"] for p in loader.next()] for _ in range(len(rows))]
-    assert len(rows) >= 4 and [r["step"] for r in rows] == list(range(1, len(rows) + 1))
-    assert [r["prompt_ids"] for r in rows] == expected  # every batch once, in order: none lost, none repeated
+    # every step once (those after the restart's checkpoint redone), every batch once and in order
+    assert len(rows) >= 6 and [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["prompt_ids"] for r in rows] == expected
     assert all(r["samples"] == 8 for r in rows)
     samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 * len(rows)
+
+
+def _wait_for_line(capsys, text: str, thread, result, timeout_s: float = 300) -> str:
+    """The first stderr line of the run in `thread` that holds `text` (the run goes on printing)."""
+    import time
+
+    seen, deadline = "", time.monotonic() + timeout_s
+    while time.monotonic() < deadline and thread.is_alive():
+        seen += capsys.readouterr().err
+        found = [line for line in seen.splitlines() if text in line]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no line with {text!r}: {result.get('error')!r}\n{seen[-2000:]}")

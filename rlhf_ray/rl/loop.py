@@ -184,6 +184,8 @@ def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_
     if plan.held_out:
         summary["held_out"] = policy_change(curve.before, after, len(plan.held_out), eval_k(cfg),
                                             cfg.rloo.bootstrap, cfg.rloo.ci_level, cfg.seed)
+        # the per-prompt values' prompts, in their order: runs with other seeds pair by these
+        summary["held_out"]["prompt_ids"] = [p["prompt_id"] for p in plan.held_out]
     return summary
 
 

@@ -101,6 +101,7 @@ def test_token_rloo_over_a_collective_with_par_and_the_monitors_actions(ray_loca
     assert (tmp_path / "policy_best" / "model.safetensors").exists()
     kept = json.loads((tmp_path / "policy_best" / "held_out.json").read_text())["scores"]
     assert summary["held_out"]["k"] == 3 and sum(len(part["kl"]) for part in kept) == 4 * 3
+    assert len(set(summary["held_out"]["prompt_ids"])) == summary["held_out"]["prompts"] == 4
     assert sorted(i for part in kept for i in part["prompt_index"]) == [0, 1, 2, 3]
     logged = [json.loads(x) for x in (tmp_path / "monitor.jsonl").read_text().splitlines()]
     assert [(x["step"], x["action"]) for x in logged] == [(2, "raise_kl"), (3, "keep_best")]

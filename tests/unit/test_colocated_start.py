@@ -23,7 +23,7 @@ class RecordingGroup:
         self.spec = spec
 
     def map(self, method, args, timeout_s):
-        self.log.append((self.name, method))
+        self.log.append((self.name, method, *next(iter(args.values()), ())))
         return {i: {"sync_s": 0.0} for i in args}
 
 
@@ -40,7 +40,8 @@ def test_a_colocated_start_sleeps_the_engines_before_the_learner_loads_then_wake
     assert order.index(("rollout", "sleep")) < order.index(("create", "learner"))
     assert order[order.index(("learner", "setup_data_parallel")):] == [
         ("learner", "setup_data_parallel"), ("rollout", "wake_up", "weights"),
-        ("learner", "send_weights", "publish"), ("rollout", "receive_weights"), ("rollout", "wake_up", "kv_cache")]
+        ("learner", "send_weights", "publish"), ("rollout", "receive_weights", "load"),
+        ("rollout", "wake_up", "kv_cache")]
 
 
 def test_a_start_without_colocation_neither_sleeps_nor_syncs(monkeypatch):

@@ -127,7 +127,9 @@ def rloo_step(cfg: Config, rl, queue: GenerationQueue, step: int, baselines=None
     timings = {"generate": t_generate, "score": t_score, "learn": t_learn, "sync": t_sync}
     metrics = step_metrics(generated, scores, learner_stats, timings, delivery, cfg.rollout.k,
                            time.monotonic() - began)
-    metrics["staleness"] = step - 1 - generation.weights_version  # versions behind the learner
+    # versions behind the learner, of the weights the samples came from (a retried worker's are
+    # the current ones, not the submission's)
+    metrics["staleness"] = step - 1 - min(g.weights_version for g in generated)
     return StepResult(batch, generation, generated, scores, metrics)
 
 

@@ -40,6 +40,9 @@ class Generated:
     length: list[int]
     finished: list[bool]
     compute_s: float
+    # the weights the engine generated them with: a worker restarted and retried generates with the
+    # current weights, not those the step was submitted with (the step's staleness reads this)
+    weights_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Scores:
 def generated_of(rollouts) -> Generated:
     """The `Generated` of a worker's `Rollouts` (a Ray task next to them, so only this travels)."""
     return Generated(list(rollouts.texts), [len(r) for r in rollouts.response_ids],
-                     list(rollouts.finished), rollouts.compute_s)
+                     list(rollouts.finished), rollouts.compute_s, rollouts.weights_version)
 
 
 @dataclass(frozen=True)

@@ -51,3 +51,13 @@ def test_step_compute_is_the_slowest_actor_per_phase():
     synced = Synced([{"sync_s": 1.0}, {"sync_s": 1.5}], publish_s=0.75)
     assert compute_seconds(generated, scores, learner, synced) == 3.0 + 0.5 + 5.0 + 0.75 + 1.5
     assert compute_seconds(generated, scores, learner, Synced([], 0.0)) == 3.0 + 0.5 + 5.0
+
+
+def test_what_the_driver_reads_of_samples_carries_the_weights_they_came_from():
+    """Issue 28 (3): a worker restarted and retried generates with the current weights; the step's
+    staleness is computed from the version each engine generated with, not the submission's."""
+    from rlhf_ray.rl.engines.base import Rollouts
+    from rlhf_ray.rl.phases import generated_of
+
+    rollouts = Rollouts([[1]], [[2, 3]], [[-0.1, -0.2]], [True], ["hi"], 1, weights_version=7)
+    assert generated_of(rollouts).weights_version == 7

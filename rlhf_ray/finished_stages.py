@@ -10,6 +10,7 @@ downstream of it, as its upstream result changed. `pipeline.reuse_finished: fals
 stage."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -20,6 +21,7 @@ from typing import Callable
 import yaml
 
 from rlhf_ray.config import Config
+from rlhf_ray.config.resume import flatten
 from rlhf_ray.utils.atomic import atomic_write_bytes
 
 MARKER = "pipeline_stage.json"
@@ -62,22 +64,17 @@ def finished_result(result_file: Path, key: dict) -> dict | None:
         return None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
+    """The built-in config as a stage key holds it, flattened (the same for every stage)."""
+    return flatten(yaml.safe_load(yaml.safe_dump(Config().model_dump(exclude={"pipeline"}))))
 
 
 def same_config(saved: dict, current: dict) -> bool:
     """Whether a stage finished with `saved` ran what `current` asks for. A key a later version of
     rlhf-ray added counts as the same when `current` leaves it at its built-in default (the stage
     ran as that default does), and a key it removed is ignored: an upgrade keeps finished stages."""
-    old, new = _flat(saved), _flat(current)
-    defaults = _flat(yaml.safe_load(yaml.safe_dump(Config().model_dump(exclude={"pipeline"}))))
+    old, new, defaults = flatten(saved), flatten(current), _defaults()
     return all(old[k] == v if k in old else v == defaults.get(k, v) for k, v in new.items())
 
 

@@ -16,12 +16,13 @@ SAFE_LEAVES = ("num_cpus", "num_gpus", "placement_strategy", "max_restarts", "nu
 SAFE_GROUPS = ("rollout", "scorer")  # stateless between steps: their count may change too
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested config mapping as {dotted key: leaf value}."""
     flat = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flat(value, dotted + "."))
+            flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat
@@ -36,6 +37,6 @@ def _safe(key: str) -> bool:
 
 def run_definition_changes(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, current value) for every key that defines the run and differs."""
-    old, new = _flat(saved), _flat(current)
+    old, new = flatten(saved), flatten(current)
     return [(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key) and not _safe(key)]

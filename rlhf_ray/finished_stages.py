@@ -25,6 +25,9 @@ from rlhf_ray.config.resume import flatten
 from rlhf_ray.utils.atomic import atomic_write_bytes
 
 MARKER = "pipeline_stage.json"
+# leaves that only say how a stage survives failures (restarts, timeouts), never what it computes:
+# changing one, or a new default for one, keeps a finished stage
+FAILURE_HANDLING_LEAVES = ("max_restarts", "timeout_s", "sync_timeout_s", "placement_timeout_s")
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
@@ -73,9 +76,11 @@ def _defaults() -> dict:
 def same_config(saved: dict, current: dict) -> bool:
     """Whether a stage finished with `saved` ran what `current` asks for. A key a later version of
     rlhf-ray added counts as the same when `current` leaves it at its built-in default (the stage
-    ran as that default does), and a key it removed is ignored: an upgrade keeps finished stages."""
+    ran as that default does), and a key it removed is ignored: an upgrade keeps finished stages.
+    Restart counts and timeouts (FAILURE_HANDLING_LEAVES) are ignored."""
     old, new, defaults = flatten(saved), flatten(current), _defaults()
-    return all(old[k] == v if k in old else v == defaults.get(k, v) for k, v in new.items())
+    return all(old[k] == v if k in old else v == defaults.get(k, v) for k, v in new.items()
+               if k.rpartition(".")[2] not in FAILURE_HANDLING_LEAVES)
 
 
 def mark_finished(result_file: Path, key: dict) -> None:

@@ -71,6 +71,16 @@ def test_a_stage_finished_by_an_earlier_version_is_reused_unless_a_new_key_is_se
     assert finished_result(result, stage_key(changed, ["testbed-hash"])) is None
 
 
+def test_restart_counts_and_timeouts_never_invalidate_a_finished_stage(tmp_path):
+    """learner.max_restarts went from 0 to 1 by default between two parts of one experiment: how a
+    stage survives a crash does not change what it computed."""
+    cfg = load_config("configs/rm_bt_gold.yaml", ["rm.epochs=2"])
+    result = _finished_stage(tmp_path, cfg, ["testbed-hash"])
+    for override in ["learner.max_restarts=5", "rollout.max_restarts=0", "scorer.timeout_s=3"]:
+        other = load_config("configs/rm_bt_gold.yaml", ["rm.epochs=2", override])
+        assert finished_result(result, stage_key(other, ["testbed-hash"])) is not None, override
+
+
 def test_a_stage_without_its_marker_or_with_a_cut_result_runs_again(tmp_path):
     cfg = load_config("configs/rm_bt_gold.yaml")
     result = _finished_stage(tmp_path, cfg, ["t"])

@@ -59,6 +59,11 @@ class RolloutConfig(ActorGroupConfig):
     # start-up, which `rlhf-ray plan` counts
     max_num_seqs: Optional[int] = Field(None, ge=1)
     max_num_batched_tokens: Optional[int] = Field(None, ge=16)
+    # every prompt's samples drawn from a seed of their own (the run's seed, the step, the prompt's
+    # place in the batch): a generation that a restarted worker retries or a resumed run redoes
+    # draws the same samples. vLLM-CPU then prefills each prompt whole (no chunked prefill). false:
+    # vLLM's unseeded sampler, one random stream per engine (a little faster on GPUs)
+    seeded_sampling: bool = True
     # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner
     # gathers one bucket at a time, so the sync's extra memory on every rank is one bucket
     sync_bucket_mb: float = Field(256.0, gt=0)

@@ -3,7 +3,7 @@ Ray object refs where the data is large (rollouts, scores, weights) and waits wi
 names the actor; the driver never copies a batch."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.cluster import ActorSetup
@@ -110,8 +110,8 @@ class RLActors:
         n, k = len(self.rollout), k or self.cfg.rollout.k
         shard_index = [i for i in shards_by_load([len(p) for p in prompt_ids], n) if i]
         version = self.delivery.version
-        args = {w: ([prompt_ids[i] for i in idx], k, sampling, version) for w,
-                idx in enumerate(shard_index)}
+        args = {w: ([prompt_ids[i] for i in idx], k, replace(sampling, positions=idx), version)
+                for w, idx in enumerate(shard_index)}
         return PendingGeneration(self.rollout.submit("generate", args), shard_index, version)
 
     def finish_generation(self, generating: PendingGeneration) -> Generation:

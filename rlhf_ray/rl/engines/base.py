@@ -3,6 +3,7 @@ new weights. Weights travel as raw tensor bytes with their names, dtypes and sha
 any engine can load them and the object store never serialises them."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
@@ -16,7 +17,18 @@ class Sampling:
     max_new_tokens: int = 64
     temperature: float = 0.7
     top_p: float = 1.0
-    seed: int = 0
+    seed: int = 0  # the call's seed (a run's: `derive_seed` of its stream and step)
+    # each prompt's place in the step's whole batch, which its samples' seed comes from (None: 0,
+    # 1, ...): a worker's share draws the same samples whichever worker generates it
+    positions: list[int] | None = None
+
+
+def prompt_seeds(sampling: Sampling, n_prompts: int) -> list[int]:
+    """One seed per prompt, from the call's seed and the prompt's place: a hash, so that the seeds
+    of two steps or two prompts never overlap (vLLM draws sample j of a prompt from its seed + j)."""
+    positions = sampling.positions if sampling.positions is not None else range(n_prompts)
+    return [int.from_bytes(hashlib.blake2b(f"{sampling.seed}:{p}".encode(), digest_size=8).digest(),
+                           "little") >> 2 for p in positions]
 
 
 @dataclass

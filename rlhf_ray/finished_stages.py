@@ -4,8 +4,8 @@ crash or a SIGKILL, or with one more RLOO target or seed) reruns only what is ne
 After a stage has written its result file, the pipeline writes `pipeline_stage.json` beside it: the
 stage's config and a hash of its inputs (the testbed files and the results of the stages it builds
 on, e.g. the reward models an RLOO run scores with). A stage run again with the same config and
-inputs returns that result instead of running; any changed config key (the `pipeline` section aside,
-which no stage reads), testbed file or upstream result runs it again, and so does everything
+inputs returns that result instead of running; any changed config key (the `pipeline` and `logging`
+sections aside, which no stage computes with), testbed file or upstream result runs it again, and so does everything
 downstream of it, as its upstream result changed. `pipeline.reuse_finished: false` runs every
 stage."""
 from __future__ import annotations
@@ -25,6 +25,8 @@ from rlhf_ray.config.resume import flatten
 from rlhf_ray.utils.atomic import atomic_write_bytes
 
 MARKER = "pipeline_stage.json"
+# sections no stage computes with: the pipeline's own, and where runs are reported (trackers)
+NOT_A_STAGES_CONFIG = {"pipeline", "logging"}
 # leaves that only say how a stage survives failures (restarts, timeouts), never what it computes:
 # changing one, or a new default for one, keeps a finished stage
 FAILURE_HANDLING_LEAVES = ("max_restarts", "timeout_s", "sync_timeout_s", "placement_timeout_s")
@@ -43,7 +45,7 @@ def data_fingerprint(data_dir: str | Path) -> str:
 def stage_key(stage: Config, inputs: list[str | Path]) -> dict:
     """What a stage's result depends on: its config (as YAML reads it back) and its inputs, each a
     fingerprint (str) or an upstream stage's result file (Path, hashed by content)."""
-    config = yaml.safe_load(yaml.safe_dump(stage.model_dump(exclude={"pipeline"}), sort_keys=False))
+    config = yaml.safe_load(yaml.safe_dump(stage.model_dump(exclude=NOT_A_STAGES_CONFIG), sort_keys=False))
     digest = hashlib.sha256()
     for item in inputs:
         digest.update(hashlib.sha256(item.read_bytes()).digest() if isinstance(item,
@@ -70,7 +72,7 @@ def finished_result(result_file: Path, key: dict) -> dict | None:
 @functools.lru_cache(maxsize=1)
 def _defaults() -> dict:
     """The built-in config as a stage key holds it, flattened (the same for every stage)."""
-    return flatten(yaml.safe_load(yaml.safe_dump(Config().model_dump(exclude={"pipeline"}))))
+    return flatten(yaml.safe_load(yaml.safe_dump(Config().model_dump(exclude=NOT_A_STAGES_CONFIG))))
 
 
 def same_config(saved: dict, current: dict) -> bool:

@@ -30,6 +30,7 @@ from rlhf_ray.rl.policy_samples import add_policy_samples
 from rlhf_ray.rm.bon import run_bon
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
+from rlhf_ray.tracking import Trackers
 
 
 def stage_config(cfg: Config, ref: str | None, overrides: list[str], output_dir: Path,
@@ -137,6 +138,25 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
     rm_cfgs, rl_cfg = check_stages(cfg)
     if check_only:
         return {"checked": name, "reward_models": list(pc.reward_models)}
+    # the pipeline's own tracker run: its stages' runs are grouped under it
+    trackers = Trackers.open(cfg)
+    group = out.resolve().name
+    rm_cfgs = {key: rm_cfg.model_copy(update={
+        "logging": trackers.child(group, f"rm/{Path(rm_cfg.output_dir).name}")})
+        for key, rm_cfg in rm_cfgs.items()}
+    try:
+        result = _run_stages(cfg, name, rm_cfgs, rl_cfg, start, trackers)
+    except BaseException:
+        trackers.finish(None, out, failed=True)
+        raise
+    trackers.finish({"minutes": result["minutes"], "reused_stages": result["reused"]}, out)
+    return {"report": result["report"], "minutes": result["minutes"]}
+
+
+def _run_stages(cfg: Config, name: str, rm_cfgs: dict[tuple[str, int], Config], rl_cfg: Config,
+                start: float, trackers: Trackers) -> dict:
+    """Every stage of the pipeline, each run or reused, then its report."""
+    out, pc = Path(cfg.output_dir), cfg.pipeline
     if cfg.prepare.policy_samples.enabled:
         say(name, f"sampling the policy ({rl_cfg.policy.name}) for the reward models' data")
         sample_policy(cfg, rl_cfg)
@@ -181,6 +201,8 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
                               [*pc.rloo_overrides, *arm_overrides,
                                f"reward.models=[{', '.join(models[m] for m in members)}]"],
                               out / "rloo" / run_name(label, seed, cfg), seed)
+        tracked = trackers.child(out.resolve().name, f"rloo/{run_name(label, seed, cfg)}")
+        rl_cfg = rl_cfg.model_copy(update={"logging": tracked})
         summary = stages.reuse_or_run(rl_cfg, Path(rl_cfg.output_dir) / "summary.json",
                                       [summaries[m] for m in members], partial(run_rloo, rl_cfg))
         rloo_runs.append({"reward_model": label, "seed": seed, "run_dir": rl_cfg.output_dir,
@@ -189,4 +211,4 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
     minutes = (time.monotonic() - start) / 60
     report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes,
                                    f"rlhf-ray {name}", reused=len(stages.reused))
-    return {"report": str(report), "minutes": minutes}
+    return {"report": str(report), "minutes": minutes, "reused": len(stages.reused)}

@@ -16,11 +16,13 @@ from rlhf_ray.config.rm import (BSRConfig, DataConfig, EvalConfig, LossConfig, M
                                 PromptAwareConfig, RMConfig, UtilityConfig)
 from rlhf_ray.config.stages import (BonConfig, CorpusSizes, ExperimentConfig, PipelineConfig,
                                     PolicySamplesConfig, PrepareConfig)
+from rlhf_ray.config.tracking import LoggingConfig, MLflowConfig, WandbConfig
 from rlhf_ray.config.tree import Config
 
 __all__ = ["ActorGroupConfig", "BSRConfig", "BonConfig", "Config", "ConfigError", "CorpusSizes",
            "DataConfig",
-           "EvalConfig", "ExperimentConfig", "LearnerConfig", "LossConfig", "MOVED_KEYS",
+           "EvalConfig", "ExperimentConfig", "LearnerConfig", "LoggingConfig", "MLflowConfig", "WandbConfig",
+           "LossConfig", "MOVED_KEYS",
            "ModelConfig",
            "MonitorConfig", "PipelineConfig", "PolicyConfig", "PolicySamplesConfig",
            "PrepareConfig",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # dotted-key prefixes a resume may change without asking (a prefix ends at a dot or the key's end)
 SAFE_TO_CHANGE = (
-    "resume", "resume_changes", "output_dir", "storage_path", "tensorboard", "ray", "eval", "bon",
+    "resume", "resume_changes", "output_dir", "storage_path", "tensorboard", "logging", "ray", "eval", "bon",
     "prepare", "pipeline", "experiment", "rloo.steps", "rloo.save_every", "rloo.keep_checkpoints",
     "rloo.eval_every", "rm.max_steps", "rm.save_every", "rm.keep_checkpoints",
 )

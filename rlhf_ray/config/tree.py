@@ -11,6 +11,7 @@ from rlhf_ray.config.rl import (LearnerConfig, OnlineRMConfig, PolicyConfig, Rew
                                RolloutConfig, ScorerConfig)
 from rlhf_ray.config.rm import DataConfig, EvalConfig, LossConfig, ModelConfig, RMConfig
 from rlhf_ray.config.stages import BonConfig, ExperimentConfig, PipelineConfig, PrepareConfig
+from rlhf_ray.config.tracking import LoggingConfig
 
 
 class Config(Section):
@@ -39,6 +40,9 @@ class Config(Section):
     # logs, reports) stay in output_dir.
     storage_path: Optional[str] = None
     tensorboard: bool = True
+    # Weights & Biases and MLflow (off by default): config, per-step metrics, the held-out curve,
+    # the summary and the plots of every run
+    logging: LoggingConfig = LoggingConfig()
     # continue from the newest complete checkpoint under output_dir/checkpoints: true (an error when
     # there is none), auto (start fresh when there is none, saying so), false
     resume: Union[bool, Literal["auto"]] = False

@@ -22,6 +22,7 @@ from rlhf_ray.rl.policy_eval import policy_change
 from rlhf_ray.rl.prompts import PromptLoader, encode_prompts, held_out_prompts, load_prompts
 from rlhf_ray.rl.step_metrics import step_metrics, write_samples
 from rlhf_ray.rl.sync import transport_class
+from rlhf_ray.tracking import Trackers
 from rlhf_ray.utils import storage
 from rlhf_ray.utils.runlog import RunLogger, truncate_jsonl
 from rlhf_ray.utils.train_state import Checkpoints, ResumeError
@@ -212,10 +213,23 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     if check_only:
         return {"checked": "rloo", "prompts": len(plan.prompts), "held_out": len(plan.held_out),
                 "output_dir": cfg.output_dir}
+    trackers = Trackers.open(cfg)
+    try:
+        summary = _run_restarting(cfg, plan, trackers)
+    except BaseException:
+        trackers.finish(None, Path(cfg.output_dir), failed=True)
+        raise
+    (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    trackers.finish(summary, Path(cfg.output_dir))
+    return summary
+
+
+def _run_restarting(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
+    """The run, restarted from its newest intact checkpoint when a learner rank dies."""
     restarts = []
     while True:
         try:
-            summary = _run(cfg, plan)
+            summary = _run(cfg, plan, trackers)
             break
         except ActorGroupError as err:
             latest = _latest_intact(plan.checkpoints)
@@ -229,11 +243,10 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
             cfg = cfg.model_copy(update={"resume": True})
             plan = plan_run(cfg)
     summary["learner_restarts"] = restarts
-    (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _run(cfg: Config, plan: RunPlan) -> dict:
+def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
     """One attempt at the run: the actors start, train from `plan`'s resume point, and stop."""
     from transformers import AutoTokenizer
 
@@ -262,7 +275,8 @@ def _run(cfg: Config, plan: RunPlan) -> dict:
         upfront = (upfront_refreshes(cfg, rl, online, plan.prompts, encode,
                                      plan.resume_from is not None) if online is not None else [])
         done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
-        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None)
+        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None,
+                        trackers=trackers)
         truncate_jsonl(out / "samples.jsonl", done or None)
         refreshes = RefreshDriver(cfg, rl, online) if online is not None else None
         last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, refreshes)

@@ -11,6 +11,7 @@ from rlhf_ray.config import Config
 from rlhf_ray.data.loaders import prepare
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
+from rlhf_ray.tracking import Trackers
 
 
 def run_config(cfg: Config, base: str, overrides: list[str], out_dir: Path, seed: int) -> Config:
@@ -22,9 +23,6 @@ def run_config(cfg: Config, base: str, overrides: list[str], out_dir: Path, seed
 
 
 def run_experiment(cfg: Config, check_only: bool = False) -> dict:
-    from rlhf_ray.cluster import connect
-    from rlhf_ray.report.experiment_report import write_experiment_report
-
     exp, out = cfg.experiment, Path(cfg.output_dir)
     prepare(cfg)  # the experiment's testbeds (its sizes), which every run reads
     runs = [
@@ -38,6 +36,24 @@ def run_experiment(cfg: Config, check_only: bool = False) -> dict:
         train_reward_model(run_cfg, check_only=True)
     if check_only:
         return {"checked": "experiment", "runs": len(runs)}
+    trackers = Trackers.open(cfg)  # the experiment's own tracker run: its trainings grouped under it
+    runs = [(variant, seed, run_cfg.model_copy(update={
+        "logging": trackers.child(out.resolve().name, f"{variant}-s{seed}")}))
+        for variant, seed, run_cfg in runs]
+    try:
+        result = _train_and_evaluate(cfg, runs)
+    except BaseException:
+        trackers.finish(None, out, failed=True)
+        raise
+    trackers.finish({"runs": result["runs"]}, out)
+    return result
+
+
+def _train_and_evaluate(cfg: Config, runs: list[tuple[str, int, Config]]) -> dict:
+    from rlhf_ray.cluster import connect
+    from rlhf_ray.report.experiment_report import write_experiment_report
+
+    exp, out = cfg.experiment, Path(cfg.output_dir)
     connect(cfg.ray, out / "logs")
     print(f"[experiment] {len(runs)} trainings, {exp.parallel} at a time", file=sys.stderr,
           flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_ray.cluster import connect
@@ -14,6 +15,7 @@ from rlhf_ray.data.loaders import epoch_batches, load_split, num_steps
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rm.actor import RMTrainerGroup
+from rlhf_ray.tracking import Trackers
 from rlhf_ray.utils import storage
 from rlhf_ray.utils.runlog import RunLogger
 from rlhf_ray.utils.train_state import Checkpoints
@@ -21,12 +23,20 @@ from rlhf_ray.utils.train_state import Checkpoints
 PROGRESS_KEYS = ("loss", "accuracy", "margin", "batch_reward_mean", "w_norm", "h_norm_mean")
 
 
-def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = False) -> dict:
-    """Train one reward model as `cfg` says; returns the summary (also written as summary.json).
-    `tag` names the run's actors and progress lines when several train at once. Everything that can
-    be checked before an actor starts is checked first (data, model, resume, placement);
-    `check_only` stops there."""
-    out = Path(cfg.output_dir)
+@dataclass
+class RMRunPlan:
+    """What a reward-model run checks before any actor starts."""
+
+    train: list
+    evaluation: list
+    total: int  # steps
+    stored: str  # where checkpoints and the model go (output_dir or storage_path's folder)
+    checkpoints: Checkpoints
+    resumed: tuple[str, dict] | None  # (checkpoint, its state) to resume from
+
+
+def plan_rm_run(cfg: Config) -> RMRunPlan:
+    """The data, the model, the resume point and the placement, checked."""
     train = load_split(cfg, "train")
     evaluation = load_split(cfg, "eval")
     total = num_steps(len(train), cfg.rm.batch_size, cfg.rm.epochs, cfg.rm.max_steps)
@@ -37,6 +47,17 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
                               cfg.model_dump(mode="json"), cfg.resume_changes)
     resumed = checkpoints.resume_point(cfg.resume)
     check_placement({"rm": cfg.rm}, cluster_nodes(cfg.ray))
+    return RMRunPlan(train, evaluation, total, stored, checkpoints, resumed)
+
+
+def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = False) -> dict:
+    """Train one reward model as `cfg` says; returns the summary (also written as summary.json).
+    `tag` names the run's actors and progress lines when several train at once. Everything that can
+    be checked before an actor starts is checked first (data, model, resume, placement);
+    `check_only` stops there."""
+    out, plan = Path(cfg.output_dir), plan_rm_run(cfg)
+    train, evaluation, total, stored = plan.train, plan.evaluation, plan.total, plan.stored
+    checkpoints, resumed = plan.checkpoints, plan.resumed
     if check_only:
         return {"checked": "train-rm", "steps": total, "train_rows": len(train),
                 "output_dir": str(out)}
@@ -53,8 +74,9 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
         done = resumed[1]["step"]
         trainers.load_state(storage.join(resumed[0], "engine"), done)
         print(f"[train-rm] resumed from step {done} (checkpoint {resumed[0]})", file=sys.stderr, flush=True)
+    trackers = Trackers.open(cfg, tag)
     log = RunLogger(out, "train-rm", total, cfg.tensorboard, PROGRESS_KEYS, tag=tag,
-                    resume_step=done if resumed else None)
+                    resume_step=done if resumed else None, trackers=trackers)
     try:
         if evaluation and not resumed:
             log.log(0, trainers.evaluate(evaluation), prefix="eval")
@@ -76,8 +98,12 @@ def train_reward_model(cfg: Config, tag: str | None = None, check_only: bool = F
         if evaluation:
             summary["eval"] = trainers.evaluate(evaluation)
             log.log(total, summary["eval"], prefix="eval")
+    except BaseException:
+        trackers.finish(None, out, failed=True)
+        raise
     finally:
         log.close()
         trainers.shutdown()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    trackers.finish(summary, out)
     return summary

@@ -46,11 +46,11 @@ def steady_rate(step: int, now: float, first_step: int, start: float,
 
 class RunLogger:
     def __init__(self, out_dir: str | Path, job: str, total_steps: int, tensorboard: bool = True,
-                 keys=(), resume_step: int | None = None, tag: str | None = None):
+                 keys=(), resume_step: int | None = None, tag: str | None = None, trackers=None):
         """`job` is the command (`train-rm`, `rloo`: its progress prefix and Ray gauges); `tag`
         tells apart runs of one job side by side. A fresh run starts metrics.jsonl anew; a resumed
         one keeps the rows up to its checkpoint's step (those after it were logged by the
-        interrupted run and are redone)."""
+        interrupted run and are redone). `trackers`: `tracking.Trackers` that get every row too."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
@@ -60,6 +60,7 @@ class RunLogger:
         self.warm = None
         self.name, self.total, self.keys = f"{job} {tag}" if tag else job, total_steps, tuple(keys)
         self.start = self.last = time.monotonic()
+        self.trackers = trackers
         self.writer = None
         from rlhf_ray.utils.ray_metrics import RayMetrics
 
@@ -82,6 +83,8 @@ class RunLogger:
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
+        if self.trackers is not None:
+            self.trackers.log(step, metrics, prefix)
         if prefix == "train":
             now = time.monotonic()
             self.ray_metrics.record({"step_s": now - self.last, **metrics})

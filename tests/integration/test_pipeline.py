@@ -35,7 +35,8 @@ def test_demo_with_small_settings(tmp_path, capsys):
                  "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
                  "prepare.policy_samples.max_new_tokens=8", "scorer.num_workers=1",
                  f"pipeline.rm_overrides=[{', '.join(rm)}]",
-                 f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]"]
+                 f"pipeline.rloo_overrides=[{', '.join(rloo)}]", f"pipeline.rloo_against=[{first}]",
+                 "logging.wandb.enabled=true", "logging.mlflow.enabled=true"]  # both offline
     done = _demo(overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     shown = done.stderr + done.stdout
@@ -70,7 +71,30 @@ def test_demo_with_small_settings(tmp_path, capsys):
     for png in ("rloo_curves.png", "held_out_gain.png", "rl_over_optimisation.png", "rm/scenarios.png",
                 "bon/best_of_n.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    _assert_the_trackers_hold_every_run(tmp_path, list(demo.reward_models), first)
     _assert_a_second_run_reuses_every_finished_stage(overrides, tmp_path, numbers)
+
+
+def _assert_the_trackers_hold_every_run(out: Path, reward_models: list[str], rloo: str):
+    """Issue 29: the demo's runs, logged offline to MLflow (one folder store) and W&B, read back."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("rlhf-ray").experiment_id])}
+    assert set(runs) == {out.name, *(f"rm/{m}" for m in reward_models), f"rloo/{rloo}"}
+    pipeline = runs.pop(out.name)
+    assert all(r.data.tags["mlflow.parentRunId"] == pipeline.info.run_id for r in runs.values())
+    assert all(r.info.status == "FINISHED" for r in [pipeline, *runs.values()])
+    assert {"plots/held_out_gain.png", "plots/rloo_curves.png"} <= {
+        a.path for a in client.list_artifacts(pipeline.info.run_id, "plots")}
+    rl = runs[f"rloo/{rloo}"]
+    assert rl.data.params["rloo.steps"] == "2"
+    assert [m.step for m in client.get_metric_history(rl.info.run_id, "train/kl")] == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(rl.info.run_id, "held_out/gold")) == [0, 1, 2]
+    rm_loss = client.get_metric_history(runs[f"rm/{reward_models[0]}"].info.run_id, "train/loss")
+    assert [m.step for m in rm_loss] == [1, 2]
+    wandb_runs = list(out.glob("**/wandb/offline-run-*/run-*.wandb"))
+    assert len(wandb_runs) == len(reward_models) + 2  # each stage's run in its folder, and the pipeline's
 
 
 def _demo(overrides: list[str]) -> subprocess.CompletedProcess:

@@ -64,7 +64,7 @@ def test_nvls_is_off_in_the_actors_unless_the_driver_says_otherwise_and_a_reorde
 
 
 def test_usage_reporting_is_off_in_the_driver_and_the_actors_unless_the_user_turns_it_on(monkeypatch):
-    """Issue 28 (8): vLLM's, Ray's and Hugging Face's usage reporting off by default; a user's own
+    """Issue 28 (8): vLLM's, Ray's, Hugging Face's, MLflow's and W&B's usage reporting off by default; a user's own
     setting wins, in the actors too."""
     from rlhf_ray.cli import main
     from rlhf_ray.cluster import USAGE_REPORTING_OFF, actor_env
@@ -74,6 +74,7 @@ def test_usage_reporting_is_off_in_the_driver_and_the_actors_unless_the_user_tur
     env = actor_env(1, "off")
     assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["WANDB_ERROR_REPORTING"] == "false"
     main(["plan", "--config", "configs/rloo_smollm2.yaml"])  # the CLI sets them for its own process
     import os
 

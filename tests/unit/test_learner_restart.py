@@ -21,7 +21,7 @@ class _Checkpoints:
 def _patched(monkeypatch, failures: list, latest=("runs/x/checkpoints/step-000004", {"step": 4})):
     attempts = []
 
-    def run(cfg, plan):
+    def run(cfg, plan, trackers):
         attempts.append(cfg.resume)
         if failures:
             raise failures.pop(0)

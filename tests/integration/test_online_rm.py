@@ -35,9 +35,10 @@ def _rows(folder) -> list[dict]:
 def test_the_reward_model_learns_from_the_policy_it_judges_within_one_job_and_resumes(ray_local, testbeds,
                                                                                       tmp_path):
     """Two steps with a checkpoint after step 1, then resumed to three: the checkpoint holds the RM trainers'
-    state, the replay buffer, the label spend and the version, and the resumed run goes on with them (the
-    samples themselves differ after a resume: vLLM's sampler restarts, issue 28)."""
+    state, the replay buffer, the label spend and the version, and the resumed run goes on with them; the
+    step it redoes (2) has the first run's samples and rewards (seeded sampling, issue 28)."""
     _online(tmp_path, testbeds, "rloo.steps=2", "rloo.save_every=1")
+    first_step_2 = [x for x in (tmp_path / "samples.jsonl").read_text().splitlines() if json.loads(x)["step"] == 2]
     state = json.loads(next((tmp_path / "checkpoints").glob("step-000001/state.json")).read_text())
     assert state["online_rm"]["version"] == 1 and state["online_rm"]["budget"]["spent"] == 4
     assert len(state["online_rm"]["replay"]["rows"]) == 4
@@ -58,6 +59,8 @@ def test_the_reward_model_learns_from_the_policy_it_judges_within_one_job_and_re
     assert all(t != t or -1 <= t <= 1 for t in taus) and any(t == t for t in taus)
     samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert {(s["step"], s["rm_version"]) for s in samples} == {(1, 0), (2, 1), (3, 2)}
+    assert [x for x in (tmp_path / "samples.jsonl").read_text().splitlines()
+            if json.loads(x)["step"] == 2] == first_step_2 and len(first_step_2) == 8
     assert {"rm-trainer-online-0", "rm-trainer-online-1", "rollout-0", "scorer-0", "learner-0"} <= set(
         summary["placement"])
     assert all((tmp_path / "reward_models" / f"v{v}" / "model.safetensors").exists() for v in (1, 2, 3))
@@ -68,7 +71,8 @@ def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then
     """The frozen arm of the frozen-vs-online experiment: the online run's three refreshes, with the
     same labels and training rows, all on the initial policy's samples before step 1; every step is
     then scored by the last version, and the served model's tau with the gold is logged each step."""
-    summary = _online(tmp_path, testbeds, "online_rm.schedule=upfront", "rm.num_workers=1")
+    summary = _online(tmp_path, testbeds, "online_rm.schedule=upfront", "rm.num_workers=1",
+                      "scorer.num_workers=1")
     upfront = json.loads((tmp_path / "online_rm_upfront.json").read_text())
     assert [u["rm_refreshed_to"] for u in upfront] == [1, 2, 3]
     assert [u["labels_spent"] for u in upfront] == [4, 4, 2]

@@ -27,7 +27,9 @@ def test_demo_with_small_settings(tmp_path, capsys):
     demo = load_config("configs/demo.yaml").pipeline
     first = next(iter(demo.reward_models))
     # one scorer where the demo has two (eval-rm, best-of-n): the scoring pool's sharding is tested apart
-    rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5", "scorer.num_workers=1"]
+    # and one RM trainer where the demo has two (data-parallel training is tested in test_rm_training.py)
+    rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5", "scorer.num_workers=1",
+          "rm.num_workers=1"]
     rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=2", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
             "rloo.eval_every=1", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
     overrides = [f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}", "tensorboard=false",

@@ -312,6 +312,14 @@ def colocated_plan(cfg: Config, rollout: GroupPlan, learner: GroupPlan) -> Group
                             "rollout.gpu_memory_utilization or kv_cache_gb")
 
 
+def scorer_and_trainer_plan(scorers: GroupPlan, trainers: GroupPlan) -> GroupPlan:
+    """A scorer and an RM trainer rank on one GPU (online_rm.colocate_with_scorers): both resident
+    at once, each with its own CUDA context."""
+    terms = {f"{plan.group}: {k}": v for plan in (scorers, trainers) for k, v in plan.terms.items()}
+    return GroupPlan("colocated scorers", "scorer + RM trainer rank on one GPU", terms, on_gpu=True,
+                     actors=0, advice="rm.micro_batch_tokens, rm.zero_stage, model.gradient_checkpointing")
+
+
 def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list[GroupPlan]:
     """The groups `job` starts: `train-rm` (trainers, and eval-rm's scorers), `rloo` (rollout,
     scorers, learner, their shared GPU when colocated, and the RM trainers with `online_rm`);
@@ -332,9 +340,12 @@ def plan_groups(cfg: Config, job: str, machine: "Machine | None" = None) -> list
             online.append(replace(scorer_plan(judge.model, "online_rm.judge.model", judge.dtype,
                                               judge.max_length, judge), group="judge",
                                   what="the judge (a reward model ranking label requests)"))
+        groups = [rollout, scorers, learner]
         if cfg.rollout.colocate_with_learner and rollout.on_gpu and learner.on_gpu:
-            return [rollout, scorers, learner, colocated_plan(cfg, rollout, learner), *online]
-        return [rollout, scorers, learner, *online]
+            groups.append(colocated_plan(cfg, rollout, learner))
+        if cfg.online_rm.enabled and cfg.online_rm.colocate_with_scorers and scorers.on_gpu and online[0].on_gpu:
+            groups.append(scorer_and_trainer_plan(scorers, online[0]))
+        return groups + online
     scorers = scorer_plan(cfg.model.name, "model.name", cfg.model.dtype, cfg.model.max_length,
                           cfg.scorer)
     return [rm_trainer_plan(cfg), scorers]

@@ -233,6 +233,10 @@ class OnlineRMConfig(Section):
     # scored by the previous version and learned while it trains, and the step after waits for it.
     # Above 0, which step a version first scores depends on timing (samples.jsonl says which).
     max_staleness: int = Field(0, ge=0)
+    # RM trainer i and scorer i share one placement-group bundle (and its GPU, when their num_gpus
+    # add up to at most 1): the reward model's trainer beside a copy it serves, so a pool of GPUs
+    # holds both. Needs as many RM trainers as scorers. Both stay resident (no sleep).
+    colocate_with_scorers: bool = False
 
     @model_validator(mode="after")
     def _judge_names_its_model(self):

@@ -59,6 +59,19 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _colocated_rm_trainers_pair_with_scorers(self):
+        rm, sc = self.rm, self.scorer
+        if not (self.online_rm.enabled and self.online_rm.colocate_with_scorers):
+            return self
+        if rm.num_workers != sc.num_workers:
+            raise ValueError(f"online_rm.colocate_with_scorers pairs RM trainer i with scorer i: rm.num_workers "
+                             f"({rm.num_workers}) must equal scorer.num_workers ({sc.num_workers})")
+        if rm.num_gpus and sc.num_gpus and rm.num_gpus + sc.num_gpus > 1:
+            raise ValueError(f"online_rm.colocate_with_scorers shares one GPU: rm.num_gpus + scorer.num_gpus "
+                             f"({rm.num_gpus:g} + {sc.num_gpus:g}) must be at most 1, e.g. 0.5 each")
+        return self
+
+    @model_validator(mode="after")
     def _prompt_groups_split_evenly(self):
         # unequal shares would give the learner ranks unequal micro-batch counts, and ZeRO's
         # collectives would wait on the rank that has none left until the timeout

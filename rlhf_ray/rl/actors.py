@@ -31,13 +31,18 @@ def split_task(rollouts, scores: Scores | None, first_group: int, world_size: in
 
 
 def colocated_bundles(cfg: Config) -> list[dict[str, float]]:
-    """One bundle per (learner rank i, rollout worker i): their CPUs, GPUs and custom resources
-    added up, so Ray puts both on one node and, with num_gpus 0.5 each, on one GPU."""
+    """One bundle per (learner rank i, rollout worker i) (`paired_bundles`)."""
+    return paired_bundles(cfg.learner, cfg.rollout, cfg.learner.num_workers)
+
+
+def paired_bundles(first, second, count: int) -> list[dict[str, float]]:
+    """`count` bundles of one actor of each of two groups (`first`, `second`: their sections), their
+    CPUs, GPUs and custom resources added up, so Ray puts each pair on one node and, with num_gpus
+    0.5 each, on one GPU."""
     from rlhf_ray.placement import bundle_of
 
-    learner, rollout = bundle_of(cfg.learner), bundle_of(cfg.rollout)
-    return [{k: learner.get(k, 0.0) + rollout.get(k, 0.0) for k in {*learner,
-                                                                    *rollout}}] * cfg.learner.num_workers
+    a, b = bundle_of(first), bundle_of(second)
+    return [{k: a.get(k, 0.0) + b.get(k, 0.0) for k in {*a, *b}}] * count
 
 
 def shards_by_load(prompt_tokens: list[int], workers: int) -> list[list[int]]:
@@ -77,8 +82,16 @@ class RLActors:
             # starts) and sleep before the learner rank loads beside them; they wake with the
             # learner's weights below
             self.rollout.call("sleep", timeout_s=rc.timeout_s)
+        # with online_rm.colocate_with_scorers, bundle i holds scorer i and RM trainer i (the RM
+        # trainers start in `OnlineRewardTraining`, into `scorer_placement`)
+        oc = cfg.online_rm
+        self.scorer_placement = (reserve_bundles("scorer", paired_bundles(cfg.scorer, cfg.rm,
+                                                                          cfg.scorer.num_workers),
+                                                 cfg.scorer.placement_strategy,
+                                                 cfg.scorer.placement_timeout_s)
+                                 if oc.enabled and oc.colocate_with_scorers else None)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
-                                 setup=setup)
+                                 shared_placement=self.scorer_placement, setup=setup)
         # learner.max_restarts counts the driver's restarts of the run (rl/loop.py), never Ray's
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner.model_copy(update={"max_restarts": 0}),
                                   shared_placement=self.shared, setup=setup)
@@ -299,5 +312,6 @@ class RLActors:
 
         for actors in (self.rollout, self.scorer, self.learner):
             actors.shutdown()
-        if self.shared is not None:
-            remove_placement_group(self.shared)
+        for shared in (self.shared, self.scorer_placement):
+            if shared is not None:
+                remove_placement_group(shared)

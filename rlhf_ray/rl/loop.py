@@ -266,7 +266,7 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
     try:
         if cfg.online_rm.enabled:  # the RM trainers beside the other three roles
 
-            online = OnlineRewardTraining(cfg, setup, plan.stored)
+            online = OnlineRewardTraining(cfg, setup, plan.stored, rl.scorer_placement)
         baselines = None  # LSC / PAR's: the initial policy's rewards, by prompt id
         if cfg.reward.transform != "none":
             every = plan.prompts + plan.held_out

@@ -24,26 +24,44 @@ class DeviceProbe:
                 "device": auto_device_type(ray_gpu_ids(), torch.cuda.is_available())}
 
 
+def _pairs(role: str, other: str, bundles: list[dict], first_section, second_section) -> dict:
+    """Two groups of probes sharing one placement group, actor i of each in bundle i."""
+    from ray.util.placement_group import remove_placement_group
+
+    from rlhf_ray.placement import reserve_bundles
+
+    shared = reserve_bundles(role, bundles, "SPREAD", 60)
+    first = ActorGroup(DeviceProbe, role, first_section, shared_placement=shared)
+    second = ActorGroup(DeviceProbe, other, second_section, shared_placement=shared)
+    out = {"bundles": bundles, role: first.call("report"), other: second.call("report")}
+    first.shutdown()
+    second.shutdown()
+    remove_placement_group(shared)
+    return out
+
+
 def colocated() -> dict:
     """rollout.colocate_with_learner: 4 learner ranks and 4 rollout workers of half a GPU each, pair i
     in bundle i of one placement group, as RLActors places them."""
-    from ray.util.placement_group import remove_placement_group
-
     from rlhf_ray.config import load_config
-    from rlhf_ray.placement import reserve_bundles
     from rlhf_ray.rl.actors import colocated_bundles
 
     cfg = load_config(None, ["rollout.colocate_with_learner=true", "rollout.num_workers=4", "rollout.num_gpus=0.5",
                              "rollout.num_cpus=0.25", "learner.num_workers=4", "learner.num_gpus=0.5",
                              "learner.num_cpus=0.25", "learner.placement_strategy=SPREAD", "rloo.prompts_per_step=8"])
-    shared = reserve_bundles("learner", colocated_bundles(cfg), "SPREAD", 60)
-    learner = ActorGroup(DeviceProbe, "learner", cfg.learner, shared_placement=shared)
-    rollout = ActorGroup(DeviceProbe, "rollout", cfg.rollout, shared_placement=shared)
-    out = {"bundles": colocated_bundles(cfg), "learner": learner.call("report"), "rollout": rollout.call("report")}
-    learner.shutdown()
-    rollout.shutdown()
-    remove_placement_group(shared)
-    return out
+    return _pairs("learner", "rollout", colocated_bundles(cfg), cfg.learner, cfg.rollout)
+
+
+def scorers_with_rm_trainers() -> dict:
+    """online_rm.colocate_with_scorers: 4 scorers and 4 RM trainer ranks of half a GPU each, pair i in
+    bundle i of the scorers' placement group, as RLActors and OnlineRewardTraining place them."""
+    from rlhf_ray.config import load_config
+    from rlhf_ray.rl.actors import paired_bundles
+
+    cfg = load_config(None, ["online_rm.enabled=true", "online_rm.colocate_with_scorers=true",
+                             "scorer.num_workers=4", "scorer.num_gpus=0.5", "scorer.num_cpus=0.25",
+                             "rm.num_workers=4", "rm.num_gpus=0.5", "rm.num_cpus=0.25"])
+    return _pairs("scorer", "rm", paired_bundles(cfg.scorer, cfg.rm, 4), cfg.scorer, cfg.rm)
 
 
 def main() -> None:
@@ -59,6 +77,7 @@ def main() -> None:
     gpu.shutdown()
     cpu.shutdown()
     report["colocated"] = colocated()
+    report["scorers_with_rm_trainers"] = scorers_with_rm_trainers()
     print("REPORT " + json.dumps(report))
     ray.shutdown()
     cluster.shutdown()

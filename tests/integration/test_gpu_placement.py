@@ -1,6 +1,7 @@
 """Ray with fake GPUs (a simulated 2-node cluster declaring 2 GPUs per node): every GPU actor sees
 exactly the CUDA_VISIBLE_DEVICES Ray assigned it and picks `cuda`; CPU actors pick `cpu`; colocated,
-learner rank i and rollout worker i share one node and one GPU, and the 4 pairs use all 4 GPUs."""
+learner rank i and rollout worker i share one node and one GPU, and the 4 pairs use all 4 GPUs; so do
+scorer i and RM trainer rank i with online_rm.colocate_with_scorers."""
 import json
 import os
 import subprocess
@@ -30,11 +31,12 @@ def test_gpu_actors_see_their_own_gpu_and_pick_cuda_cpu_actors_pick_cpu():
     for actor in report["cpu"]:
         assert actor["gpu_ids"] == [] and actor["device"] == "cpu" and not actor["visible"], actor
 
-    colocated = report["colocated"]
-    assert colocated["bundles"] == [{"CPU": 0.5, "GPU": 1.0}] * 4
-    pairs = set()
-    for learner, rollout in zip(colocated["learner"], colocated["rollout"]):
-        assert learner["node"] == rollout["node"] and learner["gpu_ids"] == rollout["gpu_ids"], (learner, rollout)
-        assert learner["device"] == rollout["device"] == "cuda" and len(learner["gpu_ids"]) == 1
-        pairs.add((learner["node"], learner["gpu_ids"][0]))
-    assert len(pairs) == 4  # a GPU per pair: two pairs on each node
+    for placed, role, other in ((report["colocated"], "learner", "rollout"),
+                                (report["scorers_with_rm_trainers"], "scorer", "rm")):
+        assert placed["bundles"] == [{"CPU": 0.5, "GPU": 1.0}] * 4
+        pairs = set()
+        for first, second in zip(placed[role], placed[other]):
+            assert first["node"] == second["node"] and first["gpu_ids"] == second["gpu_ids"], (first, second)
+            assert first["device"] == second["device"] == "cuda" and len(first["gpu_ids"]) == 1
+            pairs.add((first["node"], first["gpu_ids"][0]))
+        assert len(pairs) == 4, role  # a GPU per pair: two pairs on each node

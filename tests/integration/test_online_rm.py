@@ -91,7 +91,8 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     scorers keep their version), the trainers come back warm-started from the served version, the
     skipped refresh's labels stay in the replay buffer, and the later refreshes make the next versions;
     the scorer killed after step 2 comes back with the current version (a step scored by another would
-    be refused); the run ends normally having spent its whole budget."""
+    be refused); the run ends normally having spent its whole budget. The trainer shares the scorer's
+    placement-group bundle (online_rm.colocate_with_scorers), where the restarted group starts again."""
     import ray
 
     result, done = {}, threading.Event()
@@ -99,7 +100,8 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     def run():
         try:
             result["summary"] = _online(tmp_path, testbeds, "rloo.steps=4", "online_rm.budget_total=16",
-                                        "rm.num_workers=1", "scorer.num_workers=1")
+                                        "rm.num_workers=1", "scorer.num_workers=1",
+                                        "online_rm.colocate_with_scorers=true")
         except Exception as err:  # noqa: BLE001 - handed to the test
             result["error"] = err
         done.set()
@@ -122,6 +124,12 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     assert all(r["rm_version"] == r["step"] - 2 for r in after)  # one version behind the step count
     assert rows[-1]["labels_total"] == 16 and result["summary"]["online_rm"]["version"] == 3
     assert "scorer-0 was restarted" in capfd.readouterr().err  # and was given the current version
+    # the scorer's and the trainer's CPUs (0.5 each) in one bundle (apart, no bundle is that large)
+    from ray.util import placement_group_table
+
+    bundles = [list(pg["bundles"].values()) for pg in placement_group_table().values()
+               if pg["name"] == "" and pg["stats"]["scheduling_state"] in ("FINISHED", "REMOVED")]
+    assert [{"CPU": 1.0}] in bundles, bundles
 
 
 def test_the_judge_ranks_by_its_reward_on_its_own_actors_and_a_dead_judge_costs_labels_not_the_run(ray_local):

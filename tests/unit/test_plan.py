@@ -169,3 +169,26 @@ def test_online_reward_training_adds_the_rm_trainers_to_the_rloo_plan():
                                                        "online_rm.judge.num_workers=2"])
     judge = {g.group: g for g in plan_groups(judged, "rloo")}["judge"]
     assert judge.actors == 2 and judge.terms["weights"] == groups["scorer"].terms["weights"]
+
+
+def test_rm_trainers_colocated_with_the_scorers_are_checked_together_on_their_one_gpu():
+    """Issue 27 (5): online_rm.colocate_with_scorers puts scorer i and RM trainer rank i on one GPU."""
+    from rlhf_ray.config import ConfigError
+
+    shared = ["online_rm.colocate_with_scorers=true", "scorer.num_workers=4", "scorer.num_gpus=0.5",
+              "rm.num_gpus=0.5"]
+    groups = {g.group: g for g in plan_groups(load_config("configs/paper_rloo_gpu_online.yaml", shared), "rloo")}
+    pair, scorers, trainers = groups["colocated scorers"], groups["scorer"], groups["rm"]
+    assert pair.total == pytest.approx(scorers.total + trainers.total) and pair.actors == 0
+    assert any(k.startswith("scorer: ") for k in pair.terms) and any(k.startswith("rm: ") for k in pair.terms)
+    assert trainers.total < Machine(80).gpu_bytes and scorers.total < Machine(80).gpu_bytes
+    small = Machine(trainers.total / GIB + 1)  # the trainer alone fits, the pair does not
+    with pytest.raises(PlanError, match=r"colocated scorers needs .* GB per GPU"):
+        check_fits([pair], small)
+    plain = {g.group for g in plan_groups(load_config("configs/paper_rloo_gpu_online.yaml"), "rloo")}
+    assert "colocated scorers" not in plain
+    with pytest.raises(ConfigError, match=r"rm.num_workers \(4\) must equal scorer.num_workers \(2\)"):
+        load_config("configs/paper_rloo_gpu_online.yaml", ["online_rm.colocate_with_scorers=true"])
+    with pytest.raises(ConfigError, match=r"rm.num_gpus \+ scorer.num_gpus \(1 \+ 1\) must be at most 1"):
+        load_config("configs/paper_rloo_gpu_online.yaml", ["online_rm.colocate_with_scorers=true",
+                                                           "scorer.num_workers=4"])

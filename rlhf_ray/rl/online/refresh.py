@@ -119,11 +119,14 @@ def labeller_of(cfg: Config, setup=None):
 
 
 class OnlineRewardTraining:
-    def __init__(self, cfg: Config, setup, stored: str):
+    def __init__(self, cfg: Config, setup, stored: str, placement=None):
         """`stored`: the run's storage folder, where each version is saved (a resumed run's scorers
-        read it; otherwise the weights reach them through the object store)."""
+        read it; otherwise the weights reach them through the object store). `placement`: the
+        scorers' placement group, whose bundle i trainer i shares (online_rm.colocate_with_scorers);
+        None: the trainers' own."""
         oc = self.oc = cfg.online_rm
         self.cfg, self.stored, self.setup = trainer_config(cfg, cfg.reward.models[0]), stored, setup
+        self.placement_group = placement
         self.trainers = self._start_trainers(self.cfg)
         self.labeller = labeller_of(cfg, setup)
         self.budget = LabelBudget(oc.budget_total, oc.budget_per_refresh)
@@ -135,7 +138,8 @@ class OnlineRewardTraining:
     def _start_trainers(self, cfg: Config):
         from rlhf_ray.rm.actor import RMTrainerGroup
 
-        return RMTrainerGroup(cfg, total_steps=1 << 30, tag="online", setup=self.setup)
+        return RMTrainerGroup(cfg, total_steps=1 << 30, tag="online", setup=self.setup,
+                              shared_placement=self.placement_group)
 
     def _restart_trainers(self) -> None:
         """A new group, warm-started from the version being served (the optimizer's moments start

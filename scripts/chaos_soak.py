@@ -5,6 +5,7 @@ every sample written once. Prints and writes (--out) each kill's recovery time: 
 next step's row, less a normal step.
 
     .venv/bin/python scripts/chaos_soak.py --out runs/chaos [--steps 30 --every 4 --seed 0] [k=v ...]
+    .venv/bin/python scripts/chaos_soak.py --out runs/chaos-colocated --colocated   # the colocated variant
 
 The overrides are the run's config (tiny models by default: the tests' settings, 2 rollout workers,
 2 scorers, one learner rank, a checkpoint every step).
@@ -20,6 +21,10 @@ import time
 from pathlib import Path
 
 ROLES = ("rollout", "scorer", "learner")
+# --colocated: rollout worker i and learner rank i share a bundle (their GPU, on GPUs), weights go by
+# shared memory, and generation waits for the update (a colocated engine sleeps while its rank trains)
+COLOCATED = ["rollout.colocate_with_learner=true", "rollout.num_workers=2", "learner.num_workers=2",
+             "rollout.sync=ipc", "rloo.overlap=false"]
 TINY = ["policy.name=tiny-llama", "rloo.max_prompt_tokens=64", "rollout.k=2", "rollout.max_new_tokens=4",
         "rollout.kv_cache_gb=0.25", "rollout.max_model_len=256", "reward.max_length=96",
         "reward.models=[tiny-llama]", "rloo.prompts_per_step=4", "rollout.num_workers=2",
@@ -135,6 +140,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--every", type=int, default=4, help="a kill after every this many steps")
     parser.add_argument("--seed", type=int, default=0, help="the killer's seed (which role, which actor)")
+    parser.add_argument("--colocated", action="store_true",
+                        help="rollout workers colocated with 2 learner ranks (ipc sync, no overlap)")
     parser.add_argument("overrides", nargs="*", help="the run's config overrides (after the tiny defaults)")
     args = parser.parse_args()
     from rlhf_ray.config import load_config
@@ -142,10 +149,11 @@ def main() -> int:
     kills = schedule(args.steps, args.every, args.seed)
     learner_kills = sum(role == "learner" for _, role in kills)
     cfg = load_config(None, [*TINY, f"output_dir={args.out}", f"rloo.steps={args.steps}",
-                             f"learner.max_restarts={learner_kills}", *args.overrides])
+                             f"learner.max_restarts={learner_kills}", *(COLOCATED if args.colocated else []),
+                             *args.overrides])
     report = soak(cfg, kills, args.seed)
     problems = check(cfg, report) + ([f"the run stopped: {report['error']}"] if report["error"] else [])
-    result = {"steps": args.steps, "kills": report["kills"], "problems": problems,
+    result = {"steps": args.steps, "colocated": args.colocated, "kills": report["kills"], "problems": problems,
               **recovery_by_role(report, _rows(Path(cfg.output_dir)))}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "chaos.json").write_text(json.dumps(result, indent=1, default=str))

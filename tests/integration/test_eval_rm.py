@@ -73,6 +73,7 @@ def test_experiment_trains_variants_side_by_side_and_reports(ray_local, tmp_path
         "experiment.parallel=2",
         "experiment.variants={bt: [], bsr: [loss.bsr.coef=0.1]}",
         "experiment.overrides=[model.name=tiny-llama, rm.max_steps=2, rm.batch_size=4, rm.num_workers=1]",
+        "logging.mlflow.enabled=true",  # a folder store: the trainings as child runs of the experiment's
     ])
     out = run_experiment(cfg)
     report = (tmp_path / "exp" / "report.md").read_text()
@@ -82,3 +83,14 @@ def test_experiment_trains_variants_side_by_side_and_reports(ray_local, tmp_path
     for png in ("scenarios.png", "h_norms.png", "training_loss.png"):
         assert (tmp_path / "exp" / png).exists()
     assert out["runs"] == 4
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((tmp_path / "exp" / "mlruns").resolve().as_uri())
+    experiment = client.get_experiment_by_name("rlhf-ray").experiment_id
+    tracked = {r.info.run_name: r for r in client.search_runs([experiment])}
+    assert set(tracked) == {"exp", "bt-s0", "bt-s1", "bsr-s0", "bsr-s1"}
+    parent = tracked.pop("exp").info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == parent and r.data.params["rm.max_steps"] == "2"
+               for r in tracked.values())
+    assert [m.step for m in client.get_metric_history(tracked["bsr-s1"].info.run_id, "train/loss")] == [1, 2]
+    assert "plots/training_loss.png" in {a.path for a in client.list_artifacts(parent, "plots")}

@@ -119,9 +119,12 @@ def _bytes(dtype: str) -> int:
 
 
 def training_terms(arch: Architecture, dtype: str, ranks: int, zero_stage: int, tokens: int,
-                   checkpointing: bool, with_lm_head: bool) -> dict[str, float]:
-    """Weights, gradients, optimizer states and activations of one data-parallel rank."""
+                   checkpointing: bool, with_lm_head: bool, lora_rank: int = 0) -> dict[str, float]:
+    """Weights, gradients, optimizer states and activations of one data-parallel rank. With LoRA
+    (`lora_rank`), gradients and optimizer states are the adapters' alone (a value head's are
+    negligible beside them) and the adapters add to the weights; activations are as without."""
     p, b = arch.params(with_lm_head), _bytes(dtype)
+    t = arch.lora_params(lora_rank) if lora_rank else p  # the trained parameters
     bf16 = dtype == "bfloat16"
     per_layer_token = arch.saved_activation_elements() * b
     if checkpointing:  # each layer's input kept, one layer recomputed at a time
@@ -129,9 +132,9 @@ def training_terms(arch: Architecture, dtype: str, ranks: int, zero_stage: int, 
     else:
         activations = tokens * arch.layers * per_layer_token
     return {
-        "weights": p * b / (ranks if zero_stage == 3 else 1),
-        "gradients": p * b / (ranks if zero_stage >= 2 else 1) + (p * 4 / ranks if bf16 and zero_stage >= 1 else 0),
-        "optimizer states": p * (8 + (4 if bf16 else 0)) / (ranks if zero_stage >= 1 else 1),
+        "weights": (p + (t if lora_rank else 0)) * b / (ranks if zero_stage == 3 else 1),
+        "gradients": t * b / (ranks if zero_stage >= 2 else 1) + (t * 4 / ranks if bf16 and zero_stage >= 1 else 0),
+        "optimizer states": t * (8 + (4 if bf16 else 0)) / (ranks if zero_stage >= 1 else 1),
         "activations": activations,
     }
 
@@ -173,13 +176,15 @@ def rm_trainer_plan(cfg: Config) -> GroupPlan:
     mc, tc = cfg.model, cfg.rm
     arch = architecture(mc.name, "model.name")
     terms = training_terms(arch, mc.dtype, tc.num_workers, tc.zero_stage, _rm_tokens(cfg),
-                           mc.gradient_checkpointing, with_lm_head=False)
+                           mc.gradient_checkpointing, with_lm_head=False,
+                           lora_rank=mc.lora.rank if mc.lora.enabled else 0)
     on_gpu = tc.num_gpus > 0
     if on_gpu:
         terms.update(communication_terms(arch, mc.dtype, tc.num_workers, tc.zero_stage, False),
                      **{"CUDA context": CUDA_CONTEXT})
+    lora = f", LoRA rank {mc.lora.rank}" if mc.lora.enabled else ""
     plan = GroupPlan("rm",
-                     f"reward-model trainer ({mc.name}, {tc.num_workers} ranks, ZeRO-{tc.zero_stage})",
+                     f"reward-model trainer ({mc.name}, {tc.num_workers} ranks, ZeRO-{tc.zero_stage}{lora})",
                      terms, on_gpu=on_gpu)
     return with_host(plan, tc, loading_weights=terms["weights"] if on_gpu else 0)
 

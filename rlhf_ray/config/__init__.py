@@ -7,7 +7,8 @@ the file. One section per actor group carries its count and resources (`ActorGro
 they live: `base` (what sections are made of), `rm`, `rl` and `stages` (each role's sections),
 `tree` (the whole `Config` and its cross-section checks), `loading` (files, overrides, errors).
 """
-from rlhf_ray.config.base import ActorGroupConfig, ConfigError, PretrainedConfig, RayConfig, Section
+from rlhf_ray.config.base import (ActorGroupConfig, ConfigError, LoRAConfig, PretrainedConfig, RayConfig,
+                                  Section)
 from rlhf_ray.config.loading import (MOVED_KEYS, apply_overrides, config_from_dict, dump_config,
                                      find_config, load_config)
 from rlhf_ray.config.rl import (JudgeConfig, LearnerConfig, MonitorConfig, OnlineRMConfig, PolicyConfig,
@@ -22,7 +23,7 @@ from rlhf_ray.config.tree import Config
 __all__ = ["ActorGroupConfig", "BSRConfig", "BonConfig", "Config", "ConfigError", "CorpusSizes",
            "DataConfig",
            "EvalConfig", "ExperimentConfig", "LearnerConfig", "LoggingConfig", "MLflowConfig", "WandbConfig",
-           "LossConfig", "MOVED_KEYS",
+           "LoRAConfig", "LossConfig", "MOVED_KEYS",
            "ModelConfig",
            "MonitorConfig", "PipelineConfig", "PolicyConfig", "PolicySamplesConfig",
            "PrepareConfig",

@@ -2,7 +2,7 @@
 resources, how one model is loaded, the Ray connection."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,22 @@ class RayConfig(Section):
     # Ray's, vLLM's and DeepSpeed's output on this terminal (`--verbose`); false: in
     # <output_dir>/logs/
     log_to_driver: bool = False
+
+
+class LoRAConfig(Section):
+    """LoRA adapters (peft) on a trained model: only they (and a reward model's value head) train;
+    the base weights stay frozen."""
+
+    enabled: bool = False
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)  # the adapters' scale is alpha / rank
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # which linear layers get adapters: "all-linear" (peft's: every linear but the output layer) or
+    # their names (e.g. [q_proj, v_proj])
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    # besides the adapter folder (the adapters, the value head and the base model's reference), a
+    # folder `<model>-merged` with the adapters merged into the weights (loads without peft)
+    save_merged: bool = False
 
 
 class PretrainedConfig(Section):

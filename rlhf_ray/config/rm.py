@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from rlhf_ray.config.base import ActorGroupConfig, PretrainedConfig, Section
+from rlhf_ray.config.base import ActorGroupConfig, LoRAConfig, PretrainedConfig, Section
 
 
 class ModelConfig(PretrainedConfig):
@@ -15,6 +15,8 @@ class ModelConfig(PretrainedConfig):
     name: str = "minilm-l6"
     max_length: int = Field(256, ge=8)
     padding_side: Literal["right", "left"] = "right"
+    # train LoRA adapters and the value head instead of every weight (train-rm, online_rm's trainers)
+    lora: LoRAConfig = LoRAConfig()
 
 
 class UtilityConfig(Section):

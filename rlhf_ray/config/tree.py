@@ -59,6 +59,14 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _lora_under_zero_stages_0_to_2(self):
+        # the adapters' merged weights are read off whole parameters; ZeRO-3 partitions them
+        if self.model.lora.enabled and self.rm.zero_stage == 3:
+            raise ValueError("model.lora.enabled with rm.zero_stage=3 is not built yet: use ZeRO stage 0-2 "
+                             "(LoRA's optimizer states are small: ZeRO-3 buys little here)")
+        return self
+
+    @model_validator(mode="after")
     def _colocated_rm_trainers_pair_with_scorers(self):
         rm, sc = self.rm, self.scorer
         if not (self.online_rm.enabled and self.online_rm.colocate_with_scorers):

@@ -38,6 +38,14 @@ class Architecture:
         head = 0 if (self.tied or not with_lm_head) else self.vocab * h
         return self.vocab * h + self.layers * per_layer + head
 
+    def lora_params(self, rank: int) -> int:
+        """LoRA's parameters with adapters of `rank` on every linear of every layer (peft's
+        "all-linear"; fewer targets: fewer, so this bounds them): rank x (inputs + outputs) each."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        attention = (h + h) + (h + kv) + (h + kv) + (h + h)  # q, k, v, o
+        mlp = (3 if self.family == "decoder" else 2) * (h + i)
+        return self.layers * rank * (attention + mlp)
+
     def saved_activation_elements(self) -> int:
         """Elements one layer keeps per token for its backward (inputs of every matmul and norm, the
         attention output, the MLP's gate, up and activation), attention by a fused kernel

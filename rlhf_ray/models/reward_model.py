@@ -46,6 +46,16 @@ def value_head(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def value_head_name(model: nn.Module) -> str:
+    """The value head's module name (`score`, `classifier`, ...): what LoRA trains whole beside
+    the adapters."""
+    for name in ("score", "classifier"):
+        if getattr(model, name, None) is not None:
+            return name
+    head = value_head(model)
+    return next(name for name, module in model.named_modules() if module is head)
+
+
 def init_value_head(model: nn.Module, generator: torch.Generator | None = None) -> None:
     """W_p ~ N(0, 1/sqrt(H)) and bias 0, as the BSR paper's code does."""
     from rlhf_ray.utils.dist import gathered_parameters
@@ -75,10 +85,18 @@ def load_reward_model(
     ref: str, dtype: str = "float32", trust_remote_code: bool = False, seed: int = 0,
     pad_token_id=None, attn_implementation: str = "auto",
 ):
-    """Load a reward model; a fresh value head is initialised N(0, 1/sqrt(H)) from `seed`."""
+    """Load a reward model; a fresh value head is initialised N(0, 1/sqrt(H)) from `seed`. A LoRA
+    adapter folder (a model trained with `model.lora`) is loaded onto the base model it names and
+    merged: a plain model either way."""
     from transformers import AutoModelForSequenceClassification
 
+    from rlhf_ray.models.lora import adapter_base, is_adapter_folder, load_adapter_folder
+
     path = resolve_model(ref)
+    if is_adapter_folder(path):
+        base = load_reward_model(adapter_base(path), dtype, trust_remote_code, seed, pad_token_id,
+                                 attn_implementation)
+        return load_adapter_folder(path, base)
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, output_loading_info=True,
         **pretrained_kwargs(dtype, trust_remote_code, attn_implementation)

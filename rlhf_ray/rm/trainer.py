@@ -18,7 +18,9 @@ from rlhf_ray.models.reward_model import (
     load_tokenizer,
     rewards_and_hidden,
     value_head,
+    value_head_name,
 )
+from rlhf_ray.models.lora import add_lora, is_lora, merged_copy, merged_state_dict
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_rankings, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
@@ -73,6 +75,8 @@ class RewardModelTrainer:
         with zero3_init(ds_cfg):  # ZeRO-3: built partitioned, never whole on a rank
             model = load_reward_model(mc.name, mc.dtype, mc.trust_remote_code, cfg.seed,
                                       self.tokenizer.pad_token_id, mc.attn_implementation)
+        if mc.lora.enabled:  # the adapters and the value head train; the rest stays frozen
+            model = add_lora(model, mc.lora, mc.name, keep=[value_head_name(model)])
         self.engine = training_engine(model, ds_cfg, mc.gradient_checkpointing, cfg.rm.lr,
                                       cfg.rm.weight_decay,
                                       cfg.rm.schedule, int(cfg.rm.warmup_ratio * total_steps),
@@ -171,11 +175,13 @@ class RewardModelTrainer:
 
     def weights(self) -> dict | None:
         """The model's state dict as CPU tensors on rank 0 (None on the others): what a scorer loads
-        in place. Every rank must call this (ZeRO-3 gathers)."""
+        in place (with LoRA, the adapters merged in). Every rank must call this (ZeRO-3 gathers)."""
         module = self.engine.module
         with gathered_parameters(module.parameters(), self.cfg.rm.zero_stage):
             if self.rank != 0:
                 return None
+            if is_lora(module):
+                return merged_state_dict(module)
             # copies: ZeRO-3 frees the gathered storage on leaving the context
             return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
 
@@ -183,5 +189,8 @@ class RewardModelTrainer:
         """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes
         it into a temporary folder and renames it into place. Every rank must call this (ZeRO-3
         gathers)."""
-        save_hf_folder(self.engine.module, self.tokenizer, path, self.rank, self.cfg.rm.zero_stage)
+        module, lora = self.engine.module, self.cfg.model.lora
+        save_hf_folder(module, self.tokenizer, path, self.rank, self.cfg.rm.zero_stage)
+        if lora.enabled and lora.save_merged:
+            save_hf_folder(merged_copy(module), self.tokenizer, f"{path}-merged", self.rank, 0)
         return path if self.rank == 0 else None

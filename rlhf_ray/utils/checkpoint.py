@@ -23,6 +23,8 @@ def save_hf_folder(model, tokenizer, path: str, rank: int, zero_stage: int) -> N
             with atomic_dir(local) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
+                if hasattr(model, "peft_config"):  # an adapter folder: its base's config beside it
+                    model.base_model.model.config.save_pretrained(tmp)  # (what planners read)
             if remote:
                 storage.delete_dir(path)
                 storage.upload(local, path)

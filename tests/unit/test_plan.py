@@ -192,3 +192,17 @@ def test_rm_trainers_colocated_with_the_scorers_are_checked_together_on_their_on
     with pytest.raises(ConfigError, match=r"rm.num_gpus \+ scorer.num_gpus \(1 \+ 1\) must be at most 1"):
         load_config("configs/paper_rloo_gpu_online.yaml", ["online_rm.colocate_with_scorers=true",
                                                            "scorer.num_workers=4"])
+
+
+def test_lora_leaves_the_rm_trainers_gradients_and_optimizer_states_to_the_adapters():
+    """Issue 29: with model.lora, only the adapters train (rank x (inputs + outputs) per linear)."""
+    def rm_plan(*overrides):  # the online recipe's RM trainers (Qwen2.5-3B, warm-started)
+        cfg = load_config("configs/paper_rloo_gpu_online.yaml", ["rm.zero_stage=2", *overrides])
+        return {g.group: g for g in plan_groups(cfg, "rloo")}["rm"]
+
+    full, lora = rm_plan(), rm_plan("model.lora.enabled=true", "model.lora.rank=16")
+    assert "LoRA rank 16" in lora.what and lora.terms["activations"] == full.terms["activations"]
+    assert lora.terms["optimizer states"] < 0.02 * full.terms["optimizer states"]
+    assert lora.terms["gradients"] < 0.02 * full.terms["gradients"]
+    assert full.terms["weights"] < lora.terms["weights"] < 1.02 * full.terms["weights"]
+    assert lora.total < 0.7 * full.total

@@ -36,9 +36,13 @@ class WandbRun:
         import wandb
 
         self.wandb = wandb
+        # W&B's own terminal lines follow the process's setup settings, not a run's: quiet, as the
+        # run's progress lines are rlhf-ray's
+        quiet = wandb.Settings(silent=True, console="off", disable_git=True, save_code=False)
+        wandb.setup(settings=quiet)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.run_name or name,
                               group=cfg.group, dir=str(cfg.dir or out_dir), config=config, mode=cfg.mode,
-                              reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+                              reinit="create_new", settings=quiet)
         # the held-out curve has its own x axis: its points arrive at the end, after later steps
         self.run.define_metric("held_out/step")
         self.run.define_metric("held_out/*", step_metric="held_out/step")
@@ -65,16 +69,22 @@ class WandbRun:
         self.run.finish(exit_code=1 if failed else 0)
 
 
+def mlflow_client(uri: str):
+    """An MlflowClient of `uri`. MLflow 3 opens a folder store only when asked to (it is in
+    maintenance mode there): asked here, unless the environment says otherwise."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("file:") or "://" not in uri:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(uri)
+
+
 class MLflowRun:
     def __init__(self, cfg, name: str, config: dict, out_dir: Path):
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
         uri = cfg.tracking_uri or (Path(out_dir) / "mlruns").resolve().as_uri()
-        if uri.startswith("file:") or "://" not in uri:
-            # MLflow 3 keeps its folder store only on request; it is what runs without a server
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(uri)
+        self.client = mlflow_client(uri)
         found = self.client.get_experiment_by_name(cfg.experiment)
         experiment = found.experiment_id if found else self.client.create_experiment(cfg.experiment)
         tags = {"mlflow.parentRunId": cfg.parent_run_id} if cfg.parent_run_id else {}

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from rlhf_ray.config import load_config
+from rlhf_ray.tracking import mlflow_client
 from rlhf_ray.rm.evaluate import evaluate_reward_model
 from rlhf_ray.rm.train import train_reward_model
 
@@ -83,9 +84,7 @@ def test_experiment_trains_variants_side_by_side_and_reports(ray_local, tmp_path
     for png in ("scenarios.png", "h_norms.png", "training_loss.png"):
         assert (tmp_path / "exp" / png).exists()
     assert out["runs"] == 4
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient((tmp_path / "exp" / "mlruns").resolve().as_uri())
+    client = mlflow_client((tmp_path / "exp" / "mlruns").resolve().as_uri())
     experiment = client.get_experiment_by_name("rlhf-ray").experiment_id
     tracked = {r.info.run_name: r for r in client.search_runs([experiment])}
     assert set(tracked) == {"exp", "bt-s0", "bt-s1", "bsr-s0", "bsr-s1"}

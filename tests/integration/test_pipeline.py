@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.config import load_config
+from rlhf_ray.tracking import mlflow_client
 from rlhf_ray.data.gold import gold_reward
 from rlhf_ray.data.schema import load_rankings, read_records
 from rlhf_ray.rl.policy_samples import CACHE
@@ -79,9 +80,7 @@ def test_demo_with_small_settings(tmp_path, capsys):
 
 def _assert_the_trackers_hold_every_run(out: Path, reward_models: list[str], rloo: str):
     """Issue 29: the demo's runs, logged offline to MLflow (one folder store) and W&B, read back."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    client = mlflow_client((out / "mlruns").resolve().as_uri())
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("rlhf-ray").experiment_id])}
     assert set(runs) == {out.name, *(f"rm/{m}" for m in reward_models), f"rloo/{rloo}"}
     pipeline = runs.pop(out.name)

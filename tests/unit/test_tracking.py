@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.config import load_config
-from rlhf_ray.tracking import Trackers, numbers
+from rlhf_ray.tracking import Trackers, mlflow_client, numbers
 
 wandb = pytest.importorskip("wandb", reason="the tracking extra (scripts/setup.sh installs it)")
 pytest.importorskip("mlflow")
@@ -65,10 +65,11 @@ def test_a_metrics_row_becomes_its_finite_numbers_under_the_split():
     assert numbers(row, "train") == {"train/loss": 1.0, "train/eval.tau": 0.5}
 
 
-def test_wandb_offline_gets_the_config_metrics_curve_summary_and_plots(tmp_path):
+def test_wandb_offline_gets_the_config_metrics_curve_summary_and_plots(tmp_path, capfd):
     out = tmp_path / "run"
     _a_run(out, ["logging.wandb.enabled=true", "logging.wandb.project=proj", "logging.wandb.group=g"],
            "bt-s0").finish(SUMMARY, out)
+    assert "wandb" not in capfd.readouterr().err  # quiet: the terminal is the run's own
     [run_dir] = (out / "wandb").glob("offline-run-*")
     records = wandb_records(run_dir)
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
@@ -91,11 +92,9 @@ def test_wandb_offline_gets_the_config_metrics_curve_summary_and_plots(tmp_path)
 
 
 def test_mlflow_file_store_gets_the_config_metrics_curve_summary_and_plots(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     out = tmp_path / "run"
     _a_run(out, ["logging.mlflow.enabled=true", "logging.mlflow.experiment=exp"]).finish(SUMMARY, out)
-    client = MlflowClient((out / "mlruns").resolve().as_uri())
+    client = mlflow_client((out / "mlruns").resolve().as_uri())
     [run] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     assert run.info.run_name == "run" and run.info.status == "FINISHED"
     assert run.data.params["learner.lr"] == "3e-06" and run.data.params["seed"] == "0"
@@ -111,8 +110,6 @@ def test_mlflow_file_store_gets_the_config_metrics_curve_summary_and_plots(tmp_p
 
 
 def test_a_pipeline_s_runs_are_grouped_under_it_and_a_failed_run_says_so(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     both = ["logging.wandb.enabled=true", "logging.mlflow.enabled=true"]
     parent = Trackers.open(load_config(None, [f"output_dir={tmp_path / 'pipe'}", *both]))
     child_cfg = load_config(None, [f"output_dir={tmp_path / 'pipe' / 'rm' / 'bt-s0'}"])
@@ -121,7 +118,7 @@ def test_a_pipeline_s_runs_are_grouped_under_it_and_a_failed_run_says_so(tmp_pat
     child.finish(None, tmp_path / "pipe" / "rm" / "bt-s0", failed=True)
     parent.finish({"minutes": 1.5}, tmp_path / "pipe")
 
-    client = MlflowClient((tmp_path / "pipe" / "mlruns").resolve().as_uri())  # one store for both
+    client = mlflow_client((tmp_path / "pipe" / "mlruns").resolve().as_uri())  # one store for both
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("rlhf-ray").experiment_id])}
     assert set(runs) == {"pipe", "rm/bt-s0"}
     assert runs["rm/bt-s0"].data.tags["mlflow.parentRunId"] == runs["pipe"].info.run_id

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_ray.config import load_config
+from rlhf_ray.rl.policy_eval import length_adjusted_gain
 from rlhf_ray.rl.prompts import held_out_prompts
 from rlhf_ray.utils.stats import bootstrap_ci, nanmean
 
@@ -72,7 +73,12 @@ def by_reward_model(runs: list[dict]) -> dict:
                       "pooled_gold_v1": _ci(_pooled(mine, "gold")[1]),
                       "pooled_length": _ci(_pooled(mine, "length")[1]),
                       "at_no_length_change_mean": float(np.mean(
-                          [r["gold_v2_at_no_length_change"]["intercept"] for r in mine]))}
+                          [r["gold_v2_at_no_length_change"]["intercept"] for r in mine])),
+                      # (added at the write-up: the plan's reading 2 names this test per reward
+                      # model without defining its pooled form) the line through the pooled
+                      # per-prompt (length change, gold v2 change) at no length change
+                      "pooled_at_no_length_change": length_adjusted_gain(
+                          pooled, _pooled(mine, "length")[1])}
         out[label]["reading"] = _verdict(out[label]["pooled_gold_v2"])
     return out
 

@@ -1,4 +1,4 @@
-"""The chaos soak in CI (issue 28): a 20-step RLOO run with overlapped generation on a local Ray instance
+"""The chaos soak in CI (issue 28): a 30-step RLOO run with overlapped generation on a local Ray instance
 with real actors, while a seeded killer sends kill -9 to a rollout worker, a scorer and a learner rank
 (scripts/chaos_soak.py). Ray restarts the rollout worker and the scorer and their work is retried; the
 dead learner makes the driver restart the run from its newest checkpoint. The log must hold every step
@@ -20,16 +20,16 @@ import chaos_soak  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_a_seeded_killer_over_twenty_steps_loses_and_repeats_nothing(ray_local, testbeds, tmp_path, capsys):
-    kills = chaos_soak.schedule(20, 6, seed=0)
+def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, testbeds, tmp_path, capsys):
+    kills = chaos_soak.schedule(30, 8, seed=0)
     assert sorted(role for _, role in kills) == sorted(chaos_soak.ROLES)  # every role once
     cfg = load_config(None, [*chaos_soak.TINY, f"output_dir={tmp_path}", f"data.dir={testbeds}",
-                             "rloo.steps=20", "learner.max_restarts=1"])
+                             "rloo.steps=30", "learner.max_restarts=1"])
     report = chaos_soak.soak(cfg, kills, seed=0)
     assert report["error"] is None, report["error"]
     assert chaos_soak.check(cfg, report) == []
     summary = report["summary"]
-    assert summary["steps"] == 20 and len(summary["learner_restarts"]) == 1
+    assert summary["steps"] == 30 and len(summary["learner_restarts"]) == 1
     assert all(k["to_next_row_s"] is not None for k in report["kills"])
     err = capsys.readouterr().err
     assert "(learner restart 1 of 1)" in err and "was restarted" in err  # said, in a line each

@@ -5,8 +5,8 @@ After a stage has written its result file, the pipeline writes `pipeline_stage.j
 stage's config and a hash of its inputs (the testbed files and the results of the stages it builds
 on, e.g. the reward models an RLOO run scores with). A stage run again with the same config and
 inputs returns that result instead of running; any changed config key (the `pipeline` and `logging`
-sections aside, which no stage computes with), testbed file or upstream result runs it again, and so does everything
-downstream of it, as its upstream result changed. `pipeline.reuse_finished: false` runs every
+sections aside, which no stage computes with), testbed file or upstream result runs it again, and so
+does everything downstream of it, as its upstream result changed. `pipeline.reuse_finished: false` runs every
 stage."""
 from __future__ import annotations
 

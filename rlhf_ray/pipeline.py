@@ -140,10 +140,8 @@ def run_pipeline(cfg: Config, name: str = "pipeline", check_only: bool = False) 
         return {"checked": name, "reward_models": list(pc.reward_models)}
     # the pipeline's own tracker run: its stages' runs are grouped under it
     trackers = Trackers.open(cfg)
-    group = out.resolve().name
-    rm_cfgs = {key: rm_cfg.model_copy(update={
-        "logging": trackers.child(group, f"rm/{Path(rm_cfg.output_dir).name}")})
-        for key, rm_cfg in rm_cfgs.items()}
+    rm_cfgs = {key: rm_cfg.model_copy(update={"logging": trackers.child(f"rm/{Path(rm_cfg.output_dir).name}")})
+               for key, rm_cfg in rm_cfgs.items()}
     try:
         result = _run_stages(cfg, name, rm_cfgs, rl_cfg, start, trackers)
     except BaseException:
@@ -201,8 +199,7 @@ def _run_stages(cfg: Config, name: str, rm_cfgs: dict[tuple[str, int], Config], 
                               [*pc.rloo_overrides, *arm_overrides,
                                f"reward.models=[{', '.join(models[m] for m in members)}]"],
                               out / "rloo" / run_name(label, seed, cfg), seed)
-        tracked = trackers.child(out.resolve().name, f"rloo/{run_name(label, seed, cfg)}")
-        rl_cfg = rl_cfg.model_copy(update={"logging": tracked})
+        rl_cfg = rl_cfg.model_copy(update={"logging": trackers.child(f"rloo/{run_name(label, seed, cfg)}")})
         summary = stages.reuse_or_run(rl_cfg, Path(rl_cfg.output_dir) / "summary.json",
                                       [summaries[m] for m in members], partial(run_rloo, rl_cfg))
         rloo_runs.append({"reward_model": label, "seed": seed, "run_dir": rl_cfg.output_dir,

@@ -6,7 +6,7 @@
     trackers.finish(summary, out_dir)           # the summary, the held-out curve, the PNGs and JSON
 
 A run's config goes with it (flattened, as dotted keys). A pipeline or experiment opens its own tracker
-run and gives its stages `Trackers.for_children`: a W&B group named after it, an MLflow parent run.
+run and gives each stage `Trackers.child(name)`: a W&B group named after it, an MLflow parent run.
 Both libraries are an optional extra (`pip install -e .[tracking]`); W&B is offline unless
 `logging.wandb.mode: online`, and MLflow writes to a folder unless `logging.mlflow.tracking_uri` names
 a server. The clients are the libraries' object APIs (a W&B `Run`, an `MlflowClient`), so no
@@ -121,8 +121,8 @@ class MLflowRun:
 class Trackers:
     """The tracker runs of one rlhf-ray run (none, W&B, MLflow or both)."""
 
-    def __init__(self, runs: list, logging: LoggingConfig):
-        self.runs, self.logging = runs, logging
+    def __init__(self, runs: list, logging: LoggingConfig, name: str):
+        self.runs, self.logging, self.name = runs, logging, name
 
     @classmethod
     def open(cls, cfg: Config, name: str | None = None) -> "Trackers":
@@ -143,23 +143,18 @@ class Trackers:
                     run.finish(failed=True)
                 raise ImportError(f"logging.{key}.enabled needs the tracking extra: "
                                   f"pip install -e '.[tracking]' ({err})") from None
-        return cls(runs, lc)
+        return cls(runs, lc, name)
 
-    def for_children(self, group: str) -> LoggingConfig:
-        """The `logging` section of the runs this run starts (a pipeline's stages): in the W&B group
-        `group`, nested under this run in MLflow."""
+    def child(self, run_name: str) -> LoggingConfig:
+        """The `logging` section of a run this run starts (a pipeline's stage `rm/bt-s0`): named
+        `run_name`, in the W&B group named after this run, nested under this run in MLflow."""
         lc = self.logging
         mlflow_run = next((r for r in self.runs if isinstance(r, MLflowRun)), None)
-        mlflow = lc.mlflow if mlflow_run is None else lc.mlflow.model_copy(
-            update={"parent_run_id": mlflow_run.run_id, "tracking_uri": mlflow_run.uri, "run_name": None})
-        return LoggingConfig(wandb=lc.wandb.model_copy(update={"group": lc.wandb.group or group,
-                                                               "run_name": None}), mlflow=mlflow)
-
-    def child(self, group: str, run_name: str) -> LoggingConfig:
-        """`for_children(group)` for one child run named `run_name` (a pipeline's `rm/bt-s0`)."""
-        lc = self.for_children(group)
-        return LoggingConfig(wandb=lc.wandb.model_copy(update={"run_name": run_name}),
-                             mlflow=lc.mlflow.model_copy(update={"run_name": run_name}))
+        nested = {} if mlflow_run is None else {"parent_run_id": mlflow_run.run_id,
+                                                "tracking_uri": mlflow_run.uri}
+        return LoggingConfig(
+            wandb=lc.wandb.model_copy(update={"group": lc.wandb.group or self.name, "run_name": run_name}),
+            mlflow=lc.mlflow.model_copy(update={**nested, "run_name": run_name}))
 
     def log(self, step: int, metrics: dict, split: str) -> None:
         if self.runs:
@@ -169,15 +164,16 @@ class Trackers:
 
     def finish(self, summary: dict | None, out_dir: Path, failed: bool = False) -> None:
         """The summary's numbers, the held-out curve (RLOO), the run folder's plots and JSON, then
-        the tracker runs end."""
+        the tracker runs end (a second call does nothing)."""
+        summary = summary or {}
+        values = {k.removeprefix("summary/"): v for k, v in numbers(summary, "summary").items()}
+        curve = [{"held_out/step": p["step"], **numbers(p, "held_out")}
+                 for p in summary.get("held_out_curve", [])]
+        files = sorted(p for p in Path(out_dir).glob("*") if p.suffix in FILE_SUFFIXES and p.is_file())
         for run in self.runs:
-            if summary:
-                run.log_summary({k.removeprefix("summary/"): v
-                                 for k, v in numbers(summary, "summary").items()})
-                run.log_curve([{"held_out/step": p["step"], **numbers(p, "held_out")}
-                               for p in summary.get("held_out_curve", [])])
-            files = sorted(p for p in Path(out_dir).glob("*") if p.suffix in FILE_SUFFIXES and p.is_file())
+            if values:
+                run.log_summary(values)
+                run.log_curve(curve)
             run.log_files(files)
             run.finish(failed)
         self.runs = []
-

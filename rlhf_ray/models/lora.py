@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.config import LoRAConfig
+from rlhf_ray.utils.checkpoint import is_peft as is_lora  # noqa: F401 - the trainers' name for it
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -28,10 +29,6 @@ def add_lora(model: torch.nn.Module, lora: LoRAConfig, base_ref: str, keep: list
     model = get_peft_model(model, config)
     model.peft_config["default"].base_model_name_or_path = base_ref
     return model
-
-
-def is_lora(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "base_model")
 
 
 def is_adapter_folder(path: str | Path) -> bool:

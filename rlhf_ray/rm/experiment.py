@@ -37,9 +37,8 @@ def run_experiment(cfg: Config, check_only: bool = False) -> dict:
     if check_only:
         return {"checked": "experiment", "runs": len(runs)}
     trackers = Trackers.open(cfg)  # the experiment's own tracker run: its trainings grouped under it
-    runs = [(variant, seed, run_cfg.model_copy(update={
-        "logging": trackers.child(out.resolve().name, f"{variant}-s{seed}")}))
-        for variant, seed, run_cfg in runs]
+    runs = [(variant, seed, run_cfg.model_copy(update={"logging": trackers.child(f"{variant}-s{seed}")}))
+            for variant, seed, run_cfg in runs]
     try:
         result = _train_and_evaluate(cfg, runs)
     except BaseException:

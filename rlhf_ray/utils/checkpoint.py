@@ -11,6 +11,13 @@ from rlhf_ray.utils.atomic import atomic_dir
 from rlhf_ray.utils.dist import gathered_parameters
 
 
+def is_peft(model) -> bool:
+    """Whether `model` carries peft adapters (it saves as an adapter folder)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
 def save_hf_folder(model, tokenizer, path: str, rank: int, zero_stage: int) -> None:
     """Rank 0 writes model + tokenizer (safetensors) into a temporary folder and renames it into
     place, so a reader sees the old checkpoint or the new one whole; on a storage URI it writes them
@@ -23,8 +30,8 @@ def save_hf_folder(model, tokenizer, path: str, rank: int, zero_stage: int) -> N
             with atomic_dir(local) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
-                if hasattr(model, "peft_config"):  # an adapter folder: its base's config beside it
-                    model.base_model.model.config.save_pretrained(tmp)  # (what planners read)
+                if is_peft(model):  # an adapter folder: its base's config beside it (planners read it)
+                    model.base_model.model.config.save_pretrained(tmp)
             if remote:
                 storage.delete_dir(path)
                 storage.upload(local, path)

@@ -113,7 +113,7 @@ def test_a_pipeline_s_runs_are_grouped_under_it_and_a_failed_run_says_so(tmp_pat
     both = ["logging.wandb.enabled=true", "logging.mlflow.enabled=true"]
     parent = Trackers.open(load_config(None, [f"output_dir={tmp_path / 'pipe'}", *both]))
     child_cfg = load_config(None, [f"output_dir={tmp_path / 'pipe' / 'rm' / 'bt-s0'}"])
-    child = Trackers.open(child_cfg.model_copy(update={"logging": parent.child("pipe", "rm/bt-s0")}))
+    child = Trackers.open(child_cfg.model_copy(update={"logging": parent.child("rm/bt-s0")}))
     child.log(1, {"loss": 0.7}, "train")
     child.finish(None, tmp_path / "pipe" / "rm" / "bt-s0", failed=True)
     parent.finish({"minutes": 1.5}, tmp_path / "pipe")

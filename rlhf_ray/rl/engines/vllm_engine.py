@@ -112,12 +112,12 @@ class VLLMEngine:
     def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling) -> Rollouts:
         from vllm import SamplingParams
 
-        def params(seed: int | None) -> SamplingParams:
+        def params_with(seed: int | None) -> SamplingParams:
             return SamplingParams(n=k, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
                                   max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed)
 
-        params = ([params(seed) for seed in prompt_seeds(sampling, len(prompt_ids))] if self.seeded
-                  else params(None))  # unseeded: the engine's own stream, which its calls share
+        params = ([params_with(seed) for seed in prompt_seeds(sampling, len(prompt_ids))] if self.seeded
+                  else params_with(None))  # unseeded: the engine's own stream, which its calls share
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params,
                                     use_tqdm=False)
         prompts, responses, logprobs, finished, texts = [], [], [], [], []

@@ -12,6 +12,7 @@ import numpy as np
 
 from rlhf_ray.report.eval_plots import _plt, save_figure
 from rlhf_ray.report.experiment_report import headline
+from rlhf_ray.report.online_rm_report import online_rm_lines, refresh_numbers
 
 CURVES = [("gold_reward_mean", "gold reward (training prompts)"),
           ("proxy_reward_mean", "proxy reward (the RM)"),
@@ -274,6 +275,7 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
     bon_over_seeds = best_of_n_over_seeds(bon)
     lines += _best_of_n_lines(bon, bon_over_seeds, out_dir)
     lines += _rloo_lines(runs, several_seeds, out_dir)
+    lines += online_rm_lines([{**r, "label": label(r, several_seeds)} for r in runs])
 
     def rm_numbers(r: dict) -> dict:
         source = bon.get(r["seed"], {}).get(r["variant"], {})
@@ -289,7 +291,9 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
                "rloo": [{"reward_model": r["reward_model"], "seed": r["seed"],
                          "run_dir": str(r["run_dir"]),
                          "held_out": r["held_out"], "held_out_curve": r["held_out_curve"],
-                         "steps": r["steps"]}
+                         "steps": r["steps"],
+                         **({"online_rm": refresh_numbers(r["steps"], r["summary"]["online_rm"])}
+                            if r["summary"].get("online_rm") else {})}
                         for r in runs]}
     (out_dir / "pipeline.json").write_text(json.dumps(numbers, indent=1))
     report = out_dir / "report.md"

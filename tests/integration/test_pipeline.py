@@ -31,8 +31,11 @@ def test_demo_with_small_settings(tmp_path, capsys):
     # and one RM trainer where the demo has two (data-parallel training is tested in test_rm_training.py)
     rm = [*demo.rm_overrides, "rm.max_steps=2", "rm.batch_size=4", "rm.num_cpus=0.5", "scorer.num_workers=1",
           "rm.num_workers=1"]
+    # the demo's online reward training on one RM-trainer rank (two: test_online_rm.py), a refresh
+    # after step 2
     rloo = [*demo.rloo_overrides, *TINY_RLOO, "rloo.steps=2", "rloo.prompts_per_step=2", "rloo.eval_prompts=2",
-            "rloo.eval_every=1", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1"]
+            "rloo.eval_every=1", "rollout.num_threads=1", "learner.num_threads=1", "scorer.num_workers=1",
+            "rm.num_workers=1", "rm.batch_size=4"]
     overrides = [f"output_dir={tmp_path}", f"data.dir={tmp_path / 'testbeds'}", "tensorboard=false",
                  "eval.bootstrap=50", "prepare.sizes.gold_train_prompts=16", "prepare.sizes.gold_valid_prompts=6",
                  "prepare.policy_samples.train_k=3", "prepare.policy_samples.eval_k=4",
@@ -71,6 +74,12 @@ def test_demo_with_small_settings(tmp_path, capsys):
     assert (tmp_path / "rloo" / first / "logs" / "rollout-0.log").stat().st_size > 0
     report = (tmp_path / "report.md").read_text()
     assert f"+ RLOO ({first})" in report and "Seed 0" in report and "Best-of-n" in report
+    # the four roles in one job: the reward model refreshed once on the policy's samples, beside the
+    # committed frozen-vs-online results
+    assert run["online_rm"]["version"] == 1 and run["online_rm"]["refreshes"] == 1
+    assert 0 < run["online_rm"]["labels_spent"] <= 24
+    assert "## Online reward training" in report and f"| {first} | online | 1 (0) | 1 |" in report
+    assert "The committed frozen-vs-online experiment beside it" in report
     for png in ("rloo_curves.png", "held_out_gain.png", "rl_over_optimisation.png", "rm/scenarios.png",
                 "bon/best_of_n.png"):
         assert (tmp_path / png).stat().st_size > 1000

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from rlhf_ray.config import Config, ConfigError
+from rlhf_ray.config.rl import policy_sync_path
 from rlhf_ray.models.architectures import Architecture, architecture
 
 GIB = float(1 << 30)
@@ -206,9 +207,11 @@ def learner_plan(cfg: Config) -> GroupPlan:
     pc, lc = cfg.policy, cfg.learner
     arch = architecture(pc.name, "policy.name")
     tokens = _learner_tokens(cfg)
+    lora = pc.lora.rank if pc.lora.enabled else 0
     terms = training_terms(arch, pc.dtype, lc.num_workers, lc.zero_stage, tokens,
-                           pc.gradient_checkpointing, with_lm_head=True)
-    terms["reference model"] = 0.0 if lc.offload_reference else arch.params() * _bytes(pc.dtype)
+                           pc.gradient_checkpointing, with_lm_head=True, lora_rank=lora)
+    # with LoRA the reference is the policy with its adapters off: no copy of its own
+    terms["reference model"] = 0.0 if lc.offload_reference or lora else arch.params() * _bytes(pc.dtype)
     terms["logits chunk"] = min(lc.logits_chunk_tokens, tokens) * arch.vocab * 4 * 3
     on_gpu = lc.num_gpus > 0
     if on_gpu:
@@ -217,12 +220,15 @@ def learner_plan(cfg: Config) -> GroupPlan:
         terms["weight-sync buckets"] = 2 * sync_bucket_bytes(cfg, arch)
         terms["CUDA context"] = CUDA_CONTEXT
     plan = GroupPlan("learner",
-                     f"RLOO learner ({pc.name}, {lc.num_workers} ranks, ZeRO-{lc.zero_stage})",
-                     terms, on_gpu=on_gpu)
+                     f"RLOO learner ({pc.name}, {lc.num_workers} ranks, ZeRO-{lc.zero_stage}"
+                     f"{f', LoRA rank {lora}' if lora else ''})", terms, on_gpu=on_gpu)
     whole = arch.params() * _bytes(pc.dtype)
+    # what a sync publishes: the adapters alone where vLLM serves them, else the (merged) weights
+    adapters_only = policy_sync_path(pc.lora, cfg.rollout.engine, cfg.rollout.lora_sync) == "adapters"
+    published = arch.lora_params(lora) * _bytes(pc.dtype) if adapters_only else whole
     return with_host(plan, lc, loading_weights=terms["weights"] if on_gpu else 0,
-                     offloaded_reference=whole if lc.offload_reference else 0,
-                     once={"published weights (rank 0)": whole if staged_copy(cfg.rollout.sync) else 0})
+                     offloaded_reference=whole if lc.offload_reference and not lora else 0,
+                     once={"published weights (rank 0)": published if staged_copy(cfg.rollout.sync) else 0})
 
 
 def staged_copy(transport: str) -> bool:

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from rlhf_ray.config.base import ActorGroupConfig, PretrainedConfig, Section
+from rlhf_ray.config.base import ActorGroupConfig, LoRAConfig, PretrainedConfig, Section
 
 
 class PolicyConfig(PretrainedConfig):
@@ -17,6 +17,18 @@ class PolicyConfig(PretrainedConfig):
     # a system turn before each prompt, in the chat template (None: the template's own default,
     # SmolLM2's "You are a helpful AI assistant named SmolLM..."); also the key of the policy samples
     system_prompt: str | None = None
+    # LoRA adapters on the learner's policy: only they train; the reference is the same model with
+    # them disabled (no second copy); `rollout.lora_sync` says what a sync sends
+    lora: LoRAConfig = LoRAConfig()
+
+
+def policy_sync_path(policy_lora: LoRAConfig, engine: str, lora_sync: str) -> str:
+    """What a weight sync of the policy sends: `full` (no LoRA: the parameters), `adapters` (vLLM
+    serves them: `rollout.lora_sync: adapters`) or `merged` (asked for, or the HF engine, which
+    serves no adapters)."""
+    if not policy_lora.enabled:
+        return "full"
+    return "adapters" if engine == "vllm" and lora_sync == "adapters" else "merged"
 
 
 class ScorerConfig(ActorGroupConfig):
@@ -67,6 +79,10 @@ class RolloutConfig(ActorGroupConfig):
     # weights travel in buckets of at most this many MB (a larger tensor alone): a ZeRO-3 learner
     # gathers one bucket at a time, so the sync's extra memory on every rank is one bucket
     sync_bucket_mb: float = Field(256.0, gt=0)
+    # with policy.lora: `adapters`, a sync sends the adapters alone and vLLM serves them (a LoRA
+    # request per version, named by it: never a stale adapter); `merged`, the adapters merged into
+    # the weights (what the HF engine always gets)
+    lora_sync: Literal["adapters", "merged"] = "adapters"
 
     @model_validator(mode="after")
     def _tensor_parallel_engines(self):

@@ -58,15 +58,67 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     base = model.base_model.model
     deltas = {f"{name}.weight": module.get_delta_weight("default") for name, module in base.named_modules()
               if isinstance(module, LoraLayer)}
-    state = {}
-    for name, value in base.state_dict().items():
+    state, copies = {}, {}  # copies: one per tensor, so a tied pair (lm_head) stays one tensor
+    for name, value in base.state_dict(keep_vars=True).items():
         if ".lora_" in name or ".original_module." in name:
             continue
         plain = _plain_name(name)
         if name.endswith("base_layer.weight") and plain in deltas:
-            value = value + deltas[plain].to(value.dtype)
-        state[plain] = value.detach().cpu().clone()
+            state[plain] = (value + deltas[plain].to(value.dtype)).detach().cpu()
+            continue
+        key = (value.data_ptr(), tuple(value.shape), value.dtype)
+        if key not in copies:
+            copies[key] = value.detach().cpu().clone()
+        state[plain] = copies[key]
     return state
+
+
+def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters alone, named as peft saves them (`base_model.model.<module>.lora_A.weight`):
+    what an adapter folder holds and vLLM loads."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)  # adapters only: no lookup
+    return {name: value.detach() for name, value in state.items()}
+
+
+class SyncView:
+    """What a weight transport sends of a LoRA policy, in the form it reads a model in
+    (`named_parameters`): the adapters alone (`adapters`) or the plain model with them merged in
+    (`merged`), computed afresh at every sync."""
+
+    def __init__(self, model: torch.nn.Module, what: str):
+        if what not in ("adapters", "merged"):
+            raise ValueError(f"rollout.lora_sync: 'adapters' or 'merged', got {what!r}")
+        self.model, self.what = model, what
+
+    def named_parameters(self, remove_duplicate: bool = True):
+        state = adapter_state_dict(self.model) if self.what == "adapters" else merged_state_dict(self.model)
+        return iter(state.items())
+
+
+def is_adapter_state(names) -> bool:
+    """Whether a sync's tensors are LoRA adapters (`SyncView` `adapters`), not a model's weights."""
+    return any(".lora_A." in name for name in names)
+
+
+def write_adapter_folder(tensors: dict[str, torch.Tensor], alpha: float, base: str, path: Path) -> Path:
+    """An adapter folder as peft writes one (what vLLM's LoRA loader reads), from the adapters'
+    tensors: the rank and the target modules read off their names and shapes, `alpha` from the
+    config (it is not in the tensors)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    a_names = [name for name in tensors if ".lora_A." in name]
+    targets = sorted({name.split(".lora_A.")[0].rsplit(".", 1)[-1] for name in a_names})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+              "r": int(tensors[a_names[0]].shape[0]), "lora_alpha": alpha, "lora_dropout": 0.0,
+              "target_modules": targets, "bias": "none", "modules_to_save": None}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(path / "adapter_model.safetensors"))
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config))
+    return path
 
 
 def merged_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,6 +11,8 @@ import torch
 from rlhf_ray.config import Config, LearnerConfig, PolicyConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import load_causal_lm
+from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.models.lora import SyncView, add_lora, merged_copy
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, run_logprobs_as_forward
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
@@ -109,11 +111,13 @@ class LearnerSpec:
     temperature: float
     transport: str
     bucket_mb: float
+    sync_path: str = "full"  # `policy_sync_path`: what a sync sends (with LoRA, adapters or merged)
 
     @classmethod
     def of(cls, cfg: Config) -> "LearnerSpec":
         rc = cfg.rollout
-        return cls(cfg.learner, cfg.policy, cfg.seed, rc.temperature, rc.sync, rc.sync_bucket_mb)
+        return cls(cfg.learner, cfg.policy, cfg.seed, rc.temperature, rc.sync, rc.sync_bucket_mb,
+                   policy_sync_path(cfg.policy.lora, rc.engine, rc.lora_sync))
 
 
 class RLOOLearner:
@@ -137,17 +141,25 @@ class RLOOLearner:
         ds_cfg = deepspeed_config(1, 1, lc.grad_clip, lc.zero_stage, pc.dtype == "bfloat16")
         # ZeRO-3: the trained policy is built partitioned, never whole on a rank
         with zero3_init(ds_cfg):
-            policy = run_logprobs_as_forward(load(), zero3=lc.zero_stage == 3)
-        # whole: it runs outside DeepSpeed
-        self.reference = run_logprobs_as_forward(load(), zero3=False).eval().requires_grad_(False)
-        place_reference(self.reference, lc.offload_reference, self.device)
+            policy = load()
+            if pc.lora.enabled:  # the adapters train; the base weights stay frozen
+                policy = add_lora(policy, pc.lora, pc.name, keep=[])
+            policy = run_logprobs_as_forward(policy, zero3=lc.zero_stage == 3)
+        # the frozen reference: with LoRA, the policy with its adapters disabled (no second copy);
+        # else a whole copy, outside DeepSpeed
+        self.reference = None if pc.lora.enabled else \
+            run_logprobs_as_forward(load(), zero3=False).eval().requires_grad_(False)
+        if self.reference is not None:
+            place_reference(self.reference, lc.offload_reference, self.device)
         self.engine = training_engine(policy, ds_cfg, pc.gradient_checkpointing, lc.lr, 0.0,
                                       lc.schedule,
                                       int(lc.warmup_ratio * total_steps),
                                       total_steps * lc.ppo_epochs, self.device, "learner.device")
-        self.sender = transport_class(cfg.transport).Sender(self.engine.module,
-                                                            int(cfg.bucket_mb * 2**20),
-                                                             lc.zero_stage, rank)
+        # what a sync sends: the model's parameters, or with LoRA the adapters (or merged weights)
+        sent = self.engine.module if cfg.sync_path == "full" else SyncView(self.engine.module,
+                                                                            cfg.sync_path)
+        self.sender = transport_class(cfg.transport).Sender(sent, int(cfg.bucket_mb * 2**20),
+                                                            lc.zero_stage, rank)
 
     def _logprobs(self, model, batch, with_entropy: bool = False):
         lc = self.cfg.learner
@@ -159,7 +171,17 @@ class RLOOLearner:
                      shared_prompt=shared)
 
     def _reference_on_device(self):
+        if self.reference is None:
+            return contextlib.nullcontext()
         return reference_on_device(self.reference, self.cfg.learner.offload_reference, self.device)
+
+    def _reference_logprobs(self, batch):
+        """The reference's log-probs (call inside `_reference_on_device`): with LoRA, the policy's
+        own forward with its adapters disabled."""
+        if self.reference is not None:
+            return self._logprobs(self.reference, batch)[0]
+        with self.engine.module.disable_adapter():
+            return self._logprobs(self.engine.module, batch)[0]
 
     def micro_batches(self, rollouts: Rollouts) -> list[list[int]]:
         """This rank's micro-batches; by a token budget their number can differ between ranks, so
@@ -181,7 +203,7 @@ class RLOOLearner:
         whitened = lc.estimator in WHITENED
         with torch.no_grad(), self._reference_on_device():
             self.engine.eval()
-            logp_ref = [self._logprobs(self.reference, batch)[0] for batch, _ in parts]
+            logp_ref = [self._reference_logprobs(batch) for batch, _ in parts]
             # the policy's log-probs before the update: a pass of their own with several epochs, or
             # when the whole batch's advantages are needed before the first micro-batch (a whitened
             # estimator), or the kept sequences are (seq_mask: the loss is averaged over them)
@@ -231,8 +253,8 @@ class RLOOLearner:
             self.engine.eval()
             for idx in self.micro_batches(rollouts):
                 batch = pack(rollouts.select(idx), self.pad_id, self.device)
-                logp, logp_ref = self._logprobs(self.engine.module,
-                                                batch)[0], self._logprobs(self.reference, batch)[0]
+                logp = self._logprobs(self.engine.module, batch)[0]
+                logp_ref = self._reference_logprobs(batch)
                 for i, kl in zip(idx, ((logp - logp_ref) * batch.mask).sum(-1).tolist()):
                     out[i] = kl
         return out
@@ -295,8 +317,12 @@ class RLOOLearner:
         load_engine_state(self.engine, path)
 
     def save(self, path: str) -> None:
-        save_hf_folder(self.engine.module, self.tokenizer, path, self.rank,
-                       self.cfg.learner.zero_stage)
+        """The policy's HF folder (with LoRA an adapter folder naming its base, and with
+        `policy.lora.save_merged` a plain `<path>-merged` beside it)."""
+        module, lora = self.engine.module, self.cfg.policy.lora
+        save_hf_folder(module, self.tokenizer, path, self.rank, self.cfg.learner.zero_stage)
+        if lora.enabled and lora.save_merged:
+            save_hf_folder(merged_copy(module), self.tokenizer, f"{path}-merged", self.rank, 0)
 
 
 class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_parallel=True)):

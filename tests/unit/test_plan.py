@@ -206,3 +206,21 @@ def test_lora_leaves_the_rm_trainers_gradients_and_optimizer_states_to_the_adapt
     assert lora.terms["gradients"] < 0.02 * full.terms["gradients"]
     assert full.terms["weights"] < lora.terms["weights"] < 1.02 * full.terms["weights"]
     assert lora.total < 0.7 * full.total
+
+
+def test_a_lora_policy_has_no_reference_copy_and_publishes_only_its_adapters():
+    """Issue 29: policy.lora on the GPU recipe's learner: the adapters' gradients and optimizer
+    states, no reference copy (the adapters disabled), and what a sync stages is the adapters (the
+    merged weights when vLLM does not serve them)."""
+    stage2 = ["learner.zero_stage=2", "rollout.sync=object_store"]  # LoRA: ZeRO 0-2, the object store
+    full = _groups(stage2)["learner"]
+    lora = _groups([*stage2, "policy.lora.enabled=true", "policy.lora.rank=16"])["learner"]
+    merged = _groups([*stage2, "policy.lora.enabled=true", "policy.lora.rank=16",
+                      "rollout.lora_sync=merged"])["learner"]
+    assert "LoRA rank 16" in lora.what
+    assert full.terms["reference model"] > 0 and lora.terms["reference model"] == 0
+    assert lora.terms["optimizer states"] < 0.02 * full.terms["optimizer states"]
+    whole = full.once["published weights (rank 0)"]
+    assert lora.once["published weights (rank 0)"] < 0.02 * whole
+    assert merged.once["published weights (rank 0)"] == whole
+    assert lora.total < 0.6 * full.total

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
+from rlhf_ray.models.lora import is_adapter_state, write_adapter_folder
 from rlhf_ray.rl.engines.base import Rollouts, Sampling, Weights, prompt_seeds
 
 # bytes of full tensors per call to the workers when the weights reach each TP worker by value
@@ -49,6 +52,37 @@ def seeded_args(seeded: bool, on_gpu: bool, max_model_len: int,
     return {"enable_chunked_prefill": False}
 
 
+def memory_args(on_gpu: bool, gpu_memory_utilization: float | None, kv_cache_gb: float) -> dict:
+    """The engine's memory: on a GPU its share when given, else (and on the CPU) a KV cache of
+    `kv_cache_gb`."""
+    if on_gpu and gpu_memory_utilization:
+        return {"gpu_memory_utilization": gpu_memory_utilization}
+    return {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))}
+
+
+def batch_limits(max_num_seqs: int | None, max_num_batched_tokens: int | None) -> dict:
+    """vLLM's batch limits that are set (vLLM's own defaults for the others)."""
+    return {key: value for key, value in (("max_num_seqs", max_num_seqs),
+                                          ("max_num_batched_tokens", max_num_batched_tokens))
+            if value is not None}
+
+
+# vLLM's allowed `max_lora_rank` values (config/lora.py's MaxLoRARanks)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_args(lora: dict | None) -> dict:
+    """vLLM's LoRA serving for a policy with adapters (`lora`: their rank, alpha): the smallest
+    allowed max rank that holds them, and two adapter slots (the version served and the next, so a
+    load never evicts one a request in flight uses)."""
+    if not lora:
+        return {}
+    rank = next((r for r in LORA_RANKS if r >= lora["rank"]), None)
+    if rank is None:
+        raise ValueError(f"policy.lora.rank={lora['rank']}: vLLM serves adapters up to rank {LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_lora_rank": rank, "max_loras": 2}
+
+
 class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", kv_cache_gb: float = 1.0,
                  max_model_len: int = 1024,
@@ -56,7 +90,8 @@ class VLLMEngine:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  enforce_eager: bool | None = None, enable_prefix_caching: bool = False,
                  sleeps: bool = False, max_num_seqs: int | None = None,
-                 max_num_batched_tokens: int | None = None, seeded: bool = True):
+                 max_num_batched_tokens: int | None = None, seeded: bool = True,
+                 lora: dict | None = None):
         """On a GPU: CUDA graphs unless `enforce_eager`, the KV cache sized by
         `gpu_memory_utilization` when set (else `kv_cache_gb`), and with `sleeps` (colocated with a
         learner rank) vLLM's sleep mode: its weights and KV cache then live in the pool that `sleep`
@@ -65,7 +100,9 @@ class VLLMEngine:
         `seeded`: each prompt's samples from a seed of their own (`prompt_seeds`), so a retried or
         resumed generation draws them again; on the CPU without chunked prefill (`seeded_args`).
         Every worker can join a broadcast group for its weights (`join_broadcast`), at its own rank:
-        vLLM's weight-transfer engine `vllm_ext.BucketBroadcastReceiver`."""
+        vLLM's weight-transfer engine `vllm_ext.BucketBroadcastReceiver`. `lora` ({rank, alpha}): the
+        policy trains LoRA adapters and a sync sends them alone (`load_weights`); each version is
+        served as a LoRA request of its own."""
         import torch
 
         # In-process engine core: starts in ~3 s instead of ~20 s, ~1 GB less memory (STACK.md).
@@ -76,8 +113,6 @@ class VLLMEngine:
 
         self.on_gpu = torch.cuda.is_available()
         self.sleeps = sleeps and self.on_gpu
-        memory = ({"gpu_memory_utilization": gpu_memory_utilization} if self.on_gpu and gpu_memory_utilization
-                  else {"kv_cache_memory_bytes": int(kv_cache_gb * (1 << 30))})
         self.tensor_parallel_size = tensor_parallel_size
         self.seeded = seeded
         self.llm = LLM(
@@ -86,14 +121,12 @@ class VLLMEngine:
             enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             max_model_len=max_model_len,
-            **memory,
+            **memory_args(self.on_gpu, gpu_memory_utilization, kv_cache_gb),
             **parallel_args(tensor_parallel_size, self.on_gpu),
             **({"enable_sleep_mode": True} if self.sleeps else {}),
-            # vLLM's own defaults where unset
-            **{key: value for key, value in (("max_num_seqs", max_num_seqs),
-                                             ("max_num_batched_tokens", max_num_batched_tokens))
-               if value is not None},
+            **batch_limits(max_num_seqs, max_num_batched_tokens),
             **seeded_args(seeded, self.on_gpu, max_model_len, max_num_batched_tokens),
+            **lora_args(lora),
             trust_remote_code=trust_remote_code,
             load_format="safetensors",  # never pickle-based .bin weights
             seed=seed,
@@ -108,6 +141,8 @@ class VLLMEngine:
         self.eos_id = self.tokenizer.eos_token_id
         self.sync_timeout_s = sync_timeout_s
         self.version = 0
+        self.model_path, self.lora = model_path, lora
+        self.adapters = None  # the served adapters (`ServedAdapters`), from the first adapter sync
 
     def generate(self, prompt_ids: list[list[int]], k: int, sampling: Sampling) -> Rollouts:
         from vllm import SamplingParams
@@ -119,7 +154,8 @@ class VLLMEngine:
         params = ([params_with(seed) for seed in prompt_seeds(sampling, len(prompt_ids))] if self.seeded
                   else params_with(None))  # unseeded: the engine's own stream, which its calls share
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params,
-                                    use_tqdm=False)
+                                    use_tqdm=False,
+                                    lora_request=self.adapters.request if self.adapters else None)
         prompts, responses, logprobs, finished, texts = [], [], [], [], []
         for prompt, out in zip(prompt_ids, outputs):
             for sample in out.outputs:
@@ -156,7 +192,11 @@ class VLLMEngine:
         One worker (TP = 1, in this process) reads `weights` in place; TP workers (processes of
         their own) get full tensors by value, CHUNK_BYTES at a time, and keep their shards."""
         rpc, timeout = self.llm.collective_rpc, self.sync_timeout_s
-        if self.tensor_parallel_size == 1:
+        if self.lora and is_adapter_state(weights.names):  # served from a folder of their own
+            if self.adapters is None:
+                self.adapters = ServedAdapters(self.model_path, self.lora["alpha"])
+            self.adapters.add(weights, version)
+        elif self.tensor_parallel_size == 1:
             rpc("rlhf_ray_load_weights", timeout=timeout, args=(weights,))
         else:
             rpc("rlhf_ray_begin_reload", timeout=timeout)
@@ -201,3 +241,29 @@ class VLLMEngine:
     def _loaded(self, version: int) -> None:
         self.llm.reset_prefix_cache()  # cached blocks were computed by the old weights
         self.version = version
+
+
+class ServedAdapters:
+    """The policy's adapters as vLLM serves them: each version written to a folder of its own and
+    served as a LoRA request named and numbered by that version (vLLM caches an adapter by its id,
+    so a reused name or id could serve a stale one: vLLM RFC #48312); the folders of versions no
+    request can use any more are removed."""
+
+    def __init__(self, base: str, alpha: float):
+        import tempfile
+
+        self.base, self.alpha = base, alpha
+        self.root = Path(tempfile.mkdtemp(prefix="rlhf-ray-adapters-"))
+        self.request = None
+
+    def add(self, weights: Weights, version: int) -> None:
+        from vllm.lora.request import LoRARequest
+
+        folder = write_adapter_folder(dict(weights.tensors()), self.alpha, self.base,
+                                      self.root / f"v{version:06d}")
+        served = {f"v{version:06d}", self.request.lora_name.removeprefix("policy-") if self.request else ""}
+        for old in self.root.iterdir():  # what neither this version nor the last can still read
+            if old.name not in served:
+                shutil.rmtree(old, ignore_errors=True)
+        # vLLM numbers adapters from 1; version 0 (a colocated engine's first sync) is 1
+        self.request = LoRARequest(f"policy-v{version:06d}", version + 1, str(folder))

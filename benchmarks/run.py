@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, machine, measure_isolated, plot_losses, plot_ratios, ratio_spread, spread, table
 
-BENCHES = ("rm", "rloo", "rollout", "efficiency", "overlap", "online")
+BENCHES = ("rm", "rloo", "rollout", "efficiency", "overlap", "online", "lora")
 
 
 def settings(quick: bool, threads: int, data_dir: str) -> dict:
@@ -44,6 +44,12 @@ def settings(quick: bool, threads: int, data_dir: str) -> dict:
                    "reward_model": "tiny-llama" if quick else "minilm-l6", "prompts": 2 if quick else 8,
                    "k": 2 if quick else 4, "max_new_tokens": 8 if quick else 160, "lr": 2e-5,
                    "steps": 3 if quick else 6, "warmup": 1 if quick else 2},
+        "lora": {**base, "policy": "tiny-llama" if quick else "smollm2-135m", "reward_model": "minilm-l6",
+                 "prompts": 2 if quick else 8, "k": 2 if quick else 4, "max_new_tokens": 8 if quick else 160,
+                 "steps": 2 if quick else 8, "warmup": 1 if quick else 2, "eval_prompts": 4 if quick else 64,
+                 # decided before the first run: LoRA's learning rate 10x full's (common practice: LoRA's
+                 # update is alpha / rank-scaled and low-rank, so it needs a larger step)
+                 "lr": 2e-5, "lora_lr": 2e-4, "lora_rank": 16},
         "efficiency": {**base, "policy": "tiny-llama" if quick else "smollm2-135m", "prompts": 2 if quick else 4,
                        "k": 4, "max_new_tokens": 8 if quick else 48, "micro_batch_size": 8, "lr": 1e-5,
                        "steps": 2 if quick else 3, "warmup": 1, "rm_model": "tiny-llama" if quick else "minilm-l6",
@@ -191,6 +197,37 @@ def bench_online(s: dict, repeats: int) -> tuple[dict, list]:
     return {"settings": s, "runs": per}, rows
 
 
+def bench_lora(s: dict, repeats: int) -> tuple[dict, list]:
+    """LoRA against full fine-tuning of the policy, same config, seed and prompts in the same run:
+    the learner's update time, its and the rollout worker's peak memory, the bytes a sync moves,
+    and the held-out gold v2 after the same steps (LoRA minus full, paired by prompt)."""
+    from rlhf_ray.utils.stats import bootstrap_ci
+
+    per = [alternate(i, [(name, lambda name=name: measure_isolated("lora_policy", name, s))
+                         for name in ("full", "lora")]) for i in range(repeats)]
+
+    def of(system: str, key: str, actor: str | None = None) -> list[float]:
+        return [p[system][key][actor] if actor else p[system][key] for p in per]
+
+    for p in per:  # paired by held-out prompt: same prompts, same seed
+        if p["full"]["gold_v2_after_per_prompt"]:
+            diff = [a - b for a, b in zip(p["lora"]["gold_v2_after_per_prompt"],
+                                          p["full"]["gold_v2_after_per_prompt"])]
+            low, high = bootstrap_ci(diff)
+            p["lora_minus_full_gold_v2"] = {"value": sum(diff) / len(diff), "ci_low": low, "ci_high": high,
+                                            "n": len(diff)}
+    rows = [_row("learner update time, full / LoRA", ratio_spread(of("full", "learn_s"), of("lora", "learn_s")),
+                 "(report)", 0.0),
+            _row("learner peak memory, full / LoRA", ratio_spread(of("full", "peak_rss_mb", "learner-0"),
+                                                                  of("lora", "peak_rss_mb", "learner-0")),
+                 "(report)", 0.0),
+            _row("bytes per weight sync, full / LoRA (adapters only)",
+                 ratio_spread(of("full", "sync_bytes"), of("lora", "sync_bytes")), ">= 10x", 10.0),
+            _row("RLOO step time, full / LoRA", ratio_spread(of("full", "step_s"), of("lora", "step_s")),
+                 "(report)", 0.0)]
+    return {"settings": s, "runs": per}, rows
+
+
 def _row(name: str, ratio: dict, target: str, value: float, lower: bool = False) -> dict:
     """A ratio and its target; `met` is None for a reported ratio without a target."""
     met = None if target == "(report)" else ratio["median"] <= value if lower else ratio["median"] >= value
@@ -215,7 +252,7 @@ def main(argv=None) -> dict:
     path = out / "results.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": {}, "results": {}, "rows_by_bench": {}}
     runners = {"rm": bench_rm, "rloo": bench_rloo, "rollout": bench_rollout, "efficiency": bench_efficiency,
-               "overlap": bench_overlap, "online": bench_online}
+               "overlap": bench_overlap, "online": bench_online, "lora": bench_lora}
     for name in args.only:
         print(f"[benchmarks] {name} ...", flush=True)
         result, rows = runners[name](cfg[name], args.repeats)

@@ -294,6 +294,11 @@ class RLActors:
     def placement(self) -> dict[str, str]:
         return {**self.rollout.placement(), **self.scorer.placement(), **self.learner.placement()}
 
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each actor's peak resident memory so far (MiB), by actor name."""
+        return {name: mb for group in (self.rollout, self.scorer, self.learner)
+                for name, mb in zip(group.names, group.call("peak_rss_mb", timeout_s=60))}
+
     def save_state(self, path: str) -> list[list[str]]:
         """Every learner rank's files of the checkpoint, once in storage."""
         return self.learner.call("save_state", [(path,)] * len(self.learner),

@@ -300,6 +300,7 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
         last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, refreshes)
         policy, after = curve.final(last_step)
         placement = {**rl.placement(), **(online.placement() if online else {})}
+        peaks = rl.peak_rss_mb()
     finally:
         if log is not None:
             log.close()
@@ -308,7 +309,8 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
         if online is not None:
             online.shutdown()
         rl.shutdown()
-    summary = summary_of(cfg, plan, curve, done, last_step, policy, after, placement)
+    summary = {**summary_of(cfg, plan, curve, done, last_step, policy, after, placement),
+               "peak_rss_mb": peaks}
     if online is not None:
         summary["online_rm"] = {"schedule": cfg.online_rm.schedule, "version": online.version,
                                 "labels_spent": online.budget.spent, "upfront_refreshes": upfront}

@@ -46,9 +46,19 @@ def _data_parallel_methods(core_cls) -> dict:
     return {"__init__": __init__, "reserve_address": reserve_address, "setup": setup}
 
 
+def peak_rss_mb(self) -> float:
+    """The actor process's peak resident memory so far, in MiB (Linux: ru_maxrss is in KiB): what
+    a run's summary reports for each actor."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def actor_shell(core_cls, name: str, data_parallel: bool = False) -> type:
-    """A Ray actor class named `name` around `core_cls` (its public methods forwarded)."""
+    """A Ray actor class named `name` around `core_cls` (its public methods forwarded), and
+    `peak_rss_mb` for every role."""
     methods = _data_parallel_methods(core_cls) if data_parallel else {"__init__": _plain_init(core_cls)}
+    methods["peak_rss_mb"] = peak_rss_mb
     for attr, value in inspect.getmembers(core_cls, inspect.isfunction):
         if not attr.startswith("_") and attr not in methods:
             methods[attr] = _forwarder(attr)

@@ -82,6 +82,16 @@ def test_the_learner_trains_only_adapters_its_reference_is_the_base_and_a_sync_s
     torch.testing.assert_close(_logprobs(merged, rollouts), after, atol=1e-4, rtol=1e-4)
 
 
+def test_adapters_train_under_gradient_checkpointing_and_zero_2():
+    learner = _learner("policy.gradient_checkpointing=true", "learner.zero_stage=2")
+    rollouts = random_rollouts(2, 3, 0, vocab=200, prompt_len=(4, 3))
+    before = {n: p.detach().clone() for n, p in learner.engine.module.named_parameters() if p.requires_grad}
+    stats = learner.update(rollouts, torch.tensor([1.0, -0.5, 0.3, 0.2, -1.0, 0.7]))
+    assert stats.grad_norm > 0
+    after = dict(learner.engine.module.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in before.items() if ".lora_B." in n)
+
+
 def _peft_policy(seed: int):
     from rlhf_ray.config import LoRAConfig
     from rlhf_ray.models.lora import add_lora
@@ -146,6 +156,9 @@ def test_an_rloo_run_with_a_lora_policy_syncs_adapter_bytes_and_resumes_to_the_s
     assert "[rloo] policy LoRA, rank 8: each weight sync sends the adapters alone" in done.stderr
     summary = json.loads((whole / "summary.json").read_text())
     assert summary["policy_sync"] == "adapters"
+    # each actor's peak memory, by name (what the LoRA-vs-full benchmark compares)
+    assert set(summary["peak_rss_mb"]) == {"rollout-0", "scorer-0", "learner-0"}
+    assert all(100 < mb < 20_000 for mb in summary["peak_rss_mb"].values())
     rows = _rows(whole)
     base = load_causal_lm(resolve_model("tiny-llama"), "float32", False, "auto")
     full = sum(p.numel() * p.element_size() for p in base.parameters())

@@ -2,6 +2,7 @@
 through the Jobs REST API, polled until SUCCEEDED; the command joined that cluster (no local instance)."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,11 +47,13 @@ def _auth_headers() -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-@pytest.fixture()
-def ray_head(tmp_path):
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
     """`ray start --head --block` in its own process group: stopping it stops this head only. Every port
     is free-picked: another Ray instance on the machine (the session's) holds the agent's default 52365,
-    and an agent that cannot bind leaves the Jobs API with "No available agent"."""
+    and an agent that cannot bind leaves the Jobs API with "No available agent". One head for the
+    module's jobs."""
+    tmp_path = tmp_path_factory.mktemp("head")
     port, dashboard, *agents = _free_ports(6)
     agent_ports = [f"--dashboard-agent-listen-port={agents[0]}", f"--dashboard-agent-grpc-port={agents[1]}",
                    f"--runtime-env-agent-port={agents[2]}", f"--metrics-export-port={agents[3]}"]
@@ -90,7 +93,6 @@ def ray_head(tmp_path):
 
 def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
     import psutil
-    import requests
 
     url, dashboard, head, head_logs = ray_head
     listening = {c.laddr.ip for c in psutil.net_connections("tcp")
@@ -101,6 +103,17 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
     entrypoint = (f"rlhf-ray train-rm --config {ROOT / 'configs' / 'rm_bt_gold.yaml'} model.name=tiny-llama "
                   f"rm.max_steps=2 rm.batch_size=4 rm.num_workers=1 data.dir={testbeds} output_dir={out} "
                   "tensorboard=false")
+    job_id = _submit(url, entrypoint, head, head_logs)
+    status, logs = _wait_for(url, job_id)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "[train-rm] step 2/2" in logs
+    assert "Started a local Ray instance" not in logs  # it joined the head, as a job must
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def _submit(url: str, entrypoint: str, head, head_logs) -> str:
+    import requests
+
     deadline = time.monotonic() + 120
     # the dashboard answers before the head's job agent is ready: "No available agent ..." or, on busy cores, a
     # dropped connection, as a user submitting to a head that just came up sees
@@ -116,14 +129,54 @@ def test_train_rm_runs_as_a_ray_job(ray_head, testbeds, tmp_path):
                 break
         time.sleep(2)
     assert response.ok, f"{response.text}; {head_logs()}"
-    job_id = response.json()["submission_id"]
+    return response.json()["submission_id"]
+
+
+def _wait_for(url: str, job_id: str, until=lambda: False) -> tuple[str, str]:
+    """Poll the job until it ends (or `until()` holds): its status and logs."""
+    import requests
 
     status, deadline = None, time.monotonic() + 600
-    while status not in ("SUCCEEDED", "FAILED", "STOPPED") and time.monotonic() < deadline:
-        time.sleep(2)
+    while status not in ("SUCCEEDED", "FAILED", "STOPPED") and time.monotonic() < deadline and not until():
+        time.sleep(1)
         status = requests.get(f"{url}/api/jobs/{job_id}", headers=_auth_headers(), timeout=30).json()["status"]
     logs = requests.get(f"{url}/api/jobs/{job_id}/logs", headers=_auth_headers(), timeout=30).json()["logs"]
+    return status, logs
+
+
+def test_a_killed_rloo_driver_under_ray_job_submit_is_continued_by_the_same_job_resubmitted(
+        ray_head, testbeds, tmp_path):
+    """Issue 28: the job's driver killed (as its node would be) after its step-2 checkpoint; the same
+    entrypoint submitted again (`resume=auto`) continues from it, every step logged once."""
+    import psutil
+
+    from tests.integration.shared import TINY_RLOO
+
+    url, _, head, head_logs = ray_head
+    out = tmp_path / "rloo"
+    entrypoint = " ".join([
+        "rlhf-ray rloo --config", str(ROOT / "configs" / "rloo_smollm2.yaml"), f"output_dir={out}",
+        f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=5", "rloo.prompts_per_step=2",
+        "rloo.eval_prompts=0", "rloo.save_every=2", "rollout.num_threads=1", "learner.num_threads=1",
+        "scorer.num_workers=1", "reward.models=[tiny-llama]", "resume=auto"])
+
+    def checkpointed() -> bool:  # committed: its state.json is written last
+        return (out / "checkpoints" / "step-000002" / "state.json").exists()
+
+    first = _submit(url, entrypoint, head, head_logs)
+    status, logs = _wait_for(url, first, until=checkpointed)
+    assert checkpointed(), f"{status}: {logs[-3000:]}"
+    drivers = [p for p in psutil.process_iter(["cmdline"])
+               if "rloo" in " ".join(p.info["cmdline"] or []) and f"output_dir={out}" in p.info["cmdline"]]
+    assert drivers, "no driver process found"
+    for driver in drivers:
+        driver.kill()  # SIGKILL: no chance to clean up
+    status, logs = _wait_for(url, first)
+    assert status == "FAILED" and not (out / "summary.json").exists(), logs[-3000:]
+
+    status, logs = _wait_for(url, _submit(url, entrypoint, head, head_logs))
     assert status == "SUCCEEDED", logs[-3000:]
-    assert "[train-rm] step 2/2" in logs
-    assert "Started a local Ray instance" not in logs  # it joined the head, as a job must
-    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    assert re.search(r"\[rloo\] resumed from step [24] \(checkpoint ", logs), logs[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5]  # each step once
+    assert json.loads((out / "summary.json").read_text())["steps"] == 5

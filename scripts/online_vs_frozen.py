@@ -92,11 +92,13 @@ def seed_measures(online: dict, frozen: dict) -> dict:
     d_gold = [o - f for o, f in zip(o_gold, f_gold)]
     d_len = [o - f for o, f in zip(o_len, f_len)]
     o_start, f_start = _curve(online, "gold_v2")[0], _curve(frozen, "gold_v2")[0]
-    # the arms' step-0 samples are separate draws from the same policy (vLLM's sampler is not
-    # replayed exactly, issue 28): their difference is the noise floor, and the difference of the
-    # changes, prompt by prompt, takes it out
+    # with seeded sampling (amendment 2) the arms' step-0 held-out samples are the same, so their
+    # gold is equal prompt by prompt (the pairing check); the pilot's were separate draws, whose
+    # difference is the noise floor, and the difference of the changes takes it out
     changes = [(o - o0) - (f - f0) for o, o0, f, f0 in zip(o_gold, o_start, f_gold, f_start)]
-    return {"step0_online_minus_frozen_gold_v2": _paired(f_start, o_start),
+    gap = max(abs(o - f) for o, f in zip(o_start, f_start))
+    return {"pairing_check": {"step0_max_abs_gold_v2_difference": gap, "holds": gap < 1e-9},
+            "step0_online_minus_frozen_gold_v2": _paired(f_start, o_start),
             "online_minus_frozen_change_gold_v2": _ci(changes),
             "frozen_over_optimisation": over_optimisation(frozen),
             "online_over_optimisation": over_optimisation(online),

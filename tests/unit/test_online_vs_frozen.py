@@ -28,6 +28,13 @@ def _write(root: Path, arm: str, seed: int, gold_by_step: list[float], proxy_by_
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def test_the_pairing_check_holds_when_the_arms_start_from_the_same_samples(tmp_path):
+    for arm in ("online", "frozen"):  # the same noise: the same step-0 samples
+        _write(tmp_path, arm, 0, [0.50, 0.55, 0.58, 0.60], [0.0, 0.2, 0.3, 0.4], 0.4, np.random.default_rng(1))
+    seed = online_vs_frozen.main([str(tmp_path), "--out", str(tmp_path / "out")])["seeds"]["0"]
+    assert seed["pairing_check"] == {"step0_max_abs_gold_v2_difference": 0.0, "holds": True}
+
+
 def test_the_measures_find_what_the_runs_were_made_to_show(tmp_path):
     rng = np.random.default_rng(0)
     _write(tmp_path, "online", 0, [0.50, 0.55, 0.58, 0.60], [0.0, 0.2, 0.3, 0.4], 0.4, rng)
@@ -45,6 +52,8 @@ def test_the_measures_find_what_the_runs_were_made_to_show(tmp_path):
     assert abs(seed["online_minus_frozen_change_gold_v2"]["value"] - 0.10) < 1e-9
     # no length difference: the gain at no length difference is the gain
     assert abs(seed["online_minus_frozen_gold_v2_at_no_length_difference"]["value"] - gain["value"]) < 1e-9
+    # the arms' step-0 samples were separate draws here (noise of their own): the pairing check fails
+    assert not seed["pairing_check"]["holds"] and seed["pairing_check"]["step0_max_abs_gold_v2_difference"] > 0
     assert result["missing"] == ["online-s1", "frozen-s1", "online-s2", "frozen-s2", "gold-s0", "length-s0"]
     assert (tmp_path / "out" / "online_vs_frozen.png").stat().st_size > 1000
     assert json.loads((tmp_path / "out" / "online_vs_frozen.json").read_text())["seeds"]["0"]

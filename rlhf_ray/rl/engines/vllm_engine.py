@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 
@@ -254,6 +255,8 @@ class ServedAdapters:
 
         self.base, self.alpha = base, alpha
         self.root = Path(tempfile.mkdtemp(prefix="rlhf-ray-adapters-"))
+        # the folders go with the engine (or its process)
+        weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.request = None
 
     def add(self, weights: Weights, version: int) -> None:

@@ -20,6 +20,10 @@ def wandb_records(run_dir: Path) -> list:
     blocks, each record cut into chunks with a 7-byte header), each a `Record` protobuf."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    # W&B's service writes the offline file on its own, finishing shortly after `run.finish()` returns
+    # (a read straight after it raced the writer and once found the file cut: the suite of 633aa91);
+    # what the process's exit does, done here: the service flushes every run's file and stops
+    wandb.teardown()
     [path] = run_dir.glob("run-*.wandb")
     data, pos, chunks, records = path.read_bytes(), 7, b"", []
     assert data[:4] == b":W&B"

@@ -206,6 +206,6 @@ def _run_stages(cfg: Config, name: str, rm_cfgs: dict[tuple[str, int], Config], 
                           "summary": summary})
 
     minutes = (time.monotonic() - start) / 60
-    report = write_pipeline_report(out, reward_models, bon, rloo_runs, cfg, minutes,
+    report = write_pipeline_report(out, reward_models, bon, rloo_runs, minutes,
                                    f"rlhf-ray {name}", reused=len(stages.reused))
     return {"report": str(report), "minutes": minutes, "reused": len(stages.reused)}

@@ -60,8 +60,9 @@ def committed_lines(path: Path = COMMITTED) -> list[str]:
 
 
 def online_rm_lines(runs: list[dict], committed: Path = COMMITTED) -> list[str]:
-    """runs: the report's RLOO runs (`summary`, `steps`, `label`); [] when none trained online."""
-    online = [r for r in runs if r["summary"].get("online_rm")]
+    """runs: the report's RLOO runs (`label`, and `online_rm`: `refresh_numbers` of those that
+    trained online); [] when none did."""
+    online = [r for r in runs if r.get("online_rm")]
     if not online:
         return []
     lines = ["## Online reward training", "",
@@ -75,7 +76,7 @@ def online_rm_lines(runs: list[dict], committed: Path = COMMITTED) -> list[str]:
              "tau before refresh | tau after | refresh (s, mean) | wait (s, total) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in online:
-        n = refresh_numbers(r["steps"], r["summary"]["online_rm"])
+        n = r["online_rm"]
         lines.append(f"| {r['label']} | {n['schedule']} | {n['refreshes']} ({n['skipped']}) | "
                      f"{n['version']} | {n['labels_spent']} | {_num(n['tau_served'], '+.2f')} | "
                      f"{_num(n['tau_before'], '+.2f')} | {_num(n['tau_after'], '+.2f')} | "

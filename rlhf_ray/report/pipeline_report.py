@@ -258,7 +258,7 @@ def _rloo_lines(runs: list[dict], several_seeds: bool, out_dir: Path) -> list[st
 
 
 def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo_runs: list[dict],
-                          cfg, minutes: float, title: str, reused: int = 0) -> Path:
+                          minutes: float, title: str, reused: int = 0) -> Path:
     """rm_results: [{"variant", "seed", "model", "eval" (or None)}]; bon: {seed: {source: curve}};
     rloo_runs: [{"reward_model", "seed", "run_dir", "summary"}]; reused: how many stages finished in
     an earlier invocation (`minutes` is this one's)."""
@@ -266,6 +266,8 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
     several_seeds = len({r["seed"] for r in rm_results}) > 1
     runs = [{**r, "steps": read_steps(r["run_dir"]), "held_out": r["summary"].get("held_out"),
              "held_out_curve": r["summary"].get("held_out_curve", [])} for r in rloo_runs]
+    runs = [{**r, **({"online_rm": refresh_numbers(r["steps"], r["summary"]["online_rm"])}
+                     if r["summary"].get("online_rm") else {})} for r in runs]
     seeds = sorted({r["seed"] for r in rm_results})
     lines = [f"# {title}", "", f"Seed{'s' if several_seeds else ''} {', '.join(map(str, seeds))}; "
              f"{minutes:.1f} min end to end"
@@ -292,8 +294,7 @@ def write_pipeline_report(out_dir: Path, rm_results: list[dict], bon: dict, rloo
                          "run_dir": str(r["run_dir"]),
                          "held_out": r["held_out"], "held_out_curve": r["held_out_curve"],
                          "steps": r["steps"],
-                         **({"online_rm": refresh_numbers(r["steps"], r["summary"]["online_rm"])}
-                            if r["summary"].get("online_rm") else {})}
+                         **({"online_rm": r["online_rm"]} if "online_rm" in r else {})}
                         for r in runs]}
     (out_dir / "pipeline.json").write_text(json.dumps(numbers, indent=1))
     report = out_dir / "report.md"

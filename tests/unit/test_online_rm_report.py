@@ -38,9 +38,9 @@ def _seed(gain: float) -> dict:
 def test_the_section_puts_the_run_beside_every_committed_seed(tmp_path):
     path = tmp_path / "online_vs_frozen.json"
     path.write_text(json.dumps({"seeds": {"1": _seed(0.01), "0": _seed(0.07)}}))
-    runs = [{"label": "bsr", "steps": _steps(), "summary": {"online_rm": {"schedule": "online", "version": 2,
-                                                                           "labels_spent": 48}}},
-            {"label": "bt", "steps": [], "summary": {}}]  # trained nothing online: not in the table
+    online = refresh_numbers(_steps(), {"schedule": "online", "version": 2, "labels_spent": 48})
+    runs = [{"label": "bsr", "online_rm": online},
+            {"label": "bt"}]  # trained nothing online: not in the table
     lines = online_rm_lines(runs, path)
     assert lines[0] == "## Online reward training"
     rows = [line for line in lines if line.startswith("| ")]
@@ -54,3 +54,21 @@ def test_the_section_puts_the_run_beside_every_committed_seed(tmp_path):
 def test_a_missing_committed_file_is_said_and_the_repository_holds_one(tmp_path):
     assert "No committed frozen-vs-online results" in committed_lines(tmp_path / "none.json")[0]
     assert COMMITTED.exists() and committed_lines()[-1].startswith("| 0 |")
+
+
+def test_the_pipeline_report_reads_each_online_run_once_into_its_table_and_numbers(tmp_path):
+    from rlhf_ray.report.pipeline_report import write_pipeline_report
+
+    run_dir = tmp_path / "rloo" / "bsr-online"
+    run_dir.mkdir(parents=True)
+    rows = [{**s, "split": "train", "proxy_reward_mean": 0.1, "gold_reward_mean": 0.5, "kl": 0.0,
+             "response_length": 30.0}
+            for s in _steps()]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"online_rm": {"schedule": "online", "version": 2, "labels_spent": 48}}
+    rm = [{"variant": "bsr", "seed": 0, "model": "m", "eval": None}]
+    run = {"reward_model": "bsr-online", "seed": 0, "run_dir": run_dir, "summary": summary}
+    report = write_pipeline_report(tmp_path / "out", rm, {}, [run], 1.0, "test")
+    numbers = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert numbers["rloo"][0]["online_rm"]["refreshes"] == 2
+    assert "| bsr-online | online | 2 (1) | 2 | 48 |" in report.read_text()

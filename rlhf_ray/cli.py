@@ -123,7 +123,8 @@ def _cmd_bon(cfg, args) -> str:
 
 def _cmd_plan(cfg, args) -> str:
     from rlhf_ray.config.loading import read_config_tree
-    from rlhf_ray.plan import Machine, check_fits, format_plan, job_of, plan_groups
+    from rlhf_ray.plan import job_of, plan_groups
+    from rlhf_ray.plan_check import Machine, check_fits, format_plan
 
     job = args.job or job_of(read_config_tree(args.config))
     machine = Machine(args.gpu_memory_gb, args.gpus_per_node, args.host_memory_gb)

@@ -5,8 +5,8 @@ import pytest
 from rlhf_ray.cli import main
 from rlhf_ray.config import load_config
 from rlhf_ray.models.architectures import KNOWN, architecture
-from rlhf_ray.plan import (GIB, PROCESS_HOST, Machine, PlanError, check_fits, host_per_node, learner_plan, plan_groups,
-                           training_terms)
+from rlhf_ray.plan import PROCESS_HOST, learner_plan, plan_groups, training_terms
+from rlhf_ray.plan_check import GIB, Machine, PlanError, check_fits, host_per_node
 
 QWEN = KNOWN["Qwen/Qwen2.5-1.5B-Instruct"]
 
@@ -138,7 +138,7 @@ def test_gpu_ranks_count_deepspeeds_buckets_nccls_buffers_and_the_usable_memory(
     assert "DeepSpeed buckets" not in one and "NCCL buffers" not in one
     assert "ZeRO-3 prefetch" not in _groups(["learner.zero_stage=2"])["learner"].terms
     assert Machine(80).gpu_bytes == pytest.approx(79.2 * GIB)  # an H100 80GB as torch reports it
-    from rlhf_ray.plan import GroupPlan
+    from rlhf_ray.plan_check import GroupPlan
     with pytest.raises(PlanError, match=r"over 80 GB \(79.2 GiB usable\)"):
         check_fits([GroupPlan("learner", "x", {"weights": 79.5 * GIB})], Machine(80))
 

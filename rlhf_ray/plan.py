@@ -179,8 +179,13 @@ def learner_plan(cfg: Config) -> GroupPlan:
     # what a sync publishes: the adapters alone where vLLM serves them, else the (merged) weights
     adapters_only = policy_sync_path(pc.lora, cfg.rollout.engine, cfg.rollout.lora_sync) == "adapters"
     published = arch.lora_params(lora) * _bytes(pc.dtype) if adapters_only else whole
+    # a merged LoRA sync under ZeRO-3 gathers the whole model on every rank and merges a host copy
+    merged_whole = lora and not adapters_only and lc.zero_stage == 3
+    if merged_whole and on_gpu:
+        terms["gathered for a merged sync"] = whole
     return with_host(plan, lc, loading_weights=terms["weights"] if on_gpu else 0,
                      offloaded_reference=whole if lc.offload_reference and not lora else 0,
+                     merged_copy=whole if merged_whole else 0,
                      once={"published weights (rank 0)": published if staged_copy(cfg.rollout.sync) else 0})
 
 

@@ -59,20 +59,9 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
-    def _lora_under_zero_stages_0_to_2(self):
-        # the adapters' merged weights are read off whole parameters; ZeRO-3 partitions them
-        if self.model.lora.enabled and self.rm.zero_stage == 3:
-            raise ValueError("model.lora.enabled with rm.zero_stage=3 is not built yet: use ZeRO stage 0-2 "
-                             "(LoRA's optimizer states are small: ZeRO-3 buys little here)")
-        return self
-
-    @model_validator(mode="after")
     def _policy_lora_where_it_is_built(self):
         if not self.policy.lora.enabled:
             return self
-        if self.learner.zero_stage == 3:
-            raise ValueError("policy.lora.enabled with learner.zero_stage=3 is not built yet: use ZeRO "
-                             "stage 0-2 (LoRA's optimizer states are small: ZeRO-3 buys little here)")
         if self.rollout.sync != "object_store":
             raise ValueError(f"policy.lora.enabled with rollout.sync={self.rollout.sync} is not built yet: "
                              "LoRA's weights (adapters or merged) travel over rollout.sync=object_store")

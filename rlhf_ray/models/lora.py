@@ -7,13 +7,14 @@ alias, a path or a hub id); every loader of a reward model (`load_reward_model`)
 base, so scorers, eval-rm and best-of-n read it as they read a plain folder."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 
 from rlhf_ray.config import LoRAConfig
 from rlhf_ray.utils.checkpoint import is_peft as is_lora  # noqa: F401 - the trainers' name for it
+from rlhf_ray.utils.checkpoint import save_hf_folder
+from rlhf_ray.utils.dist import gathered_parameters
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -84,17 +85,35 @@ def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 class SyncView:
     """What a weight transport sends of a LoRA policy, in the form it reads a model in
-    (`named_parameters`): the adapters alone (`adapters`) or the plain model with them merged in
-    (`merged`), computed afresh at every sync."""
+    (`named_parameters`): the adapters alone (`adapters`: the trained parameters themselves, under
+    the names peft saves them by, so a ZeRO-3 sender gathers them bucket by bucket as any model's)
+    or the plain model with them merged in (`merged`: computed afresh at every sync, under ZeRO-3
+    from the whole model gathered on every rank)."""
 
-    def __init__(self, model: torch.nn.Module, what: str):
+    def __init__(self, model: torch.nn.Module, what: str, zero_stage: int = 0):
         if what not in ("adapters", "merged"):
             raise ValueError(f"rollout.lora_sync: 'adapters' or 'merged', got {what!r}")
-        self.model, self.what = model, what
+        self.model, self.what, self.zero_stage = model, what, zero_stage
 
     def named_parameters(self, remove_duplicate: bool = True):
-        state = adapter_state_dict(self.model) if self.what == "adapters" else merged_state_dict(self.model)
-        return iter(state.items())
+        if self.what == "adapters":
+            return ((saved_adapter_name(name), p) for name, p in self.model.named_parameters()
+                    if ".lora_" in name)
+        with gathered_parameters(self.model.parameters(), self.zero_stage):
+            return iter(merged_state_dict(self.model).items())
+
+
+def saved_adapter_name(name: str) -> str:
+    """A LoRA parameter's name as peft saves it: without the adapter's name (`default`)."""
+    return name.replace(".default.", ".")
+
+
+def save_merged_folder(model: torch.nn.Module, tokenizer, path: str, rank: int,
+                       zero_stage: int) -> None:
+    """A plain model folder with the adapters merged in, written from the merged tensors (no copy
+    of the model; under ZeRO-3 gathered first). Every rank must call it."""
+    save_hf_folder(model.base_model.model, tokenizer, path, rank, zero_stage,
+                   state_dict=lambda: merged_state_dict(model))
 
 
 def is_adapter_state(names) -> bool:
@@ -119,11 +138,6 @@ def write_adapter_folder(tensors: dict[str, torch.Tensor], alpha: float, base: s
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(path / "adapter_model.safetensors"))
     (path / ADAPTER_CONFIG).write_text(json.dumps(config))
     return path
-
-
-def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain model with the adapters merged in (a copy: `model` keeps training)."""
-    return copy.deepcopy(model).merge_and_unload()
 
 
 def load_adapter_folder(path: str | Path, base: torch.nn.Module) -> torch.nn.Module:

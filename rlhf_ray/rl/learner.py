@@ -12,7 +12,7 @@ from rlhf_ray.config import Config, LearnerConfig, PolicyConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.config.rl import policy_sync_path
-from rlhf_ray.models.lora import SyncView, add_lora, merged_copy
+from rlhf_ray.models.lora import SyncView, add_lora, save_merged_folder
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, run_logprobs_as_forward
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
@@ -157,7 +157,8 @@ class RLOOLearner:
                                       total_steps * lc.ppo_epochs, self.device, "learner.device")
         # what a sync sends: the model's parameters, or with LoRA the adapters (or merged weights)
         sent = self.engine.module if cfg.sync_path == "full" else SyncView(self.engine.module,
-                                                                            cfg.sync_path)
+                                                                            cfg.sync_path,
+                                                                            lc.zero_stage)
         self.sender = transport_class(cfg.transport).Sender(sent, int(cfg.bucket_mb * 2**20),
                                                             lc.zero_stage, rank)
 
@@ -322,7 +323,8 @@ class RLOOLearner:
         module, lora = self.engine.module, self.cfg.policy.lora
         save_hf_folder(module, self.tokenizer, path, self.rank, self.cfg.learner.zero_stage)
         if lora.enabled and lora.save_merged:
-            save_hf_folder(merged_copy(module), self.tokenizer, f"{path}-merged", self.rank, 0)
+            save_merged_folder(module, self.tokenizer, f"{path}-merged", self.rank,
+                               self.cfg.learner.zero_stage)
 
 
 class RLOOLearnerActor(actor_shell(RLOOLearner, "RLOOLearnerShell", data_parallel=True)):

@@ -20,7 +20,7 @@ from rlhf_ray.models.reward_model import (
     value_head,
     value_head_name,
 )
-from rlhf_ray.models.lora import add_lora, is_lora, merged_copy, merged_state_dict
+from rlhf_ray.models.lora import add_lora, is_lora, save_merged_folder, merged_state_dict
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_rankings, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
@@ -192,5 +192,6 @@ class RewardModelTrainer:
         module, lora = self.engine.module, self.cfg.model.lora
         save_hf_folder(module, self.tokenizer, path, self.rank, self.cfg.rm.zero_stage)
         if lora.enabled and lora.save_merged:
-            save_hf_folder(merged_copy(module), self.tokenizer, f"{path}-merged", self.rank, 0)
+            save_merged_folder(module, self.tokenizer, f"{path}-merged", self.rank,
+                               self.cfg.rm.zero_stage)
         return path if self.rank == 0 else None

@@ -1,7 +1,7 @@
 """LoRA in the reward-model trainer (issue 29): real peft on real tiny-llama through the trainer core in
 this process (real DeepSpeed, world size 1, gloo; no Ray). Only the adapters and the value head train;
 the saved adapter folder loads back (onto the base it names) as the model that was trained; the weights
-published to scorers are the merged ones; resume continues the same run."""
+published to scorers are the merged ones; resume continues the same run; the same under ZeRO-3."""
 import pytest
 import torch
 
@@ -71,8 +71,21 @@ def test_lora_trains_only_the_adapters_and_head_and_saves_an_adapter_folder_that
     assert summarise(resumed.train_step(groups))["loss"] == pytest.approx(after["loss"], rel=1e-5)
 
 
-def test_lora_under_zero_3_is_refused_by_key():
-    from rlhf_ray.config import ConfigError
+def test_lora_under_zero_3_trains_partitioned_and_saves_and_publishes_the_merged_model(testbeds, tmp_path):
+    from rlhf_ray.models.reward_model import load_reward_model
 
-    with pytest.raises(ConfigError, match=r"model.lora.enabled with rm.zero_stage=3 is not built yet"):
-        load_config(None, [*LORA, "rm.zero_stage=3"])
+    trainer = _trainer([*LORA, "rm.zero_stage=3"], reserve_address())
+    module = trainer.engine.module
+    assert all(hasattr(p, "ds_id") for p in module.parameters())  # every weight partitioned
+    groups = load_rankings(testbeds / "gold" / "train.parquet")[:4]
+    steps = [summarise(trainer.train_step(groups)) for _ in range(4)]
+    assert steps[-1]["loss"] < steps[0]["loss"], [s["loss"] for s in steps]
+    folder = trainer.save(str(tmp_path / "model"))
+    assert (tmp_path / "model" / "adapter_config.json").exists()
+    saved = _rewards(load_reward_model(folder), trainer.tokenizer, groups)
+    merged = load_reward_model(str(tmp_path / "model-merged"))
+    torch.testing.assert_close(_rewards(merged, trainer.tokenizer, groups), saved, atol=1e-5, rtol=0)
+    plain = load_reward_model("tiny-llama")  # what a scorer loads: gathered, merged
+    plain.load_state_dict(trainer.weights())
+    torch.testing.assert_close(_rewards(plain, trainer.tokenizer, groups), saved, atol=1e-5, rtol=0)
+    assert not torch.equal(saved, _rewards(load_reward_model("tiny-llama"), trainer.tokenizer, groups))

@@ -92,6 +92,46 @@ def test_adapters_train_under_gradient_checkpointing_and_zero_2():
     assert any(not torch.equal(after[n], p) for n, p in before.items() if ".lora_B." in n)
 
 
+def test_under_zero_3_the_adapters_train_partitioned_and_a_sync_gathers_them_or_the_merged_model(tmp_path):
+    from peft import PeftModel
+
+    from rlhf_ray.models.lora import SyncView, adapter_state_dict, merged_state_dict
+    from rlhf_ray.utils.dist import gathered_parameters
+
+    learner = _learner("learner.zero_stage=3")
+    module = learner.engine.module
+    assert all(hasattr(p, "ds_id") for p in module.parameters())  # every weight partitioned
+    rollouts = random_rollouts(2, 3, 0, vocab=200, prompt_len=(4, 3))
+    base = load_causal_lm(resolve_model("tiny-llama"), "float32", False, "auto")
+    before = _logprobs(base, rollouts)
+    assert learner.update(rollouts, torch.tensor([1.0, -0.5, 0.3, 0.2, -1.0, 0.7])).grad_norm > 0
+    after = _logprobs(module, rollouts)  # ZeRO-3's hooks gather each layer in its forward
+    with gathered_parameters(module.parameters(), 3):
+        adapters = {n: t.clone() for n, t in adapter_state_dict(module).items()}  # freed on exit
+    # the reference (adapters off) under ZeRO-3 is still the base: KL = policy minus base
+    mask = pack(rollouts, 0, torch.device("cpu")).mask
+    torch.testing.assert_close(torch.tensor(learner.sequence_kl(rollouts)), ((after - before) * mask).sum(-1),
+                               atol=1e-4, rtol=1e-4)
+    # an adapter sync gathers each bucket: the adapters whole, as peft saves them
+    buckets = learner.sender.source.send_all(  # copies: a bucket's views live until the next one
+        lambda w: {n: torch.as_tensor(t).clone() for n, t in w.tensors()})[0]
+    sent = {n: t for bucket in buckets for n, t in bucket.items()}
+    assert sorted(sent) == sorted(adapters) and all(t.numel() > 0 for t in sent.values())
+    assert all(torch.equal(t, adapters[n]) for n, t in sent.items())
+    merged = dict(SyncView(module, "merged", 3).named_parameters())
+    with gathered_parameters(module.parameters(), 3):
+        expected = merged_state_dict(module)
+    assert merged.keys() == expected.keys() and all(torch.equal(merged[n], expected[n]) for n in merged)
+    assert all(t.numel() > 0 for t in merged.values())
+
+    learner.save(str(tmp_path / "policy"))  # every rank gathers; rank 0 writes
+    loaded = PeftModel.from_pretrained(load_causal_lm(resolve_model("tiny-llama"), "float32", False, "auto"),
+                                       str(tmp_path / "policy"))
+    torch.testing.assert_close(_logprobs(loaded, rollouts), after, atol=1e-5, rtol=1e-5)
+    plain = load_causal_lm(str(tmp_path / "policy-merged"), "float32", False, "auto")
+    torch.testing.assert_close(_logprobs(plain, rollouts), after, atol=1e-4, rtol=1e-4)
+
+
 def _peft_policy(seed: int):
     from rlhf_ray.config import LoRAConfig
     from rlhf_ray.models.lora import add_lora

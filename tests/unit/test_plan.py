@@ -212,7 +212,7 @@ def test_a_lora_policy_has_no_reference_copy_and_publishes_only_its_adapters():
     """Issue 29: policy.lora on the GPU recipe's learner: the adapters' gradients and optimizer
     states, no reference copy (the adapters disabled), and what a sync stages is the adapters (the
     merged weights when vLLM does not serve them)."""
-    stage2 = ["learner.zero_stage=2", "rollout.sync=object_store"]  # LoRA: ZeRO 0-2, the object store
+    stage2 = ["learner.zero_stage=2", "rollout.sync=object_store"]  # LoRA: the object store
     full = _groups(stage2)["learner"]
     lora = _groups([*stage2, "policy.lora.enabled=true", "policy.lora.rank=16"])["learner"]
     merged = _groups([*stage2, "policy.lora.enabled=true", "policy.lora.rank=16",
@@ -224,3 +224,9 @@ def test_a_lora_policy_has_no_reference_copy_and_publishes_only_its_adapters():
     assert lora.once["published weights (rank 0)"] < 0.02 * whole
     assert merged.once["published weights (rank 0)"] == whole
     assert lora.total < 0.6 * full.total
+    # ZeRO-3: the adapters sync bucket by bucket; a merged sync gathers the whole model on each rank
+    stage3 = ["learner.zero_stage=3", "rollout.sync=object_store", "policy.lora.enabled=true"]
+    adapters3 = _groups(stage3)["learner"]
+    merged3 = _groups([*stage3, "rollout.lora_sync=merged"])["learner"]
+    assert "gathered for a merged sync" not in adapters3.terms
+    assert merged3.terms["gathered for a merged sync"] == merged3.host["merged copy"] == whole

@@ -8,7 +8,8 @@ from rlhf_ray.models.lora import is_adapter_state
 from rlhf_ray.rl.engines.vllm_engine import lora_args
 
 
-@pytest.mark.parametrize("keys, named", [(["learner.zero_stage=3"], "learner.zero_stage=3"),
+@pytest.mark.parametrize("keys, named", [(["rollout.sync=ipc", "rollout.colocate_with_learner=true"],
+                                          "rollout.sync=ipc"),
                                          (["rollout.sync=collective"], "rollout.sync=collective")])
 def test_policy_lora_is_refused_where_it_is_not_built_naming_the_key(keys, named):
     with pytest.raises(ValueError, match=named):

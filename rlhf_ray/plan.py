@@ -136,6 +136,10 @@ def rm_trainer_plan(cfg: Config) -> GroupPlan:
     if on_gpu:
         terms.update(communication_terms(arch, mc.dtype, tc.num_workers, tc.zero_stage, False),
                      **{"CUDA context": CUDA_CONTEXT})
+        if cfg.online_rm.enabled and cfg.online_rm.sync != "object_store":
+            # a bucket gathered where the parameters are and its flat copy (online_rm.sync)
+            terms["weight-sync buckets"] = 2 * max(cfg.online_rm.sync_bucket_mb * (1 << 20),
+                                                   arch.vocab * arch.hidden * _bytes(mc.dtype))
     lora = f", LoRA rank {mc.lora.rank}" if mc.lora.enabled else ""
     plan = GroupPlan("rm",
                      f"reward-model trainer ({mc.name}, {tc.num_workers} ranks, ZeRO-{tc.zero_stage}{lora})",

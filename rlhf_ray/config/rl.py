@@ -253,6 +253,13 @@ class OnlineRMConfig(Section):
     # add up to at most 1): the reward model's trainer beside a copy it serves, so a pool of GPUs
     # holds both. Needs as many RM trainers as scorers. Both stay resident (no sleep).
     colocate_with_scorers: bool = False
+    # how a new version's weights reach the scorers (rl/sync/): `object_store` (published while the
+    # refresh runs, loaded between two steps), `collective` (RM trainer rank 0 broadcasts to every
+    # scorer: gloo on CPU, nccl on GPUs, bucket by bucket), `ipc` (each colocated RM trainer rank
+    # maps its weights into its scorer: colocate_with_scorers). Any of them falls back to the saved
+    # version in storage when it fails.
+    sync: Literal["object_store", "collective", "ipc"] = "object_store"
+    sync_bucket_mb: float = Field(256.0, gt=0)  # collective / ipc: one bucket gathered at a time
 
     @model_validator(mode="after")
     def _judge_names_its_model(self):

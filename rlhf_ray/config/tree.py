@@ -81,6 +81,21 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _rm_weight_transport_fits_the_placement(self):
+        oc, rm, sc = self.online_rm, self.rm, self.scorer
+        if not oc.enabled:
+            return self
+        if oc.sync == "ipc" and not oc.colocate_with_scorers:
+            raise ValueError("online_rm.sync=ipc maps RM trainer rank i's memory into scorer i, so the two "
+                             "must share a machine: set online_rm.colocate_with_scorers=true (or use "
+                             "object_store / collective)")
+        if oc.sync == "collective" and oc.colocate_with_scorers and rm.num_gpus and sc.num_gpus:
+            raise ValueError("online_rm.sync=collective with online_rm.colocate_with_scorers on GPUs puts RM "
+                             "trainer 0 and scorer 0 on one GPU as two NCCL ranks, which NCCL refuses: use "
+                             "online_rm.sync=ipc (or object_store)")
+        return self
+
+    @model_validator(mode="after")
     def _prompt_groups_split_evenly(self):
         # unequal shares would give the learner ranks unequal micro-batch counts, and ZeRO's
         # collectives would wait on the rank that has none left until the timeout

@@ -91,7 +91,7 @@ class RLActors:
                                                  cfg.scorer.placement_timeout_s)
                                  if oc.enabled and oc.colocate_with_scorers else None)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
-                                 shared_placement=self.scorer_placement, setup=setup)
+                                 oc.sync, shared_placement=self.scorer_placement, setup=setup)
         # learner.max_restarts counts the driver's restarts of the run (rl/loop.py), never Ray's
         self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner.model_copy(update={"max_restarts": 0}),
                                   shared_placement=self.shared, setup=setup)
@@ -287,6 +287,11 @@ class RLActors:
         self.scorer.map(method, dict.fromkeys(range(len(self.scorer)), args),
                         self.cfg.scorer.timeout_s)
         self.reward_model = (model_dir, version, weights)
+
+    def serve_reward_model(self, model_dir: str, version: int) -> None:
+        """Every scorer loaded version `version` by a transport (`online_rm.sync`); a scorer Ray
+        restarts later reads it from `model_dir`."""
+        self.reward_model = (model_dir, version, None)
 
     def set_beta(self, beta: float) -> None:
         self.learner.call("set_beta", [(beta,)] * len(self.learner), self.cfg.learner.timeout_s)

@@ -37,13 +37,18 @@ def training_reward(train_on: str, shaped: torch.Tensor, gold: list[float], gold
 
 
 class RLScorer:
-    def __init__(self, reward_cfg: RewardConfig, device: str = "auto"):
-        """`reward_cfg`: the `reward` section (its own, typed); `device`: `scorer.device`."""
+    def __init__(self, reward_cfg: RewardConfig, device: str = "auto",
+                 transport: str = "object_store"):
+        """`reward_cfg`: the `reward` section (its own, typed); `device`: `scorer.device`;
+        `transport`: how a refreshed reward model's weights arrive (`online_rm.sync`, `rl/sync/`)."""
+        from rlhf_ray.rl.sync import transport_class
+
         self.cfg, self.device = reward_cfg, device
         self.members = [RewardScorer(m, reward_cfg.max_length, device=device,
                                      dtype=reward_cfg.dtype)
                         for m in reward_cfg.models]
         self.version = 0  # of the reward model (online reward training refreshes it)
+        self.receiver = transport_class(transport).Receiver("scorer", self)
 
     def load_reward_model(self, model_dir: str, version: int) -> int:
         """Score with the reward model saved at `model_dir` (a refresh's; one member) from now on."""
@@ -52,16 +57,24 @@ class RLScorer:
         self.version = version
         return version
 
-    def load_weights(self, weights: dict, version: int) -> int:
-        """Score with `weights` (a refresh's state dict, through the object store) from now on,
-        loaded in place into the one reward model this scorer holds (the same architecture: the
-        trainers were warm-started from it)."""
+    def load_weights(self, weights, version: int) -> int:
+        """Score with `weights` from now on, loaded in place into the one reward model this scorer
+        holds (the same architecture: the trainers were warm-started from it): a refresh's state
+        dict (through the object store), or a transport's buckets (anything with `tensors()`)."""
         if len(self.members) != 1:
             raise ValueError(f"load_weights refreshes one reward model; this scorer holds "
                              f"{len(self.members)} (reward.models)")
-        self.members[0].model.load_state_dict(weights)
+        model = self.members[0].model
+        if isinstance(weights, dict):
+            model.load_state_dict(weights)
+        else:
+            load_in_place(model, weights.tensors(), f"reward-model version {version}")
         self.version = version
         return version
+
+    def receive_weights(self, call: str, *args):
+        """This scorer's side of the weight transport (`rl/sync/`): `Receiver.<call>(*args)`."""
+        return getattr(self.receiver, call)(*args)
 
     def member_rewards(self, prompt_texts: list[str], responses: list[str]) -> torch.Tensor:
         return torch.stack([m.score(prompt_texts, responses) for m in self.members])
@@ -106,6 +119,22 @@ class RLScorer:
                                      f"{sorted({per_sample[i]['prompt_id'] for i in bad})[:5]})")
         return Scores(train.tolist(), proxy.tolist(), members.tolist(), gold, gold_v2,
                       time.monotonic() - start, self.version)
+
+
+@torch.no_grad()
+def load_in_place(model: torch.nn.Module, tensors, what: str) -> None:
+    """(name, tensor) pairs copied into `model`'s parameters and buffers of those names (as they
+    stream in, one bucket held at a time); every parameter must arrive."""
+    targets = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    arrived = set()
+    for name, tensor in tensors:
+        if name not in targets:
+            raise KeyError(f"{what}: {name!r} is not a tensor of the scorer's model")
+        targets[name].copy_(torch.as_tensor(tensor))
+        arrived.add(name)
+    missing = [name for name, _ in model.named_parameters() if name not in arrived]
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} parameters never arrived, e.g. {missing[:3]}")
 
 
 RLScorerActor = actor_shell(RLScorer, "RLScorerActor")  # `scorer-<i>`

@@ -18,11 +18,12 @@ class RMTrainerGroup:
     """The data-parallel group of reward-model trainers, as the driver sees it."""
 
     def __init__(self, cfg: Config, total_steps: int, tag: str | None = None, setup=None,
-                 shared_placement=None):
+                 shared_placement=None, actor_cls=RMTrainerActor):
         """`shared_placement`: bundle i of another group's placement group holds rank i (online
-        reward training colocated with the scorers); None: the group's own."""
+        reward training colocated with the scorers); None: the group's own. `actor_cls`: the shell
+        (online reward training's adds the weight transport)."""
         self.cfg = cfg
-        self.group = ActorGroup(RMTrainerActor, "rm-trainer", cfg.rm, tag=tag, setup=setup,
+        self.group = ActorGroup(actor_cls, "rm-trainer", cfg.rm, tag=tag, setup=setup,
                                 shared_placement=shared_placement)
         self.group.setup_data_parallel(TrainerSpec.of(cfg), total_steps, cfg.rm.sync_timeout_s)
 

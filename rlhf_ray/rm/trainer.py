@@ -20,7 +20,7 @@ from rlhf_ray.models.reward_model import (
     value_head,
     value_head_name,
 )
-from rlhf_ray.models.lora import add_lora, is_lora, save_merged_folder, merged_state_dict
+from rlhf_ray.models.lora import add_lora, is_lora, merged_state_dict, save_merged_folder
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_rankings, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
@@ -47,16 +47,20 @@ EVAL_BATCH = 16  # rankings per evaluation forward
 @dataclass(frozen=True)
 class TrainerSpec:
     """What a reward-model trainer rank is built from, and all it reads: the model, trainer and loss
-    sections and the seed."""
+    sections, the seed, and how its weights reach the scorers in an RL job (`online_rm.sync`: read
+    by the online trainers' shell, `rl/online/trainer_actor.py`)."""
 
     model: ModelConfig
     rm: RMConfig
     loss: LossConfig
     seed: int
+    transport: str = "object_store"
+    bucket_mb: float = 256.0
 
     @classmethod
     def of(cls, cfg: Config) -> "TrainerSpec":
-        return cls(cfg.model, cfg.rm, cfg.loss, cfg.seed)
+        oc = cfg.online_rm
+        return cls(cfg.model, cfg.rm, cfg.loss, cfg.seed, oc.sync, oc.sync_bucket_mb)
 
 
 class RewardModelTrainer:

@@ -163,8 +163,41 @@ def test_the_judge_ranks_by_its_reward_on_its_own_actors_and_a_dead_judge_costs_
         judge.shutdown()
 
 
+@pytest.mark.parametrize("sync", ["collective", "ipc"])
+def test_each_version_reaches_the_scorers_over_a_broadcast_or_shared_memory_as_it_was_saved(
+        ray_local, testbeds, tmp_path, sync):
+    """online_rm.sync collective (RM trainer rank 0 broadcasts to both scorers over gloo) and ipc
+    (each colocated trainer rank maps its weights into its scorer), bucket by bucket: every refresh
+    goes that way, and step 2's samples, scored by version 1 as it arrived, get the rewards the
+    saved version 1 gives them."""
+    from rlhf_ray.rl.prompts import load_prompts
+    from rlhf_ray.scoring.scorer import RewardScorer
+
+    extra = ["rloo.steps=2", f"online_rm.sync={sync}", "online_rm.sync_bucket_mb=1",
+             "online_rm.colocate_with_scorers=true", "rm.num_cpus=0.25", "scorer.num_cpus=0.25"]
+    _online(tmp_path, testbeds, *extra)
+    rows = _rows(tmp_path)
+    assert [r["rm_delivery"] for r in rows] == [sync, sync] and [r["rm_version"] for r in rows] == [0, 1]
+    cfg = load_config(None, [f"data.dir={testbeds}", *TINY_RLOO, "reward.models=[tiny-llama]"])
+    text = {p["prompt_id"]: p["prompt"] for p in load_prompts(cfg)}
+    step_2 = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()
+              if json.loads(x)["step"] == 2]
+    saved = RewardScorer(str(tmp_path / "reward_models" / "v1"), cfg.reward.max_length, device="cpu",
+                         dtype=cfg.reward.dtype)
+    expected = saved.score([text[s["prompt_id"]] for s in step_2], [s["response"] for s in step_2])
+    assert len(step_2) == 8 and expected.std() > 0
+    assert [s["proxy"] for s in step_2] == pytest.approx(expected.tolist(), abs=1e-4)
+
+
 def test_online_reward_training_refuses_what_it_cannot_do_yet():
     with pytest.raises(ConfigError, match="set reward.models to one model"):
         load_config(None, ["online_rm.enabled=true", "reward.models=[tiny-llama, tiny-llama]"])
     with pytest.raises(ConfigError, match="online_rm.judge.model"):
         load_config(None, ["online_rm.enabled=true", "online_rm.labeller=judge"])
+    with pytest.raises(ConfigError, match="online_rm.sync=ipc .* set online_rm.colocate_with_scorers=true"):
+        load_config(None, ["online_rm.enabled=true", "online_rm.sync=ipc"])
+    gpus = ["online_rm.enabled=true", "online_rm.colocate_with_scorers=true", "rm.num_workers=2", "rm.num_gpus=0.5",
+            "scorer.num_gpus=0.5"]
+    with pytest.raises(ConfigError, match="two NCCL ranks"):
+        load_config(None, [*gpus, "online_rm.sync=collective"])
+    load_config(None, [*gpus, "online_rm.sync=ipc"])

@@ -175,7 +175,7 @@ def test_rm_trainers_colocated_with_the_scorers_are_checked_together_on_their_on
     """Issue 27 (5): online_rm.colocate_with_scorers puts scorer i and RM trainer rank i on one GPU."""
     from rlhf_ray.config import ConfigError
 
-    shared = ["online_rm.colocate_with_scorers=true", "scorer.num_workers=4", "scorer.num_gpus=0.5",
+    shared = ["online_rm.colocate_with_scorers=true", "online_rm.sync=ipc", "scorer.num_workers=4", "scorer.num_gpus=0.5",
               "rm.num_gpus=0.5"]
     groups = {g.group: g for g in plan_groups(load_config("configs/paper_rloo_gpu_online.yaml", shared), "rloo")}
     pair, scorers, trainers = groups["colocated scorers"], groups["scorer"], groups["rm"]
@@ -206,6 +206,9 @@ def test_lora_leaves_the_rm_trainers_gradients_and_optimizer_states_to_the_adapt
     assert lora.terms["gradients"] < 0.02 * full.terms["gradients"]
     assert full.terms["weights"] < lora.terms["weights"] < 1.02 * full.terms["weights"]
     assert lora.total < 0.7 * full.total
+    assert "weight-sync buckets" not in rm_plan("online_rm.sync=object_store").terms  # a host copy
+    broadcast = rm_plan("online_rm.sync=collective", "online_rm.sync_bucket_mb=1024")
+    assert broadcast.terms["weight-sync buckets"] == 2 * 1024 * 2**20
 
 
 def test_a_lora_policy_has_no_reference_copy_and_publishes_only_its_adapters():

@@ -30,7 +30,7 @@ def _run(monkeypatch, steps: int, trainers: Trainers, last_settles=True, **onlin
     scorers held when each step was scored."""
     loaded = {"version": 0}
 
-    def load(rl, done, result, groups, gold, tag=""):
+    def load(rl, online, done, result, groups, gold, tag=""):
         loaded["version"] = done.version
         return {"rm_refreshed_to": done.version, "labels_spent": done.spent, "rm_refresh_s": 1.0}
 

@@ -74,7 +74,8 @@ class RefreshDriver:
         running, self.running = self.running, None
         began = time.monotonic()
         done = running.future.result()
-        metrics = load_refresh(self.rl, done, running.result, running.groups, running.gold)
+        metrics = load_refresh(self.rl, self.online, done, running.result, running.groups,
+                               running.gold)
         return {**metrics, "rm_refresh_of_step": running.after_step,
                 "rm_wait_s": time.monotonic() - began}
 
@@ -98,7 +99,8 @@ def merged(refreshes: list[dict]) -> dict:
     return total
 
 
-def load_refresh(rl, done: Refresh, result: StepResult, groups, gold, tag: str = "") -> dict:
+def load_refresh(rl, online: OnlineRewardTraining, done: Refresh, result: StepResult, groups, gold,
+                 tag: str = "") -> dict:
     """A finished refresh's version loaded by every scorer (unless it was skipped), with the reward
     model's tau with the gold on the samples it was asked about, before and after."""
     import ray
@@ -111,11 +113,11 @@ def load_refresh(rl, done: Refresh, result: StepResult, groups, gold, tag: str =
     if done.skipped:  # the scorers go on with the version they serve
         return {"rm_refresh_skipped": done.skipped, **spent}
     began = time.monotonic()
-    rl.load_reward_model(done.model_dir, done.version, done.weights)
+    delivery = online.deliver(rl, done)
     loaded = time.monotonic()
     rescored = ray.get(rl.score(result.generation, result.batch))  # for the tau after: measuring
     spent.update(rm_load_s=loaded - began, rm_rescore_s=time.monotonic() - loaded,
-                 rm_delivery="storage" if done.weights is None else "object_store")
+                 rm_delivery=delivery)
     after = prompt_groups(result.batch, result.generated, rescored, result.generation.shard_index)
     return {"rm_refreshed_to": done.version, **spent, "rm_refresh_rows": done.rows,
             "rm_tau_before": gold_tau(groups, gold), "rm_tau_after": gold_tau(after, gold),
@@ -138,7 +140,7 @@ def refresh_upfront(cfg: Config, rl, online: OnlineRewardTraining, prompts: list
                             ray.get(rl.score(generation, batch)), {})
         groups, gold = groups_and_gold(cfg, result)
         refreshed = online.refresh(0, groups, f"upfront{n}")
-        done.append({"refresh": n, **load_refresh(rl, refreshed, result, groups, gold,
+        done.append({"refresh": n, **load_refresh(rl, online, refreshed, result, groups, gold,
                                                   f"upfront{n}")})
         print(f"[rloo] upfront reward-model refresh {n}/{count}: version {online.version}, "
               f"{done[-1]['labels_total']} labels", file=sys.stderr, flush=True)

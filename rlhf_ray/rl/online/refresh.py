@@ -5,6 +5,7 @@ scorers to load."""
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +137,11 @@ class OnlineRewardTraining:
         self.version, self.model_dir = 0, cfg.reward.models[0]
 
     def _start_trainers(self, cfg: Config):
+        from rlhf_ray.rl.online.trainer_actor import OnlineRMTrainerActor
         from rlhf_ray.rm.actor import RMTrainerGroup
 
         return RMTrainerGroup(cfg, total_steps=1 << 30, tag="online", setup=self.setup,
-                              shared_placement=self.placement_group)
+                              shared_placement=self.placement_group, actor_cls=OnlineRMTrainerActor)
 
     def _restart_trainers(self) -> None:
         """A new group, warm-started from the version being served (the optimizer's moments start
@@ -160,8 +162,11 @@ class OnlineRewardTraining:
         return metrics
 
     def _publish(self):
-        """The version's weights to the object store, or None if a trainer died after the save
-        (the scorers then read the saved version)."""
+        """The version's weights to the object store (online_rm.sync object_store: put while the
+        run goes on), or None if a trainer died after the save (the scorers then read the saved
+        version) or another transport delivers them (`deliver`)."""
+        if self.oc.sync != "object_store":
+            return None
         try:
             return self.trainers.publish()
         except ActorGroupError:
@@ -196,6 +201,26 @@ class OnlineRewardTraining:
         parts = {"rm_label_s": labelled - start, "rm_train_s": time.monotonic() - labelled}
         return Refresh(self.version, self.model_dir, labels.spent, self.budget.spent, note,
                        len(rows), metrics, time.monotonic() - start, skipped, parts, weights)
+
+    def deliver(self, rl, done: Refresh) -> str:
+        """Every scorer (`rl.scorer`) loads `done`'s version, between two steps; returns how:
+        `online_rm.sync`'s transport, the object store's ref the refresh published, or the saved
+        version in storage (a trainer died after the save, or the transport failed: said)."""
+        if self.oc.sync != "object_store":
+            from rlhf_ray.rl.sync import transport_class
+
+            transport = transport_class(self.oc.sync)(self.trainers.group, rl.scorer,
+                                                      self.cfg.rm.sync_timeout_s)
+            try:
+                transport.connect()  # afresh each time: either side may have restarted since
+                transport.deliver(done.version)
+                rl.serve_reward_model(done.model_dir, done.version)
+                return self.oc.sync
+            except (ActorGroupError, TimeoutError, RuntimeError) as err:
+                print(f"[rloo] reward-model version {done.version} over online_rm.sync={self.oc.sync} "
+                      f"failed ({err}); the scorers read it from storage", file=sys.stderr, flush=True)
+        rl.load_reward_model(done.model_dir, done.version, done.weights)
+        return "storage" if done.weights is None else "object_store"
 
     # the checkpoint's part: the trainers' DeepSpeed state (`save_state` into `engine/online_rm/`
     # of the step's folder) and the rest as JSON in its state.json

@@ -175,8 +175,8 @@ def test_rm_trainers_colocated_with_the_scorers_are_checked_together_on_their_on
     """Issue 27 (5): online_rm.colocate_with_scorers puts scorer i and RM trainer rank i on one GPU."""
     from rlhf_ray.config import ConfigError
 
-    shared = ["online_rm.colocate_with_scorers=true", "online_rm.sync=ipc", "scorer.num_workers=4", "scorer.num_gpus=0.5",
-              "rm.num_gpus=0.5"]
+    shared = ["online_rm.colocate_with_scorers=true", "online_rm.sync=ipc", "scorer.num_workers=4",
+              "scorer.num_gpus=0.5", "rm.num_gpus=0.5"]
     groups = {g.group: g for g in plan_groups(load_config("configs/paper_rloo_gpu_online.yaml", shared), "rloo")}
     pair, scorers, trainers = groups["colocated scorers"], groups["scorer"], groups["rm"]
     assert pair.total == pytest.approx(scorers.total + trainers.total) and pair.actors == 0

@@ -32,6 +32,24 @@ def _rows(folder) -> list[dict]:
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+def _rewards_of_the_saved_version(tmp_path, testbeds, step: int, version: int) -> tuple[list, list]:
+    """Step `step`'s rewards as the scorers gave them, and as the saved `version` gives them (the
+    weights a transport delivered must be that version's)."""
+    from rlhf_ray.rl.prompts import load_prompts
+    from rlhf_ray.scoring.scorer import RewardScorer
+
+    cfg = load_config(None, [f"data.dir={testbeds}", *TINY_RLOO, "reward.models=[tiny-llama]"])
+    text = {p["prompt_id"]: p["prompt"] for p in load_prompts(cfg)}
+    samples = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [s for s in samples if s["step"] == step]
+    assert samples and all(s["rm_version"] == version for s in samples)
+    saved = RewardScorer(str(tmp_path / "reward_models" / f"v{version}"), cfg.reward.max_length,
+                         device="cpu", dtype=cfg.reward.dtype)
+    expected = saved.score([text[s["prompt_id"]] for s in samples], [s["response"] for s in samples])
+    assert expected.std() > 0  # rewards that tell the versions apart
+    return [s["proxy"] for s in samples], expected.tolist()
+
+
 def test_the_reward_model_learns_from_the_policy_it_judges_within_one_job_and_resumes(ray_local, testbeds,
                                                                                       tmp_path):
     """Two steps with a checkpoint after step 1, then resumed to three: the checkpoint holds the RM trainers'
@@ -70,13 +88,18 @@ def test_the_upfront_schedule_spends_the_same_labels_and_rows_before_step_1_then
         ray_local, testbeds, tmp_path):
     """The frozen arm of the frozen-vs-online experiment: the online run's three refreshes, with the
     same labels and training rows, all on the initial policy's samples before step 1; every step is
-    then scored by the last version, and the served model's tau with the gold is logged each step."""
+    then scored by the last version, and the served model's tau with the gold is logged each step.
+    Each version reaches the scorer over a broadcast (online_rm.sync=collective, gloo), bucket by
+    bucket: step 3 is scored with the rewards the saved version 3 gives."""
     summary = _online(tmp_path, testbeds, "online_rm.schedule=upfront", "rm.num_workers=1",
-                      "scorer.num_workers=1")
+                      "scorer.num_workers=1", "online_rm.sync=collective", "online_rm.sync_bucket_mb=1")
     upfront = json.loads((tmp_path / "online_rm_upfront.json").read_text())
     assert [u["rm_refreshed_to"] for u in upfront] == [1, 2, 3]
     assert [u["labels_spent"] for u in upfront] == [4, 4, 2]
     assert [u["rm_refresh_rows"] for u in upfront] == ONLINE_ROWS
+    assert [u["rm_delivery"] for u in upfront] == ["collective"] * 3
+    scored, saved = _rewards_of_the_saved_version(tmp_path, testbeds, 3, 3)
+    assert scored == pytest.approx(saved, abs=1e-4)
     assert summary["online_rm"]["upfront_refreshes"] == upfront
     assert summary["online_rm"]["labels_spent"] == 10 and summary["online_rm"]["version"] == 3
     rows = _rows(tmp_path)
@@ -92,7 +115,10 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     skipped refresh's labels stay in the replay buffer, and the later refreshes make the next versions;
     the scorer killed after step 2 comes back with the current version (a step scored by another would
     be refused); the run ends normally having spent its whole budget. The trainer shares the scorer's
-    placement-group bundle (online_rm.colocate_with_scorers), where the restarted group starts again."""
+    placement-group bundle (online_rm.colocate_with_scorers), where the restarted group starts again,
+    and maps each version's weights into it (online_rm.sync=ipc, a shared-memory file here): the
+    restarted trainer and the restarted scorer too, so the last step gets the saved version's
+    rewards."""
     import ray
 
     result, done = {}, threading.Event()
@@ -101,7 +127,7 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
         try:
             result["summary"] = _online(tmp_path, testbeds, "rloo.steps=4", "online_rm.budget_total=16",
                                         "rm.num_workers=1", "scorer.num_workers=1",
-                                        "online_rm.colocate_with_scorers=true")
+                                        "online_rm.colocate_with_scorers=true", "online_rm.sync=ipc")
         except Exception as err:  # noqa: BLE001 - handed to the test
             result["error"] = err
         done.set()
@@ -124,6 +150,9 @@ def test_a_killed_rm_trainer_skips_its_refresh_keeps_the_labels_and_the_restarte
     assert all(r["rm_version"] == r["step"] - 2 for r in after)  # one version behind the step count
     assert rows[-1]["labels_total"] == 16 and result["summary"]["online_rm"]["version"] == 3
     assert "scorer-0 was restarted" in capfd.readouterr().err  # and was given the current version
+    assert {r["rm_delivery"] for r in rows if "rm_refreshed_to" in r} == {"ipc"}
+    scored, saved = _rewards_of_the_saved_version(tmp_path, testbeds, 4, rows[-1]["rm_version"])
+    assert scored == pytest.approx(saved, abs=1e-4)
     # the scorer's and the trainer's CPUs (0.5 each) in one bundle (apart, no bundle is that large)
     from ray.util import placement_group_table
 
@@ -161,32 +190,6 @@ def test_the_judge_ranks_by_its_reward_on_its_own_actors_and_a_dead_judge_costs_
         assert failed.rankings == [] and failed.spent == 0 and "judge-1" in failed.note
     finally:
         judge.shutdown()
-
-
-@pytest.mark.parametrize("sync", ["collective", "ipc"])
-def test_each_version_reaches_the_scorers_over_a_broadcast_or_shared_memory_as_it_was_saved(
-        ray_local, testbeds, tmp_path, sync):
-    """online_rm.sync collective (RM trainer rank 0 broadcasts to both scorers over gloo) and ipc
-    (each colocated trainer rank maps its weights into its scorer), bucket by bucket: every refresh
-    goes that way, and step 2's samples, scored by version 1 as it arrived, get the rewards the
-    saved version 1 gives them."""
-    from rlhf_ray.rl.prompts import load_prompts
-    from rlhf_ray.scoring.scorer import RewardScorer
-
-    extra = ["rloo.steps=2", f"online_rm.sync={sync}", "online_rm.sync_bucket_mb=1",
-             "online_rm.colocate_with_scorers=true", "rm.num_cpus=0.25", "scorer.num_cpus=0.25"]
-    _online(tmp_path, testbeds, *extra)
-    rows = _rows(tmp_path)
-    assert [r["rm_delivery"] for r in rows] == [sync, sync] and [r["rm_version"] for r in rows] == [0, 1]
-    cfg = load_config(None, [f"data.dir={testbeds}", *TINY_RLOO, "reward.models=[tiny-llama]"])
-    text = {p["prompt_id"]: p["prompt"] for p in load_prompts(cfg)}
-    step_2 = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()
-              if json.loads(x)["step"] == 2]
-    saved = RewardScorer(str(tmp_path / "reward_models" / "v1"), cfg.reward.max_length, device="cpu",
-                         dtype=cfg.reward.dtype)
-    expected = saved.score([text[s["prompt_id"]] for s in step_2], [s["response"] for s in step_2])
-    assert len(step_2) == 8 and expected.std() > 0
-    assert [s["proxy"] for s in step_2] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def test_online_reward_training_refuses_what_it_cannot_do_yet():

@@ -6,13 +6,14 @@ paths a first cluster run would break on.
     python scripts/gpu_check.py --shape tiny-llama --out /tmp/x   # the same steps on the CPU (a test runs it)
 
 Steps: a ZeRO-3 reward-model training step with a fresh value head (its seeded init under ZeRO-3), a
-ZeRO-3 RLOO learner update, a ZeRO-2 learner's state offload and reload around an update (what a
-colocated learner does while its engine generates), a weight-sync bucket shared with a second process
-(CUDA IPC on a GPU, a shared-memory file on the CPU; bit-exact, GB/s), a scorer batch and an HF
-generation step. Each step starts from a clean baseline (the previous step's objects freed, garbage
-collected, the CUDA cache emptied) and reports its peak above that baseline beside `rlhf-ray plan`'s
-estimate for the same settings, its time, tokens/s and model-FLOPs utilisation against this GPU's
-bf16 matmul peak measured in the same run. Writes check.json.
+ZeRO-3 RLOO learner update, a LoRA learner's update and adapter gather at ZeRO-3, a ZeRO-2 learner's
+state offload and reload around an update (what a colocated learner does while its engine
+generates), a weight-sync bucket shared with a second process (CUDA IPC on a GPU, a shared-memory
+file on the CPU; bit-exact, GB/s), a scorer batch and an HF generation step. Each step starts from
+a clean baseline (the previous step's objects freed, garbage collected, the CUDA cache emptied) and
+reports its peak above that baseline beside `rlhf-ray plan`'s estimate for the same settings, its
+time, tokens/s and model-FLOPs utilisation against this GPU's bf16 matmul peak measured in the same
+run. Writes check.json.
 """
 from __future__ import annotations
 
@@ -126,13 +127,14 @@ class Check:
                 "peak_memory_gb": _peak_gb(self.device, baseline),
                 "planned_gb": planned / 2**30 if planned else None, **extra}
 
-    def learner_config(self, zero_stage: int):
+    def learner_config(self, zero_stage: int, *extra: str):
         return load_config(None, [f"policy.name={self.folder}", "policy.dtype=bfloat16",
                                   "policy.gradient_checkpointing=true", "rollout.k=2",
                                   f"rloo.max_prompt_tokens={self.seq // 2}",
                                   f"rollout.max_new_tokens={self.seq // 2}",
                                   f"learner.micro_batch_size={self.batch}",
-                                  f"learner.zero_stage={zero_stage}", "learner.warmup_ratio=0"])
+                                  f"learner.zero_stage={zero_stage}", "learner.warmup_ratio=0",
+                                  *extra])
 
     def rollouts(self):
         from rlhf_ray.rl.engines.base import Rollouts
@@ -180,6 +182,30 @@ def learner_update_zero3(c: Check) -> dict:
     tokens = c.batch * c.seq
     flops = (6 + 2) * c.arch.params() * tokens * 4 / 3  # policy fwd + bwd (+ recompute), reference fwd
     return c.entry(seconds, tokens, flops, baseline, learner_plan(cfg).total, zero_stage=3)
+
+
+def learner_lora_zero3(c: Check) -> dict:
+    """A LoRA policy's update at ZeRO-3 (rank 16; the reference is the adapters switched off), then
+    an adapter sync's gather, bucket by bucket (copied off the GPU as the object store would): its
+    bytes against the whole model's and its seconds."""
+    from rlhf_ray.plan import learner_plan
+    from rlhf_ray.rl.learner import LearnerSpec, RLOOLearner
+    from rlhf_ray.utils.dist import reserve_address
+
+    cfg = c.learner_config(3, "policy.lora.enabled=true", "policy.lora.rank=16")
+    baseline = _reset(c.device)
+    learner = RLOOLearner(LearnerSpec.of(cfg), 0, 1, *reserve_address(), total_steps=10)
+    rollouts, scores = c.rollouts()
+    _, seconds = _timed(c.device, lambda: learner.update(rollouts, scores), c.repeats)
+    start = time.perf_counter()
+    # each bucket's tensors copied off the device, as a publish would
+    sent, _ = learner.sender.source.send_all(
+        lambda w: sum(torch.as_tensor(t).cpu().clone().nbytes for _, t in w.tensors()))
+    sync_s = time.perf_counter() - start
+    tokens = c.batch * c.seq
+    return c.entry(seconds, tokens, (4 + 2) * c.arch.params() * tokens * 4 / 3, baseline,
+                   learner_plan(cfg).total, zero_stage=3, adapter_bytes=sum(sent),
+                   model_bytes=c.arch.params() * 2, adapter_sync_s=sync_s)
 
 
 def learner_offload(c: Check) -> dict:
@@ -277,7 +303,7 @@ def hf_generate(c: Check) -> dict:
 
 
 STEPS = {"rm_train_step_zero3": rm_step_zero3, "learner_update_zero3": learner_update_zero3,
-         "learner_offload_reload": learner_offload, "ipc_bucket": ipc_bucket,
+         "learner_lora_zero3": learner_lora_zero3, "learner_offload_reload": learner_offload, "ipc_bucket": ipc_bucket,
          "scorer_batch": scorer_batch, "hf_generate": hf_generate}
 
 

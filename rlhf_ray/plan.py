@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rlhf_ray.config import Config
-from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.config.rl import policy_sync_path, policy_transport
 from rlhf_ray.models.architectures import Architecture, architecture
 from rlhf_ray.plan_check import GIB, GroupPlan, Machine
 
@@ -190,7 +190,8 @@ def learner_plan(cfg: Config) -> GroupPlan:
     return with_host(plan, lc, loading_weights=terms["weights"] if on_gpu else 0,
                      offloaded_reference=whole if lc.offload_reference and not lora else 0,
                      merged_copy=whole if merged_whole else 0,
-                     once={"published weights (rank 0)": published if staged_copy(cfg.rollout.sync) else 0})
+                     once={"published weights (rank 0)":
+                           published if staged_copy(policy_transport(cfg.rollout, pc.lora)) else 0})
 
 
 def staged_copy(transport: str) -> bool:
@@ -219,8 +220,12 @@ def rollout_plan(cfg: Config, machine: Machine) -> GroupPlan:
     stay reserved in its pool); `gpu_memory_utilization`, when set, is its whole share and the KV
     cache is what that leaves."""
     arch = architecture(cfg.policy.name, "policy.name")
-    rc = cfg.rollout
+    rc, lora = cfg.rollout, cfg.policy.lora
     b, whole = _bytes(cfg.policy.dtype), arch.params() * _bytes(cfg.policy.dtype)
+    transport = policy_transport(rc, lora)
+    # what a sync brings: with LoRA adapters only they (the engine keeps its base weights)
+    adapters = policy_sync_path(lora, rc.engine, rc.lora_sync) == "adapters"
+    received = arch.lora_params(lora.rank) * b if adapters else whole
     if not rc.num_gpus:
         # kv_cache_gb is each TP worker's (vLLM's kv_cache_memory_bytes is per worker)
         terms = {"weights": whole, "KV cache": rc.kv_cache_gb * GIB * rc.tensor_parallel_size,
@@ -234,7 +239,7 @@ def rollout_plan(cfg: Config, machine: Machine) -> GroupPlan:
                  "sampler logits": seqs * arch.vocab * 4 * 2,  # fp32 logits and processed log-probs
                  **({"CUDA graphs": CUDA_GRAPHS} if not rc.enforce_eager else {}),
                  **({"received sync bucket": sync_bucket_bytes(cfg, arch)}
-                    if _transport(rc.sync).receives_bucket_on_gpu else {})}
+                    if _transport(transport).receives_bucket_on_gpu else {})}
         plan = GroupPlan("rollout", f"vLLM rollout worker ({rc.engine}, max_num_seqs {seqs}, "
                          f"max_num_batched_tokens {tokens})", terms,
                          advice="rollout.kv_cache_gb, gpu_memory_utilization, max_num_seqs, "
@@ -254,7 +259,7 @@ def rollout_plan(cfg: Config, machine: Machine) -> GroupPlan:
     process = (VLLM_PROCESS_HOST + (rc.tensor_parallel_size - 1) * VLLM_TP_WORKER_HOST
                if rc.engine == "vllm" else PROCESS_HOST)
     return with_host(plan, rc, process=process,
-                     received_weights=whole if staged_copy(rc.sync) else 0,
+                     received_weights=received if staged_copy(transport) else 0,
                      loading_weights=whole if rc.num_gpus else 0)
 
 

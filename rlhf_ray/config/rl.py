@@ -31,6 +31,13 @@ def policy_sync_path(policy_lora: LoRAConfig, engine: str, lora_sync: str) -> st
     return "adapters" if engine == "vllm" and lora_sync == "adapters" else "merged"
 
 
+def policy_transport(rollout: "RolloutConfig", policy_lora: LoRAConfig) -> str:
+    """The transport a policy sync takes: `rollout.sync`, except LoRA adapters, which always go by
+    the object store (megabytes: a broadcast group buys nothing; vLLM reads them from a folder)."""
+    adapters = policy_sync_path(policy_lora, rollout.engine, rollout.lora_sync) == "adapters"
+    return "object_store" if adapters else rollout.sync
+
+
 class ScorerConfig(ActorGroupConfig):
     """The reward-scoring pool: stateless, so Ray restarts a dead scorer and its batch is scored
     again."""

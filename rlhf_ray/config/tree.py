@@ -7,6 +7,7 @@ from typing import Literal, Optional, Union
 from pydantic import field_validator, model_validator
 
 from rlhf_ray.config.base import RayConfig, Section
+from rlhf_ray.config.rl import policy_sync_path
 from rlhf_ray.config.rl import (LearnerConfig, OnlineRMConfig, PolicyConfig, RewardConfig, RLOOConfig,
                                RolloutConfig, ScorerConfig)
 from rlhf_ray.config.rm import DataConfig, EvalConfig, LossConfig, ModelConfig, RMConfig
@@ -62,9 +63,11 @@ class Config(Section):
     def _policy_lora_where_it_is_built(self):
         if not self.policy.lora.enabled:
             return self
-        if self.rollout.sync != "object_store":
-            raise ValueError(f"policy.lora.enabled with rollout.sync={self.rollout.sync} is not built yet: "
-                             "LoRA's weights (adapters or merged) travel over rollout.sync=object_store")
+        rc = self.rollout
+        if rc.colocate_with_learner and policy_sync_path(self.policy.lora, rc.engine, rc.lora_sync) == "adapters":
+            raise ValueError("policy.lora.enabled with rollout.colocate_with_learner and rollout.lora_sync="
+                             "adapters: a colocated engine sleeps and drops its weights, which an adapters-only "
+                             "sync cannot restore; set rollout.lora_sync=merged")
         return self
 
     @model_validator(mode="after")

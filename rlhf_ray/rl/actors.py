@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.cluster import ActorSetup
 from rlhf_ray.config import Config
+from rlhf_ray.config.rl import policy_transport
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import PendingGeneration, Generation, Scores, generated_of
 from rlhf_ray.rl.learner import LearnerSpec, RLOOLearnerActor
@@ -20,7 +21,8 @@ from rlhf_ray.utils.seeds import derive_seed
 
 def rollout_workers(cfg: Config, shared_placement=None, setup: ActorSetup | None = None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
-    return ActorGroup(RolloutActor, "rollout", cfg.rollout, EngineSpec.of(cfg), cfg.rollout.sync,
+    return ActorGroup(RolloutActor, "rollout", cfg.rollout, EngineSpec.of(cfg),
+                      policy_transport(cfg.rollout, cfg.policy.lora),
                       shared_placement=shared_placement, setup=setup)
 
 
@@ -100,7 +102,8 @@ class RLActors:
         self.split = ray.remote(num_cpus=0)(split_task)
         # what the driver reads of the samples
         self.read_generated = ray.remote(num_cpus=0)(generated_of)
-        transport = transport_class(rc.sync)(self.learner, self.rollout, rc.sync_timeout_s)
+        transport = transport_class(policy_transport(rc, cfg.policy.lora))(self.learner, self.rollout,
+                                                                           rc.sync_timeout_s)
         self.delivery = transport if self.shared is None else Colocated(
             transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
             cfg.learner.timeout_s)

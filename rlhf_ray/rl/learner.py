@@ -11,7 +11,7 @@ import torch
 from rlhf_ray.config import Config, LearnerConfig, PolicyConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import load_causal_lm
-from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.config.rl import policy_sync_path, policy_transport
 from rlhf_ray.models.lora import SyncView, add_lora, save_merged_folder
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, run_logprobs_as_forward
@@ -116,7 +116,8 @@ class LearnerSpec:
     @classmethod
     def of(cls, cfg: Config) -> "LearnerSpec":
         rc = cfg.rollout
-        return cls(cfg.learner, cfg.policy, cfg.seed, rc.temperature, rc.sync, rc.sync_bucket_mb,
+        return cls(cfg.learner, cfg.policy, cfg.seed, rc.temperature,
+                   policy_transport(rc, cfg.policy.lora), rc.sync_bucket_mb,
                    policy_sync_path(cfg.policy.lora, rc.engine, rc.lora_sync))
 
 

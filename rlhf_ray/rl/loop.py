@@ -87,7 +87,9 @@ def say_what_syncs_send(cfg: Config) -> None:
     rc, lora = cfg.rollout, cfg.policy.lora
     path = policy_sync_path(lora, rc.engine, rc.lora_sync)
     if path == "adapters":
-        what = "the adapters alone, served by vLLM as a LoRA request per version"
+        what = ("the adapters alone, served by vLLM as a LoRA request per version" +
+                (f", through the object store (not rollout.sync={rc.sync}: they are small)"
+                 if rc.sync != "object_store" else ""))
     elif path == "merged":
         what = ("the weights with the adapters merged in" +
                 (" (the HF engine serves no adapters)" if rc.engine == "hf" else " (rollout.lora_sync=merged)"))

@@ -1,5 +1,6 @@
-"""Policy LoRA's settings (issue 29): where it is not built yet it is refused naming the keys; what a
-sync sends follows the engine; vLLM's LoRA arguments hold the adapters' rank."""
+"""Policy LoRA's settings (issue 29): what cannot work is refused naming the keys; what a sync sends
+follows the engine, and the transport it takes the sync path; vLLM's LoRA arguments hold the
+adapters' rank."""
 import pytest
 
 from rlhf_ray.config import LoRAConfig, load_config
@@ -8,13 +9,31 @@ from rlhf_ray.models.lora import is_adapter_state
 from rlhf_ray.rl.engines.vllm_engine import lora_args
 
 
-@pytest.mark.parametrize("keys, named", [(["rollout.sync=ipc", "rollout.colocate_with_learner=true"],
-                                          "rollout.sync=ipc"),
-                                         (["rollout.sync=collective"], "rollout.sync=collective")])
-def test_policy_lora_is_refused_where_it_is_not_built_naming_the_key(keys, named):
-    with pytest.raises(ValueError, match=named):
-        load_config(None, ["policy.lora.enabled=true", *keys])
-    load_config(None, keys)  # without LoRA: fine
+def test_adapters_to_colocated_engines_are_refused_naming_the_keys_and_merged_weights_are_not():
+    colocated = ["policy.lora.enabled=true", "rollout.colocate_with_learner=true", "rollout.sync=ipc"]
+    with pytest.raises(ValueError, match="rollout.colocate_with_learner and rollout.lora_sync=adapters"):
+        load_config(None, colocated)
+    load_config(None, [*colocated, "rollout.lora_sync=merged"])  # the whole model, restored on wake
+
+
+def test_adapters_go_by_the_object_store_whatever_the_transport_and_merged_weights_by_it():
+    from rlhf_ray.plan import learner_plan, rollout_plan
+    from rlhf_ray.plan_check import Machine
+    from rlhf_ray.rl.learner import LearnerSpec
+
+    def spec(*keys):
+        return LearnerSpec.of(load_config(None, ["policy.lora.enabled=true", "rollout.sync=collective", *keys]))
+
+    assert spec().transport == "object_store" and spec().sync_path == "adapters"
+    assert spec("rollout.lora_sync=merged").transport == "collective"
+    assert LearnerSpec.of(load_config(None, ["rollout.sync=collective"])).transport == "collective"
+    # the planner follows: the adapters' host copy only, on both sides
+    gpu = ["policy.lora.enabled=true", "rollout.sync=collective", "rollout.num_gpus=1", "learner.num_gpus=1"]
+    cfg, merged = load_config(None, gpu), load_config(None, [*gpu, "rollout.lora_sync=merged"])
+    assert 0 < learner_plan(cfg).once["published weights (rank 0)"] < 0.1 * learner_plan(merged).terms["weights"]
+    rollout = rollout_plan(cfg, Machine())
+    assert "received sync bucket" not in rollout.terms and rollout.host["received weights"] > 0
+    assert "received sync bucket" in rollout_plan(merged, Machine()).terms
 
 
 def test_what_a_sync_sends_follows_the_engine_and_the_key():

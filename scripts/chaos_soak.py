@@ -6,6 +6,7 @@ next step's row, less a normal step.
 
     .venv/bin/python scripts/chaos_soak.py --out runs/chaos [--steps 30 --every 4 --seed 0] [k=v ...]
     .venv/bin/python scripts/chaos_soak.py --out runs/chaos-colocated --colocated   # the colocated variant
+    .venv/bin/python scripts/chaos_soak.py --out runs/chaos-online --online   # + an RM trainer to kill
 
 The overrides are the run's config (tiny models by default: the tests' settings, 2 rollout workers,
 2 scorers, one learner rank, a checkpoint every step).
@@ -21,6 +22,11 @@ import time
 from pathlib import Path
 
 ROLES = ("rollout", "scorer", "learner")
+# --online: online reward training on (a refresh every 3 steps on one RM-trainer rank), and its
+# trainer a fourth role to kill: its refresh is skipped, its labels kept, the group restarted
+ONLINE = ["online_rm.enabled=true", "online_rm.every=3", "online_rm.gold=v1", "rm.num_workers=1",
+          "rm.num_cpus=0.5", "rm.batch_size=4", "rm.lr=1e-3", "model.max_length=96"]
+ONLINE_ROLES = (*ROLES, "rm-trainer")
 # --colocated: rollout worker i and learner rank i share a bundle (their GPU, on GPUs), weights go by
 # shared memory, and generation waits for the update (a colocated engine sleeps while its rank trains)
 COLOCATED = ["rollout.colocate_with_learner=true", "rollout.num_workers=2", "learner.num_workers=2",
@@ -91,8 +97,9 @@ def soak(cfg, kills: list[tuple[int, str]], seed: int = 0, timeout_s: float = 60
             return {"kills": done, "summary": result.get("summary"),
                     "error": result.get("error") or f"step {step} was not logged"}
         count = {"rollout": cfg.rollout.num_workers, "scorer": cfg.scorer.num_workers,
-                 "learner": cfg.learner.num_workers}[role]
-        name = f"{role}-{rng.randrange(count)}"
+                 "learner": cfg.learner.num_workers, "rm-trainer": cfg.rm.num_workers}[role]
+        name = f"{role}-online-{rng.randrange(count)}" if role == "rm-trainer" else \
+            f"{role}-{rng.randrange(count)}"
         killed = time.monotonic()
         # Ray restarts a rollout worker or a scorer; a learner rank it never does (the driver restarts the run)
         ray.kill(ray.get_actor(name), no_restart=role == "learner")
@@ -121,6 +128,22 @@ def check(cfg, report: dict) -> list[str]:
     per_step = cfg.rloo.prompts_per_step * cfg.rollout.k
     if len(samples) != per_step * len(rows):
         problems.append(f"{len(samples)} samples written for {len(rows)} steps of {per_step}")
+    if cfg.online_rm.enabled:
+        problems += _online_problems(rows)
+    return problems
+
+
+def _online_problems(rows: list[dict]) -> list[str]:
+    """Online reward training: every label spent is counted once (a skipped refresh keeps its
+    labels), and the versions made go up one at a time, each loaded once."""
+    problems = []
+    refreshed = [r for r in rows if "labels_spent" in r]
+    spent = sum(r["labels_spent"] for r in refreshed)
+    if refreshed and refreshed[-1]["labels_total"] != spent:
+        problems.append(f"labels: {spent} spent over the refreshes, {refreshed[-1]['labels_total']} counted")
+    versions = [r["rm_refreshed_to"] for r in rows if "rm_refreshed_to" in r]
+    if versions != list(range(1, len(versions) + 1)):
+        problems.append(f"reward-model versions loaded {versions}: not one at a time, each once")
     return problems
 
 
@@ -142,18 +165,21 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the killer's seed (which role, which actor)")
     parser.add_argument("--colocated", action="store_true",
                         help="rollout workers colocated with 2 learner ranks (ipc sync, no overlap)")
+    parser.add_argument("--online", action="store_true",
+                        help="online reward training on, its RM trainer a fourth role to kill")
     parser.add_argument("overrides", nargs="*", help="the run's config overrides (after the tiny defaults)")
     args = parser.parse_args()
     from rlhf_ray.config import load_config
 
-    kills = schedule(args.steps, args.every, args.seed)
+    kills = schedule(args.steps, args.every, args.seed, ONLINE_ROLES if args.online else ROLES)
     learner_kills = sum(role == "learner" for _, role in kills)
     cfg = load_config(None, [*TINY, f"output_dir={args.out}", f"rloo.steps={args.steps}",
                              f"learner.max_restarts={learner_kills}", *(COLOCATED if args.colocated else []),
-                             *args.overrides])
+                             *(ONLINE if args.online else []), *args.overrides])
     report = soak(cfg, kills, args.seed)
     problems = check(cfg, report) + ([f"the run stopped: {report['error']}"] if report["error"] else [])
-    result = {"steps": args.steps, "colocated": args.colocated, "kills": report["kills"], "problems": problems,
+    result = {"steps": args.steps, "colocated": args.colocated, "online": args.online,
+              "kills": report["kills"], "problems": problems,
               **recovery_by_role(report, _rows(Path(cfg.output_dir)))}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "chaos.json").write_text(json.dumps(result, indent=1, default=str))

@@ -1,11 +1,13 @@
-"""The chaos soak in CI (issue 28): a 30-step RLOO run with overlapped generation on a local Ray instance
-with real actors, while a seeded killer sends kill -9 to a rollout worker, a scorer and a learner rank
-(scripts/chaos_soak.py). Ray restarts the rollout worker and the scorer and their work is retried; the
-dead learner makes the driver restart the run from its newest checkpoint. The log must hold every step
-once, every prompt batch the uninterrupted run draws once and in order, and every sample once. And
-without overlap, a run whose rollout worker and learner were killed is the uninterrupted run number
-for number: the same samples, rewards, KLs and losses (seeded sampling: each prompt's samples from a
-seed of their own)."""
+"""The chaos soak in CI (issue 28): a 30-step RLOO run with overlapped generation and online reward
+training on a local Ray instance with real actors, while a seeded killer sends kill -9 to a rollout
+worker, a scorer, the RM trainer and a learner rank (scripts/chaos_soak.py). Ray restarts the rollout
+worker and the scorer and their work is retried; the RM trainer's group is started again from the
+served reward model (at its next refresh or checkpoint); the dead learner makes the driver restart the
+run from its newest checkpoint. The log must hold every step once, every prompt batch the
+uninterrupted run draws once and in order, every sample once, every label counted once and every
+reward-model version loaded once. And without overlap, a run whose rollout worker and learner were
+killed is the uninterrupted run number for number: the same samples, rewards, KLs and losses (seeded
+sampling: each prompt's samples from a seed of their own)."""
 import json
 import sys
 from pathlib import Path
@@ -21,10 +23,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, testbeds, tmp_path, capsys):
-    kills = chaos_soak.schedule(30, 8, seed=0)
-    assert sorted(role for _, role in kills) == sorted(chaos_soak.ROLES)  # every role once
-    cfg = load_config(None, [*chaos_soak.TINY, f"output_dir={tmp_path}", f"data.dir={testbeds}",
-                             "rloo.steps=30", "learner.max_restarts=1"])
+    """With online reward training on: the RM trainer is a fourth role to kill."""
+    kills = chaos_soak.schedule(30, 6, seed=0, roles=chaos_soak.ONLINE_ROLES)
+    assert sorted(role for _, role in kills) == sorted(chaos_soak.ONLINE_ROLES)  # every role once
+    cfg = load_config(None, [*chaos_soak.TINY, *chaos_soak.ONLINE, f"output_dir={tmp_path}",
+                             f"data.dir={testbeds}", "rloo.steps=30", "learner.max_restarts=1"])
     report = chaos_soak.soak(cfg, kills, seed=0)
     assert report["error"] is None, report["error"]
     assert chaos_soak.check(cfg, report) == []
@@ -35,7 +38,12 @@ def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, 
     assert "(learner restart 1 of 1)" in err and "was restarted" in err  # said, in a line each
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     recovery = chaos_soak.recovery_by_role(report, rows)["recovery_s"]
-    assert set(recovery) == set(chaos_soak.ROLES)
+    assert set(recovery) == set(chaos_soak.ONLINE_ROLES)
+    # the RM trainer's kill cost at most its next refresh, whose labels were kept
+    assert [r["step"] for r in rows if "rm_refreshed_to" in r or "rm_refresh_skipped" in r] == \
+        list(range(3, 31, 3))
+    skipped = [r for r in rows if "rm_refresh_skipped" in r]  # (check() above: labels, versions)
+    assert len(skipped) <= 1 and (skipped or "died before the checkpoint; the RM trainers were restarted" in err)
 
 
 # what a step computes (not how long it took, or the timing-dependent restarts and staleness)

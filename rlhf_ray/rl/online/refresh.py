@@ -227,8 +227,17 @@ class OnlineRewardTraining:
     ENGINE = "online_rm"
 
     def save_state(self, engine_folder: str) -> tuple[dict, list[list[str]]]:
-        """(the JSON state, every rank's files relative to `engine_folder`)."""
-        files = self.trainers.save_state(storage.join(engine_folder, self.ENGINE))
+        """(the JSON state, every rank's files relative to `engine_folder`). An RM trainer that died
+        since the last refresh: the group is restarted from the served version first (as a skipped
+        refresh does), so the checkpoint holds a group that can go on."""
+        folder = storage.join(engine_folder, self.ENGINE)
+        try:
+            files = self.trainers.save_state(folder)
+        except ActorGroupError as err:
+            print(f"[rloo] {err.actor or 'an RM trainer'} died before the checkpoint; the RM trainers "
+                  f"were restarted from version {self.version}", file=sys.stderr, flush=True)
+            self._restart_trainers()
+            files = self.trainers.save_state(folder)
         state = {"version": self.version, "model_dir": self.model_dir,
                  "budget": {"spent": self.budget.spent, "refreshes": self.budget.refreshes},
                  "replay": self.replay.state(), "rng": _jsonable(self.rng.getstate())}

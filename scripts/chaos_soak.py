@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 ROLES = ("rollout", "scorer", "learner")
-# --online: online reward training on (a refresh every 3 steps on one RM-trainer rank), and its
+# --online: online reward training on (a refresh every 5 steps on one RM-trainer rank), and its
 # trainer a fourth role to kill: its refresh is skipped, its labels kept, the group restarted
-ONLINE = ["online_rm.enabled=true", "online_rm.every=3", "online_rm.gold=v1", "rm.num_workers=1",
+ONLINE = ["online_rm.enabled=true", "online_rm.every=5", "online_rm.gold=v1", "rm.num_workers=1",
           "rm.num_cpus=0.5", "rm.batch_size=4", "rm.lr=1e-3", "model.max_length=96"]
 ONLINE_ROLES = (*ROLES, "rm-trainer")
 # --colocated: rollout worker i and learner rank i share a bundle (their GPU, on GPUs), weights go by

@@ -101,7 +101,7 @@ def soak(cfg, kills: list[tuple[int, str]], seed: int = 0, timeout_s: float = 60
         name = f"{role}-online-{rng.randrange(count)}" if role == "rm-trainer" else \
             f"{role}-{rng.randrange(count)}"
         killed = time.monotonic()
-        # Ray restarts a rollout worker or a scorer; a learner rank it never does (the driver restarts the run)
+        # Ray restarts a rollout worker or a scorer; a learner rank it never does (the driver does)
         ray.kill(ray.get_actor(name), no_restart=role == "learner")
         print(f"[chaos] killed {name} after step {step}", flush=True)
         try:

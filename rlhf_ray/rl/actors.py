@@ -94,25 +94,53 @@ class RLActors:
                                  if oc.enabled and oc.colocate_with_scorers else None)
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
                                  oc.sync, shared_placement=self.scorer_placement, setup=setup)
-        # learner.max_restarts counts the driver's restarts of the run (rl/loop.py), never Ray's
-        self.learner = ActorGroup(RLOOLearnerActor, "learner", cfg.learner.model_copy(update={"max_restarts": 0}),
-                                  shared_placement=self.shared, setup=setup)
-        self.learner.setup_data_parallel(LearnerSpec.of(cfg), total_steps, cfg.learner.timeout_s)
+        self.setup, self.total_steps = setup, total_steps
+        self.learner = self._start_learner()
         # cuts a worker's output into the ranks' shares
         self.split = ray.remote(num_cpus=0)(split_task)
         # what the driver reads of the samples
         self.read_generated = ray.remote(num_cpus=0)(generated_of)
-        transport = transport_class(policy_transport(rc, cfg.policy.lora))(self.learner, self.rollout,
-                                                                           rc.sync_timeout_s)
-        self.delivery = transport if self.shared is None else Colocated(
-            transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
-            cfg.learner.timeout_s)
-        self.delivery.connect()
+        self.delivery = self._connect_delivery()
         # (folder, version, weights ref) of the reward model the scorers serve, once online reward
         # training made one (None: reward.models, version 0)
         self.reward_model: tuple[str, int, object] | None = None
         if self.shared is not None:
             self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own
+
+    def _start_learner(self) -> ActorGroup:
+        # learner.max_restarts counts the driver's restarts (rl/loop.py), never Ray's
+        learner = ActorGroup(RLOOLearnerActor, "learner",
+                             self.cfg.learner.model_copy(update={"max_restarts": 0}),
+                             shared_placement=self.shared, setup=self.setup)
+        learner.setup_data_parallel(LearnerSpec.of(self.cfg), self.total_steps,
+                                    self.cfg.learner.timeout_s)
+        return learner
+
+    def _connect_delivery(self):
+        """The learner's weight transport to the rollout workers, connected."""
+        cfg, rc = self.cfg, self.cfg.rollout
+        transport = transport_class(policy_transport(rc, cfg.policy.lora))(self.learner, self.rollout,
+                                                                           rc.sync_timeout_s)
+        delivery = transport if self.shared is None else Colocated(
+            transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
+            cfg.learner.timeout_s)
+        delivery.connect()
+        return delivery
+
+    @property
+    def restarts_learner_alone(self) -> bool:
+        """Whether a dead learner rank can be replaced with the other groups running: not when
+        colocated (the engines sleep and wake around the learner ranks sharing their bundles; the
+        run restarts whole)."""
+        return self.shared is None
+
+    def restart_learner(self) -> None:
+        """A learner rank died (its process group and optimizer state with it): the whole learner
+        group anew, its transport to the rollout workers connected again; the rollout workers,
+        scorers and their engines keep running. `load_state` then gives it a checkpoint."""
+        self.learner.shutdown()
+        self.learner = self._start_learner()
+        self.delivery = self._connect_delivery()
 
     def _sampling(self, seed: int) -> Sampling:
         rc = self.cfg.rollout

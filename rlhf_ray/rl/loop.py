@@ -118,7 +118,8 @@ def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None,
         rl.load_state(storage.join(path, "engine"), version=state["step"])
         if online is not None:
             online.load_state(storage.join(path, "engine"), state["online_rm"], state["step"])
-            if online.version:
+            # the checkpoint's version; after a learner restart the scorers may hold a later one
+            if online.version or rl.reward_model is not None:
                 rl.load_reward_model(online.model_dir, online.version)
         plan.loader.position = state["position"]
         done = state["step"]
@@ -227,8 +228,9 @@ def _resume_hint(latest: tuple[str, dict] | None) -> str:
 def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     """The RLOO run of `cfg`. Its prompts, models, resume point and placement are checked before any
     actor starts; `check_only` stops there. A learner rank that dies takes the optimizer state with
-    it: the driver then restarts the run from its newest intact checkpoint, as `--resume` would (every
-    actor anew, the batches after the checkpoint drawn again), up to `learner.max_restarts` times."""
+    it: the driver then starts the learner group anew from the newest intact checkpoint (the other
+    actors keep running; colocated, every actor anew, as `--resume` would), and the batches after
+    the checkpoint are drawn again, up to `learner.max_restarts` times."""
     plan = plan_run(cfg)
     if check_only:
         return {"checked": "rloo", "prompts": len(plan.prompts), "held_out": len(plan.held_out),
@@ -244,30 +246,50 @@ def run_rloo(cfg: Config, check_only: bool = False) -> dict:
     return summary
 
 
+class RunStopped(ActorGroupError):
+    """An actor failed and the run cannot go on by itself: the message says how to resume."""
+
+
+def _restart_point(cfg: Config, plan: RunPlan, err: ActorGroupError, restarts: list[dict],
+                   learner_alone: bool) -> tuple[Config, RunPlan]:
+    """Where a learner restart after `err` starts (the config with resume on, its plan from the newest
+    intact checkpoint), recorded in `restarts` (`learner_alone`: the learner group anew, not every
+    actor); RunStopped when `err` is not a dead learner rank,
+    there is no checkpoint, or `learner.max_restarts` restarts were made."""
+    latest = _latest_intact(plan.checkpoints)
+    learner_died = err.died and (err.actor or "").startswith("learner-")
+    if not learner_died or latest is None or len(restarts) >= cfg.learner.max_restarts:
+        raise RunStopped(f"{err}. The run stopped; {_resume_hint(latest)}", err.actor,
+                         err.died) from err
+    restarts.append({"after": str(err), "from": latest[0], "step": latest[1]["step"],
+                     "learner_alone": learner_alone})
+    restarted = "the learner group" if learner_alone else "the run"
+    print(f"[rloo] {err}: restarting {restarted} from {latest[0]} (learner restart {len(restarts)} of "
+          f"{cfg.learner.max_restarts})", file=sys.stderr, flush=True)
+    cfg = cfg.model_copy(update={"resume": True})
+    return cfg, plan_run(cfg)
+
+
 def _run_restarting(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
-    """The run, restarted from its newest intact checkpoint when a learner rank dies."""
-    restarts = []
+    """The run; when a learner rank dies where `_run` cannot replace the learner group alone, the
+    run again from its newest intact checkpoint, every actor anew."""
+    restarts: list[dict] = []
     while True:
         try:
-            summary = _run(cfg, plan, trackers)
+            summary = _run(cfg, plan, trackers, restarts)
             break
+        except RunStopped:
+            raise
         except ActorGroupError as err:
-            latest = _latest_intact(plan.checkpoints)
-            learner_died = err.died and (err.actor or "").startswith("learner-")
-            if not learner_died or latest is None or len(restarts) >= cfg.learner.max_restarts:
-                raise ActorGroupError(f"{err}. The run stopped; {_resume_hint(latest)}", err.actor,
-                                      err.died) from err
-            restarts.append({"after": str(err), "from": latest[0], "step": latest[1]["step"]})
-            print(f"[rloo] {err}: restarting from {latest[0]} (learner restart {len(restarts)} of "
-                  f"{cfg.learner.max_restarts})", file=sys.stderr, flush=True)
-            cfg = cfg.model_copy(update={"resume": True})
-            plan = plan_run(cfg)
+            cfg, plan = _restart_point(cfg, plan, err, restarts, learner_alone=False)
     summary["learner_restarts"] = restarts
     return summary
 
 
-def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
-    """One attempt at the run: the actors start, train from `plan`'s resume point, and stop."""
+def _run(cfg: Config, plan: RunPlan, trackers: Trackers, restarts: list[dict]) -> dict:
+    """One attempt at the run: the actors start, train from `plan`'s resume point (a dead learner
+    rank replaced in place, from the newest checkpoint, where `restarts_learner_alone`), and
+    stop."""
     from transformers import AutoTokenizer
 
     from rlhf_ray.rl.actors import RLActors
@@ -282,7 +304,7 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
         return encode_prompts(tokenizer, batch, cfg.rloo.max_prompt_tokens, cfg.policy.system_prompt)
 
     setup = connect(cfg.ray, out / "logs")
-    rl, log, online, refreshes = RLActors(cfg, cfg.rloo.steps, setup), None, None, None
+    rl, online = RLActors(cfg, cfg.rloo.steps, setup), None
     try:
         if cfg.online_rm.enabled:  # the RM trainers beside the other three roles
 
@@ -294,20 +316,20 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
         # the frozen arm's refreshes, before the step-0 evaluation scores with them
         upfront = (upfront_refreshes(cfg, rl, online, plan.prompts, encode,
                                      plan.resume_from is not None) if online is not None else [])
-        done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
-        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None,
-                        trackers=trackers)
-        truncate_jsonl(out / "samples.jsonl", done or None)
-        refreshes = RefreshDriver(cfg, rl, online) if online is not None else None
-        last_step = train(cfg, rl, plan, curve, log, encode, done, baselines, refreshes)
+        while True:
+            try:
+                done, curve, last_step = _train_from(cfg, rl, plan, encode, trackers, baselines,
+                                                     online)
+                break
+            except ActorGroupError as err:
+                if not rl.restarts_learner_alone:
+                    raise
+                cfg, plan = _restart_point(cfg, plan, err, restarts, learner_alone=True)
+                rl.restart_learner()
         policy, after = curve.final(last_step)
         placement = {**rl.placement(), **(online.placement() if online else {})}
         peaks = rl.peak_rss_mb()
     finally:
-        if log is not None:
-            log.close()
-        if refreshes is not None:
-            refreshes.shutdown()
         if online is not None:
             online.shutdown()
         rl.shutdown()
@@ -317,3 +339,22 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers) -> dict:
         summary["online_rm"] = {"schedule": cfg.online_rm.schedule, "version": online.version,
                                 "labels_spent": online.budget.spent, "upfront_refreshes": upfront}
     return summary
+
+
+def _train_from(cfg: Config, rl, plan: RunPlan, encode, trackers: Trackers, baselines,
+                online) -> tuple[int, HeldOutCurve, int]:
+    """From `plan`'s resume point (none: step 0) to the run's end: (steps done before, the held-out
+    curve, the last step run)."""
+    out, log, refreshes = Path(cfg.output_dir), None, None
+    try:
+        done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
+        log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None,
+                        trackers=trackers)
+        truncate_jsonl(out / "samples.jsonl", done or None)
+        refreshes = RefreshDriver(cfg, rl, online) if online is not None else None
+        return done, curve, train(cfg, rl, plan, curve, log, encode, done, baselines, refreshes)
+    finally:
+        if log is not None:
+            log.close()
+        if refreshes is not None:  # a refresh in flight ends before a restart loads a checkpoint
+            refreshes.shutdown()

@@ -2,9 +2,10 @@
 training on a local Ray instance with real actors, while a seeded killer sends kill -9 to a rollout
 worker, a scorer, the RM trainer and a learner rank (scripts/chaos_soak.py). Ray restarts the rollout
 worker and the scorer and their work is retried; the RM trainer's group is started again from the
-served reward model (at its next refresh or checkpoint); the dead learner makes the driver restart the
-run from its newest checkpoint. The log must hold every step once, every prompt batch the
-uninterrupted run draws once and in order, every sample once, every label counted once and every
+served reward model (at its next refresh or checkpoint); the dead learner makes the driver start the
+learner group anew from its newest checkpoint, the other actors running on. The log must hold every
+step once, every prompt batch the uninterrupted run draws once and in order, every sample once, every
+label counted once and every
 reward-model version loaded once. And without overlap, a run whose rollout worker and learner were
 killed is the uninterrupted run number for number: the same samples, rewards, KLs and losses (seeded
 sampling: each prompt's samples from a seed of their own)."""
@@ -33,6 +34,8 @@ def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, 
     assert chaos_soak.check(cfg, report) == []
     summary = report["summary"]
     assert summary["steps"] == 30 and len(summary["learner_restarts"]) == 1
+    # the learner group alone started anew: the rollout workers, scorers and RM trainer kept running
+    assert summary["learner_restarts"][0]["learner_alone"] is True
     assert all(k["to_next_row_s"] is not None for k in report["kills"])
     err = capsys.readouterr().err
     assert "(learner restart 1 of 1)" in err and "was restarted" in err  # said, in a line each
@@ -68,6 +71,7 @@ def test_a_run_whose_rollout_worker_and_learner_were_killed_is_the_uninterrupted
     killed = load_config(None, [*base, f"output_dir={tmp_path / 'killed'}"])
     report = chaos_soak.soak(killed, [(2, "rollout"), (4, "learner")], seed=0)
     assert report["error"] is None and len(report["summary"]["learner_restarts"]) == 1, report
+    assert report["summary"]["learner_restarts"][0]["learner_alone"] is True
     whole_steps, whole_samples = _numbers(tmp_path / "whole")
     killed_steps, killed_samples = _numbers(tmp_path / "killed")
     assert len(whole_steps) == 6 and {"proxy_reward_mean", "kl", "loss"} <= set(whole_steps[0])

@@ -21,7 +21,7 @@ class _Checkpoints:
 def _patched(monkeypatch, failures: list, latest=("runs/x/checkpoints/step-000004", {"step": 4})):
     attempts = []
 
-    def run(cfg, plan, trackers):
+    def run(cfg, plan, trackers, restarts):
         attempts.append(cfg.resume)
         if failures:
             raise failures.pop(0)
@@ -42,7 +42,7 @@ def test_a_dead_learner_restarts_the_run_from_its_checkpoint_then_stops_past_max
     attempts = _patched(monkeypatch, [_died()])
     summary = loop.run_rloo(cfg)
     assert attempts == [False, True] and summary["learner_restarts"][0]["step"] == 4
-    assert "restarting from runs/x/checkpoints/step-000004 (learner restart 1 of 1)" in capsys.readouterr().err
+    assert "restarting the run from runs/x/checkpoints/step-000004 (learner restart 1 of 1)" in capsys.readouterr().err
     assert (Path(tmp_path) / "summary.json").exists()
 
     _patched(monkeypatch, [_died(), _died()])

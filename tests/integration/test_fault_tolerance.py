@@ -5,10 +5,9 @@ worker and the scorer and their work is retried; the RM trainer's group is start
 served reward model (at its next refresh or checkpoint); the dead learner makes the driver start the
 learner group anew from its newest checkpoint, the other actors running on. The log must hold every
 step once, every prompt batch the uninterrupted run draws once and in order, every sample once, every
-label counted once and every
-reward-model version loaded once. And without overlap, a run whose rollout worker and learner were
-killed is the uninterrupted run number for number: the same samples, rewards, KLs and losses (seeded
-sampling: each prompt's samples from a seed of their own)."""
+label counted once and every reward-model version loaded once. And without overlap, a run whose
+rollout worker and learner were killed is the uninterrupted run number for number: the same samples,
+rewards, KLs and losses (seeded sampling: each prompt's samples from a seed of their own)."""
 import json
 import sys
 from pathlib import Path

@@ -101,7 +101,7 @@ class RLActors:
         # what the driver reads of the samples
         self.read_generated = ray.remote(num_cpus=0)(generated_of)
         self.delivery = self._connect_delivery()
-        # (folder, version, weights ref) of the reward model the scorers serve, once online reward
+        # (folder, version, weights' bucket refs) of the reward model the scorers serve, once online reward
         # training made one (None: reward.models, version 0)
         self.reward_model: tuple[str, int, object] | None = None
         if self.shared is not None:
@@ -203,7 +203,7 @@ class RLActors:
         if self.reward_model is not None:
             model_dir, version, weights = self.reward_model
             if weights is not None:
-                self.scorer.actors[index].load_weights.remote(weights, version)
+                self.scorer.actors[index].receive_weights.remote("load", version, *weights)
             else:
                 self.scorer.actors[index].load_reward_model.remote(model_dir, version)
 
@@ -309,11 +309,12 @@ class RLActors:
 
     def load_reward_model(self, model_dir: str, version: int, weights=None) -> None:
         """Every scorer scores with the reward model version `version` from the next step on: its
-        weights through the object store (`weights`, a ref the driver never fetches: loaded in place
-        into the model each scorer holds) or, without them, read from `model_dir` (a resume). A
-        scorer Ray restarts later loads it before scoring again (`_reload_scorer`)."""
-        method, args = (("load_weights", (weights, version)) if weights is not None else
-                        ("load_reward_model", (model_dir, version)))
+        weights through the object store (`weights`, refs of its buckets the driver never fetches:
+        loaded in place into the model each scorer holds, `Receiver.load`) or, without them, read
+        from `model_dir` (a resume). A scorer Ray restarts later loads it before scoring again
+        (`_reload_scorer`)."""
+        method, args = (("receive_weights", ("load", version, *weights)) if weights is not None
+                        else ("load_reward_model", (model_dir, version)))
         # a scorer Ray restarts during the load is given it again once back (`map` retries)
         self.scorer.map(method, dict.fromkeys(range(len(self.scorer)), args),
                         self.cfg.scorer.timeout_s)

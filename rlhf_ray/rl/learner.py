@@ -18,7 +18,7 @@ from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, run_logprobs
 from rlhf_ray.rl.off_policy import behaviour_weights, correction_stats
 from rlhf_ray.rl.phases import LearnerStats
 from rlhf_ray.rl.rank_shares import merge_rollouts
-from rlhf_ray.rl.sync import transport_class
+from rlhf_ray.rl.sync import sender_for
 from rlhf_ray.training_rank import join_as_rank, training_engine
 from rlhf_ray.rl.rloo import CLIP_LOSSES, WHITENED, advantage_stats, advantages_of, centring, kl_loss, \
     loss_denominator, whitening_sums
@@ -160,8 +160,7 @@ class RLOOLearner:
         sent = self.engine.module if cfg.sync_path == "full" else SyncView(self.engine.module,
                                                                             cfg.sync_path,
                                                                             lc.zero_stage)
-        self.sender = transport_class(cfg.transport).Sender(sent, int(cfg.bucket_mb * 2**20),
-                                                            lc.zero_stage, rank)
+        self.sender = sender_for(cfg.transport, sent, cfg.bucket_mb, lc.zero_stage, rank)
 
     def _logprobs(self, model, batch, with_entropy: bool = False):
         lc = self.cfg.learner

@@ -59,16 +59,12 @@ class RLScorer:
 
     def load_weights(self, weights, version: int) -> int:
         """Score with `weights` from now on, loaded in place into the one reward model this scorer
-        holds (the same architecture: the trainers were warm-started from it): a refresh's state
-        dict (through the object store), or a transport's buckets (anything with `tensors()`)."""
+        holds (the same architecture: the trainers were warm-started from it): a transport's
+        buckets (a `Weights`, or anything with `tensors()`), by name."""
         if len(self.members) != 1:
             raise ValueError(f"load_weights refreshes one reward model; this scorer holds "
                              f"{len(self.members)} (reward.models)")
-        model = self.members[0].model
-        if isinstance(weights, dict):
-            model.load_state_dict(weights)
-        else:
-            load_in_place(model, weights.tensors(), f"reward-model version {version}")
+        load_in_place(self.members[0].model, weights.tensors(), f"reward-model version {version}")
         self.version = version
         return version
 

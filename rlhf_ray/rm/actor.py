@@ -52,12 +52,6 @@ class RMTrainerGroup:
     def save(self, path: str) -> str:
         return self.group.call("save", [(path,)] * len(self.group), self.cfg.rm.sync_timeout_s)[0]
 
-    def publish(self):
-        """Rank 0's weights as a ref in the object store (every rank gathers; the driver never
-        fetches them): what the scorers load."""
-        submitted = self.group.submit("weights", {rank: () for rank in range(len(self.group))})
-        return self.group.collect(submitted, self.cfg.rm.sync_timeout_s)[0]
-
     def save_state(self, path: str) -> list[list[str]]:
         """Every rank's files of the checkpoint, once in storage."""
         return self.group.call("save_state", [(path,)] * len(self.group),

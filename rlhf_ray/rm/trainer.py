@@ -20,7 +20,7 @@ from rlhf_ray.models.reward_model import (
     value_head,
     value_head_name,
 )
-from rlhf_ray.models.lora import add_lora, is_lora, merged_state_dict, save_merged_folder
+from rlhf_ray.models.lora import SyncView, add_lora, is_lora, save_merged_folder
 from rlhf_ray.rm.metrics import add_sums, batch_sums
 from rlhf_ray.rm.objective import flatten_rankings, rm_loss
 from rlhf_ray.utils.checkpoint import save_hf_folder
@@ -177,17 +177,11 @@ class RewardModelTrainer:
         load_engine_state(self.engine, path)
         self.step = step
 
-    def weights(self) -> dict | None:
-        """The model's state dict as CPU tensors on rank 0 (None on the others): what a scorer loads
-        in place (with LoRA, the adapters merged in). Every rank must call this (ZeRO-3 gathers)."""
+    def served_view(self):
+        """The model as a scorer holds it, for a weight transport's sender to read
+        (`named_parameters`): the model, or with LoRA a view with the adapters merged in."""
         module = self.engine.module
-        with gathered_parameters(module.parameters(), self.cfg.rm.zero_stage):
-            if self.rank != 0:
-                return None
-            if is_lora(module):
-                return merged_state_dict(module)
-            # copies: ZeRO-3 frees the gathered storage on leaving the context
-            return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+        return SyncView(module, "merged", self.cfg.rm.zero_stage) if is_lora(module) else module
 
     def save(self, path: str) -> str | None:
         """An HF folder (safetensors) that AutoModelForSequenceClassification loads; rank 0 writes

@@ -31,6 +31,25 @@ def _rewards(model, tokenizer, groups):
         return score_rankings(model, HiddenCapture(model), tokenizer, groups, 128, torch.device("cpu"))[1]
 
 
+def _served(trainer):
+    """What a scorer loads in place after a refresh: the trainer's served view, bucket by bucket, as
+    its sender publishes it (each bucket copied: a bucket's views last until the next one)."""
+    from rlhf_ray.rl.sync import sender_for
+
+    sender = sender_for("object_store", trainer.served_view(), 1, trainer.cfg.rm.zero_stage, 0)
+    buckets, _ = sender.source.send_all(lambda w: [(n, torch.as_tensor(t).clone()) for n, t in w.tensors()])
+    return [pair for bucket in buckets for pair in bucket]
+
+
+def _loaded_as_a_scorer_does(trainer):
+    from rlhf_ray.models.reward_model import load_reward_model
+    from rlhf_ray.rl.scorer import load_in_place
+
+    plain = load_reward_model("tiny-llama")
+    load_in_place(plain, _served(trainer), "the served view")  # every parameter must arrive
+    return plain
+
+
 def test_lora_trains_only_the_adapters_and_head_and_saves_an_adapter_folder_that_loads_as_trained(
         testbeds, tmp_path):
     from rlhf_ray.models.reward_model import load_reward_model
@@ -59,8 +78,7 @@ def test_lora_trains_only_the_adapters_and_head_and_saves_an_adapter_folder_that
     merged = load_reward_model(str(tmp_path / "model-merged"))  # save_merged: a plain folder
     torch.testing.assert_close(_rewards(merged, trainer.tokenizer, groups), trained_rewards, atol=1e-5, rtol=0)
     # what a scorer loads in place: the merged weights, under the plain model's names
-    plain = load_reward_model("tiny-llama")
-    plain.load_state_dict(trainer.weights())
+    plain = _loaded_as_a_scorer_does(trainer)
     torch.testing.assert_close(_rewards(plain, trainer.tokenizer, groups), trained_rewards, atol=1e-5, rtol=0)
 
     # resume: the DeepSpeed state holds the adapters and their optimizer states
@@ -85,7 +103,6 @@ def test_lora_under_zero_3_trains_partitioned_and_saves_and_publishes_the_merged
     saved = _rewards(load_reward_model(folder), trainer.tokenizer, groups)
     merged = load_reward_model(str(tmp_path / "model-merged"))
     torch.testing.assert_close(_rewards(merged, trainer.tokenizer, groups), saved, atol=1e-5, rtol=0)
-    plain = load_reward_model("tiny-llama")  # what a scorer loads: gathered, merged
-    plain.load_state_dict(trainer.weights())
+    plain = _loaded_as_a_scorer_does(trainer)  # what a scorer loads: gathered, merged
     torch.testing.assert_close(_rewards(plain, trainer.tokenizer, groups), saved, atol=1e-5, rtol=0)
     assert not torch.equal(saved, _rewards(load_reward_model("tiny-llama"), trainer.tokenizer, groups))

@@ -164,11 +164,13 @@ def test_a_scorer_that_missed_a_refresh_says_it_was_restarted_instead_of_scoring
 
 
 def test_a_scorer_loads_a_refreshs_weights_in_place_and_serves_that_version():
-    """What the object store carries to every scorer after a refresh (`RLScorer.load_weights`): a state
-    dict loaded into the model it holds; its rewards are the new weights' and its version the refresh's."""
+    """What the object store carries to every scorer after a refresh (`RLScorer.load_weights`): the
+    weights by name, loaded into the model it holds; its rewards are the new weights' and its version the
+    refresh's."""
     import torch
 
     from rlhf_ray.config import RewardConfig
+    from rlhf_ray.rl.engines.base import Weights
     from rlhf_ray.models.reward_model import value_head
     from rlhf_ray.rl.scorer import RLScorer
 
@@ -179,8 +181,8 @@ def test_a_scorer_loads_a_refreshs_weights_in_place_and_serves_that_version():
     head = value_head(scorer.members[0].model)
     name = next(n for n, p in scorer.members[0].model.named_parameters() if p is head.weight)
     refreshed = {**original, name: original[name] * 2}
-    assert scorer.load_weights(refreshed, 3) == 3 and scorer.version == 3
+    assert scorer.load_weights(Weights.of(refreshed), 3) == 3 and scorer.version == 3
     after = scorer.member_rewards(prompts, responses)
     assert not torch.allclose(after, before)
-    scorer.load_weights(original, 4)
+    scorer.load_weights(Weights.of(original), 4)
     torch.testing.assert_close(scorer.member_rewards(prompts, responses), before)

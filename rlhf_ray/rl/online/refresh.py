@@ -39,7 +39,8 @@ class Refresh:
     seconds: float
     skipped: str = ""  # why no version was made (an RM trainer died: the group was restarted)
     parts: dict | None = None  # seconds of each part: rm_label_s, rm_train_s (training and saving)
-    weights: object = None  # the new version's weights in the object store (a ref), for the scorers
+    # the new version's weights in the object store (one ref per bucket), for the scorers
+    weights: list | None = None
 
 
 def _alive(name: str) -> bool:
@@ -161,16 +162,20 @@ class OnlineRewardTraining:
                 metrics = self.trainers.train_step(rows[b * size:(b + 1) * size])
         return metrics
 
-    def _publish(self):
-        """The version's weights to the object store (online_rm.sync object_store: put while the
-        run goes on), or None if a trainer died after the save (the scorers then read the saved
-        version) or another transport delivers them (`deliver`)."""
+    def _publish(self) -> list | None:
+        """The version's weights to the object store bucket by bucket (online_rm.sync object_store:
+        put while the run goes on; the trainers' `Sender.publish`, every rank gathering), or None
+        if a trainer died after the save (the scorers then read the saved version) or another
+        transport delivers them (`deliver`)."""
         if self.oc.sync != "object_store":
             return None
+        group = self.trainers.group
         try:
-            return self.trainers.publish()
+            published = group.call("send_weights", [("publish",)] * len(group),
+                                   self.cfg.rm.sync_timeout_s)
         except ActorGroupError:
             return None
+        return published[0]["refs"]
 
     def refresh(self, step: int, groups: list[PromptGroup], tag: str | None = None) -> Refresh:
         """Ask about `groups` (a step's), train on the answers, save the next version (`tag`: the
@@ -204,7 +209,7 @@ class OnlineRewardTraining:
 
     def deliver(self, rl, done: Refresh) -> str:
         """Every scorer (`rl.scorer`) loads `done`'s version, between two steps; returns how:
-        `online_rm.sync`'s transport, the object store's ref the refresh published, or the saved
+        `online_rm.sync`'s transport, the object store's refs the refresh published, or the saved
         version in storage (a trainer died after the save, or the transport failed: said)."""
         if self.oc.sync != "object_store":
             from rlhf_ray.rl.sync import transport_class

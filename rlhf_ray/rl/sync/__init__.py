@@ -24,6 +24,12 @@ TRANSPORTS: dict[str,
                  type[Transport]] = {t.name: t for t in (ObjectStore, Collective, SharedMemory)}
 
 
+def sender_for(transport: str, model, bucket_mb: float, zero_stage: int, rank: int) -> Sender:
+    """Trainer rank `rank`'s side of `transport`: `model` (anything with `named_parameters`) cut
+    into buckets of `bucket_mb` MiB."""
+    return transport_class(transport).Sender(model, int(bucket_mb * 2**20), zero_stage, rank)
+
+
 def transport_class(name: str) -> type[Transport]:
     """The transport called `name` (`rollout.sync`)."""
     if name not in TRANSPORTS:
@@ -32,4 +38,4 @@ def transport_class(name: str) -> type[Transport]:
 
 
 __all__ = ["Colocated", "Delivery", "Receiver", "Sender", "TRANSPORTS", "Transport",
-           "transport_class"]
+           "sender_for", "transport_class"]

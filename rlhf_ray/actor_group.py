@@ -1,7 +1,9 @@
 """Actor groups placed by config, named by role and index.
 
 Every remote call goes through `ActorGroup.call`, which waits with a timeout and turns a dead actor
-or a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the cause.
+or a hang into an `ActorGroupError` that names the actor (`rm-trainer-1`) and the cause. A group of
+a stateless role may keep standby actors (`standby`): started with it, each takes a dead actor's place
+at once, and the dead one, once Ray has restarted it, is a standby in its turn.
 """
 from __future__ import annotations
 
@@ -39,26 +41,32 @@ class ActorGroup:
 
         self.role, self.max_restarts = role, cfg.max_restarts
         self.owns_placement = shared_placement is None
-        self.placement_group = shared_placement or reserve_bundles(role,
-                                                                   [bundle_of(cfg)] * cfg.num_workers,
-                                                                   cfg.placement_strategy,
-                                                                   cfg.placement_timeout_s)
+        # a shared placement has no bundle for a standby (validated in the config)
+        standby = cfg.standby if self.owns_placement else 0
+        self.placement_group = shared_placement or reserve_bundles(
+            role, [bundle_of(cfg)] * (cfg.num_workers + standby), cfg.placement_strategy,
+            cfg.placement_timeout_s)
         remote_cls = ray.remote(with_log_file(actor_cls))
         prefix = f"{role}-{tag}" if tag else role
-        self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
         setup = setup or ActorSetup()
-        self.actors = [
-            remote_cls.options(
+
+        def start(name: str, bundle: int):
+            return remote_cls.options(
                 name=name,
                 num_cpus=cfg.num_cpus,
                 max_restarts=cfg.max_restarts,
                 runtime_env={"env_vars": setup.env(name, cfg.num_threads)},
                 num_gpus=cfg.num_gpus,
                 resources=dict(cfg.resources),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, bundle),
             ).remote(*args, **kwargs)
-            for i, name in enumerate(self.names)
-        ]
+
+        # the actors in service, by position (a standby that took a place keeps its own name)
+        self.names = [f"{prefix}-{i}" for i in range(cfg.num_workers)]
+        self.actors = [start(name, i) for i, name in enumerate(self.names)]
+        spares = [f"{prefix}-standby-{j}" for j in range(standby)]
+        self.standby = [(name, start(name, cfg.num_workers + j)) for j, name in enumerate(spares)]
+        self.bundle = {name: i for i, name in enumerate([*self.names, *spares])}
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -68,7 +76,7 @@ class ActorGroup:
         from ray.util import placement_group_table
 
         nodes = placement_group_table(self.placement_group)["bundles_to_node_id"]
-        return {name: nodes[i] for i, name in enumerate(self.names)}
+        return {name: nodes[self.bundle[name]] for name in self.names}
 
     def call(self, method: str, args_per_actor: Sequence[tuple] | None = None,
              timeout_s: float = 600, **kwargs) -> list[Any]:
@@ -117,12 +125,19 @@ class ActorGroup:
         retries = dict.fromkeys(refs, self.max_restarts)
 
         def retry(index: int, err: Exception, deadline: float):
+            import ray
+
             if retries[index] == 0:
                 return None
             retries[index] -= 1
-            self._wait_restarted(index, method, deadline)
-            print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its {method}",
-                  file=sys.stderr, flush=True)
+            spare = (self._ready_standby() if isinstance(err, ray.exceptions.RayActorError)
+                     else None)
+            if spare is not None:
+                self._take_standby(index, spare, err, method)
+            else:
+                self._wait_restarted(index, method, deadline)
+                print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its "
+                      f"{method}", file=sys.stderr, flush=True)
             # submitted before the retry: an actor runs one caller's calls in order
             if on_restart is not None:
                 args_per_actor[index] = on_restart(index,
@@ -170,6 +185,32 @@ class ActorGroup:
                                           names[position], died) from err
                 pending[position] = new_ref
 
+    def _ready_standby(self) -> int | None:
+        """The place in `standby` of the first one that is up (not one Ray is still restarting or
+        starting); None: none is."""
+        import ray
+
+        for j, (_, actor) in enumerate(self.standby):
+            ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=0.5)
+            if not ready:
+                continue
+            try:
+                ray.get(ready[0])
+                return j
+            except ray.exceptions.RayActorError:  # restarting
+                continue
+        return None
+
+    def _take_standby(self, index: int, spare: int, err: Exception, method: str) -> None:
+        """Standby `spare` takes the dead actor's place (the caller's `on_restart` then gives it the
+        state the others hold); the dead one, which Ray restarts, waits at the end of the standby
+        list."""
+        name, actor = self.standby.pop(spare)
+        self.standby.append((self.names[index], self.actors[index]))
+        print(f"[{self.role}] {self.names[index]} died ({_cause(err)}); {name} takes its place and "
+              f"its {method}", file=sys.stderr, flush=True)
+        self.names[index], self.actors[index] = name, actor
+
     def _wait_restarted(self, index: int, method: str, deadline: float) -> None:
         """Until Ray has the actor back (calls in between fail as 'unavailable'); an error if it is
         dead for good or not back by the deadline."""
@@ -195,7 +236,7 @@ class ActorGroup:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        for actor in self.actors:
+        for actor in [*self.actors, *(actor for _, actor in self.standby)]:
             ray.kill(actor, no_restart=True)
         if self.owns_placement:
             remove_placement_group(self.placement_group)

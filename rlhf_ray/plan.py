@@ -64,7 +64,7 @@ def with_host(plan: GroupPlan, section, process: float = PROCESS_HOST, once: dic
     plan.host = {"process": process,
                  **{name.replace("_", " "): v for name, v in extra.items() if v}}
     plan.once = {name: v for name, v in (once or {}).items() if v}
-    plan.actors, plan.gpus_per_actor = section.num_workers, section.num_gpus
+    plan.actors, plan.gpus_per_actor = section.num_workers + section.standby, section.num_gpus
     return plan
 
 

@@ -14,6 +14,7 @@ The overrides are the run's config (tiny models by default: the tests' settings,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -71,9 +72,33 @@ def _wait_for(out: Path, step: int, thread: threading.Thread, timeout_s: float) 
     raise RuntimeError(f"step {step} was not logged within {timeout_s:.0f} s (the run stopped?)")
 
 
+@contextlib.contextmanager
+def groups_started():
+    """Every `ActorGroup` started meanwhile, in order: the killer picks its victim among the actors
+    in service (with standby actors a name moves: `rollout-1` may be a standby after a kill)."""
+    from rlhf_ray.actor_group import ActorGroup
+
+    started, init = [], ActorGroup.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        started.append(self)
+
+    ActorGroup.__init__ = recording
+    try:
+        yield started
+    finally:
+        ActorGroup.__init__ = init
+
+
 def soak(cfg, kills: list[tuple[int, str]], seed: int = 0, timeout_s: float = 600) -> dict:
     """Run `cfg` in a thread, kill as `kills` says, and return what happened (the run's summary or
     error, each kill with its recovery)."""
+    with groups_started() as groups:
+        return _soak(cfg, kills, groups, seed, timeout_s)
+
+
+def _soak(cfg, kills: list[tuple[int, str]], groups: list, seed: int, timeout_s: float) -> dict:
     import ray
 
     from rlhf_ray.rl.loop import run_rloo
@@ -96,13 +121,12 @@ def soak(cfg, kills: list[tuple[int, str]], seed: int = 0, timeout_s: float = 60
             thread.join(timeout=60)
             return {"kills": done, "summary": result.get("summary"),
                     "error": result.get("error") or f"step {step} was not logged"}
-        count = {"rollout": cfg.rollout.num_workers, "scorer": cfg.scorer.num_workers,
-                 "learner": cfg.learner.num_workers, "rm-trainer": cfg.rm.num_workers}[role]
-        name = f"{role}-online-{rng.randrange(count)}" if role == "rm-trainer" else \
-            f"{role}-{rng.randrange(count)}"
+        group = [g for g in groups if g.role == role][-1]  # the newest: a restarted learner's
+        victim = rng.randrange(len(group.actors))
+        name = group.names[victim]
         killed = time.monotonic()
         # Ray restarts a rollout worker or a scorer; a learner rank it never does (the driver does)
-        ray.kill(ray.get_actor(name), no_restart=role == "learner")
+        ray.kill(group.actors[victim], no_restart=role == "learner")
         print(f"[chaos] killed {name} after step {step}", flush=True)
         try:
             recovered = _wait_for(out, step + 1, thread, timeout_s) - killed

@@ -30,6 +30,11 @@ class ActorGroupConfig(Section):
     # Times Ray restarts a dead actor; the driver then retries the work it held (stateless roles:
     # rollout workers, scorers). 0 for roles whose state a restart would lose (trainers, learner).
     max_restarts: int = Field(0, ge=0)
+    # Actors started beside the group's, idle until one of its actors dies: the first then takes its
+    # place at once (no process start, no model load), and the dead one, restarted by Ray, waits in
+    # its turn. Stateless roles only (rollout workers, scorers, judges); each holds an actor's
+    # resources (on GPUs, its own GPU share).
+    standby: int = Field(0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # how long to wait for Ray to place the group (an autoscaling cluster brings GPU nodes up in
     # minutes)

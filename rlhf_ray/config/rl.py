@@ -143,10 +143,12 @@ class RewardConfig(Section):
 class LearnerConfig(ActorGroupConfig):
     """The RLOO learner: data-parallel DeepSpeed ranks holding the policy and a frozen reference."""
 
-    # After a learner rank dies, the driver restarts the run from its newest intact checkpoint, this
-    # many times (every actor anew; rl/loop.py run_rloo). Ray never restarts a rank by itself: its
-    # optimizer state and process group would be gone.
+    # After a learner rank dies, the driver starts the learner group anew from the newest intact
+    # checkpoint, this many times (the other actors run on; colocated, the whole run restarts;
+    # rl/loop.py run_rloo). Ray never restarts a rank by itself: its optimizer state and process
+    # group would be gone; for the same reason a rank has no standby.
     max_restarts: int = Field(1, ge=0)
+    standby: int = Field(0, ge=0, le=0)
 
     variant: Literal["sequence", "token"] = "sequence"
     # the sequence-level advantage (rl/rloo.py group_advantages): rloo, grpo (TRL's), dr_grpo, or

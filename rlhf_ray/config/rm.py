@@ -79,6 +79,7 @@ class DataConfig(Section):
 class RMConfig(ActorGroupConfig):
     """Reward-model trainers: one actor per data-parallel rank."""
 
+    standby: int = Field(0, ge=0, le=0)  # a rank holds optimizer state: no standby can take over
     zero_stage: Literal[0, 1, 2, 3] = 1
     # groups (pairs or ranked prompts) per optimizer step, all ranks
     batch_size: int = Field(16, ge=1)

@@ -71,6 +71,16 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _standby_needs_its_own_bundle(self):
+        if self.rollout.standby and self.rollout.colocate_with_learner:
+            raise ValueError("rollout.standby with rollout.colocate_with_learner: a colocated worker "
+                             "shares its learner rank's bundle, which has no room for a standby")
+        if self.scorer.standby and self.online_rm.enabled and self.online_rm.colocate_with_scorers:
+            raise ValueError("scorer.standby with online_rm.colocate_with_scorers: a colocated scorer "
+                             "shares its RM trainer's bundle, which has no room for a standby")
+        return self
+
+    @model_validator(mode="after")
     def _colocated_rm_trainers_pair_with_scorers(self):
         rm, sc = self.rm, self.scorer
         if not (self.online_rm.enabled and self.online_rm.colocate_with_scorers):

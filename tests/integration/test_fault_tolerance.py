@@ -1,14 +1,16 @@
 """The chaos soak in CI (issue 28): a 30-step RLOO run with overlapped generation and online reward
 training on a local Ray instance with real actors, while a seeded killer sends kill -9 to a rollout
-worker, a scorer, the RM trainer and a learner rank (scripts/chaos_soak.py). Ray restarts the rollout
-worker and the scorer and their work is retried; the RM trainer's group is started again from the
-served reward model (at its next refresh or checkpoint); the dead learner makes the driver start the
-learner group anew from its newest checkpoint, the other actors running on. The log must hold every
-step once, every prompt batch the uninterrupted run draws once and in order, every sample once, every
-label counted once and every reward-model version loaded once. And without overlap, a run whose
+worker, a scorer, the RM trainer and a learner rank (scripts/chaos_soak.py). A standby rollout worker
+and scorer take the dead ones' places and their work is retried (without a standby Ray restarts them:
+the second test); the RM trainer's group is started again from the served reward model (at its next
+refresh or checkpoint); the dead learner makes the driver start the learner group anew from its newest
+checkpoint, the other actors running on. The log must hold every step once, every prompt batch the
+uninterrupted run draws once and in order, every sample once, every label counted once and every
+reward-model version loaded once. And without overlap, a run whose
 rollout worker and learner were killed is the uninterrupted run number for number: the same samples,
 rewards, KLs and losses (seeded sampling: each prompt's samples from a seed of their own)."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,8 +28,11 @@ def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, 
     """With online reward training on: the RM trainer is a fourth role to kill."""
     kills = chaos_soak.schedule(30, 6, seed=0, roles=chaos_soak.ONLINE_ROLES)
     assert sorted(role for _, role in kills) == sorted(chaos_soak.ONLINE_ROLES)  # every role once
+    # a standby rollout worker and scorer take a dead one's place (Ray's restart of one without a
+    # standby: the next test)
     cfg = load_config(None, [*chaos_soak.TINY, *chaos_soak.ONLINE, f"output_dir={tmp_path}",
-                             f"data.dir={testbeds}", "rloo.steps=30", "learner.max_restarts=1"])
+                             f"data.dir={testbeds}", "rloo.steps=30", "learner.max_restarts=1",
+                             "rollout.standby=1", "scorer.standby=1"])
     report = chaos_soak.soak(cfg, kills, seed=0)
     assert report["error"] is None, report["error"]
     assert chaos_soak.check(cfg, report) == []
@@ -37,7 +42,9 @@ def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, 
     assert summary["learner_restarts"][0]["learner_alone"] is True
     assert all(k["to_next_row_s"] is not None for k in report["kills"])
     err = capsys.readouterr().err
-    assert "(learner restart 1 of 1)" in err and "was restarted" in err  # said, in a line each
+    assert "(learner restart 1 of 1)" in err  # said, in a line each
+    assert re.search(r"\[rollout\] rollout-\d died \(.*\); rollout-standby-0 takes its place", err), err
+    assert re.search(r"\[scorer\] scorer-\d died \(.*\); scorer-standby-0 takes its place", err), err
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     recovery = chaos_soak.recovery_by_role(report, rows)["recovery_s"]
     assert set(recovery) == set(chaos_soak.ONLINE_ROLES)

@@ -1,0 +1,88 @@
+"""Standby actors (issue 28) on a local Ray instance, with an actor that holds no model: a group keeps
+`standby` actors started beside its own; when one of its actors dies mid-call, the first standby takes
+its place at once (the caller's `on_restart` first, as a rollout worker gets the current weights) and
+the call runs again there; the dead one, which Ray restarts, is then the standby. Without a standby the
+call waits for Ray's restart, as before."""
+import os
+import time
+
+import pytest
+
+from rlhf_ray.actor_group import ActorGroup
+from rlhf_ray.config import ActorGroupConfig
+
+pytestmark = pytest.mark.slow
+
+
+class Worker:
+    """A stateless role's actor: `state` stands for what a restarted one must be given again."""
+
+    def __init__(self):
+        self.state = 0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def give(self, state: int) -> int:
+        self.state = state
+        return state
+
+    def work(self, x: int, seconds: float) -> tuple[int, int, int]:
+        time.sleep(seconds)
+        return x, os.getpid(), self.state
+
+
+def _group(standby: int) -> ActorGroup:
+    cfg = ActorGroupConfig(num_workers=2, num_cpus=0.25, max_restarts=1, standby=standby)
+    return ActorGroup(Worker, "worker", cfg, tag=f"standby{standby}")
+
+
+def test_a_standby_takes_a_dead_actors_place_and_call_and_the_dead_one_becomes_the_standby(ray_local):
+    import ray
+
+    group = _group(standby=1)
+    try:
+        first = group.call("pid")
+        [(spare_name, spare)] = group.standby
+        spare_pid = ray.get(spare.pid.remote(), timeout=60)
+        assert spare_name == "worker-standby1-standby-0" and spare_pid not in first
+        group.call("give", [(7,), (7,)])
+        given = []
+
+        def on_restart(index: int, args: tuple):
+            given.append((index, group.names[index]))
+            group.actors[index].give.remote(7)  # before the retried call: an actor runs calls in order
+
+        submitted = group.submit("work", {0: (0, 0.0), 1: (1, 3.0)})
+        time.sleep(1.0)
+        ray.kill(group.actors[1], no_restart=False)  # Ray restarts it (max_restarts)
+        refs = group.collect(submitted, 60, on_restart=on_restart)
+        assert ray.get(refs[0]) == (0, first[0], 7)
+        assert ray.get(refs[1]) == (1, spare_pid, 7)  # the standby ran the call, given the state first
+        assert given == [(1, spare_name)]
+        assert group.names == ["worker-standby1-0", spare_name]
+        assert set(group.placement()) == set(group.names)
+        # the dead one, back from Ray's restart (a new process), waits as the standby
+        [(name, back)] = group.standby
+        assert name == "worker-standby1-1" and ray.get(back.pid.remote(), timeout=60) not in first
+    finally:
+        group.shutdown()
+    with pytest.raises(ValueError):  # every actor gone, the standby too
+        ray.get_actor("worker-standby1-1")
+
+
+def test_without_a_standby_the_call_waits_for_rays_restart(ray_local):
+    import ray
+
+    group = _group(standby=0)
+    try:
+        first = group.call("pid")
+        submitted = group.submit("work", {0: (0, 3.0)})
+        time.sleep(1.0)
+        ray.kill(group.actors[0], no_restart=False)
+        refs = group.collect(submitted, 60)
+        x, pid, state = ray.get(refs[0])
+        assert (x, state) == (0, 0) and pid != first[0]  # the same actor, a new process, state anew
+        assert group.names == ["worker-standby0-0", "worker-standby0-1"] and group.standby == []
+    finally:
+        group.shutdown()

@@ -144,3 +144,17 @@ def test_a_transport_refuses_settings_it_cannot_work_with_before_any_actor_start
         transport_class("collective").check(cfg.rollout, cfg.learner)
     transport_class("ipc").check(cfg.rollout, cfg.learner)
     transport_class("collective").check(cfg.rollout, cfg.learner.model_copy(update={"num_gpus": 0}))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["rm.standby=1"], "config key 'rm.standby'"),
+    (["learner.standby=1"], "config key 'learner.standby'"),
+    (["rollout.standby=1", "rollout.colocate_with_learner=true", "rollout.sync=ipc"],
+     "rollout.standby with rollout.colocate_with_learner"),
+    (["scorer.standby=1", "online_rm.enabled=true", "online_rm.colocate_with_scorers=true",
+      "reward.models=[tiny-llama]"], "scorer.standby with online_rm.colocate_with_scorers"),
+])
+def test_a_standby_only_where_one_can_take_over(overrides, message):
+    """Trainer ranks hold optimizer state, and a colocated actor's bundle has no room for a spare."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -233,3 +233,11 @@ def test_a_lora_policy_has_no_reference_copy_and_publishes_only_its_adapters():
     merged3 = _groups([*stage3, "rollout.lora_sync=merged"])["learner"]
     assert "gathered for a merged sync" not in adapters3.terms
     assert merged3.terms["gathered for a merged sync"] == merged3.host["merged copy"] == whole
+
+
+def test_standby_actors_are_planned_as_actors_of_their_group():
+    base = _groups([])
+    spares = _groups(["rollout.standby=1", "scorer.standby=2"])
+    assert spares["rollout"].actors == base["rollout"].actors + 1
+    assert spares["scorer"].actors == base["scorer"].actors + 2
+    assert spares["learner"].actors == base["learner"].actors

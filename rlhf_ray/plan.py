@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rlhf_ray.config import Config
-from rlhf_ray.config.rl import policy_sync_path, policy_transport
+from rlhf_ray.config.rl import PolicySync
 from rlhf_ray.models.architectures import Architecture, architecture
 from rlhf_ray.plan_check import GIB, GroupPlan, Machine
 
@@ -181,7 +181,8 @@ def learner_plan(cfg: Config) -> GroupPlan:
                      f"{f', LoRA rank {lora}' if lora else ''})", terms, on_gpu=on_gpu)
     whole = arch.params() * _bytes(pc.dtype)
     # what a sync publishes: the adapters alone where vLLM serves them, else the (merged) weights
-    adapters_only = policy_sync_path(pc.lora, cfg.rollout.engine, cfg.rollout.lora_sync) == "adapters"
+    sync = PolicySync.of(pc.lora, cfg.rollout)
+    adapters_only = sync.adapters
     published = arch.lora_params(lora) * _bytes(pc.dtype) if adapters_only else whole
     # a merged LoRA sync under ZeRO-3 gathers the whole model on every rank and merges a host copy
     merged_whole = lora and not adapters_only and lc.zero_stage == 3
@@ -191,7 +192,7 @@ def learner_plan(cfg: Config) -> GroupPlan:
                      offloaded_reference=whole if lc.offload_reference and not lora else 0,
                      merged_copy=whole if merged_whole else 0,
                      once={"published weights (rank 0)":
-                           published if staged_copy(policy_transport(cfg.rollout, pc.lora)) else 0})
+                           published if staged_copy(sync.transport) else 0})
 
 
 def staged_copy(transport: str) -> bool:
@@ -222,9 +223,10 @@ def rollout_plan(cfg: Config, machine: Machine) -> GroupPlan:
     arch = architecture(cfg.policy.name, "policy.name")
     rc, lora = cfg.rollout, cfg.policy.lora
     b, whole = _bytes(cfg.policy.dtype), arch.params() * _bytes(cfg.policy.dtype)
-    transport = policy_transport(rc, lora)
+    sync = PolicySync.of(lora, rc)
+    transport = sync.transport
     # what a sync brings: with LoRA adapters only they (the engine keeps its base weights)
-    adapters = policy_sync_path(lora, rc.engine, rc.lora_sync) == "adapters"
+    adapters = sync.adapters
     received = arch.lora_params(lora.rank) * b if adapters else whole
     if not rc.num_gpus:
         # kv_cache_gb is each TP worker's (vLLM's kv_cache_memory_bytes is per worker)

@@ -2,6 +2,7 @@
 learner, the over-optimisation monitor and the loop."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
@@ -22,20 +23,28 @@ class PolicyConfig(PretrainedConfig):
     lora: LoRAConfig = LoRAConfig()
 
 
-def policy_sync_path(policy_lora: LoRAConfig, engine: str, lora_sync: str) -> str:
-    """What a weight sync of the policy sends: `full` (no LoRA: the parameters), `adapters` (vLLM
-    serves them: `rollout.lora_sync: adapters`) or `merged` (asked for, or the HF engine, which
-    serves no adapters)."""
-    if not policy_lora.enabled:
-        return "full"
-    return "adapters" if engine == "vllm" and lora_sync == "adapters" else "merged"
+@dataclass(frozen=True)
+class PolicySync:
+    """How the policy's weights reach the rollout workers, decided once from the policy's LoRA and
+    the rollout section. `path`, what a sync sends: `full` (no LoRA: the parameters), `adapters`
+    (vLLM serves them: `rollout.lora_sync: adapters`) or `merged` (asked for, or the HF engine,
+    which serves no adapters). `transport`: `rollout.sync`, except adapters, which always go by the
+    object store (megabytes: a broadcast group buys nothing; vLLM reads them from a folder)."""
 
+    path: str
+    transport: str
 
-def policy_transport(rollout: "RolloutConfig", policy_lora: LoRAConfig) -> str:
-    """The transport a policy sync takes: `rollout.sync`, except LoRA adapters, which always go by
-    the object store (megabytes: a broadcast group buys nothing; vLLM reads them from a folder)."""
-    adapters = policy_sync_path(policy_lora, rollout.engine, rollout.lora_sync) == "adapters"
-    return "object_store" if adapters else rollout.sync
+    @classmethod
+    def of(cls, policy_lora: LoRAConfig, rollout: "RolloutConfig") -> "PolicySync":
+        if not policy_lora.enabled:
+            return cls("full", rollout.sync)
+        if rollout.engine == "vllm" and rollout.lora_sync == "adapters":
+            return cls("adapters", "object_store")
+        return cls("merged", rollout.sync)
+
+    @property
+    def adapters(self) -> bool:
+        return self.path == "adapters"
 
 
 class ScorerConfig(ActorGroupConfig):

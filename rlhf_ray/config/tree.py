@@ -7,7 +7,7 @@ from typing import Literal, Optional, Union
 from pydantic import field_validator, model_validator
 
 from rlhf_ray.config.base import RayConfig, Section
-from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.config.rl import PolicySync
 from rlhf_ray.config.rl import (LearnerConfig, OnlineRMConfig, PolicyConfig, RewardConfig, RLOOConfig,
                                RolloutConfig, ScorerConfig)
 from rlhf_ray.config.rm import DataConfig, EvalConfig, LossConfig, ModelConfig, RMConfig
@@ -64,7 +64,7 @@ class Config(Section):
         if not self.policy.lora.enabled:
             return self
         rc = self.rollout
-        if rc.colocate_with_learner and policy_sync_path(self.policy.lora, rc.engine, rc.lora_sync) == "adapters":
+        if rc.colocate_with_learner and PolicySync.of(self.policy.lora, rc).adapters:
             raise ValueError("policy.lora.enabled with rollout.colocate_with_learner and rollout.lora_sync="
                              "adapters: a colocated engine sleeps and drops its weights, which an adapters-only "
                              "sync cannot restore; set rollout.lora_sync=merged")

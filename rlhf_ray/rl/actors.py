@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from rlhf_ray.actor_group import ActorGroup
 from rlhf_ray.cluster import ActorSetup
 from rlhf_ray.config import Config
-from rlhf_ray.config.rl import policy_transport
+from rlhf_ray.config.rl import PolicySync
 from rlhf_ray.rl.engines.base import Sampling
 from rlhf_ray.rl.phases import PendingGeneration, Generation, Scores, generated_of
 from rlhf_ray.rl.learner import LearnerSpec, RLOOLearnerActor
@@ -22,7 +22,7 @@ from rlhf_ray.utils.seeds import derive_seed
 def rollout_workers(cfg: Config, shared_placement=None, setup: ActorSetup | None = None) -> ActorGroup:
     """The rollout workers of the `rollout` section, each with an engine holding the policy."""
     return ActorGroup(RolloutActor, "rollout", cfg.rollout, EngineSpec.of(cfg),
-                      policy_transport(cfg.rollout, cfg.policy.lora),
+                      PolicySync.of(cfg.policy.lora, cfg.rollout).transport,
                       shared_placement=shared_placement, setup=setup)
 
 
@@ -95,6 +95,7 @@ class RLActors:
         self.scorer = ActorGroup(RLScorerActor, "scorer", cfg.scorer, cfg.reward, cfg.scorer.device,
                                  oc.sync, shared_placement=self.scorer_placement, setup=setup)
         self.setup, self.total_steps = setup, total_steps
+        self.learner_spec = LearnerSpec.of(cfg)
         self.learner = self._start_learner()
         # cuts a worker's output into the ranks' shares
         self.split = ray.remote(num_cpus=0)(split_task)
@@ -112,15 +113,15 @@ class RLActors:
         learner = ActorGroup(RLOOLearnerActor, "learner",
                              self.cfg.learner.model_copy(update={"max_restarts": 0}),
                              shared_placement=self.shared, setup=self.setup)
-        learner.setup_data_parallel(LearnerSpec.of(self.cfg), self.total_steps,
+        learner.setup_data_parallel(self.learner_spec, self.total_steps,
                                     self.cfg.learner.timeout_s)
         return learner
 
     def _connect_delivery(self):
         """The learner's weight transport to the rollout workers, connected."""
         cfg, rc = self.cfg, self.cfg.rollout
-        transport = transport_class(policy_transport(rc, cfg.policy.lora))(self.learner, self.rollout,
-                                                                           rc.sync_timeout_s)
+        transport = transport_class(self.learner_spec.sync.transport)(self.learner, self.rollout,
+                                                                      rc.sync_timeout_s)
         delivery = transport if self.shared is None else Colocated(
             transport, cfg.learner.offload_states_while_generating, rc.timeout_s,
             cfg.learner.timeout_s)

@@ -11,7 +11,7 @@ import torch
 from rlhf_ray.config import Config, LearnerConfig, PolicyConfig
 from rlhf_ray.models.aliases import resolve_model
 from rlhf_ray.models.loading import load_causal_lm
-from rlhf_ray.config.rl import policy_sync_path, policy_transport
+from rlhf_ray.config.rl import PolicySync
 from rlhf_ray.models.lora import SyncView, add_lora, save_merged_folder
 from rlhf_ray.rl.engines.base import Rollouts
 from rlhf_ray.rl.logprobs import Packed, group_micro_batches, pack, run_logprobs_as_forward
@@ -109,16 +109,14 @@ class LearnerSpec:
     policy: PolicyConfig
     seed: int
     temperature: float
-    transport: str
+    sync: PolicySync  # what a weight sync sends, and by which transport
     bucket_mb: float
-    sync_path: str = "full"  # `policy_sync_path`: what a sync sends (with LoRA, adapters or merged)
 
     @classmethod
     def of(cls, cfg: Config) -> "LearnerSpec":
         rc = cfg.rollout
         return cls(cfg.learner, cfg.policy, cfg.seed, rc.temperature,
-                   policy_transport(rc, cfg.policy.lora), rc.sync_bucket_mb,
-                   policy_sync_path(cfg.policy.lora, rc.engine, rc.lora_sync))
+                   PolicySync.of(cfg.policy.lora, rc), rc.sync_bucket_mb)
 
 
 class RLOOLearner:
@@ -157,10 +155,10 @@ class RLOOLearner:
                                       int(lc.warmup_ratio * total_steps),
                                       total_steps * lc.ppo_epochs, self.device, "learner.device")
         # what a sync sends: the model's parameters, or with LoRA the adapters (or merged weights)
-        sent = self.engine.module if cfg.sync_path == "full" else SyncView(self.engine.module,
-                                                                            cfg.sync_path,
+        sent = self.engine.module if cfg.sync.path == "full" else SyncView(self.engine.module,
+                                                                            cfg.sync.path,
                                                                             lc.zero_stage)
-        self.sender = sender_for(cfg.transport, sent, cfg.bucket_mb, lc.zero_stage, rank)
+        self.sender = sender_for(cfg.sync.transport, sent, cfg.bucket_mb, lc.zero_stage, rank)
 
     def _logprobs(self, model, batch, with_entropy: bool = False):
         lc = self.cfg.learner

@@ -12,7 +12,7 @@ from pathlib import Path
 from rlhf_ray.cluster import ActorGroupError, connect
 from rlhf_ray.config import Config, dump_config
 from rlhf_ray.models.aliases import resolve_model
-from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.config.rl import PolicySync
 from rlhf_ray.placement import check_placement, cluster_nodes
 from rlhf_ray.rl.held_out import HeldOutCurve, eval_k, held_out_point_of, keep_best
 from rlhf_ray.rl.online.driver import RefreshDriver, upfront_refreshes
@@ -85,7 +85,7 @@ def plan_run(cfg: Config) -> RunPlan:
 def say_what_syncs_send(cfg: Config) -> None:
     """With policy LoRA, which path the weights take (the summary's `policy_sync` says it too)."""
     rc, lora = cfg.rollout, cfg.policy.lora
-    path = policy_sync_path(lora, rc.engine, rc.lora_sync)
+    path = PolicySync.of(lora, rc).path
     if path == "adapters":
         what = ("the adapters alone, served by vLLM as a LoRA request per version" +
                 (f", through the object store (not rollout.sync={rc.sync}: they are small)"
@@ -201,7 +201,7 @@ def summary_of(cfg: Config, plan: RunPlan, curve: HeldOutCurve, done: int, last_
     summary = {"policy": policy, "steps": last_step, "prompt_position": plan.loader.position,
                "seed": cfg.seed,
                "resumed_from_step": done or None, "placement": placement,
-               "policy_sync": policy_sync_path(cfg.policy.lora, cfg.rollout.engine, cfg.rollout.lora_sync),
+               "policy_sync": PolicySync.of(cfg.policy.lora, cfg.rollout).path,
                "held_out_curve": curve.curve, "monitor": curve.monitor_summary()}
     if curve.stopped_at_best:
         summary["policy_step"] = curve.monitor.best.step

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from rlhf_ray.config import Config
-from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.config.rl import PolicySync
 from rlhf_ray.rl.engines.base import Rollouts, Sampling
 from rlhf_ray.utils.actor_shell import actor_shell
 
@@ -36,7 +36,7 @@ class EngineSpec:
                 "max_num_seqs": rc.max_num_seqs, "max_num_batched_tokens": rc.max_num_batched_tokens,
                 "seeded": rc.seeded_sampling,
                 "lora": ({"rank": pc.lora.rank, "alpha": pc.lora.alpha}
-                         if policy_sync_path(pc.lora, rc.engine, rc.lora_sync) == "adapters" else None)}
+                         if PolicySync.of(pc.lora, rc).adapters else None)}
         return cls(rc.engine, pc.name, pc.dtype, rc.kv_cache_gb, rc.max_model_len, rc.sync_timeout_s,
                    cfg.seed, rc.device, pc.trust_remote_code, vllm if rc.engine == "vllm" else {})
 

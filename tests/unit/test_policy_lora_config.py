@@ -4,7 +4,7 @@ adapters' rank."""
 import pytest
 
 from rlhf_ray.config import LoRAConfig, load_config
-from rlhf_ray.config.rl import policy_sync_path
+from rlhf_ray.config.rl import PolicySync, RolloutConfig
 from rlhf_ray.models.lora import is_adapter_state
 from rlhf_ray.rl.engines.vllm_engine import lora_args
 
@@ -24,9 +24,9 @@ def test_adapters_go_by_the_object_store_whatever_the_transport_and_merged_weigh
     def spec(*keys):
         return LearnerSpec.of(load_config(None, ["policy.lora.enabled=true", "rollout.sync=collective", *keys]))
 
-    assert spec().transport == "object_store" and spec().sync_path == "adapters"
-    assert spec("rollout.lora_sync=merged").transport == "collective"
-    assert LearnerSpec.of(load_config(None, ["rollout.sync=collective"])).transport == "collective"
+    assert spec().sync == PolicySync("adapters", "object_store")
+    assert spec("rollout.lora_sync=merged").sync == PolicySync("merged", "collective")
+    assert LearnerSpec.of(load_config(None, ["rollout.sync=collective"])).sync == PolicySync("full", "collective")
     # the planner follows: the adapters' host copy only, on both sides
     gpu = ["policy.lora.enabled=true", "rollout.sync=collective", "rollout.num_gpus=1", "learner.num_gpus=1"]
     cfg, merged = load_config(None, gpu), load_config(None, [*gpu, "rollout.lora_sync=merged"])
@@ -38,10 +38,14 @@ def test_adapters_go_by_the_object_store_whatever_the_transport_and_merged_weigh
 
 def test_what_a_sync_sends_follows_the_engine_and_the_key():
     on = LoRAConfig(enabled=True)
-    assert policy_sync_path(LoRAConfig(), "vllm", "adapters") == "full"
-    assert policy_sync_path(on, "vllm", "adapters") == "adapters"
-    assert policy_sync_path(on, "vllm", "merged") == "merged"
-    assert policy_sync_path(on, "hf", "adapters") == "merged"  # the HF engine serves no adapters
+
+    def path(lora, engine, lora_sync):
+        return PolicySync.of(lora, RolloutConfig(engine=engine, lora_sync=lora_sync)).path
+
+    assert path(LoRAConfig(), "vllm", "adapters") == "full"
+    assert path(on, "vllm", "adapters") == "adapters"
+    assert path(on, "vllm", "merged") == "merged"
+    assert path(on, "hf", "adapters") == "merged"  # the HF engine serves no adapters
 
 
 def test_vllm_gets_the_smallest_allowed_max_rank_and_two_slots():

@@ -24,6 +24,7 @@ class Submitted:
     method: str
     args: dict[int, tuple]
     refs: dict[int, Any]
+    sent_to: dict[int, str]  # the name of the actor each call went to
 
 
 class ActorGroup:
@@ -114,7 +115,8 @@ class ActorGroup:
         calls run while the caller does something else; `collect` waits for them."""
         refs = {i: getattr(self.actors[i], method).remote(*args) for i,
                 args in args_per_actor.items()}
-        return Submitted(method, dict(args_per_actor), refs)
+        return Submitted(method, dict(args_per_actor), refs,
+                         {i: self.names[i] for i in args_per_actor})
 
     def collect(self, submitted: "Submitted", timeout_s: float, on_restart=None) -> dict[int, Any]:
         """Wait for submitted calls; return {index: ObjectRef} of the results (they stay in the
@@ -122,22 +124,27 @@ class ActorGroup:
         `Restarted` (it came back since the last call), gets `on_restart(index, args)` (e.g. the
         current weights), which returns the arguments to call it with again (None: the same)."""
         method, args_per_actor, refs = submitted.method, dict(submitted.args), dict(submitted.refs)
-        retries = dict.fromkeys(refs, self.max_restarts)
+        retries, sent_to = dict.fromkeys(refs, self.max_restarts), dict(submitted.sent_to)
 
         def retry(index: int, err: Exception, deadline: float):
             import ray
 
-            if retries[index] == 0:
-                return None
-            retries[index] -= 1
-            spare = (self._ready_standby() if isinstance(err, ray.exceptions.RayActorError)
-                     else None)
-            if spare is not None:
-                self._take_standby(index, spare, err, method)
+            if sent_to[index] != self.names[index]:  # a standby took its place since the call
+                print(f"[{self.role}] {sent_to[index]}'s {method} goes to {self.names[index]}, "
+                      f"which took its place", file=sys.stderr, flush=True)
             else:
-                self._wait_restarted(index, method, deadline)
-                print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); retrying its "
-                      f"{method}", file=sys.stderr, flush=True)
+                if retries[index] == 0:
+                    return None
+                retries[index] -= 1
+                spare = (self._ready_standby() if isinstance(err, ray.exceptions.RayActorError)
+                         else None)
+                if spare is not None:
+                    self._take_standby(index, spare, err, method)
+                else:
+                    self._wait_restarted(index, method, deadline)
+                    print(f"[{self.role}] {self.names[index]} was restarted ({_cause(err)}); "
+                          f"retrying its {method}", file=sys.stderr, flush=True)
+            sent_to[index] = self.names[index]
             # submitted before the retry: an actor runs one caller's calls in order
             if on_restart is not None:
                 args_per_actor[index] = on_restart(index,

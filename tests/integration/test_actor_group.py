@@ -37,7 +37,7 @@ def _group(standby: int) -> ActorGroup:
     return ActorGroup(Worker, "worker", cfg, tag=f"standby{standby}")
 
 
-def test_a_standby_takes_a_dead_actors_place_and_call_and_the_dead_one_becomes_the_standby(ray_local):
+def test_a_standby_takes_a_dead_actors_place_and_call_and_the_dead_one_becomes_the_standby(ray_local, capsys):
     import ray
 
     group = _group(standby=1)
@@ -54,12 +54,18 @@ def test_a_standby_takes_a_dead_actors_place_and_call_and_the_dead_one_becomes_t
             group.actors[index].give.remote(7)  # before the retried call: an actor runs calls in order
 
         submitted = group.submit("work", {0: (0, 0.0), 1: (1, 3.0)})
+        queued = group.submit("work", {1: (2, 0.0)})  # behind it, on the same actor
         time.sleep(1.0)
         ray.kill(group.actors[1], no_restart=False)  # Ray restarts it (max_restarts)
         refs = group.collect(submitted, 60, on_restart=on_restart)
         assert ray.get(refs[0]) == (0, first[0], 7)
         assert ray.get(refs[1]) == (1, spare_pid, 7)  # the standby ran the call, given the state first
-        assert given == [(1, spare_name)]
+        # the call queued on the dead actor goes to the standby too, with no standby or restart more
+        assert ray.get(group.collect(queued, 60, on_restart=on_restart)[1]) == (2, spare_pid, 7)
+        assert given == [(1, spare_name), (1, spare_name)]
+        err = capsys.readouterr().err
+        assert "[worker] worker-standby1-1 died (" in err and f"); {spare_name} takes its place" in err
+        assert f"worker-standby1-1's work goes to {spare_name}, which took its place" in err
         assert group.names == ["worker-standby1-0", spare_name]
         assert set(group.placement()) == set(group.names)
         # the dead one, back from Ray's restart (a new process), waits as the standby

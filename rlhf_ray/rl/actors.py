@@ -102,8 +102,8 @@ class RLActors:
         # what the driver reads of the samples
         self.read_generated = ray.remote(num_cpus=0)(generated_of)
         self.delivery = self._connect_delivery()
-        # (folder, version, weights' bucket refs) of the reward model the scorers serve, once online reward
-        # training made one (None: reward.models, version 0)
+        # (folder, version, weights' bucket refs) of the reward model the scorers serve, once
+        # online reward training made one (None: reward.models, version 0)
         self.reward_model: tuple[str, int, object] | None = None
         if self.shared is not None:
             self.sync(0)  # the initial weights again: a sleeping engine (level 2) dropped its own

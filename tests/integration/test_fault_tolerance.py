@@ -53,6 +53,7 @@ def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, 
         list(range(5, 31, 5))
     skipped = [r for r in rows if "rm_refresh_skipped" in r]  # (check() above: labels, versions)
     assert len(skipped) <= 1 and (skipped or "died before the checkpoint; the RM trainers were restarted" in err)
+    assert {r["rm_delivery"] for r in rows if "rm_refreshed_to" in r} == {"object_store"}
 
 
 # what a step computes (not how long it took, or the timing-dependent restarts and staleness)
@@ -83,3 +84,31 @@ def test_a_run_whose_rollout_worker_and_learner_were_killed_is_the_uninterrupted
     assert len(whole_steps) == 6 and {"proxy_reward_mean", "kl", "loss"} <= set(whole_steps[0])
     assert killed_steps == whole_steps  # exactly: no tolerance
     assert killed_samples == whole_samples
+
+
+def test_a_colocated_run_under_the_killer_loses_and_repeats_nothing(ray_local, testbeds, tmp_path, capsys):
+    """The second variant: rollout worker i in learner rank i's bundle (2 pairs, weights by shared
+    memory, no overlap, the ranks' optimizer states offloaded while their engines generate); a rollout
+    worker, a scorer and a learner rank killed over 30 steps. Ray restarts the worker and the scorer
+    (their sleep / wake and calls retried); the dead learner rank restarts the run whole from its
+    newest checkpoint. Every step generates from the current weights (staleness 0), even the restarted
+    worker's."""
+    kills = chaos_soak.schedule(30, 8, seed=0)
+    assert sorted(role for _, role in kills) == sorted(chaos_soak.ROLES)  # each role once
+    cfg = load_config(None, [*chaos_soak.TINY, *chaos_soak.COLOCATED, f"output_dir={tmp_path}",
+                             f"data.dir={testbeds}", "rloo.steps=30", "learner.max_restarts=1",
+                             "learner.zero_stage=1", "learner.offload_states_while_generating=true"])
+    report = chaos_soak.soak(cfg, kills, seed=0)
+    assert report["error"] is None, report["error"]
+    assert chaos_soak.check(cfg, report) == []
+    summary = report["summary"]
+    assert summary["steps"] == 30 and [r["learner_alone"] for r in summary["learner_restarts"]] == [False]
+    assert all(summary["placement"][f"learner-{i}"] == summary["placement"][f"rollout-{i}"] for i in (0, 1))
+    assert all(k["to_next_row_s"] is not None for k in report["kills"])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness"] for r in rows] == [0] * 30
+    err = capsys.readouterr().err
+    assert re.search(r"rollout-\d was restarted", err) and re.search(r"scorer-\d was restarted", err), err
+    assert "(learner restart 1 of 1)" in err
+    log = (tmp_path / "logs" / "rollout-0.log").read_text()
+    assert "sleep/wake skipped: vLLM-CPU keeps its weights and KV cache" in log

@@ -99,13 +99,13 @@ def say_what_syncs_send(cfg: Config) -> None:
           flush=True)
 
 
-def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None,
-          online=None) -> tuple[int, HeldOutCurve]:
+def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None, online=None,
+          learner_restarted: bool = False) -> tuple[int, HeldOutCurve]:
     """Where the run begins: (steps done, the held-out curve so far). Fresh: step 0, the held-out
     prompts scored by the initial policy. Resumed from `plan.resume_from`: the learner's state, its
     weights on the workers, the loader position, the saved scores and curve; with online reward
     training the RM trainers' state, replay buffer and label spend, and the scorers on its
-    version."""
+    version (`learner_restarted`: the scorers ran on and may serve a later one)."""
     out = Path(cfg.output_dir)
     if plan.resume_from is None:
         done, curve = 0, HeldOutCurve(cfg, rl, plan.held_out, encode, plan.stored, out, None, [],
@@ -118,8 +118,7 @@ def start(cfg: Config, rl, plan: RunPlan, encode, baselines=None,
         rl.load_state(storage.join(path, "engine"), version=state["step"])
         if online is not None:
             online.load_state(storage.join(path, "engine"), state["online_rm"], state["step"])
-            # the checkpoint's version; after a learner restart the scorers may hold a later one
-            if online.version or rl.reward_model is not None:
+            if online.version or learner_restarted:  # the checkpoint's version (0: the initial)
                 rl.load_reward_model(online.model_dir, online.version)
         plan.loader.position = state["position"]
         done = state["step"]
@@ -316,16 +315,18 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers, restarts: list[dict]) -
         # the frozen arm's refreshes, before the step-0 evaluation scores with them
         upfront = (upfront_refreshes(cfg, rl, online, plan.prompts, encode,
                                      plan.resume_from is not None) if online is not None else [])
+        learner_restarted = False  # in this attempt: the other actors ran on
         while True:
             try:
                 done, curve, last_step = _train_from(cfg, rl, plan, encode, trackers, baselines,
-                                                     online)
+                                                     online, learner_restarted)
                 break
             except ActorGroupError as err:
                 if not rl.restarts_learner_alone:
                     raise
                 cfg, plan = _restart_point(cfg, plan, err, restarts, learner_alone=True)
                 rl.restart_learner()
+                learner_restarted = True
         policy, after = curve.final(last_step)
         placement = {**rl.placement(), **(online.placement() if online else {})}
         peaks = rl.peak_rss_mb()
@@ -341,13 +342,13 @@ def _run(cfg: Config, plan: RunPlan, trackers: Trackers, restarts: list[dict]) -
     return summary
 
 
-def _train_from(cfg: Config, rl, plan: RunPlan, encode, trackers: Trackers, baselines,
-                online) -> tuple[int, HeldOutCurve, int]:
+def _train_from(cfg: Config, rl, plan: RunPlan, encode, trackers: Trackers, baselines, online,
+                learner_restarted: bool) -> tuple[int, HeldOutCurve, int]:
     """From `plan`'s resume point (none: step 0) to the run's end: (steps done before, the held-out
     curve, the last step run)."""
     out, log, refreshes = Path(cfg.output_dir), None, None
     try:
-        done, curve = start(cfg, rl, plan, encode, baselines, online)  # done > 0: resumed
+        done, curve = start(cfg, rl, plan, encode, baselines, online, learner_restarted)
         log = RunLogger(out, "rloo", cfg.rloo.steps, cfg.tensorboard, PROGRESS_KEYS, done or None,
                         trackers=trackers)
         truncate_jsonl(out / "samples.jsonl", done or None)

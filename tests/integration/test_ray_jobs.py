@@ -2,7 +2,6 @@
 through the Jobs REST API, polled until SUCCEEDED; the command joined that cluster (no local instance)."""
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -144,10 +143,24 @@ def _wait_for(url: str, job_id: str, until=lambda: False) -> tuple[str, str]:
     return status, logs
 
 
+def _uninterrupted_batches(testbeds, steps: int, per_step: int) -> list[tuple[int, list[str]]]:
+    """The prompt ids an uninterrupted run trains on, step by step: its loader, without running it."""
+    from rlhf_ray.config import load_config
+    from rlhf_ray.rl.prompts import PromptLoader, load_prompts
+    from tests.integration.shared import TINY_RLOO
+
+    cfg = load_config(ROOT / "configs" / "rloo_smollm2.yaml", [f"data.dir={testbeds}", *TINY_RLOO])
+    loader = PromptLoader(load_prompts(cfg), per_step, cfg.seed)
+    return [(step, [p["prompt_id"] for p in loader.next()]) for step in range(1, steps + 1)]
+
+
 def test_a_killed_rloo_driver_under_ray_job_submit_is_continued_by_the_same_job_resubmitted(
         ray_head, testbeds, tmp_path):
-    """Issue 28: the job's driver killed (as its node would be) after its step-2 checkpoint; the same
-    entrypoint submitted again (`resume=auto`) continues from it, every step logged once."""
+    """Issue 28: the job's driver killed with SIGKILL (as its node would be, no chance to clean up)
+    after its step-2 checkpoint; the same entrypoint submitted again (`resume=auto`) continues from
+    the newest complete checkpoint, and the prompt batches are the run's own prompt stream (what an
+    uninterrupted run draws: its order comes from the seed alone), each step once. Overlapped
+    generation: a batch is in flight at every checkpoint, drawn again on resume."""
     import psutil
 
     from tests.integration.shared import TINY_RLOO
@@ -156,15 +169,19 @@ def test_a_killed_rloo_driver_under_ray_job_submit_is_continued_by_the_same_job_
     out = tmp_path / "rloo"
     entrypoint = " ".join([
         "rlhf-ray rloo --config", str(ROOT / "configs" / "rloo_smollm2.yaml"), f"output_dir={out}",
-        f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=5", "rloo.prompts_per_step=2",
+        f"data.dir={testbeds}", "tensorboard=false", *TINY_RLOO, "rloo.steps=10", "rloo.prompts_per_step=2",
         "rloo.eval_prompts=0", "rloo.save_every=2", "rollout.num_threads=1", "learner.num_threads=1",
-        "scorer.num_workers=1", "reward.models=[tiny-llama]", "resume=auto"])
+        "scorer.num_workers=1", "reward.models=[tiny-llama]", "rloo.overlap=true", "resume=auto"])
 
     def checkpointed() -> bool:  # committed: its state.json is written last
         return (out / "checkpoints" / "step-000002" / "state.json").exists()
 
     first = _submit(url, entrypoint, head, head_logs)
-    status, logs = _wait_for(url, first, until=checkpointed)
+    # polled every 0.1 s: the kill must land while steps are left (a step takes about 0.3 s)
+    status, logs = _wait_for(url, first, until=lambda: (out / "metrics.jsonl").exists())
+    deadline = time.monotonic() + 300
+    while not checkpointed() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert checkpointed(), f"{status}: {logs[-3000:]}"
     drivers = [p for p in psutil.process_iter(["cmdline"])
                if "rloo" in " ".join(p.info["cmdline"] or []) and f"output_dir={out}" in p.info["cmdline"]]
@@ -176,7 +193,16 @@ def test_a_killed_rloo_driver_under_ray_job_submit_is_continued_by_the_same_job_
 
     status, logs = _wait_for(url, _submit(url, entrypoint, head, head_logs))
     assert status == "SUCCEEDED", logs[-3000:]
-    assert re.search(r"\[rloo\] resumed from step [24] \(checkpoint ", logs), logs[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    step = summary["resumed_from_step"]
+    assert step in (2, 4, 6, 8), summary
+    assert f"[rloo] resumed from step {step} (checkpoint {out / 'checkpoints' / f'step-{step:06d}'})" in logs
+    assert summary["steps"] == 10 and summary["prompt_position"] == 20
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5]  # each step once
-    assert json.loads((out / "summary.json").read_text())["steps"] == 5
+    batches = [(r["step"], r["prompt_ids"]) for r in rows if r["split"] == "train"]
+    # each step once (rows after the checkpoint were redone), on the batches an uninterrupted run draws
+    assert batches == _uninterrupted_batches(testbeds, 10, 2)
+    steps_in_samples = [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert steps_in_samples == sorted(steps_in_samples) and len(steps_in_samples) == 10 * 2 * 2
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert kept == ["step-000006", "step-000008"]  # rloo.keep_checkpoints: 2

@@ -92,3 +92,23 @@ def test_without_a_standby_the_call_waits_for_rays_restart(ray_local):
         assert group.names == ["worker-standby0-0", "worker-standby0-1"] and group.standby == []
     finally:
         group.shutdown()
+
+
+def test_an_actor_killed_while_idle_is_called_again_once_ray_has_restarted_it(ray_local, capsys):
+    """Issue 28's first probe: a colocated rollout worker killed between calls ended the run at its
+    next sleep / wake (`rollout-1 died during wake_up`). Those go through `map`, as
+    `Colocated._engines` sends them: the call to the dead actor is made again once Ray has
+    restarted it (the colocated chaos soak, test_fault_tolerance.py, runs the whole loop)."""
+    import ray
+
+    group = _group(standby=0)
+    try:
+        first = group.call("pid")
+        ray.kill(group.actors[1], no_restart=False)  # idle: no call in flight
+        refs = group.map("give", {0: (7,), 1: (7,)}, 60)
+        assert ray.get([refs[0], refs[1]]) == [7, 7]
+        after = group.call("pid")
+        assert after[0] == first[0] and after[1] != first[1]  # worker 1 is a new process
+        assert "worker-standby0-1 was restarted" in capsys.readouterr().err
+    finally:
+        group.shutdown()

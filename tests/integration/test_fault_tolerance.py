@@ -8,7 +8,9 @@ checkpoint, the other actors running on. The log must hold every step once, ever
 uninterrupted run draws once and in order, every sample once, every label counted once and every
 reward-model version loaded once. And without overlap, a run whose
 rollout worker and learner were killed is the uninterrupted run number for number: the same samples,
-rewards, KLs and losses (seeded sampling: each prompt's samples from a seed of their own)."""
+rewards, KLs and losses (seeded sampling: each prompt's samples from a seed of their own). The
+colocated variant (rollout worker i in learner rank i's bundle) loses nothing either, the run
+restarted whole after its learner rank's death."""
 import json
 import re
 import sys
@@ -24,20 +26,28 @@ import chaos_soak  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, testbeds, tmp_path, capsys):
-    """With online reward training on: the RM trainer is a fourth role to kill."""
-    kills = chaos_soak.schedule(30, 6, seed=0, roles=chaos_soak.ONLINE_ROLES)
-    assert sorted(role for _, role in kills) == sorted(chaos_soak.ONLINE_ROLES)  # every role once
-    # a standby rollout worker and scorer take a dead one's place (Ray's restart of one without a
-    # standby: the next test)
-    cfg = load_config(None, [*chaos_soak.TINY, *chaos_soak.ONLINE, f"output_dir={tmp_path}",
-                             f"data.dir={testbeds}", "rloo.steps=30", "learner.max_restarts=1",
-                             "rollout.standby=1", "scorer.standby=1"])
+def _soak_30_steps(tmp_path, testbeds, every: int, roles: tuple, *overrides: str) -> dict:
+    """A 30-step soak of the tiny run with `overrides`, each of `roles` killed once (one kill every
+    `every` steps): its report, once the run has ended cleanly, passed the soak's checks and
+    restarted its learner once."""
+    kills = chaos_soak.schedule(30, every, seed=0, roles=roles)
+    assert sorted(role for _, role in kills) == sorted(roles)  # each role once
+    cfg = load_config(None, [*chaos_soak.TINY, *overrides, f"output_dir={tmp_path}", f"data.dir={testbeds}",
+                             "rloo.steps=30", "learner.max_restarts=1"])
     report = chaos_soak.soak(cfg, kills, seed=0)
     assert report["error"] is None, report["error"]
     assert chaos_soak.check(cfg, report) == []
+    assert report["summary"]["steps"] == 30 and len(report["summary"]["learner_restarts"]) == 1
+    return report
+
+
+def test_a_seeded_killer_over_thirty_steps_loses_and_repeats_nothing(ray_local, testbeds, tmp_path, capsys):
+    """With online reward training on: the RM trainer is a fourth role to kill."""
+    # a standby rollout worker and scorer take a dead one's place (Ray's restart of one without a
+    # standby: the other two tests)
+    report = _soak_30_steps(tmp_path, testbeds, 6, chaos_soak.ONLINE_ROLES, *chaos_soak.ONLINE,
+                            "rollout.standby=1", "scorer.standby=1")
     summary = report["summary"]
-    assert summary["steps"] == 30 and len(summary["learner_restarts"]) == 1
     # the learner group alone started anew: the rollout workers, scorers and RM trainer kept running
     assert summary["learner_restarts"][0]["learner_alone"] is True
     assert all(k["to_next_row_s"] is not None for k in report["kills"])
@@ -93,16 +103,10 @@ def test_a_colocated_run_under_the_killer_loses_and_repeats_nothing(ray_local, t
     (their sleep / wake and calls retried); the dead learner rank restarts the run whole from its
     newest checkpoint. Every step generates from the current weights (staleness 0), even the restarted
     worker's."""
-    kills = chaos_soak.schedule(30, 8, seed=0)
-    assert sorted(role for _, role in kills) == sorted(chaos_soak.ROLES)  # each role once
-    cfg = load_config(None, [*chaos_soak.TINY, *chaos_soak.COLOCATED, f"output_dir={tmp_path}",
-                             f"data.dir={testbeds}", "rloo.steps=30", "learner.max_restarts=1",
-                             "learner.zero_stage=1", "learner.offload_states_while_generating=true"])
-    report = chaos_soak.soak(cfg, kills, seed=0)
-    assert report["error"] is None, report["error"]
-    assert chaos_soak.check(cfg, report) == []
+    report = _soak_30_steps(tmp_path, testbeds, 8, chaos_soak.ROLES, *chaos_soak.COLOCATED,
+                            "learner.zero_stage=1", "learner.offload_states_while_generating=true")
     summary = report["summary"]
-    assert summary["steps"] == 30 and [r["learner_alone"] for r in summary["learner_restarts"]] == [False]
+    assert summary["learner_restarts"][0]["learner_alone"] is False  # colocated: the run restarts whole
     assert all(summary["placement"][f"learner-{i}"] == summary["placement"][f"rollout-{i}"] for i in (0, 1))
     assert all(k["to_next_row_s"] is not None for k in report["kills"])
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
